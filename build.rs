@@ -1,0 +1,24 @@
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let protos = [
+        "proto/keygate/v1/api_key.proto",
+        "proto/keygate/v1/key_admin.proto",
+        "proto/keygate/v1/key_verify.proto",
+    ];
+
+    let mut config = prost_build::Config::new();
+    // A vendored protoc keeps `cargo build` free of system prerequisites.
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Well-known types come from prost-types; the vendored include dir only resolves imports.
+    let include = protoc_bin_vendored::include_path()?;
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("keygate_descriptor.bin"))
+        .compile_with_config(config, &protos.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Ok(())
+}

@@ -1,0 +1,2 @@
+mod proto;
+fn main() {}
