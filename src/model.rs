@@ -1,0 +1,386 @@
+//! Domain types. Each one is parsed once at the edge (from a request, a flag or a
+//! database row) so the rest of keygate never sees an unchecked string.
+
+use std::{fmt, sync::Arc, time::SystemTime};
+
+use crate::{hostnames::AllowedHostnames, keys::SecretHash, scopes::ScopeSet};
+
+/// Why a value was refused; the service layer names the field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub &'static str);
+
+/// `organization_id`: 1–64 characters of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrganizationId(Arc<str>);
+
+impl OrganizationId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.into()))
+        } else {
+            Err(Invalid("must be 1-64 characters of [A-Za-z0-9_-]"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `user_id`: 1–128 printable ASCII characters without whitespace; keygate keeps no
+/// user table, so this is all it can check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+        if ok {
+            Ok(Self(s.into()))
+        } else {
+            Err(Invalid(
+                "must be 1-128 printable ASCII characters without whitespace",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Key id: a UUIDv7 in its hyphenated lower-case form, so ids sort by creation
+/// time and pagination by id is both stable and chronological.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Arc<str>);
+
+impl KeyId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        const MSG: &str = "must be a key id as returned by CreateKey";
+        let id = uuid::Uuid::try_parse(s).map_err(|_| Invalid(MSG))?;
+        let canonical = id.hyphenated().to_string();
+        if canonical == s {
+            Ok(Self(canonical.into()))
+        } else {
+            Err(Invalid(MSG))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key's display name: 1–255 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub const MAX_CHARS: usize = 255;
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.trim().is_empty() {
+            return Err(Invalid("must not be empty"));
+        }
+        if s.chars().count() > Self::MAX_CHARS {
+            return Err(Invalid("must be at most 255 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(Invalid("must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who owns a key. Stored as the proto enum's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    User,
+    Bot,
+}
+
+impl KeyType {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Self::User => 1,
+            Self::Bot => 2,
+        }
+    }
+
+    pub fn from_i64(n: i64) -> Option<Self> {
+        match n {
+            1 => Some(Self::User),
+            2 => Some(Self::Bot),
+            _ => None,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch: the one time representation in the store,
+/// identical on MySQL and SQLite and free of time-zone settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Micros(pub i64);
+
+impl Micros {
+    /// 0001-01-01 to 9999-12-31, the range of `google.protobuf.Timestamp`.
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+
+    pub fn now() -> Self {
+        let d = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    }
+
+    pub fn from_timestamp(ts: &prost_types::Timestamp) -> Result<Self, Invalid> {
+        if !(Self::MIN_SECONDS..=Self::MAX_SECONDS).contains(&ts.seconds)
+            || !(0..1_000_000_000).contains(&ts.nanos)
+        {
+            return Err(Invalid("must be a valid timestamp"));
+        }
+        Ok(Self(ts.seconds * 1_000_000 + i64::from(ts.nanos / 1_000)))
+    }
+
+    pub fn to_timestamp(self) -> prost_types::Timestamp {
+        prost_types::Timestamp {
+            seconds: self.0.div_euclid(1_000_000),
+            // rem_euclid keeps nanos in 0..1e9 for times before the epoch.
+            nanos: i32::try_from(self.0.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
+        }
+    }
+}
+
+/// Role of the person on whose behalf a trusted caller acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+/// The caller's stated actor, from `x-actor-id` and `x-actor-role`.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub id: UserId,
+    pub role: Role,
+}
+
+/// What a key's owner is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    User(UserId),
+    Bot,
+}
+
+impl Owner {
+    pub fn key_type(&self) -> KeyType {
+        match self {
+            Self::User(_) => KeyType::User,
+            Self::Bot => KeyType::Bot,
+        }
+    }
+
+    pub fn user_id(&self) -> Option<&UserId> {
+        match self {
+            Self::User(u) => Some(u),
+            Self::Bot => None,
+        }
+    }
+}
+
+/// A stored key. The secret itself is never part of it.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub organization_id: OrganizationId,
+    pub owner: Owner,
+    pub name: KeyName,
+    pub scopes: ScopeSet,
+    pub allowed_hostnames: AllowedHostnames,
+    pub secret_hash: SecretHash,
+    pub key_prefix: String,
+    pub last_four: String,
+    pub request_count: u64,
+    pub create_time: Micros,
+    pub update_time: Micros,
+    pub last_used_time: Option<Micros>,
+    pub revoke_time: Option<Micros>,
+    pub expire_time: Option<Micros>,
+    pub created_by: UserId,
+}
+
+impl KeyRecord {
+    /// Whether an actor may see and change this key: admins any key of their
+    /// organization, members only their own user keys.
+    pub fn is_accessible_by(&self, actor: &Actor) -> bool {
+        actor.role == Role::Admin || self.owner.user_id() == Some(&actor.id)
+    }
+}
+
+/// The changes of an `UpdateKey`, already validated; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<KeyName>,
+    pub scopes: Option<ScopeSet>,
+    pub allowed_hostnames: Option<AllowedHostnames>,
+    /// `Some(None)` removes the expiry.
+    pub expire_time: Option<Option<Micros>>,
+}
+
+impl KeyPatch {
+    pub fn apply(&self, key: &mut KeyRecord) {
+        if let Some(name) = &self.name {
+            key.name = name.clone();
+        }
+        if let Some(scopes) = &self.scopes {
+            key.scopes = scopes.clone();
+        }
+        if let Some(hosts) = &self.allowed_hostnames {
+            key.allowed_hostnames = hosts.clone();
+        }
+        if let Some(expire) = self.expire_time {
+            key.expire_time = expire;
+        }
+    }
+}
+
+/// The audit trail's verbs, stored as the proto enum's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventAction {
+    Created,
+    Updated,
+    Revoked,
+    Deleted,
+}
+
+impl EventAction {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Self::Created => 1,
+            Self::Updated => 2,
+            Self::Revoked => 3,
+            Self::Deleted => 4,
+        }
+    }
+
+    pub fn from_i64(n: i64) -> Option<Self> {
+        match n {
+            1 => Some(Self::Created),
+            2 => Some(Self::Updated),
+            3 => Some(Self::Revoked),
+            4 => Some(Self::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone)]
+pub struct KeyEvent {
+    pub id: u64,
+    pub key_id: KeyId,
+    pub organization_id: OrganizationId,
+    pub action: EventAction,
+    pub actor_id: UserId,
+    pub time: Micros,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn organization_id_grammar() {
+        assert!(OrganizationId::parse("acme_Co-1").is_ok());
+        assert!(OrganizationId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "acme.com", "é", &"a".repeat(65)] {
+            assert!(OrganizationId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_id_grammar() {
+        assert!(UserId::parse("bob@example.com").is_ok());
+        assert!(UserId::parse("0b9a3c1e-6f1e-4c59-a1a3-2f6f1b1f8b10").is_ok());
+        assert!(UserId::parse(&"u".repeat(128)).is_ok());
+        for bad in ["", "a b", "tab\t", "é", "nul\0", &"u".repeat(129)] {
+            assert!(UserId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_id_is_canonical_uuid() {
+        let id = KeyId::generate();
+        assert_eq!(KeyId::parse(id.as_str()), Ok(id.clone()));
+        assert!(KeyId::parse(&id.as_str().to_uppercase()).is_err());
+        assert!(KeyId::parse("not-an-id").is_err());
+        assert!(KeyId::parse("").is_err());
+    }
+
+    #[test]
+    fn key_ids_sort_by_creation() {
+        let a = KeyId::generate();
+        let b = KeyId::generate();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn key_name_rules() {
+        assert!(KeyName::parse("CI deploy key ✓").is_ok());
+        assert!(KeyName::parse(&"é".repeat(255)).is_ok());
+        assert!(KeyName::parse(&"é".repeat(256)).is_err());
+        assert!(KeyName::parse("").is_err());
+        assert!(KeyName::parse("   ").is_err());
+        assert!(KeyName::parse("line\nbreak").is_err());
+    }
+
+    #[test]
+    fn micros_round_trip_timestamps() {
+        let ts = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_000,
+        };
+        let m = Micros::from_timestamp(&ts).expect("valid");
+        assert_eq!(m, Micros(1_700_000_000_123_456));
+        assert_eq!(m.to_timestamp(), ts);
+        let before_epoch = Micros(-1);
+        assert_eq!(
+            before_epoch.to_timestamp(),
+            prost_types::Timestamp {
+                seconds: -1,
+                nanos: 999_999_000
+            }
+        );
+        assert!(
+            Micros::from_timestamp(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_err()
+        );
+        assert!(
+            Micros::from_timestamp(&prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
+    }
+}

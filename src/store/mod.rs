@@ -1,0 +1,125 @@
+//! Persistence: one `Store` with two back ends, MySQL (production) and SQLite
+//! (embedded default). The SQL and the logic around it are written once in
+//! `sql.rs`; `mysql.rs` and `sqlite.rs` hold what really differs (connecting,
+//! migrations, a dialect word or two).
+
+mod mysql;
+mod sql;
+mod sqlite;
+
+use std::time::Duration;
+
+use sqlx::{MySqlPool, SqlitePool};
+
+pub use sql::{KeyFilter, UsageDelta};
+
+/// Failures of the store, as the service layer needs to tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The unique index on live user keys refused a second one.
+    #[error("a live user key already exists for this user and organization")]
+    LiveUserKeyExists,
+    #[error("key not found")]
+    NotFound,
+    #[error("key is revoked")]
+    Revoked,
+    /// A row that keygate cannot have written; someone edited the database by hand.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt {
+        table: &'static str,
+        detail: String,
+    },
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url: expected mysql://… or sqlite://…")]
+    UnsupportedUrl,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match e {
+            E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::Tls(_) | E::WorkerCrashed => {
+                Self::Unavailable(e)
+            }
+            E::Database(ref db) if db.message().contains("database is locked") => {
+                Self::Unavailable(e)
+            }
+            _ => Self::Database(e),
+        }
+    }
+}
+
+/// How the pool talks to the database.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    /// How long a call waits for a connection before the store counts as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// The key store. Cheap to clone: it is a handle on a connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Connects to `mysql://…` or `sqlite://…` (the SQLite file is created if missing).
+    /// Does not run migrations: see [`Store::migrate`].
+    pub async fn connect(url: &str, config: &PoolConfig) -> Result<Self, StoreError> {
+        let pool = if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Pool::MySql(mysql::connect(url, config).await?)
+        } else if url.starts_with("sqlite:") {
+            Pool::Sqlite(sqlite::connect(url, config).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        Ok(Self { pool })
+    }
+
+    /// Applies the migrations embedded in the binary.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::MySql(p) => mysql::MIGRATOR.run(p).await?,
+            Pool::Sqlite(p) => sqlite::MIGRATOR.run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Which back end this is, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match &self.pool {
+            Pool::MySql(_) => "mysql",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::MySql(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The store's SQL, written once for both back ends.
+//!
+//! MySQL and SQLite both take `?` placeholders and agree on everything keygate
+//! needs, so each operation is one body run against whichever pool is configured:
+//! `on_pool!` expands it once per driver, which keeps each expansion concrete
+//! (native driver types, no `Any` conversions, no higher-ranked executor bounds).
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{Pool, Store, StoreError, mysql, sqlite};
+use crate::{
+    hostnames::AllowedHostnames,
+    keys::SecretHash,
+    model::{
+        EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
+        OrganizationId, Owner, UserId,
+    },
+    scopes::ScopeSet,
+};
+
+/// The few words in which MySQL and SQLite differ.
+#[derive(Debug)]
+pub(super) struct Dialect {
+    /// Two-argument maximum: `GREATEST` in MySQL, the scalar `MAX` in SQLite.
+    pub greatest: &'static str,
+}
+
+/// Runs `$body` with `$p` bound to the concrete pool and `$d` to its dialect.
+macro_rules! on_pool {
+    ($store:expr, |$p:ident, $d:ident| $body:expr) => {
+        match &$store.pool {
+            Pool::MySql($p) => {
+                let $d = &mysql::DIALECT;
+                let _ = $d;
+                $body
+            }
+            Pool::Sqlite($p) => {
+                let $d = &sqlite::DIALECT;
+                let _ = $d;
+                $body
+            }
+        }
+    };
+}
+
+const KEY_COLUMNS: &str = "id, organization_id, key_type, user_id, name, scopes, \
+    allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
+    update_time, last_used_time, revoke_time, expire_time, created_by";
+
+const EVENT_COLUMNS: &str = "id, key_id, organization_id, action, actor_id, event_time";
+
+/// Keys per usage-flush statement: keeps the statement far below both back ends'
+/// placeholder limits (SQLite 32 766, MySQL 65 535) at 5 placeholders a key.
+const USAGE_CHUNK: usize = 1000;
+
+/// Which keys `list_keys` returns, after `after` in id order.
+#[derive(Debug, Clone)]
+pub struct KeyFilter {
+    pub organization_id: OrganizationId,
+    pub key_type: Option<KeyType>,
+    pub user_id: Option<UserId>,
+    pub include_revoked: bool,
+    pub after: Option<KeyId>,
+    pub limit: u32,
+}
+
+/// Usage accumulated in memory for one key since the last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub key_id: KeyId,
+    pub count: u64,
+    pub last_used: Micros,
+}
+
+/// Lists are stored space-separated: neither scopes nor hostnames can contain a space.
+fn join(items: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let mut out = String::new();
+    for item in items {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(item.as_ref());
+    }
+    out
+}
+
+fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        detail: detail.into(),
+    }
+}
+
+/// Text columns are read as bytes: MySQL flags `_bin` collations as binary, which
+/// sqlx's `String` decoder refuses.
+fn text<R>(row: &R, i: usize, table: &'static str) -> Result<String, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    let bytes: Vec<u8> = row.try_get(i)?;
+    String::from_utf8(bytes).map_err(|_| corrupt(table, format!("column {i} is not UTF-8")))
+}
+
+fn opt_text<R>(row: &R, i: usize, table: &'static str) -> Result<Option<String>, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    let bytes: Option<Vec<u8>> = row.try_get(i)?;
+    bytes
+        .map(|b| String::from_utf8(b).map_err(|_| corrupt(table, format!("column {i} is not UTF-8"))))
+        .transpose()
+}
+
+fn key_from_row<R>(row: &R) -> Result<KeyRecord, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    const T: &str = "api_keys";
+    let bad = |what: &str| corrupt(T, what.to_owned());
+    let id = KeyId::parse(&text(row, 0, T)?).map_err(|_| bad("id"))?;
+    let organization_id =
+        OrganizationId::parse(&text(row, 1, T)?).map_err(|_| bad("organization_id"))?;
+    let key_type = KeyType::from_i64(row.try_get(2)?).ok_or_else(|| bad("key_type"))?;
+    let owner = match (key_type, opt_text(row, 3, T)?) {
+        (KeyType::User, Some(u)) => Owner::User(UserId::parse(&u).map_err(|_| bad("user_id"))?),
+        (KeyType::Bot, None) => Owner::Bot,
+        _ => return Err(bad("user_id does not match key_type")),
+    };
+    let scopes_text = text(row, 5, T)?;
+    let hosts_text = text(row, 6, T)?;
+    let hash: Vec<u8> = row.try_get(7)?;
+    let count: i64 = row.try_get(10)?;
+    Ok(KeyRecord {
+        id,
+        organization_id,
+        owner,
+        name: KeyName::parse(&text(row, 4, T)?).map_err(|_| bad("name"))?,
+        scopes: ScopeSet::parse(scopes_text.split(' ')).map_err(|_| bad("scopes"))?,
+        allowed_hostnames: AllowedHostnames::parse(
+            hosts_text.split(' ').filter(|h| !h.is_empty()),
+        )
+        .map_err(|_| bad("allowed_hostnames"))?,
+        secret_hash: SecretHash::from_slice(&hash).ok_or_else(|| bad("secret_hash"))?,
+        key_prefix: text(row, 8, T)?,
+        last_four: text(row, 9, T)?,
+        request_count: u64::try_from(count).map_err(|_| bad("request_count"))?,
+        create_time: Micros(row.try_get(11)?),
+        update_time: Micros(row.try_get(12)?),
+        last_used_time: row.try_get::<Option<i64>, _>(13)?.map(Micros),
+        revoke_time: row.try_get::<Option<i64>, _>(14)?.map(Micros),
+        expire_time: row.try_get::<Option<i64>, _>(15)?.map(Micros),
+        created_by: UserId::parse(&text(row, 16, T)?).map_err(|_| bad("created_by"))?,
+    })
+}
+
+fn event_from_row<R>(row: &R) -> Result<KeyEvent, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    const T: &str = "key_events";
+    let bad = |what: &str| corrupt(T, what.to_owned());
+    let id: i64 = row.try_get(0)?;
+    Ok(KeyEvent {
+        id: u64::try_from(id).map_err(|_| bad("id"))?,
+        key_id: KeyId::parse(&text(row, 1, T)?).map_err(|_| bad("key_id"))?,
+        organization_id: OrganizationId::parse(&text(row, 2, T)?)
+            .map_err(|_| bad("organization_id"))?,
+        action: EventAction::from_i64(row.try_get(3)?).ok_or_else(|| bad("action"))?,
+        actor_id: UserId::parse(&text(row, 4, T)?).map_err(|_| bad("actor_id"))?,
+        time: Micros(row.try_get(5)?),
+    })
+}
+
+fn is_live_user_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.is_unique_violation() && db.message().contains("live_user"))
+}
+
+const INSERT_EVENT: &str = "INSERT INTO key_events \
+    (key_id, organization_id, action, actor_id, event_time) VALUES (?, ?, ?, ?, ?)";
+
+impl Store {
+    /// Inserts a new key and its `CREATED` event in one transaction.
+    pub async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO api_keys ({KEY_COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        on_pool!(self, |p, _d| {
+            let mut tx = p.begin().await?;
+            let inserted = sqlx::query(&sql)
+                .bind(key.id.as_str())
+                .bind(key.organization_id.as_str())
+                .bind(key.owner.key_type().as_i64())
+                .bind(key.owner.user_id().map(UserId::as_str))
+                .bind(key.name.as_str())
+                .bind(join(key.scopes.iter()))
+                .bind(join(key.allowed_hostnames.to_vec()))
+                .bind(&key.secret_hash.as_bytes()[..])
+                .bind(&key.key_prefix)
+                .bind(&key.last_four)
+                .bind(0_i64)
+                .bind(key.create_time.0)
+                .bind(key.update_time.0)
+                .bind(None::<i64>)
+                .bind(None::<i64>)
+                .bind(key.expire_time.map(|t| t.0))
+                .bind(key.created_by.as_str())
+                .execute(&mut *tx)
+                .await;
+            match inserted {
+                Err(e) if is_live_user_conflict(&e) => return Err(StoreError::LiveUserKeyExists),
+                other => other?,
+            };
+            sqlx::query(INSERT_EVENT)
+                .bind(key.id.as_str())
+                .bind(key.organization_id.as_str())
+                .bind(EventAction::Created.as_i64())
+                .bind(key.created_by.as_str())
+                .bind(key.create_time.0)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// One key of an organization; a key of another organization is `None`.
+    pub async fn get_key(
+        &self,
+        org: &OrganizationId,
+        id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
+        on_pool!(self, |p, _d| {
+            sqlx::query(&sql)
+                .bind(org.as_str())
+                .bind(id.as_str())
+                .fetch_optional(p)
+                .await?
+                .map(|r| key_from_row(&r))
+                .transpose()
+        })
+    }
+
+    /// The key a presented secret hashes to: the verify path's only read.
+    pub async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?");
+        on_pool!(self, |p, _d| {
+            sqlx::query(&sql)
+                .bind(&hash.as_bytes()[..])
+                .fetch_optional(p)
+                .await?
+                .map(|r| key_from_row(&r))
+                .transpose()
+        })
+    }
+
+    /// A page of keys in id order (ids are time-ordered UUIDv7, so this is creation order).
+    pub async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys \
+             WHERE organization_id = ? AND (? = 0 OR key_type = ?) AND (? = '' OR user_id = ?) \
+             AND (? = 1 OR revoke_time IS NULL) AND id > ? ORDER BY id LIMIT ?"
+        );
+        let key_type = f.key_type.map_or(0, KeyType::as_i64);
+        let user = f.user_id.as_ref().map_or("", UserId::as_str);
+        let after = f.after.as_ref().map_or("", KeyId::as_str);
+        on_pool!(self, |p, _d| {
+            sqlx::query(&sql)
+                .bind(f.organization_id.as_str())
+                .bind(key_type)
+                .bind(key_type)
+                .bind(user)
+                .bind(user)
+                .bind(i64::from(f.include_revoked))
+                .bind(after)
+                .bind(i64::from(f.limit))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(key_from_row)
+                .collect()
+        })
+    }
+
+    /// Applies a patch to a live key and writes its `UPDATED` event, atomically.
+    pub async fn update_key(
+        &self,
+        org: &OrganizationId,
+        id: &KeyId,
+        patch: &KeyPatch,
+        actor: &UserId,
+        now: Micros,
+    ) -> Result<KeyRecord, StoreError> {
+        // The write comes first so that SQLite takes its write lock at once instead
+        // of failing to upgrade a read transaction under contention.
+        let update = "UPDATE api_keys SET update_time = ?, \
+            name = COALESCE(?, name), scopes = COALESCE(?, scopes), \
+            allowed_hostnames = COALESCE(?, allowed_hostnames), \
+            expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END \
+            WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
+        let select = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
+        let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
+        let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
+        on_pool!(self, |p, _d| {
+            let mut tx = p.begin().await?;
+            sqlx::query(update)
+                .bind(now.0)
+                .bind(patch.name.as_ref().map(KeyName::as_str))
+                .bind(scopes.as_deref())
+                .bind(hosts.as_deref())
+                .bind(i64::from(patch.expire_time.is_some()))
+                .bind(patch.expire_time.flatten().map(|t| t.0))
+                .bind(org.as_str())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            // Read back in the same transaction: a live row is now locked by our
+            // update, so "revoked" here means the update did not apply.
+            let row = sqlx::query(&select)
+                .bind(org.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let key = match row {
+                None => return Err(StoreError::NotFound),
+                Some(r) => key_from_row(&r)?,
+            };
+            if key.revoke_time.is_some() {
+                return Err(StoreError::Revoked);
+            }
+            sqlx::query(INSERT_EVENT)
+                .bind(id.as_str())
+                .bind(org.as_str())
+                .bind(EventAction::Updated.as_i64())
+                .bind(actor.as_str())
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(key)
+        })
+    }
+
+    /// Revokes a key; revoking a revoked key changes nothing and writes no event.
+    pub async fn revoke_key(
+        &self,
+        org: &OrganizationId,
+        id: &KeyId,
+        actor: &UserId,
+        now: Micros,
+    ) -> Result<KeyRecord, StoreError> {
+        let revoke = "UPDATE api_keys SET revoke_time = ?, update_time = ? \
+            WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
+        let select = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
+        on_pool!(self, |p, _d| {
+            let mut tx = p.begin().await?;
+            let revoked = sqlx::query(revoke)
+                .bind(now.0)
+                .bind(now.0)
+                .bind(org.as_str())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if revoked > 0 {
+                sqlx::query(INSERT_EVENT)
+                    .bind(id.as_str())
+                    .bind(org.as_str())
+                    .bind(EventAction::Revoked.as_i64())
+                    .bind(actor.as_str())
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let row = sqlx::query(&select)
+                .bind(org.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let key = row.map(|r| key_from_row(&r)).transpose()?.ok_or(StoreError::NotFound)?;
+            tx.commit().await?;
+            Ok(key)
+        })
+    }
+
+    /// Deletes every user key of a member in an organization, each with a `DELETED`
+    /// event, and returns the hashes of what was deleted (for cache invalidation).
+    pub async fn remove_member(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+        actor: &UserId,
+        now: Micros,
+    ) -> Result<Vec<SecretHash>, StoreError> {
+        // Events first: the write takes SQLite's lock before anything is read.
+        let events = "INSERT INTO key_events \
+            (key_id, organization_id, action, actor_id, event_time) \
+            SELECT id, organization_id, ?, ?, ? FROM api_keys \
+            WHERE organization_id = ? AND user_id = ? AND key_type = ?";
+        let select = "SELECT secret_hash FROM api_keys \
+            WHERE organization_id = ? AND user_id = ? AND key_type = ?";
+        let delete = "DELETE FROM api_keys WHERE organization_id = ? AND user_id = ? AND key_type = ?";
+        let user_type = KeyType::User.as_i64();
+        on_pool!(self, |p, _d| {
+            let mut tx = p.begin().await?;
+            sqlx::query(events)
+                .bind(EventAction::Deleted.as_i64())
+                .bind(actor.as_str())
+                .bind(now.0)
+                .bind(org.as_str())
+                .bind(user.as_str())
+                .bind(user_type)
+                .execute(&mut *tx)
+                .await?;
+            let rows = sqlx::query(select)
+                .bind(org.as_str())
+                .bind(user.as_str())
+                .bind(user_type)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut hashes = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let bytes: Vec<u8> = r.try_get(0)?;
+                hashes.push(
+                    SecretHash::from_slice(&bytes).ok_or_else(|| corrupt("api_keys", "secret_hash"))?,
+                );
+            }
+            let deleted = sqlx::query(delete)
+                .bind(org.as_str())
+                .bind(user.as_str())
+                .bind(user_type)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if usize::try_from(deleted).ok() != Some(hashes.len()) {
+                return Err(corrupt("api_keys", "remove_member deleted another count than it read"));
+            }
+            tx.commit().await?;
+            Ok(hashes)
+        })
+    }
+
+    /// A page of an organization's audit trail in id order, optionally for one key.
+    pub async fn list_events(
+        &self,
+        org: &OrganizationId,
+        key_id: Option<&KeyId>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<KeyEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM key_events \
+             WHERE organization_id = ? AND (? = '' OR key_id = ?) AND id > ? ORDER BY id LIMIT ?"
+        );
+        let key = key_id.map_or("", KeyId::as_str);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        on_pool!(self, |p, _d| {
+            sqlx::query(&sql)
+                .bind(org.as_str())
+                .bind(key)
+                .bind(key)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(event_from_row)
+                .collect()
+        })
+    }
+
+    /// Events of every organization after `after`, oldest first: the invalidation poll.
+    pub async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM key_events WHERE id > ? ORDER BY id LIMIT ?");
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        on_pool!(self, |p, _d| {
+            sqlx::query(&sql)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(event_from_row)
+                .collect()
+        })
+    }
+
+    /// The newest event id, 0 when there is none: where a new instance starts polling.
+    pub async fn last_event_id(&self) -> Result<u64, StoreError> {
+        let sql = "SELECT COALESCE(MAX(id), 0) FROM key_events";
+        let id: i64 = on_pool!(self, |p, _d| sqlx::query_scalar(sql).fetch_one(p).await?);
+        u64::try_from(id).map_err(|_| corrupt("key_events", "negative id"))
+    }
+
+    /// Adds accumulated usage: one statement per [`USAGE_CHUNK`] keys. Deltas of keys
+    /// deleted meanwhile match no row and are dropped.
+    pub async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        for chunk in deltas.chunks(USAGE_CHUNK) {
+            let n = chunk.len();
+            on_pool!(self, |p, d| {
+                let sql = usage_sql(d.greatest, n);
+                let mut q = sqlx::query(&sql);
+                for u in chunk {
+                    q = q.bind(u.key_id.as_str()).bind(i64::try_from(u.count).unwrap_or(i64::MAX));
+                }
+                for u in chunk {
+                    q = q.bind(u.key_id.as_str()).bind(u.last_used.0);
+                }
+                for u in chunk {
+                    q = q.bind(u.key_id.as_str());
+                }
+                q.execute(p).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers; drives the health service.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |p, _d| {
+            sqlx::query("SELECT 1").execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// Reads every text and blob column of both tables, for tests that prove a
+    /// secret is stored nowhere.
+    pub async fn dump_all_text(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for sql in [
+            format!("SELECT {KEY_COLUMNS} FROM api_keys"),
+            format!("SELECT {EVENT_COLUMNS} FROM key_events"),
+        ] {
+            on_pool!(self, |p, _d| {
+                for row in sqlx::query(&sql).fetch_all(p).await? {
+                    for i in 0..row.len() {
+                        if let Ok(Some(b)) = row.try_get::<Option<Vec<u8>>, _>(i) {
+                            out.push(b);
+                        }
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn usage_sql(greatest: &str, n: usize) -> String {
+    let cases = "WHEN ? THEN ? ".repeat(n);
+    let ids = vec!["?"; n].join(", ");
+    format!(
+        "UPDATE api_keys SET \
+         request_count = request_count + CASE id {cases}ELSE 0 END, \
+         last_used_time = {greatest}(COALESCE(last_used_time, 0), CASE id {cases}ELSE 0 END) \
+         WHERE id IN ({ids})"
+    )
+}
