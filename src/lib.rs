@@ -1,8 +1,15 @@
 //! keygate: issues, scopes and verifies API keys over gRPC.
 
+pub mod app;
+pub mod cache;
+pub mod config;
 pub mod hostnames;
+pub mod invalidation;
 pub mod keys;
+pub mod logging;
 pub mod model;
 pub mod proto;
 pub mod scopes;
+pub mod service;
 pub mod store;
+pub mod usage;

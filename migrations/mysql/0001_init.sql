@@ -35,6 +35,9 @@ CREATE TABLE key_events (
     action          SMALLINT      NOT NULL,
     actor_id        VARCHAR(128)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     event_time      BIGINT        NOT NULL,
+    -- Lets every instance drop the key from its cache, which is keyed by hash, even
+    -- after the key row is gone. The hash, never the secret.
+    secret_hash     BINARY(32)    NOT NULL,
     PRIMARY KEY (id),
     KEY ix_key_events_org (organization_id, id),
     KEY ix_key_events_org_key (organization_id, key_id, id)

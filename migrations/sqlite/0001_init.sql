@@ -34,7 +34,10 @@ CREATE TABLE key_events (
     organization_id TEXT    NOT NULL,
     action          INTEGER NOT NULL,
     actor_id        TEXT    NOT NULL,
-    event_time      INTEGER NOT NULL
+    event_time      INTEGER NOT NULL,
+    -- Lets every instance drop the key from its cache, which is keyed by hash, even
+    -- after the key row is gone. The hash, never the secret.
+    secret_hash     BLOB    NOT NULL
 ) STRICT;
 
 CREATE INDEX ix_key_events_org ON key_events (organization_id, id);

@@ -187,7 +187,8 @@ fn is_live_user_conflict(e: &sqlx::Error) -> bool {
 }
 
 const INSERT_EVENT: &str = "INSERT INTO key_events \
-    (key_id, organization_id, action, actor_id, event_time) VALUES (?, ?, ?, ?, ?)";
+    (key_id, organization_id, action, actor_id, event_time, secret_hash) \
+    VALUES (?, ?, ?, ?, ?, ?)";
 
 impl Store {
     /// Inserts a new key and its `CREATED` event in one transaction.
@@ -228,6 +229,7 @@ impl Store {
                 .bind(EventAction::Created.as_i64())
                 .bind(key.created_by.as_str())
                 .bind(key.create_time.0)
+                .bind(&key.secret_hash.as_bytes()[..])
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -346,6 +348,7 @@ impl Store {
                 .bind(EventAction::Updated.as_i64())
                 .bind(actor.as_str())
                 .bind(now.0)
+                .bind(&key.secret_hash.as_bytes()[..])
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -374,6 +377,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            let row = sqlx::query(&select)
+                .bind(org.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let key = row.map(|r| key_from_row(&r)).transpose()?.ok_or(StoreError::NotFound)?;
             if revoked > 0 {
                 sqlx::query(INSERT_EVENT)
                     .bind(id.as_str())
@@ -381,15 +390,10 @@ impl Store {
                     .bind(EventAction::Revoked.as_i64())
                     .bind(actor.as_str())
                     .bind(now.0)
+                    .bind(&key.secret_hash.as_bytes()[..])
                     .execute(&mut *tx)
                     .await?;
             }
-            let row = sqlx::query(&select)
-                .bind(org.as_str())
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let key = row.map(|r| key_from_row(&r)).transpose()?.ok_or(StoreError::NotFound)?;
             tx.commit().await?;
             Ok(key)
         })
@@ -406,8 +410,8 @@ impl Store {
     ) -> Result<Vec<SecretHash>, StoreError> {
         // Events first: the write takes SQLite's lock before anything is read.
         let events = "INSERT INTO key_events \
-            (key_id, organization_id, action, actor_id, event_time) \
-            SELECT id, organization_id, ?, ?, ? FROM api_keys \
+            (key_id, organization_id, action, actor_id, event_time, secret_hash) \
+            SELECT id, organization_id, ?, ?, ?, secret_hash FROM api_keys \
             WHERE organization_id = ? AND user_id = ? AND key_type = ?";
         let select = "SELECT secret_hash FROM api_keys \
             WHERE organization_id = ? AND user_id = ? AND key_type = ?";
@@ -481,19 +485,32 @@ impl Store {
         })
     }
 
-    /// Events of every organization after `after`, oldest first: the invalidation poll.
-    pub async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM key_events WHERE id > ? ORDER BY id LIMIT ?");
+    /// `(event id, key hash)` of every organization's events after `after`, oldest
+    /// first: what the invalidation poll needs.
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, SecretHash)>, StoreError> {
+        let sql = "SELECT id, secret_hash FROM key_events WHERE id > ? ORDER BY id LIMIT ?";
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
-            sqlx::query(&sql)
+            let rows = sqlx::query(sql)
                 .bind(after)
                 .bind(i64::from(limit))
                 .fetch_all(p)
-                .await?
-                .iter()
-                .map(event_from_row)
-                .collect()
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id: i64 = r.try_get(0)?;
+                let hash: Vec<u8> = r.try_get(1)?;
+                let bad = || corrupt("key_events", "id or secret_hash");
+                out.push((
+                    u64::try_from(id).map_err(|_| bad())?,
+                    SecretHash::from_slice(&hash).ok_or_else(bad)?,
+                ));
+            }
+            Ok(out)
         })
     }
 

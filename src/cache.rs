@@ -1,0 +1,176 @@
+//! The verify path's in-process caches: found keys by hash, and a negative cache
+//! that absorbs floods of well-formed unknown keys. Both are bounded (moka's
+//! TinyLFU) and both are only ever a copy of the store.
+//!
+//! A store read can race an invalidation: the read returns the row as it was
+//! before a revocation, the revocation drops the entry, then the read inserts the
+//! stale row. A generation counter closes that window: every invalidation bumps
+//! it, and a read inserts its result only if no invalidation happened since the
+//! read began, checked after the insert so that an invalidation landing between
+//! the check and the insert is still honoured.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use moka::sync::Cache;
+
+use crate::{keys::SecretHash, model::KeyRecord, proto};
+
+/// A cached key with its `VerifiedKey` built once, so that a hit costs a clone.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub record: KeyRecord,
+    pub verified: proto::VerifiedKey,
+}
+
+impl CachedKey {
+    pub fn new(record: KeyRecord) -> Self {
+        let verified = proto::VerifiedKey {
+            id: record.id.as_str().to_owned(),
+            organization_id: record.organization_id.as_str().to_owned(),
+            r#type: proto::KeyType::from(record.owner.key_type()) as i32,
+            user_id: record
+                .owner
+                .user_id()
+                .map(|u| u.as_str().to_owned())
+                .unwrap_or_default(),
+            name: record.name.as_str().to_owned(),
+            scopes: record.scopes.to_vec(),
+            expire_time: record.expire_time.map(|t| t.to_timestamp()),
+        };
+        Self { record, verified }
+    }
+}
+
+/// Sizes and lifetimes; a capacity of 0 disables that cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub capacity: u64,
+    pub ttl: Duration,
+    pub negative_capacity: u64,
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            ttl: Duration::from_secs(60),
+            negative_capacity: 100_000,
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the cache knows of a hash.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Arc<CachedKey>),
+    /// Recently looked up and not in the store.
+    Unknown,
+    /// Not cached: read the store, then hand the result to [`KeyCache::fill`].
+    Miss(Ticket),
+}
+
+/// Proof of when a store read began, for [`KeyCache::fill`].
+#[derive(Debug)]
+pub struct Ticket(u64);
+
+#[derive(Debug)]
+pub struct KeyCache {
+    found: Option<Cache<SecretHash, Arc<CachedKey>>>,
+    unknown: Option<Cache<SecretHash, ()>>,
+    generation: AtomicU64,
+}
+
+impl KeyCache {
+    pub fn new(config: &CacheConfig) -> Self {
+        let found = (config.capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(config.capacity)
+                .time_to_live(config.ttl)
+                .build()
+        });
+        let unknown = (config.negative_capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(config.negative_capacity)
+                .time_to_live(config.negative_ttl)
+                .build()
+        });
+        Self {
+            found,
+            unknown,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self, hash: &SecretHash) -> Lookup {
+        if let Some(hit) = self.found.as_ref().and_then(|c| c.get(hash)) {
+            return Lookup::Found(hit);
+        }
+        if self.unknown.as_ref().is_some_and(|c| c.contains_key(hash)) {
+            return Lookup::Unknown;
+        }
+        Lookup::Miss(Ticket(self.generation.load(Ordering::Acquire)))
+    }
+
+    /// Caches the result of a store read that began at `ticket`, unless an
+    /// invalidation happened since; returns the entry to answer with either way.
+    pub fn fill(
+        &self,
+        ticket: Ticket,
+        hash: SecretHash,
+        record: Option<KeyRecord>,
+    ) -> Option<Arc<CachedKey>> {
+        let entry = record.map(|r| Arc::new(CachedKey::new(r)));
+        match &entry {
+            Some(e) => {
+                if let Some(c) = &self.found {
+                    c.insert(hash, Arc::clone(e));
+                }
+            }
+            None => {
+                if let Some(c) = &self.unknown {
+                    c.insert(hash, ());
+                }
+            }
+        }
+        if self.generation.load(Ordering::Acquire) != ticket.0 {
+            self.remove(&hash);
+        }
+        entry
+    }
+
+    /// Forgets a key on this instance: called after a local change and for every
+    /// change another instance made (see `invalidation`).
+    pub fn invalidate(&self, hash: &SecretHash) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.remove(hash);
+    }
+
+    fn remove(&self, hash: &SecretHash) {
+        if let Some(c) = &self.found {
+            c.invalidate(hash);
+        }
+        if let Some(c) = &self.unknown {
+            c.invalidate(hash);
+        }
+    }
+
+    /// Entries of the positive cache, for metrics and tests.
+    pub fn len(&self) -> u64 {
+        self.found.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,99 @@
+//! Command line and environment. Every flag can also be set through a
+//! `KEYGATE_*` variable, so containers and operators' scripts need no arguments.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::keys::KeyPrefix;
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "Issues, scopes and verifies API keys over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (migrates the database first).
+    Serve(Box<ServeArgs>),
+    /// Apply the embedded database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://FILE` (created if missing) or `mysql://user:password@host:port/db`.
+    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = "sqlite://keygate.db", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Connections in the store's pool.
+    #[arg(long, env = "KEYGATE_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address of the gRPC server.
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Comma-separated service tokens accepted by KeyAdmin; one is generated and
+    /// printed when none is set.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub admin_tokens: Vec<String>,
+
+    /// Prefix of the keys this deployment issues (keys of any prefix verify).
+    #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg_live")]
+    pub key_prefix: KeyPrefix,
+
+    /// Address of the Prometheus metrics endpoint.
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+
+    /// How often to poll the event table for other instances' changes.
+    #[arg(long, env = "KEYGATE_INVALIDATION_INTERVAL", default_value = "250ms")]
+    pub invalidation_interval: humantime::Duration,
+
+    /// A file of allowed scopes, one per line; without it any well-formed scope is accepted.
+    #[arg(long, env = "KEYGATE_SCOPE_CATALOG")]
+    pub scope_catalog: Option<PathBuf>,
+
+    /// Keys held in the verify cache; 0 disables it.
+    #[arg(long, env = "KEYGATE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+
+    /// How long a cached key is trusted without asking the store.
+    #[arg(long, env = "KEYGATE_CACHE_TTL", default_value = "60s")]
+    pub cache_ttl: humantime::Duration,
+
+    /// Unknown keys remembered, to absorb floods of made-up keys; 0 disables it.
+    #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub negative_cache_capacity: u64,
+
+    /// How long an unknown key is remembered.
+    #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL", default_value = "10s")]
+    pub negative_cache_ttl: humantime::Duration,
+
+    /// How often usage counts are written to the store.
+    #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "1s")]
+    pub usage_flush_interval: humantime::Duration,
+
+    /// Tokio worker threads; defaults to the number of cores.
+    #[arg(long, env = "KEYGATE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}

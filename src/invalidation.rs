@@ -1,0 +1,113 @@
+//! Cross-instance cache invalidation: every instance polls the event table for
+//! events newer than the last it saw and drops the keys they name from its cache.
+//!
+//! Auto-increment ids are handed out at insert but become visible at commit, so
+//! a slow transaction can commit id 7 after id 8 was already seen. Ids skipped
+//! over are therefore remembered as gaps and looked for again until they show up
+//! or `GAP_WAIT` passes (a rolled-back transaction leaves a gap for good).
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    cache::KeyCache,
+    store::{Store, StoreError},
+};
+
+/// Longer than any transaction that writes an event can reasonably stay open.
+const GAP_WAIT: Duration = Duration::from_secs(30);
+/// Enough for any realistic burst of concurrent writes; older gaps are dropped first.
+const MAX_GAPS: usize = 10_000;
+const PAGE: u32 = 1000;
+
+#[derive(Debug)]
+pub struct Poller {
+    store: Store,
+    cache: Arc<KeyCache>,
+    /// Highest event id seen.
+    high: u64,
+    /// Ids below `high` not seen yet, with when they were first missed.
+    gaps: BTreeMap<u64, Instant>,
+}
+
+impl Poller {
+    /// Starts after the newest event: this instance's cache begins empty, so
+    /// nothing older can concern it.
+    pub async fn start(store: Store, cache: Arc<KeyCache>) -> Result<Self, StoreError> {
+        let high = store.last_event_id().await?;
+        Ok(Self {
+            store,
+            cache,
+            high,
+            gaps: BTreeMap::new(),
+        })
+    }
+
+    /// One poll: reads every event not yet seen and invalidates its key.
+    pub async fn poll_once(&mut self) -> Result<usize, StoreError> {
+        let now = Instant::now();
+        self.gaps.retain(|_, since| now.duration_since(*since) < GAP_WAIT);
+        let mut from = self
+            .gaps
+            .keys()
+            .next()
+            .map_or(self.high, |lowest| lowest - 1);
+        let mut invalidated = 0;
+        loop {
+            let events = self.store.events_after(from, PAGE).await?;
+            for (id, hash) in &events {
+                let (id, hash) = (*id, hash);
+                if id > self.high {
+                    // A jump larger than MAX_GAPS (a mass rollback) keeps only its newest part.
+                    let first = (self.high + 1).max(id.saturating_sub(MAX_GAPS as u64));
+                    for missing in first..id {
+                        self.gaps.insert(missing, now);
+                    }
+                    self.high = id;
+                } else if self.gaps.remove(&id).is_none() {
+                    continue;
+                }
+                self.cache.invalidate(hash);
+                invalidated += 1;
+            }
+            while self.gaps.len() > MAX_GAPS {
+                self.gaps.pop_first();
+            }
+            match events.last() {
+                Some((last, _)) if events.len() == PAGE as usize => from = *last,
+                _ => return Ok(invalidated),
+            }
+        }
+    }
+
+    /// Polls every `interval` until `shutdown` fires.
+    pub async fn run(mut self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            match self.poll_once().await {
+                Ok(_) if failing => {
+                    tracing::info!("invalidation poll recovered");
+                    failing = false;
+                }
+                Ok(_) => {}
+                // Logged once per outage, not four times a second.
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "invalidation poll failed; cached keys may be stale until it recovers");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

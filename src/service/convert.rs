@@ -1,0 +1,64 @@
+//! Domain types to their proto messages. Requests go the other way through the
+//! parsing in `admin` and `verify`, field by field, so errors can name the field.
+
+use crate::{
+    model::{EventAction, KeyEvent, KeyRecord, KeyType},
+    proto,
+};
+
+impl From<KeyType> for proto::KeyType {
+    fn from(t: KeyType) -> Self {
+        match t {
+            KeyType::User => Self::User,
+            KeyType::Bot => Self::Bot,
+        }
+    }
+}
+
+impl From<EventAction> for proto::KeyEventAction {
+    fn from(a: EventAction) -> Self {
+        match a {
+            EventAction::Created => Self::Created,
+            EventAction::Updated => Self::Updated,
+            EventAction::Revoked => Self::Revoked,
+            EventAction::Deleted => Self::Deleted,
+        }
+    }
+}
+
+impl From<&KeyRecord> for proto::ApiKey {
+    fn from(k: &KeyRecord) -> Self {
+        Self {
+            id: k.id.as_str().to_owned(),
+            organization_id: k.organization_id.as_str().to_owned(),
+            r#type: proto::KeyType::from(k.owner.key_type()).into(),
+            user_id: k.owner.user_id().map(|u| u.as_str().to_owned()).unwrap_or_default(),
+            name: k.name.as_str().to_owned(),
+            scopes: k.scopes.to_vec(),
+            allowed_hostnames: k.allowed_hostnames.to_vec(),
+            key_prefix: k.key_prefix.clone(),
+            last_four: k.last_four.clone(),
+            request_count: k.request_count,
+            revoked: k.revoke_time.is_some(),
+            create_time: Some(k.create_time.to_timestamp()),
+            update_time: Some(k.update_time.to_timestamp()),
+            last_used_time: k.last_used_time.map(|t| t.to_timestamp()),
+            revoke_time: k.revoke_time.map(|t| t.to_timestamp()),
+            expire_time: k.expire_time.map(|t| t.to_timestamp()),
+            created_by: k.created_by.as_str().to_owned(),
+        }
+    }
+}
+
+impl From<&KeyEvent> for proto::KeyEvent {
+    fn from(e: &KeyEvent) -> Self {
+        Self {
+            id: e.id,
+            key_id: e.key_id.as_str().to_owned(),
+            organization_id: e.organization_id.as_str().to_owned(),
+            action: proto::KeyEventAction::from(e.action).into(),
+            actor_id: e.actor_id.as_str().to_owned(),
+            time: Some(e.time.to_timestamp()),
+        }
+    }
+}

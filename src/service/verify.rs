@@ -1,0 +1,125 @@
+//! `KeyVerify.VerifyKey`: on the path of every request our users serve. A denial
+//! is an answer, not an error; errors are kept for the caller's own faults and
+//! for a store that cannot be reached.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use crate::{
+    cache::{CachedKey, KeyCache, Lookup},
+    keys::{self, SecretHash},
+    model::Micros,
+    proto::{self, VerifyCode, key_verify_server::KeyVerify},
+    scopes::parse_scope,
+    store::Store,
+    usage::UsageRecorder,
+};
+
+#[derive(Debug, Clone)]
+pub struct VerifyService {
+    store: Store,
+    cache: Arc<KeyCache>,
+    usage: Arc<UsageRecorder>,
+}
+
+impl VerifyService {
+    pub fn new(store: Store, cache: Arc<KeyCache>, usage: Arc<UsageRecorder>) -> Self {
+        Self {
+            store,
+            cache,
+            usage,
+        }
+    }
+
+    async fn lookup(&self, hash: SecretHash) -> Result<Option<Arc<CachedKey>>, ApiError> {
+        match self.cache.get(&hash) {
+            Lookup::Found(k) => Ok(Some(k)),
+            Lookup::Unknown => Ok(None),
+            Lookup::Miss(ticket) => {
+                let record = self.store.find_by_hash(&hash).await?;
+                Ok(self.cache.fill(ticket, hash, record))
+            }
+        }
+    }
+}
+
+fn denied(code: VerifyCode, key: Option<&CachedKey>) -> proto::VerifyKeyResponse {
+    proto::VerifyKeyResponse {
+        valid: code == VerifyCode::Valid,
+        code: code.into(),
+        key: key.map(|k| k.verified.clone()),
+        missing_scopes: Vec::new(),
+    }
+}
+
+/// The checks of the contract's table that follow a successful lookup, in order.
+fn check(key: &CachedKey, req: &proto::VerifyKeyRequest, now: Micros) -> proto::VerifyKeyResponse {
+    let r = &key.record;
+    if r.revoke_time.is_some() {
+        return denied(VerifyCode::Revoked, Some(key));
+    }
+    if r.expire_time.is_some_and(|t| t <= now) {
+        return denied(VerifyCode::Expired, Some(key));
+    }
+    if !req.organization_id.is_empty() && req.organization_id != r.organization_id.as_str() {
+        return denied(VerifyCode::OrganizationMismatch, Some(key));
+    }
+    if !r.allowed_hostnames.allows(&req.origin, &req.referer) {
+        return denied(VerifyCode::HostnameBlocked, Some(key));
+    }
+    let missing: Vec<String> = req
+        .required_scopes
+        .iter()
+        .filter(|s| parse_scope(s).is_ok_and(|s| !r.scopes.grants(s)))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let mut resp = denied(VerifyCode::InsufficientScope, Some(key));
+        resp.missing_scopes = missing;
+        return resp;
+    }
+    denied(VerifyCode::Valid, Some(key))
+}
+
+#[tonic::async_trait]
+impl KeyVerify for VerifyService {
+    async fn verify_key(
+        &self,
+        request: Request<proto::VerifyKeyRequest>,
+    ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
+        let req = request.into_inner();
+        // The caller's own mistakes come first: they are bugs to fix, not denials.
+        for (i, s) in req.required_scopes.iter().enumerate() {
+            if let Err(e) = parse_scope(s) {
+                return Err(ApiError::invalid(format!("required_scopes[{i}]"), e.to_string()).into());
+            }
+        }
+        if !req.organization_id.is_empty()
+            && crate::model::OrganizationId::parse(&req.organization_id).is_err()
+        {
+            return Err(ApiError::invalid(
+                "organization_id",
+                "must be empty or 1-64 characters of [A-Za-z0-9_-]",
+            )
+            .into());
+        }
+
+        if req.key.is_empty() {
+            return Ok(Response::new(denied(VerifyCode::Missing, None)));
+        }
+        // Length, shape and checksum: a malformed key never reaches cache or store.
+        let Ok(hash) = keys::parse_token(&req.key) else {
+            return Ok(Response::new(denied(VerifyCode::Malformed, None)));
+        };
+        let Some(key) = self.lookup(hash).await? else {
+            return Ok(Response::new(denied(VerifyCode::NotFound, None)));
+        };
+        let now = Micros::now();
+        self.usage.record(&key.record.id, now);
+        let resp = check(&key, &req, now);
+        tracing::debug!(key_id = %key.record.id, code = resp.code, "verified");
+        Ok(Response::new(resp))
+    }
+}
