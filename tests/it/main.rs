@@ -1,1 +1,5 @@
-//! Integration tests.
+//! Integration tests: the real gRPC API on an ephemeral port, over a real SQLite
+//! file and a real MariaDB/MySQL database, one of each per test.
+
+mod admin;
+mod support;

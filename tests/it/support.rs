@@ -1,0 +1,368 @@
+//! What every integration test shares: a real keygate on an ephemeral port, over a
+//! database of its own (a fresh SQLite file, or a fresh MariaDB/MySQL database).
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use keygate::{
+    app::App,
+    config::{Cli, Command, ServeArgs},
+    proto::{
+        self, CreateKeyRequest, KeyType, VerifyCode, VerifyKeyRequest, VerifyKeyResponse,
+        key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
+    },
+    store::{PoolConfig, Store},
+};
+use sqlx::{Connection, MySqlConnection};
+use tonic::{Code, Request, Status, transport::Channel};
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    MySql,
+}
+
+/// The MySQL server tests create their databases on; CI makes sure it runs.
+pub fn mysql_server_url() -> String {
+    std::env::var("KEYGATE_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A database that belongs to one test.
+#[derive(Debug)]
+pub struct TestDb {
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+#[derive(Debug)]
+enum Cleanup {
+    File(PathBuf),
+    MySql { server: String, name: String },
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> Self {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Sqlite => {
+                let path = std::env::temp_dir().join(format!("keygate-test-{tag}.db"));
+                Self {
+                    url: format!("sqlite://{}", path.display()),
+                    cleanup: Cleanup::File(path),
+                }
+            }
+            Backend::MySql => {
+                let server = mysql_server_url();
+                let name = format!("kgt_{}", &tag[..16]);
+                let mut conn = MySqlConnection::connect(&server).await.unwrap_or_else(|e| {
+                    panic!("MariaDB/MySQL must be reachable at {server} for the tests: {e}")
+                });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                Self {
+                    url: format!("{server}/{name}"),
+                    cleanup: Cleanup::MySql { server, name },
+                }
+            }
+        }
+    }
+
+    pub async fn drop_db(&self) {
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::MySql { server, name } => {
+                if let Ok(mut conn) = MySqlConnection::connect(server).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// `serve` arguments as the command line would give them, for `db`.
+pub fn serve_args(db: &TestDb, extra: &[&str]) -> ServeArgs {
+    let mut argv = vec![
+        "keygate",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db.url,
+        "--admin-tokens",
+        TOKEN,
+        "--database-max-connections",
+        "4",
+    ];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).expect("valid test arguments").command {
+        Command::Serve(args) => *args,
+        Command::Migrate(_) => unreachable!("serve was asked for"),
+    }
+}
+
+/// A running keygate with clients and direct access to its store.
+#[derive(Debug)]
+pub struct TestApp {
+    pub app: Option<App>,
+    pub db: TestDb,
+    pub admin: KeyAdminClient<Channel>,
+    pub verify: KeyVerifyClient<Channel>,
+    pub channel: Channel,
+    /// A second connection to the same database, for assertions on what is stored.
+    pub store: Store,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+/// Flags are appended to the defaults, so a test can override any of them.
+pub async fn spawn_app_with(backend: Backend, extra: &[&str]) -> TestApp {
+    let db = TestDb::create(backend).await;
+    start_on(db, extra).await
+}
+
+/// Starts keygate on an existing test database.
+pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
+    let app = App::start(serve_args(&db, extra)).await.expect("keygate starts");
+    let channel = connect(app.addr()).await;
+    let store = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("test store connection");
+    TestApp {
+        app: Some(app),
+        db,
+        admin: KeyAdminClient::new(channel.clone()),
+        verify: KeyVerifyClient::new(channel.clone()),
+        channel,
+        store,
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connect to keygate")
+}
+
+/// Metadata of a trusted caller acting for `actor` with `role`.
+pub fn as_actor<T>(actor: &str, role: &str, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    let md = req.metadata_mut();
+    md.insert("authorization", format!("Bearer {TOKEN}").parse().expect("ascii"));
+    md.insert("x-actor-id", actor.parse().expect("ascii"));
+    md.insert("x-actor-role", role.parse().expect("ascii"));
+    req
+}
+
+pub fn admin<T>(msg: T) -> Request<T> {
+    as_actor("admin-1", "admin", msg)
+}
+
+pub fn member<T>(actor: &str, msg: T) -> Request<T> {
+    as_actor(actor, "member", msg)
+}
+
+pub fn user_key(org: &str, name: &str, scopes: &[&str]) -> CreateKeyRequest {
+    CreateKeyRequest {
+        organization_id: org.into(),
+        r#type: KeyType::User.into(),
+        name: name.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn bot_key(org: &str, name: &str, scopes: &[&str]) -> CreateKeyRequest {
+    CreateKeyRequest {
+        r#type: KeyType::Bot.into(),
+        ..user_key(org, name, scopes)
+    }
+}
+
+pub fn verify_req(key: &str, scopes: &[&str]) -> VerifyKeyRequest {
+    VerifyKeyRequest {
+        key: key.into(),
+        required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Field names of a `google.rpc.BadRequest` detail.
+pub fn bad_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts an INVALID_ARGUMENT whose BadRequest names `field`.
+#[track_caller]
+pub fn assert_bad_field<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) {
+    let status = result.expect_err("the request must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let fields = bad_fields(&status);
+    assert!(fields.iter().any(|f| f == field), "expected {field} in {fields:?} ({status:?})");
+}
+
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    let status = result.expect_err("the request must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}
+
+impl TestApp {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.app.as_ref().expect("running").addr()
+    }
+
+    /// Creates a key and returns it with its secret.
+    pub async fn create(&self, req: Request<CreateKeyRequest>) -> (proto::ApiKey, String) {
+        let resp = self.admin.clone().create_key(req).await.expect("key created").into_inner();
+        (resp.key.expect("key in response"), resp.secret)
+    }
+
+    pub async fn verify(&self, req: VerifyKeyRequest) -> VerifyKeyResponse {
+        self.verify.clone().verify_key(req).await.expect("verify answers").into_inner()
+    }
+
+    pub async fn verify_code(&self, req: VerifyKeyRequest) -> VerifyCode {
+        self.verify(req).await.code()
+    }
+
+    pub async fn get(&self, org: &str, id: &str) -> proto::ApiKey {
+        self.admin
+            .clone()
+            .get_key(admin(proto::GetKeyRequest {
+                organization_id: org.into(),
+                id: id.into(),
+            }))
+            .await
+            .expect("get key")
+            .into_inner()
+            .key
+            .expect("key")
+    }
+
+    pub async fn revoke(&self, org: &str, id: &str) -> proto::ApiKey {
+        self.admin
+            .clone()
+            .revoke_key(admin(proto::RevokeKeyRequest {
+                organization_id: org.into(),
+                id: id.into(),
+            }))
+            .await
+            .expect("revoke key")
+            .into_inner()
+            .key
+            .expect("key")
+    }
+
+    pub async fn events(&self, org: &str, key_id: &str) -> Vec<proto::KeyEvent> {
+        self.admin
+            .clone()
+            .list_key_events(admin(proto::ListKeyEventsRequest {
+                organization_id: org.into(),
+                key_id: key_id.into(),
+                page_size: 1000,
+                ..Default::default()
+            }))
+            .await
+            .expect("list events")
+            .into_inner()
+            .events
+    }
+
+    /// Every key of an organization, revoked included, as an admin sees them.
+    pub async fn all_keys(&self, org: &str) -> Vec<proto::ApiKey> {
+        self.admin
+            .clone()
+            .list_keys(admin(proto::ListKeysRequest {
+                organization_id: org.into(),
+                page_size: 1000,
+                include_revoked: true,
+                ..Default::default()
+            }))
+            .await
+            .expect("list keys")
+            .into_inner()
+            .keys
+    }
+
+    /// Stops keygate gracefully and drops the test database.
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.expect("clean shutdown");
+        }
+        self.store.close().await;
+        self.db.drop_db().await;
+    }
+
+    /// Stops keygate but keeps the database, for a restart on it.
+    pub async fn stop_keep_db(mut self) -> TestDb {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.expect("clean shutdown");
+        }
+        self.store.close().await;
+        self.db
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes; for effects that happen in
+/// the background (usage flushes), never for timing claims.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs each named `async fn(Backend)` of the enclosing module once on SQLite and
+/// once on MariaDB/MySQL: the same test code for both stores.
+#[macro_export]
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod mariadb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::MySql).await;
+                }
+            )*
+        }
+    };
+}
