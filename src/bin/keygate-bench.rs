@@ -85,13 +85,20 @@ const SELECT_BY_HASH: &str = "SELECT id, organization_id, key_type, user_id, nam
 const TICKS_PER_SEC: f64 = 100.0;
 
 #[derive(Debug, Parser)]
-#[command(name = "keygate-bench", about = "Load-tests keygate's verify path against its baselines")]
+#[command(
+    name = "keygate-bench",
+    about = "Load-tests keygate's verify path against its baselines"
+)]
 struct Args {
     /// The keygate binary to start (twice).
     #[arg(long, default_value = "target/release/keygate")]
     keygate_bin: PathBuf,
     /// MySQL/MariaDB database to DROP and re-create; its name must contain `bench`.
-    #[arg(long, env = "KEYGATE_BENCH_DATABASE_URL", default_value = "mysql://root@127.0.0.1:3306/kg_bench")]
+    #[arg(
+        long,
+        env = "KEYGATE_BENCH_DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/kg_bench"
+    )]
     database_url: String,
     /// Keys to seed through KeyAdmin.CreateKey.
     #[arg(long, default_value_t = 100_000)]
@@ -200,25 +207,37 @@ impl Target {
     async fn call(&mut self) -> Outcome {
         match self {
             Target::Health(client) => {
-                let req = HealthCheckRequest { service: String::new() };
+                let req = HealthCheckRequest {
+                    service: String::new(),
+                };
                 match client.check(req).await {
                     Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Outcome::Ok,
                     Ok(_) => Outcome::Unexpected,
                     Err(e) => Outcome::Error(e.to_string()),
                 }
             }
-            Target::Verify { client, keys, cursor, expect } => {
-                match client.verify_key(verify_request(next(keys, cursor))).await {
-                    Ok(r) if r.get_ref().code == *expect as i32 => Outcome::Ok,
-                    Ok(_) => Outcome::Unexpected,
-                    Err(e) => Outcome::Error(e.to_string()),
-                }
-            }
+            Target::Verify {
+                client,
+                keys,
+                cursor,
+                expect,
+            } => match client
+                .verify_key(verify_request(next::<String>(keys, cursor)))
+                .await
+            {
+                Ok(r) if r.get_ref().code == *expect as i32 => Outcome::Ok,
+                Ok(_) => Outcome::Unexpected,
+                Err(e) => Outcome::Error(e.to_string()),
+            },
             Target::ById { pool, ids, cursor } => {
                 let q = sqlx::query(SELECT_BY_ID).bind(next(ids, cursor).as_str());
                 row_outcome(q.fetch_optional(&*pool).await)
             }
-            Target::ByHash { pool, hashes, cursor } => {
+            Target::ByHash {
+                pool,
+                hashes,
+                cursor,
+            } => {
                 let q = sqlx::query(SELECT_BY_HASH).bind(next(hashes, cursor).as_slice());
                 row_outcome(q.fetch_optional(&*pool).await)
             }
@@ -266,7 +285,9 @@ impl Tally {
     }
 
     fn merge(&mut self, other: &Tally) {
-        self.hist.add(&other.hist).expect("histograms share their bounds");
+        self.hist
+            .add(&other.hist)
+            .expect("histograms share their bounds");
         self.unexpected += other.unexpected;
         self.errors += other.errors;
         if self.first_error.is_none() {
@@ -289,17 +310,38 @@ impl Phase {
     }
 }
 
-/// Runs `concurrency` closed-loop tasks until `duration` has passed; a task starts
-/// no request after the deadline, and the phase lasts until the last one returns.
-async fn run_load(targets: &[Target], concurrency: usize, duration: Duration) -> Result<(Tally, Duration), BoxError> {
+/// When a load task stops starting requests.
+#[derive(Clone)]
+enum Until {
+    Deadline(Instant),
+    /// After this many requests in all, counted by the shared counter.
+    Calls(Arc<AtomicUsize>, usize),
+}
+
+impl Until {
+    fn more(&self) -> bool {
+        match self {
+            Until::Deadline(d) => Instant::now() < *d,
+            Until::Calls(issued, n) => issued.fetch_add(1, Relaxed) < *n,
+        }
+    }
+}
+
+/// Runs `concurrency` closed-loop tasks until `until`; the phase lasts until the
+/// last request in flight returns.
+async fn run_load(
+    targets: &[Target],
+    concurrency: usize,
+    until: Until,
+) -> Result<(Tally, Duration), BoxError> {
     let start = Instant::now();
-    let deadline = start + duration;
     let mut tasks = JoinSet::new();
     for i in 0..concurrency {
         let mut target = targets[i % targets.len()].clone();
+        let until = until.clone();
         tasks.spawn(async move {
             let mut tally = Tally::new();
-            while Instant::now() < deadline {
+            while until.more() {
                 let t0 = Instant::now();
                 let outcome = target.call().await;
                 tally.record(t0.elapsed(), outcome);
@@ -328,9 +370,17 @@ impl Instance {
         let child = Command::new(&args.keygate_bin)
             .arg("serve")
             .args(["--database-url", database_url])
-            .args(["--database-max-connections", &args.database_max_connections.to_string()])
+            .args([
+                "--database-max-connections",
+                &args.database_max_connections.to_string(),
+            ])
             .args(["--listen", &addr.to_string()])
-            .args(["--metrics-listen", "127.0.0.1:0", "--admin-tokens", ADMIN_TOKEN])
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--admin-tokens",
+                ADMIN_TOKEN,
+            ])
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -369,7 +419,9 @@ impl Instance {
                 return Err(format!("keygate exited before serving: {status}").into());
             }
             if let Ok(ch) = self.channel().await {
-                let req = HealthCheckRequest { service: String::new() };
+                let req = HealthCheckRequest {
+                    service: String::new(),
+                };
                 if let Ok(r) = HealthClient::new(ch).check(req).await
                     && r.get_ref().status == ServingStatus::Serving as i32
                 {
@@ -385,11 +437,16 @@ impl Instance {
 
     /// SIGTERM (graceful: keygate flushes usage), then SIGKILL after 15 s.
     async fn stop(mut self) -> Result<(), BoxError> {
-        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status()?;
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
         let give_up = Instant::now() + Duration::from_secs(15);
         while self.child.try_wait()?.is_none() {
             if Instant::now() > give_up {
-                eprintln!("keygate {} ignored SIGTERM for 15 s; killing it", self.pid());
+                eprintln!(
+                    "keygate {} ignored SIGTERM for 15 s; killing it",
+                    self.pid()
+                );
                 self.child.kill()?;
                 break;
             }
@@ -442,14 +499,22 @@ fn find_database_pid() -> Option<u32> {
 /// Splits `mysql://user@host:port/db?opts` into the server's URL and a checked db name.
 fn split_database_url(url: &str) -> Result<(String, String), BoxError> {
     let url = url.replacen("mariadb://", "mysql://", 1);
-    let (base, query) = url.split_once('?').map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
-    let authority = base.strip_prefix("mysql://").ok_or("--database-url must be mysql://…")?;
-    let (server, db) = authority.split_once('/').ok_or("--database-url must name a database")?;
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
+    let authority = base
+        .strip_prefix("mysql://")
+        .ok_or("--database-url must be mysql://…")?;
+    let (server, db) = authority
+        .split_once('/')
+        .ok_or("--database-url must name a database")?;
     if db.is_empty() || !db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(format!("database name {db:?} must be [A-Za-z0-9_]+").into());
     }
     if !db.contains("bench") {
-        return Err(format!("refusing to drop database {db:?}: its name must contain `bench`").into());
+        return Err(
+            format!("refusing to drop database {db:?}: its name must contain `bench`").into(),
+        );
     }
     let server_url = match query {
         Some(q) => format!("mysql://{server}/?{q}"),
@@ -461,8 +526,12 @@ fn split_database_url(url: &str) -> Result<(String, String), BoxError> {
 async fn recreate_database(url: &str) -> Result<(), BoxError> {
     let (server_url, db) = split_database_url(url)?;
     let mut conn = MySqlConnection::connect(&server_url).await?;
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{db}`")).execute(&mut conn).await?;
-    sqlx::raw_sql(&format!("CREATE DATABASE `{db}`")).execute(&mut conn).await?;
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{db}`"))
+        .execute(&mut conn)
+        .await?;
+    sqlx::raw_sql(&format!("CREATE DATABASE `{db}`"))
+        .execute(&mut conn)
+        .await?;
     conn.close().await?;
     Ok(())
 }
@@ -483,7 +552,10 @@ fn admin_request(i: usize) -> Request<CreateKeyRequest> {
         ..Default::default()
     });
     let md = req.metadata_mut();
-    md.insert("authorization", MetadataValue::from_static("Bearer bench-token"));
+    md.insert(
+        "authorization",
+        MetadataValue::from_static("Bearer bench-token"),
+    );
     md.insert("x-actor-id", MetadataValue::from_static("bench"));
     md.insert("x-actor-role", MetadataValue::from_static("admin"));
     req
@@ -500,7 +572,10 @@ async fn seed(channels: &[Channel], n: usize, concurrency: usize) -> Result<Seed
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let d = done.load(Relaxed);
                 let secs = start.elapsed().as_secs_f64();
-                eprintln!("  seeded {d}/{n} keys in {secs:.0} s ({:.0}/s)", d as f64 / secs);
+                eprintln!(
+                    "  seeded {d}/{n} keys in {secs:.0} s ({:.0}/s)",
+                    d as f64 / secs
+                );
             }
         })
     };
@@ -547,32 +622,6 @@ async fn seed(channels: &[Channel], n: usize, concurrency: usize) -> Result<Seed
     })
 }
 
-/// Verifies every seeded key once, so that the cached instance holds all of them.
-async fn warm_cache(channels: &[Channel], secrets: &Arc<[String]>, concurrency: usize) -> Result<(), BoxError> {
-    let cursor = Arc::new(AtomicUsize::new(0));
-    let mut tasks = JoinSet::new();
-    for i in 0..concurrency {
-        let mut client = KeyVerifyClient::new(channels[i % channels.len()].clone());
-        let (cursor, secrets) = (Arc::clone(&cursor), Arc::clone(secrets));
-        tasks.spawn(async move {
-            loop {
-                let i = cursor.fetch_add(1, Relaxed);
-                let Some(secret) = secrets.get(i) else {
-                    return Ok::<_, BoxError>(());
-                };
-                let code = client.verify_key(verify_request(secret)).await?.into_inner().code;
-                if code != VerifyCode::Valid as i32 {
-                    return Err(format!("seeded key #{i} verified with code {code}").into());
-                }
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
-    Ok(())
-}
-
 async fn sql_pool(url: &str, size: u32, ping: bool) -> Result<MySqlPool, BoxError> {
     // Same options as keygate's store, so that the baseline differs only in what
     // keygate adds (gRPC, decoding, checks); `ping` is keygate's test_before_acquire.
@@ -586,15 +635,147 @@ async fn sql_pool(url: &str, size: u32, ping: bool) -> Result<MySqlPool, BoxErro
         .await?)
 }
 
+/// Processes whose CPU time is reported per phase: where the cycles of the shared
+/// cores went.
+struct CpuWatch {
+    names: Vec<&'static str>,
+    pids: Vec<u32>,
+}
+
+impl CpuWatch {
+    fn new(cached: &Instance, uncached: &Instance) -> Self {
+        let mut w = vec![
+            ("bench", std::process::id()),
+            ("kg", cached.pid()),
+            ("kg0", uncached.pid()),
+        ];
+        w.extend(find_database_pid().map(|p| ("db", p)));
+        Self {
+            names: w.iter().map(|x| x.0).collect(),
+            pids: w.iter().map(|x| x.1).collect(),
+        }
+    }
+
+    fn sample(&self) -> Vec<u64> {
+        self.pids
+            .iter()
+            .map(|&p| cpu_ticks(p).unwrap_or(0))
+            .collect()
+    }
+
+    /// % of one core each process used between two samples.
+    fn percent(before: &[u64], after: &[u64], elapsed: Duration) -> Vec<f64> {
+        let secs = elapsed.as_secs_f64();
+        after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(*b) as f64 / TICKS_PER_SEC / secs * 100.0)
+            .collect()
+    }
+
+    fn format(&self, cpu: &[f64]) -> String {
+        let parts: Vec<String> = self
+            .names
+            .iter()
+            .zip(cpu)
+            .map(|(n, c)| format!("{n} {c:.0}"))
+            .collect();
+        parts.join(" / ")
+    }
+}
+
+/// Everything the scenarios need, prepared before any timing starts.
+struct Workload {
+    cached: Vec<Channel>,
+    uncached: Vec<Channel>,
+    seeded: Seeded,
+    malformed: Arc<[String]>,
+    unknown: Arc<[String]>,
+    /// Shared by every round: each unknown key is presented once in the whole run.
+    unknown_cursor: Arc<AtomicUsize>,
+    pool: MySqlPool,
+    pool_noping: MySqlPool,
+}
+
+impl Workload {
+    fn targets(&self, s: Scenario) -> Vec<Target> {
+        let fresh = || Arc::new(AtomicUsize::new(0));
+        let verify =
+            |channels: &[Channel], keys: &Arc<[String]>, cursor: Arc<AtomicUsize>, expect| {
+                let target = |ch: &Channel| Target::Verify {
+                    client: KeyVerifyClient::new(ch.clone()),
+                    keys: Arc::clone(keys),
+                    cursor: Arc::clone(&cursor),
+                    expect,
+                };
+                channels.iter().map(target).collect()
+            };
+        match s {
+            Scenario::Health => self
+                .cached
+                .iter()
+                .map(|ch| Target::Health(HealthClient::new(ch.clone())))
+                .collect(),
+            Scenario::Cached => verify(
+                &self.cached,
+                &self.seeded.secrets,
+                fresh(),
+                VerifyCode::Valid,
+            ),
+            Scenario::Malformed => verify(
+                &self.cached,
+                &self.malformed,
+                fresh(),
+                VerifyCode::Malformed,
+            ),
+            Scenario::Unknown => verify(
+                &self.cached,
+                &self.unknown,
+                Arc::clone(&self.unknown_cursor),
+                VerifyCode::NotFound,
+            ),
+            Scenario::Uncached => verify(
+                &self.uncached,
+                &self.seeded.secrets,
+                fresh(),
+                VerifyCode::Valid,
+            ),
+            Scenario::SelectId | Scenario::SelectIdNoping => vec![Target::ById {
+                pool: if s == Scenario::SelectId {
+                    &self.pool
+                } else {
+                    &self.pool_noping
+                }
+                .clone(),
+                ids: Arc::clone(&self.seeded.ids),
+                cursor: fresh(),
+            }],
+            Scenario::SelectHash => vec![Target::ByHash {
+                pool: self.pool.clone(),
+                hashes: Arc::clone(&self.seeded.hashes),
+                cursor: fresh(),
+            }],
+        }
+    }
+}
+
+/// A wrong last checksum digit: the cheapest malformation to build and the most
+/// expensive to detect (the whole token is scanned and its CRC computed).
+fn break_checksum(secret: &str) -> String {
+    let mut s = secret.to_owned();
+    let last = s.pop().expect("secrets are not empty");
+    s.push(if last == '0' { '1' } else { '0' });
+    s
+}
+
 fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
 
-fn print_phase(label: &str, p: &Phase, cpu_names: &[&str]) {
+fn print_phase(label: &str, p: &Phase, cpu: &CpuWatch) {
     let h = &p.tally.hist;
-    let cpu: Vec<String> = cpu_names.iter().zip(&p.cpu).map(|(n, c)| format!("{n} {c:.0}")).collect();
     println!(
-        "{label:<24} {:>9.0} rps  p50 {:>7}  p99 {:>7}  p99.9 {:>7}  max {:>8} ms  err {} unexp {}  cpu% {}",
+        "  {label:<17}{:>8.0} rps  p50 {:>6}  p99 {:>6}  p99.9 {:>6}  max {:>7} ms  err {}+{}  cpu% {}",
         p.rps(),
         ms(h.value_at_quantile(0.50)),
         ms(h.value_at_quantile(0.99)),
@@ -602,10 +783,10 @@ fn print_phase(label: &str, p: &Phase, cpu_names: &[&str]) {
         ms(h.max()),
         p.tally.errors,
         p.tally.unexpected,
-        cpu.join(" "),
+        cpu.format(&p.cpu),
     );
     if let Some(e) = &p.tally.first_error {
-        println!("  first error: {e}");
+        println!("    first error: {e}");
     }
 }
 
@@ -616,9 +797,12 @@ fn verdict(met: bool) -> &'static str {
 fn print_ratios(results: &BTreeMap<Scenario, Phase>) {
     let rps = |s: Scenario| results.get(&s).map(Phase::rps);
     if let (Some(c), Some(h)) = (rps(Scenario::Cached), rps(Scenario::Health)) {
-        let p99 = results[&Scenario::Cached].tally.hist.value_at_quantile(0.99);
+        let p99 = results[&Scenario::Cached]
+            .tally
+            .hist
+            .value_at_quantile(0.99);
         println!(
-            "  cached / health rps      = {:.3} (target >= 0.90: {}); cached p99 {} ms (target <= 1 ms: {})",
+            "  cached / health rps = {:.3} (target >= 0.90: {}); cached p99 {} ms (target <= 1 ms: {})",
             c / h,
             verdict(c / h >= 0.90),
             ms(p99),
@@ -626,13 +810,98 @@ fn print_ratios(results: &BTreeMap<Scenario, Phase>) {
         );
     }
     if let (Some(u), Some(b)) = (rps(Scenario::Uncached), rps(Scenario::SelectId)) {
-        println!("  uncached / select-id rps = {:.3} (target >= 0.70: {})", u / b, verdict(u / b >= 0.70));
+        println!(
+            "  uncached / select-id rps = {:.3} (target >= 0.70: {})",
+            u / b,
+            verdict(u / b >= 0.70)
+        );
     }
     for base in [Scenario::SelectHash, Scenario::SelectIdNoping] {
         if let (Some(u), Some(b)) = (rps(Scenario::Uncached), rps(base)) {
-            println!("  uncached / {:<13} = {:.3} (for reference)", base.name(), u / b);
+            println!(
+                "  uncached / {} rps = {:.3} (for reference)",
+                base.name(),
+                u / b
+            );
         }
     }
+}
+
+/// Starts both instances, seeds and warms; returns them with the prepared workload.
+async fn prepare(
+    args: &Args,
+    memory: &mut Vec<(&'static str, (f64, f64))>,
+) -> Result<(Instance, Instance, Workload), BoxError> {
+    let url = &args.database_url;
+    eprintln!("re-creating the database");
+    recreate_database(url).await?;
+    // One after the other: both would otherwise race to run the migrations.
+    let mut cached = Instance::spawn(args, url, &["--cache-ttl", &args.cache_ttl.to_string()])?;
+    cached.wait_ready().await?;
+    let mut uncached = Instance::spawn(
+        args,
+        url,
+        &["--cache-capacity", "0", "--negative-cache-capacity", "0"],
+    )?;
+    uncached.wait_ready().await?;
+    eprintln!(
+        "keygate: cached on {} (pid {}), uncached on {} (pid {})",
+        cached.addr,
+        cached.pid(),
+        uncached.addr,
+        uncached.pid()
+    );
+    memory.push(("after start", memory_mib(cached.pid())));
+
+    let cached_ch = cached.channels(args.connections).await?;
+    let uncached_ch = uncached.channels(args.connections).await?;
+    eprintln!(
+        "seeding {} keys, {} CreateKey calls in flight",
+        args.keys, args.seed_concurrency
+    );
+    let seeded = seed(&cached_ch, args.keys, args.seed_concurrency).await?;
+    memory.push(("after seeding", memory_mib(cached.pid())));
+
+    let t = Instant::now();
+    let prefix = KeyPrefix::default();
+    let unknown: Arc<[String]> = (0..args.unknown_keys.max(1))
+        .map(|_| Secret::generate(&prefix).into_exposed())
+        .collect();
+    eprintln!(
+        "generated {} unknown keys in {:.1} s",
+        unknown.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let work = Workload {
+        cached: cached_ch,
+        uncached: uncached_ch,
+        malformed: seeded.secrets.iter().map(|s| break_checksum(s)).collect(),
+        seeded,
+        unknown,
+        unknown_cursor: Arc::new(AtomicUsize::new(0)),
+        pool: sql_pool(url, args.database_max_connections, true).await?,
+        pool_noping: sql_pool(url, args.database_max_connections, false).await?,
+    };
+
+    // CreateKey does not fill the cache: verify every key once so that all are cached.
+    let t = Instant::now();
+    let n = work.seeded.secrets.len();
+    let until = Until::Calls(Arc::new(AtomicUsize::new(0)), n);
+    let (tally, _) = run_load(&work.targets(Scenario::Cached), args.concurrency, until).await?;
+    if tally.errors + tally.unexpected > 0 {
+        let e = tally.first_error.unwrap_or_default();
+        return Err(format!(
+            "warming: {} of {n} seeded keys did not verify as VALID {e}",
+            tally.errors + tally.unexpected
+        )
+        .into());
+    }
+    eprintln!(
+        "verified every key once on the cached instance in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    memory.push(("after warming the cache", memory_mib(cached.pid())));
+    Ok((cached, uncached, work))
 }
 
 #[tokio::main]
@@ -642,108 +911,38 @@ async fn main() -> Result<(), BoxError> {
         args.scenarios = Scenario::value_variants().to_vec();
     }
     args.concurrency = args.concurrency.max(1);
-    let url = args.database_url.clone();
-
-    eprintln!("re-creating the database");
-    recreate_database(&url).await?;
-    // One at a time: both would otherwise race to run the migrations.
-    let ttl = args.cache_ttl.to_string();
-    let mut cached = Instance::spawn(&args, &url, &["--cache-ttl", &ttl])?;
-    cached.wait_ready().await?;
-    let mut uncached = Instance::spawn(&args, &url, &["--cache-capacity", "0", "--negative-cache-capacity", "0"])?;
-    uncached.wait_ready().await?;
-    eprintln!("keygate cached on {} (pid {}), uncached on {} (pid {})", cached.addr, cached.pid(), uncached.addr, uncached.pid());
-    let rss_start = memory_mib(cached.pid());
-
-    let cached_ch = cached.channels(args.connections).await?;
-    let uncached_ch = uncached.channels(args.connections).await?;
-    eprintln!("seeding {} keys with {} CreateKey calls in flight", args.keys, args.seed_concurrency);
-    let seeded = seed(&cached_ch, args.keys, args.seed_concurrency).await?;
-    let rss_seeded = memory_mib(cached.pid());
-    let t = Instant::now();
-    warm_cache(&cached_ch, &seeded.secrets, args.concurrency).await?;
-    eprintln!("verified every key once on the cached instance in {:.1} s", t.elapsed().as_secs_f64());
-    let rss_warm = memory_mib(cached.pid());
-
-    // A wrong checksum digit: the cheapest malformation to build, the costliest
-    // to detect (the whole token is scanned and its CRC computed).
-    let malformed: Arc<[String]> = seeded
-        .secrets
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            let last = s.pop().expect("secrets are not empty");
-            s.push(if last == '0' { '1' } else { '0' });
-            s
-        })
-        .collect();
-    let t = Instant::now();
-    let prefix = KeyPrefix::default();
-    let unknown: Arc<[String]> = (0..args.unknown_keys.max(1)).map(|_| Secret::generate(&prefix).into_exposed()).collect();
-    eprintln!("generated {} unknown keys in {:.1} s", unknown.len(), t.elapsed().as_secs_f64());
-    let unknown_cursor = Arc::new(AtomicUsize::new(0));
-
-    let pool = sql_pool(&url, args.database_max_connections, true).await?;
-    let pool_noping = sql_pool(&url, args.database_max_connections, false).await?;
-
-    let verify = |channels: &[Channel], keys: &Arc<[String]>, cursor: &Arc<AtomicUsize>, expect| -> Vec<Target> {
-        channels
-            .iter()
-            .map(|ch| Target::Verify {
-                client: KeyVerifyClient::new(ch.clone()),
-                keys: Arc::clone(keys),
-                cursor: Arc::clone(cursor),
-                expect,
-            })
-            .collect()
-    };
-    let fresh = || Arc::new(AtomicUsize::new(0));
-    let targets = |s: Scenario| -> Vec<Target> {
-        match s {
-            Scenario::Health => cached_ch.iter().map(|ch| Target::Health(HealthClient::new(ch.clone()))).collect(),
-            Scenario::Cached => verify(&cached_ch, &seeded.secrets, &fresh(), VerifyCode::Valid),
-            Scenario::Malformed => verify(&cached_ch, &malformed, &fresh(), VerifyCode::Malformed),
-            Scenario::Unknown => verify(&cached_ch, &unknown, &unknown_cursor, VerifyCode::NotFound),
-            Scenario::Uncached => verify(&uncached_ch, &seeded.secrets, &fresh(), VerifyCode::Valid),
-            Scenario::SelectId | Scenario::SelectIdNoping => vec![Target::ById {
-                pool: if s == Scenario::SelectId { pool.clone() } else { pool_noping.clone() },
-                ids: Arc::clone(&seeded.ids),
-                cursor: fresh(),
-            }],
-            Scenario::SelectHash => vec![Target::ByHash {
-                pool: pool.clone(),
-                hashes: Arc::clone(&seeded.hashes),
-                cursor: fresh(),
-            }],
-        }
-    };
-
-    let db_pid = find_database_pid();
-    let mut watched = vec![("bench", std::process::id()), ("kg", cached.pid()), ("kg-nocache", uncached.pid())];
-    watched.extend(db_pid.map(|p| ("db", p)));
-    let cpu_names: Vec<&str> = watched.iter().map(|w| w.0).collect();
-    let sample = || watched.iter().map(|w| cpu_ticks(w.1).unwrap_or(0)).collect::<Vec<_>>();
+    let mut memory = Vec::new();
+    let (cached, uncached, work) = prepare(&args, &mut memory).await?;
+    let cpu = CpuWatch::new(&cached, &uncached);
 
     println!(
-        "\nkeys {}  concurrency {}  connections {}  duration {}  warmup {}  rounds {}  pool {}",
-        args.keys, args.concurrency, args.connections, args.duration, args.warmup, args.rounds, args.database_max_connections
+        "\nkeys {}, concurrency {}, connections {}, duration {}, warmup {}, rounds {}, pool {}",
+        args.keys,
+        args.concurrency,
+        args.connections,
+        args.duration,
+        args.warmup,
+        args.rounds,
+        args.database_max_connections
     );
     let mut all: BTreeMap<Scenario, Vec<Phase>> = BTreeMap::new();
     for round in 1..=args.rounds {
-        println!("\nround {round}");
+        println!("round {round}");
         let mut this_round = BTreeMap::new();
         for &s in &args.scenarios {
-            let t = targets(s);
-            run_load(&t, args.concurrency, args.warmup.into()).await?;
-            let before = sample();
-            let (tally, elapsed) = run_load(&t, args.concurrency, args.duration.into()).await?;
-            let cpu = sample()
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| a.saturating_sub(*b) as f64 / TICKS_PER_SEC / elapsed.as_secs_f64() * 100.0)
-                .collect();
-            let phase = Phase { tally, elapsed, cpu };
-            print_phase(s.name(), &phase, &cpu_names);
+            let targets = work.targets(s);
+            let deadline =
+                |d: humantime::Duration| Until::Deadline(Instant::now() + Duration::from(d));
+            run_load(&targets, args.concurrency, deadline(args.warmup)).await?;
+            let before = cpu.sample();
+            let (tally, elapsed) =
+                run_load(&targets, args.concurrency, deadline(args.duration)).await?;
+            let phase = Phase {
+                tally,
+                elapsed,
+                cpu: CpuWatch::percent(&before, &cpu.sample(), elapsed),
+            };
+            print_phase(s.name(), &phase, &cpu);
             this_round.insert(s, phase);
         }
         print_ratios(&this_round);
@@ -751,58 +950,54 @@ async fn main() -> Result<(), BoxError> {
             all.entry(s).or_default().push(p);
         }
     }
-    let rss_loaded = memory_mib(cached.pid());
-    let nocache_rss = memory_mib(uncached.pid());
+    memory.push(("after the load", memory_mib(cached.pid())));
 
-    println!("\naggregate over {} round(s)", args.rounds);
+    println!(
+        "\naggregate over {} round(s): requests / total measured time, merged histograms, mean cpu%",
+        args.rounds
+    );
     let mut merged = BTreeMap::new();
     for (s, phases) in &all {
-        let mut tally = Tally::new();
-        let mut elapsed = Duration::ZERO;
-        let mut cpu = vec![0.0; cpu_names.len()];
+        let mut total = Phase {
+            tally: Tally::new(),
+            elapsed: Duration::ZERO,
+            cpu: vec![0.0; cpu.pids.len()],
+        };
         for p in phases {
-            tally.merge(&p.tally);
-            elapsed += p.elapsed;
-            for (sum, c) in cpu.iter_mut().zip(&p.cpu) {
+            total.tally.merge(&p.tally);
+            total.elapsed += p.elapsed;
+            for (sum, c) in total.cpu.iter_mut().zip(&p.cpu) {
                 *sum += c / phases.len() as f64;
             }
         }
-        let phase = Phase { tally, elapsed, cpu };
+        print_phase(s.name(), &total, &cpu);
         let per_round: Vec<String> = phases.iter().map(|p| format!("{:.0}", p.rps())).collect();
-        print_phase(s.name(), &phase, &cpu_names);
-        println!("  rps per round: {}", per_round.join(", "));
-        merged.insert(*s, phase);
+        println!("    rps per round: {}", per_round.join(", "));
+        merged.insert(*s, total);
     }
     print_ratios(&merged);
-
-    let used = unknown_cursor.load(Relaxed);
-    if used > unknown.len() {
-        println!("  note: {used} unknown-key calls for {} keys: some reused a key (raise --unknown-keys)", unknown.len());
-    }
-    println!("\nmarkdown:\n| scenario | rps | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---:|---:|---:|---:|---:|");
-    for (s, p) in &merged {
-        let h = &p.tally.hist;
+    let used = work.unknown_cursor.load(Relaxed);
+    if used > work.unknown.len() {
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} |",
-            s.name(),
-            p.rps(),
-            ms(h.value_at_quantile(0.50)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            p.tally.errors + p.tally.unexpected,
+            "  note: {used} unknown-key calls for {} keys: some reused a key (raise --unknown-keys)",
+            work.unknown.len()
         );
     }
-    let mem = |(rss, hwm): (f64, f64)| format!("{rss:.1} MiB (peak {hwm:.1})");
-    println!("\nresident memory of the cached instance ({} keys):", args.keys);
-    println!("  after start             {}", mem(rss_start));
-    println!("  after seeding           {}", mem(rss_seeded));
-    println!("  after warming the cache {}", mem(rss_warm));
-    println!("  after the load          {}", mem(rss_loaded));
-    println!("  target <= 200 MiB: {}", verdict(rss_loaded.0.max(rss_warm.0) <= 200.0));
-    println!("resident memory of the uncached instance after the load: {}", mem(nocache_rss));
 
-    pool.close().await;
-    pool_noping.close().await;
+    println!(
+        "\nVmRSS (peak VmHWM) of the cached instance with {} keys:",
+        args.keys
+    );
+    for (stage, (rss, hwm)) in &memory {
+        println!("  {stage:<24} {rss:>7.1} MiB ({hwm:.1})");
+    }
+    let worst = memory.iter().map(|m| m.1.0).fold(0.0, f64::max);
+    println!("  target <= 200 MiB: {}", verdict(worst <= 200.0));
+    let (rss, hwm) = memory_mib(uncached.pid());
+    println!("VmRSS of the uncached instance after the load: {rss:.1} MiB ({hwm:.1})");
+
+    work.pool.close().await;
+    work.pool_noping.close().await;
     cached.stop().await?;
     uncached.stop().await?;
     Ok(())

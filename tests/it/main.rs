@@ -2,4 +2,7 @@
 //! file and a real MariaDB/MySQL database, one of each per test.
 
 mod admin;
+mod binary;
+mod security;
 mod support;
+mod verify;

@@ -1,0 +1,241 @@
+//! The `keygate` binary as an operator runs it: flags, first run without
+//! configuration, logs at trace level, health, reflection, and SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use keygate::{
+    proto::{RevokeKeyRequest, VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient},
+    store::{PoolConfig, Store},
+};
+use tonic::Request;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// A `keygate` child process whose stderr is collected line by line.
+struct Process {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+        // The tests' own environment must not configure the child.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KEYGATE_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(envs.iter().copied());
+        let mut child = cmd.spawn().expect("spawn keygate");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lines lock").push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn output(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// Waits for a line satisfying `f` and returns what `f` extracted from it.
+    fn wait_for<T>(&mut self, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(found) = self.output().iter().find_map(|l| f(l)) {
+                return found;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("keygate exited ({status}) before {what}:\n{}", self.output().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address from the JSON "keygate serving" log line.
+    fn wait_serving(&mut self) -> std::net::SocketAddr {
+        self.wait_for("the serving line", |l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "keygate serving").then(|| v["addr"].as_str()?.parse().ok())?
+        })
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn with_token<T>(token: &str, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    req.metadata_mut().insert("x-actor-id", "ops".parse().expect("ascii"));
+    req.metadata_mut().insert("x-actor-role", "admin".parse().expect("ascii"));
+    req
+}
+
+async fn list_services(channel: tonic::transport::Channel) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let resp = stream.message().await.expect("reflection message").expect("one response");
+    match resp.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+/// A first run with no configuration but a database: a generated admin token,
+/// the whole key life cycle, health and reflection, then SIGTERM flushes usage,
+/// and the secret appears nowhere in a trace-level log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut proc = Process::spawn(
+        &["serve", "--listen", "127.0.0.1:0", "--usage-flush-interval", "1h"],
+        &[
+            ("KEYGATE_DATABASE_URL", db.url.as_str()),
+            ("KEYGATE_LOG_FORMAT", "json"),
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    let addr = proc.wait_serving();
+    let token = proc.wait_for("the generated token", |l| {
+        let t = l.trim();
+        (t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit())).then(|| t.to_owned())
+    });
+    assert!(proc.output().iter().any(|l| l.contains("WARNING") && l.contains("admin")));
+
+    let channel = connect(addr).await;
+    let mut admin_client = KeyAdminClient::new(channel.clone());
+    let mut verify_client = KeyVerifyClient::new(channel.clone());
+    let created = admin_client
+        .create_key(with_token(&token, bot_key("acme", "first", &["links:read"])))
+        .await
+        .expect("the generated token works")
+        .into_inner();
+    let secret = created.secret;
+    let id = created.key.expect("key").id;
+    for _ in 0..3 {
+        let resp = verify_client.verify_key(verify_req(&secret, &["links:read"])).await.expect("verify").into_inner();
+        assert_eq!(resp.code(), VerifyCode::Valid);
+    }
+    admin_client
+        .revoke_key(with_token(&token, RevokeKeyRequest { organization_id: "acme".into(), id: id.clone() }))
+        .await
+        .expect("revoke");
+    let resp = verify_client.verify_key(verify_req(&secret, &[])).await.expect("verify").into_inner();
+    assert_eq!(resp.code(), VerifyCode::Revoked);
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+    let services = list_services(channel.clone()).await;
+    for s in ["keygate.v1.KeyAdmin", "keygate.v1.KeyVerify", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|x| x == s), "{s} in {services:?}");
+    }
+    drop((admin_client, verify_client, channel));
+
+    let status = proc.terminate();
+    assert!(status.success(), "graceful exit: {status}");
+    let log = proc.output();
+    let log_text = log.join("\n");
+    assert!(log.len() > 20, "trace logging is on");
+    assert!(!log_text.contains(&secret), "the secret appears in the log");
+    assert!(!log_text.contains(&secret[secret.len() - 49..]), "the secret's body appears in the log");
+    assert_eq!(log_text.matches(&token).count(), 1, "the token is printed once");
+    for line in log.iter().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).expect("JSON log lines parse");
+    }
+
+    // The four verifications that found the key were flushed at shutdown.
+    let store = Store::connect(&db.url, &PoolConfig::default()).await.expect("open store");
+    let org = keygate::model::OrganizationId::parse("acme").expect("org");
+    let key_id = keygate::model::KeyId::parse(&id).expect("id");
+    let key = store.get_key(&org, &key_id).await.expect("read").expect("key exists");
+    assert_eq!(key.request_count, 4);
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// `keygate migrate` creates the schema, and running it again changes nothing.
+async fn migrate_is_idempotent(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    for _ in 0..2 {
+        let status = Command::new(BIN)
+            .args(["migrate", "--database-url", &db.url])
+            .env_remove("KEYGATE_DATABASE_URL")
+            .stderr(Stdio::null())
+            .status()
+            .expect("run migrate");
+        assert!(status.success());
+    }
+    let store = Store::connect(&db.url, &PoolConfig::default()).await.expect("open");
+    assert_eq!(store.last_event_id().await.expect("schema exists"), 0);
+    store.close().await;
+    db.drop_db().await;
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_clear_message() {
+    for (args, says) in [
+        (vec!["serve", "--key-prefix", "Bad_Prefix"], "key prefix"),
+        (vec!["serve", "--listen", "nowhere"], "--listen"),
+        (vec!["serve", "--invalidation-interval", "soon"], "--invalidation-interval"),
+        (vec!["serve", "--database-url", "postgres://x"], "unsupported database url"),
+    ] {
+        let out = Command::new(BIN).args(&args).env_remove("KEYGATE_DATABASE_URL").output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+crate::store_tests!(migrate_is_idempotent);
