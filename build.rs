@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("keygate_descriptor.bin"))
-        .compile_with_config(config, &protos.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
+        .compile_with_config(
+            config,
+            &protos.map(PathBuf::from),
+            &[PathBuf::from("proto"), include],
+        )?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -110,12 +110,9 @@ impl App {
             tokio::spawn(watch_store_health(store.clone(), health, tasks_rx.clone())),
         ];
 
-        let verify = KeyVerifyServer::new(VerifyService::new(
-            store.clone(),
-            Arc::clone(&cache),
-            usage,
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let verify =
+            KeyVerifyServer::new(VerifyService::new(store.clone(), Arc::clone(&cache), usage))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let admin = KeyAdminServer::new(AdminService::new(
             store.clone(),
             cache,
@@ -194,7 +191,11 @@ impl App {
 
 /// SERVING while the store answers, NOT_SERVING otherwise: a load balancer then
 /// routes around an instance that can verify only what it has cached.
-async fn watch_store_health(store: Store, health: HealthReporter, mut shutdown: watch::Receiver<bool>) {
+async fn watch_store_health(
+    store: Store,
+    health: HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut last = None;
     loop {
         let ok = matches!(
@@ -221,7 +222,9 @@ async fn watch_store_health(store: Store, health: HealthReporter, mut shutdown: 
         }
     }
     for s in SERVICES {
-        health.set_service_status(s, ServingStatus::NotServing).await;
+        health
+            .set_service_status(s, ServingStatus::NotServing)
+            .await;
     }
 }
 

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::keys::KeyPrefix;
 
 #[derive(Debug, Parser)]
-#[command(name = "keygate", version, about = "Issues, scopes and verifies API keys over gRPC")]
+#[command(
+    name = "keygate",
+    version,
+    about = "Issues, scopes and verifies API keys over gRPC"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,7 +39,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// `sqlite://FILE` (created if missing) or `mysql://user:password@host:port/db`.
-    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = "sqlite://keygate.db", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_DATABASE_URL",
+        default_value = "sqlite://keygate.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// Connections in the store's pool.
@@ -54,7 +63,12 @@ pub struct ServeArgs {
 
     /// Comma-separated service tokens accepted by KeyAdmin; one is generated and
     /// printed when none is set.
-    #[arg(long, env = "KEYGATE_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub admin_tokens: Vec<String>,
 
     /// Prefix of the keys this deployment issues (keys of any prefix verify).
@@ -82,7 +96,11 @@ pub struct ServeArgs {
     pub cache_ttl: humantime::Duration,
 
     /// Unknown keys remembered, to absorb floods of made-up keys; 0 disables it.
-    #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "KEYGATE_NEGATIVE_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
     pub negative_cache_capacity: u64,
 
     /// How long an unknown key is remembered.

@@ -51,7 +51,8 @@ impl Poller {
     /// One poll: reads every event not yet seen and invalidates its key.
     pub async fn poll_once(&mut self) -> Result<usize, StoreError> {
         let now = Instant::now();
-        self.gaps.retain(|_, since| now.duration_since(*since) < GAP_WAIT);
+        self.gaps
+            .retain(|_, since| now.duration_since(*since) < GAP_WAIT);
         let mut from = self
             .gaps
             .keys()

@@ -17,7 +17,8 @@ pub struct OrganizationId(Arc<str>);
 impl OrganizationId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
             Ok(Self(s.into()))
         } else {

@@ -1,6 +1,11 @@
 //! Code generated from `proto/keygate/v1` by `build.rs`.
 
-#![allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+#![allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
 
 tonic::include_proto!("keygate.v1");
 

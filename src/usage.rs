@@ -51,7 +51,10 @@ impl UsageRecorder {
 
     fn add(&self, id: &KeyId, count: u64, last_used: Micros) {
         // A panic while holding the lock cannot leave a half-written counter.
-        let mut map = self.shard(id).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .shard(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = map.get_mut(id) {
             p.count += count;
             p.last_used = p.last_used.max(last_used);
@@ -64,7 +67,8 @@ impl UsageRecorder {
     fn take(&self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let drained = std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
+            let drained =
+                std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
             out.extend(drained.into_iter().map(|(key_id, p)| UsageDelta {
                 key_id,
                 count: p.count,
@@ -92,7 +96,12 @@ impl UsageRecorder {
     }
 
     /// Flushes every `interval` until `shutdown` fires, then once more.
-    pub async fn run(self: Arc<Self>, store: Store, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        store: Store,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

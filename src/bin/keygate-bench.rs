@@ -487,6 +487,18 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Ticks all cores spent busy (neither idle nor waiting for I/O) since boot.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    Some(f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?)
+}
+
 /// The database server's pid when it runs on this machine, to account its CPU too.
 fn find_database_pid() -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -650,27 +662,38 @@ impl CpuWatch {
             ("kg0", uncached.pid()),
         ];
         w.extend(find_database_pid().map(|p| ("db", p)));
+        let mut names: Vec<_> = w.iter().map(|x| x.0).collect();
+        // Whatever else ran meanwhile (another build, another test) took cores from us.
+        names.push("other");
         Self {
-            names: w.iter().map(|x| x.0).collect(),
+            names,
             pids: w.iter().map(|x| x.1).collect(),
         }
     }
 
+    /// Ticks of each watched process, then of the whole machine.
     fn sample(&self) -> Vec<u64> {
-        self.pids
+        let mut ticks: Vec<u64> = self
+            .pids
             .iter()
             .map(|&p| cpu_ticks(p).unwrap_or(0))
-            .collect()
+            .collect();
+        ticks.push(machine_busy_ticks().unwrap_or(0));
+        ticks
     }
 
-    /// % of one core each process used between two samples.
+    /// % of one core each process, and everything else, used between two samples.
     fn percent(before: &[u64], after: &[u64], elapsed: Duration) -> Vec<f64> {
         let secs = elapsed.as_secs_f64();
-        after
+        let mut pct: Vec<f64> = after
             .iter()
             .zip(before)
             .map(|(a, b)| a.saturating_sub(*b) as f64 / TICKS_PER_SEC / secs * 100.0)
-            .collect()
+            .collect();
+        if let Some((machine, watched)) = pct.split_last_mut() {
+            *machine = (*machine - watched.iter().sum::<f64>()).max(0.0);
+        }
+        pct
     }
 
     fn format(&self, cpu: &[f64]) -> String {
@@ -961,7 +984,7 @@ async fn main() -> Result<(), BoxError> {
         let mut total = Phase {
             tally: Tally::new(),
             elapsed: Duration::ZERO,
-            cpu: vec![0.0; cpu.pids.len()],
+            cpu: vec![0.0; cpu.names.len()],
         };
         for p in phases {
             total.tally.merge(&p.tally);

@@ -12,10 +12,10 @@ use super::{
 use crate::{
     cache::KeyCache,
     hostnames::{AllowedHostnames, HostnamesError},
-    keys::{KeyPrefix, Secret},
+    keys::{self, KeyPrefix, Secret},
     model::{
-        Actor, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros, OrganizationId, Owner,
-        Role, UserId,
+        Actor, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros, OrganizationId, Owner, Role,
+        UserId,
     },
     proto::{self, key_admin_server::KeyAdmin},
     scopes::{ScopeCatalog, ScopeSet, ScopeSetError},
@@ -49,9 +49,11 @@ impl AdminService {
     }
 
     fn authenticate<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Actor, ApiError> {
-        self.tokens.authenticate(request.metadata()).inspect_err(|e| {
-            tracing::info!(rpc, reason = ?e, "admin call refused");
-        })
+        self.tokens
+            .authenticate(request.metadata())
+            .inspect_err(|e| {
+                tracing::info!(rpc, reason = ?e, "admin call refused");
+            })
     }
 
     /// Scopes of a request, checked against the grammar and the catalog; each bad
@@ -86,7 +88,11 @@ impl AdminService {
         org: &OrganizationId,
         id: &KeyId,
     ) -> Result<KeyRecord, ApiError> {
-        let key = self.store.get_key(org, id).await?.ok_or(ApiError::NotFound)?;
+        let key = self
+            .store
+            .get_key(org, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
         if key.is_accessible_by(actor) {
             Ok(key)
         } else {
@@ -108,7 +114,29 @@ impl AdminService {
     }
 }
 
+/// A value a caller pasted a secret into by mistake: storing it would put the
+/// secret in the database, which keygate promises never happens.
+fn contains_secret(value: &str) -> bool {
+    value
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|word| keys::parse_token(word).is_ok())
+}
+
+const SECRET_HERE: &str = "looks like an API key; a secret must never be stored here";
+
+fn parse_name(v: &mut Violations, name: &str) -> Option<KeyName> {
+    if contains_secret(name) {
+        v.add("name", SECRET_HERE);
+        return None;
+    }
+    v.check("name", KeyName::parse(name))
+}
+
 fn parse_hostnames(v: &mut Violations, hosts: &[String]) -> Option<AllowedHostnames> {
+    if let Some(i) = hosts.iter().position(|h| contains_secret(h)) {
+        v.add(format!("allowed_hostnames[{i}]"), SECRET_HERE);
+        return None;
+    }
     match AllowedHostnames::parse(hosts) {
         Ok(h) => Some(h),
         Err(HostnamesError::Invalid { index, source, .. }) => {
@@ -160,7 +188,10 @@ impl KeyAdmin for AdminService {
         let req = request.into_inner();
         let now = Micros::now();
         let mut v = Violations::default();
-        let org = v.check("organization_id", OrganizationId::parse(&req.organization_id));
+        let org = v.check(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        );
         let key_type = match proto::KeyType::try_from(req.r#type) {
             Ok(proto::KeyType::User) => Some(KeyType::User),
             Ok(proto::KeyType::Bot) => Some(KeyType::Bot),
@@ -169,7 +200,7 @@ impl KeyAdmin for AdminService {
                 None
             }
         };
-        let name = v.check("name", KeyName::parse(&req.name));
+        let name = parse_name(&mut v, &req.name);
         let scopes = self.parse_scopes(&mut v, &req.scopes);
         let hosts = parse_hostnames(&mut v, &req.allowed_hostnames);
         let expire = parse_expiry(&mut v, req.expire_time.as_ref(), now);
@@ -221,7 +252,10 @@ impl KeyAdmin for AdminService {
         let actor = self.authenticate(&request, "GetKey")?;
         let req = request.into_inner();
         let mut v = Violations::default();
-        let org = v.check("organization_id", OrganizationId::parse(&req.organization_id));
+        let org = v.check(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        );
         let id = v.check("id", KeyId::parse(&req.id));
         let (org, id) = parsed(v, org.zip(id))?;
         let key = self.accessible_key(&actor, &org, &id).await?;
@@ -237,10 +271,16 @@ impl KeyAdmin for AdminService {
         let actor = self.authenticate(&request, "ListKeys")?;
         let req = request.into_inner();
         let mut v = Violations::default();
-        let org = v.check("organization_id", OrganizationId::parse(&req.organization_id));
+        let org = v.check(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        );
         let limit = v.check("page_size", paging::page_size(req.page_size));
         let after = v
-            .check("page_token", paging::decode(TokenKind::Keys, &req.page_token))
+            .check(
+                "page_token",
+                paging::decode(TokenKind::Keys, &req.page_token),
+            )
             .and_then(|p| match p.map(|p| KeyId::parse(&p)).transpose() {
                 Ok(after) => Some(after),
                 Err(_) => {
@@ -262,20 +302,17 @@ impl KeyAdmin for AdminService {
         } else {
             v.check("user_id", UserId::parse(&req.user_id)).map(Some)
         };
-        let (org, limit, after, key_type, user) = parsed(
-            v,
-            (|| Some((org?, limit?, after?, key_type?, user?)))(),
-        )?;
+        let (org, limit, after, key_type, user) =
+            parsed(v, (|| Some((org?, limit?, after?, key_type?, user?)))())?;
 
         // Members see their own user keys only, whatever they ask for.
         let user = match actor.role {
             Role::Admin => user,
             Role::Member => match user {
                 Some(u) if u != actor.id => {
-                    return Err(ApiError::PermissionDenied(
-                        "members may only list their own keys",
-                    )
-                    .into());
+                    return Err(
+                        ApiError::PermissionDenied("members may only list their own keys").into(),
+                    );
                 }
                 _ => Some(actor.id.clone()),
             },
@@ -293,7 +330,11 @@ impl KeyAdmin for AdminService {
             // One more than asked tells whether another page follows.
             limit: limit + 1,
         };
-        let mut keys = self.store.list_keys(&filter).await.map_err(ApiError::from)?;
+        let mut keys = self
+            .store
+            .list_keys(&filter)
+            .await
+            .map_err(ApiError::from)?;
         let next_page_token = if keys.len() > limit as usize {
             keys.truncate(limit as usize);
             keys.last()
@@ -316,7 +357,10 @@ impl KeyAdmin for AdminService {
         let req = request.into_inner();
         let now = Micros::now();
         let mut v = Violations::default();
-        let org = v.check("organization_id", OrganizationId::parse(&req.organization_id));
+        let org = v.check(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        );
         let id = v.check("id", KeyId::parse(&req.id));
         let mut patch = KeyPatch::default();
         match req.update_mask.as_ref().map(|m| m.paths.as_slice()) {
@@ -327,7 +371,7 @@ impl KeyAdmin for AdminService {
             Some(paths) => {
                 for (i, path) in paths.iter().enumerate() {
                     match path.as_str() {
-                        "name" => patch.name = v.check("name", KeyName::parse(&req.name)),
+                        "name" => patch.name = parse_name(&mut v, &req.name),
                         "scopes" => patch.scopes = self.parse_scopes(&mut v, &req.scopes),
                         "allowed_hostnames" => {
                             patch.allowed_hostnames = parse_hostnames(&mut v, &req.allowed_hostnames);
@@ -367,7 +411,10 @@ impl KeyAdmin for AdminService {
         let actor = self.authenticate(&request, "RevokeKey")?;
         let req = request.into_inner();
         let mut v = Violations::default();
-        let org = v.check("organization_id", OrganizationId::parse(&req.organization_id));
+        let org = v.check(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        );
         let id = v.check("id", KeyId::parse(&req.id));
         let (org, id) = parsed(v, org.zip(id))?;
 
@@ -391,7 +438,10 @@ impl KeyAdmin for AdminService {
         let actor = self.authenticate(&request, "RemoveMember")?;
         let req = request.into_inner();
         let mut v = Violations::default();
-        let org = v.check("organization_id", OrganizationId::parse(&req.organization_id));
+        let org = v.check(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        );
         let user = v.check("user_id", UserId::parse(&req.user_id));
         let (org, user) = parsed(v, org.zip(user))?;
         require_admin(&actor, "only admins remove members")?;
@@ -424,7 +474,10 @@ impl KeyAdmin for AdminService {
         let actor = self.authenticate(&request, "ListKeyEvents")?;
         let req = request.into_inner();
         let mut v = Violations::default();
-        let org = v.check("organization_id", OrganizationId::parse(&req.organization_id));
+        let org = v.check(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        );
         let key_id = if req.key_id.is_empty() {
             Some(None)
         } else {
@@ -432,7 +485,10 @@ impl KeyAdmin for AdminService {
         };
         let limit = v.check("page_size", paging::page_size(req.page_size));
         let after = v
-            .check("page_token", paging::decode(TokenKind::Events, &req.page_token))
+            .check(
+                "page_token",
+                paging::decode(TokenKind::Events, &req.page_token),
+            )
             .and_then(|p| match p.map(|p| p.parse::<u64>()).transpose() {
                 Ok(after) => Some(after.unwrap_or(0)),
                 Err(_) => {
@@ -440,8 +496,7 @@ impl KeyAdmin for AdminService {
                     None
                 }
             });
-        let (org, key_id, limit, after) =
-            parsed(v, (|| Some((org?, key_id?, limit?, after?)))())?;
+        let (org, key_id, limit, after) = parsed(v, (|| Some((org?, key_id?, limit?, after?)))())?;
         require_admin(&actor, "only admins read the audit trail")?;
 
         let mut events = self

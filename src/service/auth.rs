@@ -1,7 +1,7 @@
 //! Who may call KeyAdmin: a service token, then the actor it vouches for.
 
 use sha2::{Digest, Sha256};
-use subtle::{ConstantTimeEq, Choice};
+use subtle::{Choice, ConstantTimeEq};
 use tonic::metadata::MetadataMap;
 
 use super::error::ApiError;
@@ -102,7 +102,12 @@ impl AdminTokens {
         {
             Ok("admin") => Role::Admin,
             Ok("member") => Role::Member,
-            _ => return Err(ApiError::invalid("x-actor-role", "must be `admin` or `member`")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "x-actor-role",
+                    "must be `admin` or `member`",
+                ));
+            }
         };
         Ok(Actor { id, role })
     }
@@ -129,7 +134,10 @@ mod tests {
             AdminTokens::new(&[secret.expose()]),
             Err(TokenError::LooksLikeApiKey(1))
         ));
-        assert!(matches!(AdminTokens::new(&["ok", " "]), Err(TokenError::Empty(2))));
+        assert!(matches!(
+            AdminTokens::new(&["ok", " "]),
+            Err(TokenError::Empty(2))
+        ));
     }
 
     #[test]

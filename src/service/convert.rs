@@ -32,7 +32,11 @@ impl From<&KeyRecord> for proto::ApiKey {
             id: k.id.as_str().to_owned(),
             organization_id: k.organization_id.as_str().to_owned(),
             r#type: proto::KeyType::from(k.owner.key_type()).into(),
-            user_id: k.owner.user_id().map(|u| u.as_str().to_owned()).unwrap_or_default(),
+            user_id: k
+                .owner
+                .user_id()
+                .map(|u| u.as_str().to_owned())
+                .unwrap_or_default(),
             name: k.name.as_str().to_owned(),
             scopes: k.scopes.to_vec(),
             allowed_hostnames: k.allowed_hostnames.to_vec(),

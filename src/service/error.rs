@@ -34,7 +34,9 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable
             }
             StoreError::NotFound => Self::NotFound,
-            StoreError::Revoked => Self::FailedPrecondition("the key is revoked and cannot be updated"),
+            StoreError::Revoked => {
+                Self::FailedPrecondition("the key is revoked and cannot be updated")
+            }
             StoreError::LiveUserKeyExists => Self::AlreadyExists(
                 "this user already has a live user key in this organization; revoke it first",
             ),
@@ -66,7 +68,9 @@ impl From<ApiError> for Status {
                     ErrorDetails::with_bad_request(violations),
                 )
             }
-            ApiError::Unavailable => Status::unavailable("the key store is unavailable; retry later"),
+            ApiError::Unavailable => {
+                Status::unavailable("the key store is unavailable; retry later")
+            }
             ApiError::Internal => Status::internal("internal error"),
         }
     }

@@ -93,7 +93,9 @@ impl KeyVerify for VerifyService {
         // The caller's own mistakes come first: they are bugs to fix, not denials.
         for (i, s) in req.required_scopes.iter().enumerate() {
             if let Err(e) = parse_scope(s) {
-                return Err(ApiError::invalid(format!("required_scopes[{i}]"), e.to_string()).into());
+                return Err(
+                    ApiError::invalid(format!("required_scopes[{i}]"), e.to_string()).into(),
+                );
             }
         }
         if !req.organization_id.is_empty()

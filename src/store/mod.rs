@@ -28,10 +28,7 @@ pub enum StoreError {
     Revoked,
     /// A row that keygate cannot have written; someone edited the database by hand.
     #[error("corrupt row in {table}: {detail}")]
-    Corrupt {
-        table: &'static str,
-        detail: String,
-    },
+    Corrupt { table: &'static str, detail: String },
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]

@@ -111,7 +111,9 @@ where
 {
     let bytes: Option<Vec<u8>> = row.try_get(i)?;
     bytes
-        .map(|b| String::from_utf8(b).map_err(|_| corrupt(table, format!("column {i} is not UTF-8"))))
+        .map(|b| {
+            String::from_utf8(b).map_err(|_| corrupt(table, format!("column {i} is not UTF-8")))
+        })
         .transpose()
 }
 
@@ -143,10 +145,8 @@ where
         owner,
         name: KeyName::parse(&text(row, 4, T)?).map_err(|_| bad("name"))?,
         scopes: ScopeSet::parse(scopes_text.split(' ')).map_err(|_| bad("scopes"))?,
-        allowed_hostnames: AllowedHostnames::parse(
-            hosts_text.split(' ').filter(|h| !h.is_empty()),
-        )
-        .map_err(|_| bad("allowed_hostnames"))?,
+        allowed_hostnames: AllowedHostnames::parse(hosts_text.split(' ').filter(|h| !h.is_empty()))
+            .map_err(|_| bad("allowed_hostnames"))?,
         secret_hash: SecretHash::from_slice(&hash).ok_or_else(|| bad("secret_hash"))?,
         key_prefix: text(row, 8, T)?,
         last_four: text(row, 9, T)?,
@@ -243,7 +243,8 @@ impl Store {
         org: &OrganizationId,
         id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
         on_pool!(self, |p, _d| {
             sqlx::query(&sql)
                 .bind(org.as_str())
@@ -312,7 +313,8 @@ impl Store {
             allowed_hostnames = COALESCE(?, allowed_hostnames), \
             expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END \
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
-        let select = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
+        let select =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
         let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
         on_pool!(self, |p, _d| {
@@ -366,7 +368,8 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         let revoke = "UPDATE api_keys SET revoke_time = ?, update_time = ? \
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
-        let select = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
+        let select =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
         on_pool!(self, |p, _d| {
             let mut tx = p.begin().await?;
             let revoked = sqlx::query(revoke)
@@ -382,7 +385,10 @@ impl Store {
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let key = row.map(|r| key_from_row(&r)).transpose()?.ok_or(StoreError::NotFound)?;
+            let key = row
+                .map(|r| key_from_row(&r))
+                .transpose()?
+                .ok_or(StoreError::NotFound)?;
             if revoked > 0 {
                 sqlx::query(INSERT_EVENT)
                     .bind(id.as_str())
@@ -415,7 +421,8 @@ impl Store {
             WHERE organization_id = ? AND user_id = ? AND key_type = ?";
         let select = "SELECT secret_hash FROM api_keys \
             WHERE organization_id = ? AND user_id = ? AND key_type = ?";
-        let delete = "DELETE FROM api_keys WHERE organization_id = ? AND user_id = ? AND key_type = ?";
+        let delete =
+            "DELETE FROM api_keys WHERE organization_id = ? AND user_id = ? AND key_type = ?";
         let user_type = KeyType::User.as_i64();
         on_pool!(self, |p, _d| {
             let mut tx = p.begin().await?;
@@ -438,7 +445,8 @@ impl Store {
             for r in &rows {
                 let bytes: Vec<u8> = r.try_get(0)?;
                 hashes.push(
-                    SecretHash::from_slice(&bytes).ok_or_else(|| corrupt("api_keys", "secret_hash"))?,
+                    SecretHash::from_slice(&bytes)
+                        .ok_or_else(|| corrupt("api_keys", "secret_hash"))?,
                 );
             }
             let deleted = sqlx::query(delete)
@@ -449,7 +457,10 @@ impl Store {
                 .await?
                 .rows_affected();
             if usize::try_from(deleted).ok() != Some(hashes.len()) {
-                return Err(corrupt("api_keys", "remove_member deleted another count than it read"));
+                return Err(corrupt(
+                    "api_keys",
+                    "remove_member deleted another count than it read",
+                ));
             }
             tx.commit().await?;
             Ok(hashes)
@@ -530,7 +541,9 @@ impl Store {
                 let sql = usage_sql(d.greatest, n);
                 let mut q = sqlx::query(&sql);
                 for u in chunk {
-                    q = q.bind(u.key_id.as_str()).bind(i64::try_from(u.count).unwrap_or(i64::MAX));
+                    q = q
+                        .bind(u.key_id.as_str())
+                        .bind(i64::try_from(u.count).unwrap_or(i64::MAX));
                 }
                 for u in chunk {
                     q = q.bind(u.key_id.as_str()).bind(u.last_used.0);

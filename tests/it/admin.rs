@@ -3,8 +3,7 @@
 use std::collections::HashSet;
 
 use keygate::proto::{
-    self, CreateKeyRequest, KeyEventAction, KeyType, ListKeysRequest, UpdateKeyRequest,
-    VerifyCode,
+    self, CreateKeyRequest, KeyEventAction, KeyType, ListKeysRequest, UpdateKeyRequest, VerifyCode,
 };
 use prost_types::{FieldMask, Timestamp};
 use tonic::Code;
@@ -29,7 +28,9 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
 
 async fn create_returns_the_secret_once(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (key, secret) = app.create(member("alice", user_key("acme", "laptop", &["links:read"]))).await;
+    let (key, secret) = app
+        .create(member("alice", user_key("acme", "laptop", &["links:read"])))
+        .await;
 
     assert!(secret.starts_with("kg_live_"), "{secret}");
     assert_eq!(secret.len(), "kg_live_".len() + 49);
@@ -61,8 +62,14 @@ async fn lists_are_normalised(backend: Backend) {
     ];
     let (key, _) = app.create(admin(req)).await;
     assert_eq!(key.scopes, ["links:read", "links:write"]);
-    assert_eq!(key.allowed_hostnames, ["api.example.com", "*.xn--bcher-kva.example"]);
-    assert_eq!(app.get("acme", &key.id).await.allowed_hostnames, key.allowed_hostnames);
+    assert_eq!(
+        key.allowed_hostnames,
+        ["api.example.com", "*.xn--bcher-kva.example"]
+    );
+    assert_eq!(
+        app.get("acme", &key.id).await.allowed_hostnames,
+        key.allowed_hostnames
+    );
     app.stop().await;
 }
 
@@ -71,33 +78,177 @@ async fn bad_create_requests_name_the_field_and_change_nothing(backend: Backend)
     let good = || user_key("acme", "ok", &["links:read"]);
     let many = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>();
     let cases: Vec<(CreateKeyRequest, &str)> = vec![
-        (CreateKeyRequest { name: String::new(), ..good() }, "name"),
-        (CreateKeyRequest { name: "x".repeat(256), ..good() }, "name"),
-        (CreateKeyRequest { name: "tab\there".into(), ..good() }, "name"),
-        (CreateKeyRequest { scopes: vec![], ..good() }, "scopes"),
-        (CreateKeyRequest { scopes: many(129, &|i| format!("r{i}:read")), ..good() }, "scopes"),
-        (CreateKeyRequest { scopes: vec!["links:read".into(), "Links:read".into()], ..good() }, "scopes[1]"),
-        (CreateKeyRequest { scopes: vec!["links".into()], ..good() }, "scopes[0]"),
-        (CreateKeyRequest { scopes: vec!["links:read:x".into()], ..good() }, "scopes[0]"),
         (
-            CreateKeyRequest { allowed_hostnames: many(65, &|i| format!("h{i}.example.com")), ..good() },
+            CreateKeyRequest {
+                name: String::new(),
+                ..good()
+            },
+            "name",
+        ),
+        (
+            CreateKeyRequest {
+                name: "x".repeat(256),
+                ..good()
+            },
+            "name",
+        ),
+        (
+            CreateKeyRequest {
+                name: "tab\there".into(),
+                ..good()
+            },
+            "name",
+        ),
+        (
+            CreateKeyRequest {
+                scopes: vec![],
+                ..good()
+            },
+            "scopes",
+        ),
+        (
+            CreateKeyRequest {
+                scopes: many(129, &|i| format!("r{i}:read")),
+                ..good()
+            },
+            "scopes",
+        ),
+        (
+            CreateKeyRequest {
+                scopes: vec!["links:read".into(), "Links:read".into()],
+                ..good()
+            },
+            "scopes[1]",
+        ),
+        (
+            CreateKeyRequest {
+                scopes: vec!["links".into()],
+                ..good()
+            },
+            "scopes[0]",
+        ),
+        (
+            CreateKeyRequest {
+                scopes: vec!["links:read:x".into()],
+                ..good()
+            },
+            "scopes[0]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: many(65, &|i| format!("h{i}.example.com")),
+                ..good()
+            },
             "allowed_hostnames",
         ),
-        (CreateKeyRequest { allowed_hostnames: vec!["https://example.com".into()], ..good() }, "allowed_hostnames[0]"),
-        (CreateKeyRequest { allowed_hostnames: vec!["example.com/path".into()], ..good() }, "allowed_hostnames[0]"),
-        (CreateKeyRequest { allowed_hostnames: vec!["example.com:443".into()], ..good() }, "allowed_hostnames[0]"),
-        (CreateKeyRequest { allowed_hostnames: vec!["*".into()], ..good() }, "allowed_hostnames[0]"),
-        (CreateKeyRequest { allowed_hostnames: vec!["*.com".into()], ..good() }, "allowed_hostnames[0]"),
-        (CreateKeyRequest { allowed_hostnames: vec!["*.co.uk".into()], ..good() }, "allowed_hostnames[0]"),
-        (CreateKeyRequest { allowed_hostnames: vec!["ok.com".into(), "a.*.example.com".into()], ..good() }, "allowed_hostnames[1]"),
-        (CreateKeyRequest { allowed_hostnames: vec!["api*.example.com".into()], ..good() }, "allowed_hostnames[0]"),
-        (CreateKeyRequest { expire_time: Some(in_secs(-60)), ..good() }, "expire_time"),
-        (CreateKeyRequest { expire_time: Some(Timestamp { seconds: 0, nanos: -5 }), ..good() }, "expire_time"),
-        (CreateKeyRequest { r#type: 0, ..good() }, "type"),
-        (CreateKeyRequest { r#type: 7, ..good() }, "type"),
-        (CreateKeyRequest { organization_id: String::new(), ..good() }, "organization_id"),
-        (CreateKeyRequest { organization_id: "acme corp".into(), ..good() }, "organization_id"),
-        (CreateKeyRequest { organization_id: "a".repeat(65), ..good() }, "organization_id"),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["https://example.com".into()],
+                ..good()
+            },
+            "allowed_hostnames[0]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["example.com/path".into()],
+                ..good()
+            },
+            "allowed_hostnames[0]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["example.com:443".into()],
+                ..good()
+            },
+            "allowed_hostnames[0]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["*".into()],
+                ..good()
+            },
+            "allowed_hostnames[0]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["*.com".into()],
+                ..good()
+            },
+            "allowed_hostnames[0]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["*.co.uk".into()],
+                ..good()
+            },
+            "allowed_hostnames[0]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["ok.com".into(), "a.*.example.com".into()],
+                ..good()
+            },
+            "allowed_hostnames[1]",
+        ),
+        (
+            CreateKeyRequest {
+                allowed_hostnames: vec!["api*.example.com".into()],
+                ..good()
+            },
+            "allowed_hostnames[0]",
+        ),
+        (
+            CreateKeyRequest {
+                expire_time: Some(in_secs(-60)),
+                ..good()
+            },
+            "expire_time",
+        ),
+        (
+            CreateKeyRequest {
+                expire_time: Some(Timestamp {
+                    seconds: 0,
+                    nanos: -5,
+                }),
+                ..good()
+            },
+            "expire_time",
+        ),
+        (
+            CreateKeyRequest {
+                r#type: 0,
+                ..good()
+            },
+            "type",
+        ),
+        (
+            CreateKeyRequest {
+                r#type: 7,
+                ..good()
+            },
+            "type",
+        ),
+        (
+            CreateKeyRequest {
+                organization_id: String::new(),
+                ..good()
+            },
+            "organization_id",
+        ),
+        (
+            CreateKeyRequest {
+                organization_id: "acme corp".into(),
+                ..good()
+            },
+            "organization_id",
+        ),
+        (
+            CreateKeyRequest {
+                organization_id: "a".repeat(65),
+                ..good()
+            },
+            "organization_id",
+        ),
     ];
     for (req, field) in cases {
         let result = app.admin.clone().create_key(admin(req.clone())).await;
@@ -121,10 +272,16 @@ async fn bad_create_requests_name_the_field_and_change_nothing(backend: Backend)
         Code::InvalidArgument,
     );
     let fields = bad_fields(&status);
-    assert!(fields.contains(&"name".into()) && fields.contains(&"scopes".into()), "{fields:?}");
+    assert!(
+        fields.contains(&"name".into()) && fields.contains(&"scopes".into()),
+        "{fields:?}"
+    );
 
     assert!(app.all_keys("acme").await.is_empty(), "no key was stored");
-    assert!(app.events("acme", "").await.is_empty(), "no event was written");
+    assert!(
+        app.events("acme", "").await.is_empty(),
+        "no event was written"
+    );
     // The boundaries themselves are accepted.
     let mut edge = good();
     edge.name = "é".repeat(255);
@@ -137,25 +294,50 @@ async fn bad_create_requests_name_the_field_and_change_nothing(backend: Backend)
 
 async fn one_live_user_key_per_user_and_organization(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (first, _) = app.create(member("alice", user_key("acme", "one", &["links:read"]))).await;
+    let (first, _) = app
+        .create(member("alice", user_key("acme", "one", &["links:read"])))
+        .await;
     let status = assert_code(
-        app.admin.clone().create_key(member("alice", user_key("acme", "two", &["links:read"]))).await,
+        app.admin
+            .clone()
+            .create_key(member("alice", user_key("acme", "two", &["links:read"])))
+            .await,
         Code::AlreadyExists,
     );
     assert!(status.message().contains("live user key"), "{status:?}");
     // Admins are users too: the rule is per user, whatever the role.
     assert_code(
-        app.admin.clone().create_key(as_actor("alice", "admin", user_key("acme", "three", &["links:read"]))).await,
+        app.admin
+            .clone()
+            .create_key(as_actor(
+                "alice",
+                "admin",
+                user_key("acme", "three", &["links:read"]),
+            ))
+            .await,
         Code::AlreadyExists,
     );
     // Another organization, another user, and bot keys are unaffected.
-    app.create(member("alice", user_key("globex", "one", &["links:read"]))).await;
-    app.create(member("bob", user_key("acme", "one", &["links:read"]))).await;
-    app.create(as_actor("alice", "admin", bot_key("acme", "bot1", &["links:read"]))).await;
-    app.create(as_actor("alice", "admin", bot_key("acme", "bot2", &["links:read"]))).await;
+    app.create(member("alice", user_key("globex", "one", &["links:read"])))
+        .await;
+    app.create(member("bob", user_key("acme", "one", &["links:read"])))
+        .await;
+    app.create(as_actor(
+        "alice",
+        "admin",
+        bot_key("acme", "bot1", &["links:read"]),
+    ))
+    .await;
+    app.create(as_actor(
+        "alice",
+        "admin",
+        bot_key("acme", "bot2", &["links:read"]),
+    ))
+    .await;
     // Once revoked, a new one may be created.
     app.revoke("acme", &first.id).await;
-    app.create(member("alice", user_key("acme", "two", &["links:read"]))).await;
+    app.create(member("alice", user_key("acme", "two", &["links:read"])))
+        .await;
     app.stop().await;
 }
 
@@ -166,38 +348,78 @@ async fn live_user_key_uniqueness_is_enforced_by_the_database(backend: Backend) 
     for i in 0..8 {
         let mut client = app.admin.clone();
         racing.spawn(async move {
-            client.create_key(member("carol", user_key("acme", &format!("k{i}"), &["links:read"]))).await
+            client
+                .create_key(member(
+                    "carol",
+                    user_key("acme", &format!("k{i}"), &["links:read"]),
+                ))
+                .await
         });
     }
     let results = racing.join_all().await;
     let created = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(created, 1, "{results:?}");
-    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|s| s.code() == Code::AlreadyExists));
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|s| s.code() == Code::AlreadyExists)
+    );
     assert_eq!(app.all_keys("acme").await.len(), 1);
     app.stop().await;
 }
 
 async fn members_act_only_on_their_own_keys(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (alice_key, _) = app.create(member("alice", user_key("acme", "a", &["links:read"]))).await;
-    let (bob_key, _) = app.create(member("bob", user_key("acme", "b", &["links:read"]))).await;
-    let (bot, _) = app.create(admin(bot_key("acme", "bot", &["links:read"]))).await;
+    let (alice_key, _) = app
+        .create(member("alice", user_key("acme", "a", &["links:read"])))
+        .await;
+    let (bob_key, _) = app
+        .create(member("bob", user_key("acme", "b", &["links:read"])))
+        .await;
+    let (bot, _) = app
+        .create(admin(bot_key("acme", "bot", &["links:read"])))
+        .await;
     let mut c = app.admin.clone();
 
     // Members cannot create bot keys, remove members or read the audit trail.
-    assert_code(c.create_key(member("alice", bot_key("acme", "b", &["links:read"]))).await, Code::PermissionDenied);
     assert_code(
-        c.remove_member(member("alice", proto::RemoveMemberRequest { organization_id: "acme".into(), user_id: "bob".into() })).await,
+        c.create_key(member("alice", bot_key("acme", "b", &["links:read"])))
+            .await,
         Code::PermissionDenied,
     );
     assert_code(
-        c.list_key_events(member("alice", proto::ListKeyEventsRequest { organization_id: "acme".into(), ..Default::default() })).await,
+        c.remove_member(member(
+            "alice",
+            proto::RemoveMemberRequest {
+                organization_id: "acme".into(),
+                user_id: "bob".into(),
+            },
+        ))
+        .await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        c.list_key_events(member(
+            "alice",
+            proto::ListKeyEventsRequest {
+                organization_id: "acme".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
         Code::PermissionDenied,
     );
     // Another member's key, or the organization's bot key: not theirs.
     for other in [&bob_key.id, &bot.id] {
-        let get = proto::GetKeyRequest { organization_id: "acme".into(), id: other.clone() };
-        assert_code(c.get_key(member("alice", get)).await, Code::PermissionDenied);
+        let get = proto::GetKeyRequest {
+            organization_id: "acme".into(),
+            id: other.clone(),
+        };
+        assert_code(
+            c.get_key(member("alice", get)).await,
+            Code::PermissionDenied,
+        );
         let update = UpdateKeyRequest {
             organization_id: "acme".into(),
             id: other.clone(),
@@ -205,29 +427,67 @@ async fn members_act_only_on_their_own_keys(backend: Backend) {
             update_mask: mask(&["name"]),
             ..Default::default()
         };
-        assert_code(c.update_key(member("alice", update)).await, Code::PermissionDenied);
-        let revoke = proto::RevokeKeyRequest { organization_id: "acme".into(), id: other.clone() };
-        assert_code(c.revoke_key(member("alice", revoke)).await, Code::PermissionDenied);
+        assert_code(
+            c.update_key(member("alice", update)).await,
+            Code::PermissionDenied,
+        );
+        let revoke = proto::RevokeKeyRequest {
+            organization_id: "acme".into(),
+            id: other.clone(),
+        };
+        assert_code(
+            c.revoke_key(member("alice", revoke)).await,
+            Code::PermissionDenied,
+        );
     }
-    assert!(!app.get("acme", &bob_key.id).await.revoked, "the refused revoke changed nothing");
-    assert_eq!(app.get("acme", &bot.id).await.name, "bot", "the refused update changed nothing");
+    assert!(
+        !app.get("acme", &bob_key.id).await.revoked,
+        "the refused revoke changed nothing"
+    );
+    assert_eq!(
+        app.get("acme", &bot.id).await.name,
+        "bot",
+        "the refused update changed nothing"
+    );
 
     // Listing: a member sees only its own keys and may not ask for another's.
     let listed = c
-        .list_keys(member("alice", ListKeysRequest { organization_id: "acme".into(), ..Default::default() }))
+        .list_keys(member(
+            "alice",
+            ListKeysRequest {
+                organization_id: "acme".into(),
+                ..Default::default()
+            },
+        ))
         .await
         .expect("list own keys")
         .into_inner()
         .keys;
-    assert_eq!(listed.iter().map(|k| &k.id).collect::<Vec<_>>(), [&alice_key.id]);
+    assert_eq!(
+        listed.iter().map(|k| &k.id).collect::<Vec<_>>(),
+        [&alice_key.id]
+    );
     assert_code(
-        c.list_keys(member("alice", ListKeysRequest { organization_id: "acme".into(), user_id: "bob".into(), ..Default::default() })).await,
+        c.list_keys(member(
+            "alice",
+            ListKeysRequest {
+                organization_id: "acme".into(),
+                user_id: "bob".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
         Code::PermissionDenied,
     );
 
     // Own key: get, update, revoke.
-    let own = proto::GetKeyRequest { organization_id: "acme".into(), id: alice_key.id.clone() };
-    c.get_key(member("alice", own)).await.expect("own key readable");
+    let own = proto::GetKeyRequest {
+        organization_id: "acme".into(),
+        id: alice_key.id.clone(),
+    };
+    c.get_key(member("alice", own))
+        .await
+        .expect("own key readable");
     let update = UpdateKeyRequest {
         organization_id: "acme".into(),
         id: alice_key.id.clone(),
@@ -235,10 +495,21 @@ async fn members_act_only_on_their_own_keys(backend: Backend) {
         update_mask: mask(&["scopes"]),
         ..Default::default()
     };
-    let updated = c.update_key(member("alice", update)).await.expect("own key updatable").into_inner().key.expect("key");
+    let updated = c
+        .update_key(member("alice", update))
+        .await
+        .expect("own key updatable")
+        .into_inner()
+        .key
+        .expect("key");
     assert_eq!(updated.scopes, ["stats:read"]);
-    let revoke = proto::RevokeKeyRequest { organization_id: "acme".into(), id: alice_key.id.clone() };
-    c.revoke_key(member("alice", revoke)).await.expect("own key revocable");
+    let revoke = proto::RevokeKeyRequest {
+        organization_id: "acme".into(),
+        id: alice_key.id.clone(),
+    };
+    c.revoke_key(member("alice", revoke))
+        .await
+        .expect("own key revocable");
 
     // Admins act on everything in their organization.
     let update = UpdateKeyRequest {
@@ -248,7 +519,9 @@ async fn members_act_only_on_their_own_keys(backend: Backend) {
         update_mask: mask(&["name"]),
         ..Default::default()
     };
-    c.update_key(admin(update)).await.expect("admin updates any key");
+    c.update_key(admin(update))
+        .await
+        .expect("admin updates any key");
     app.revoke("acme", &bot.id).await;
     assert_eq!(app.all_keys("acme").await.len(), 3);
     app.stop().await;
@@ -256,9 +529,14 @@ async fn members_act_only_on_their_own_keys(backend: Backend) {
 
 async fn other_organizations_keys_do_not_exist(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (key, secret) = app.create(admin(bot_key("acme", "bot", &["links:read"]))).await;
+    let (key, secret) = app
+        .create(admin(bot_key("acme", "bot", &["links:read"])))
+        .await;
     let mut c = app.admin.clone();
-    let get = proto::GetKeyRequest { organization_id: "globex".into(), id: key.id.clone() };
+    let get = proto::GetKeyRequest {
+        organization_id: "globex".into(),
+        id: key.id.clone(),
+    };
     assert_code(c.get_key(admin(get)).await, Code::NotFound);
     let update = UpdateKeyRequest {
         organization_id: "globex".into(),
@@ -268,18 +546,27 @@ async fn other_organizations_keys_do_not_exist(backend: Backend) {
         ..Default::default()
     };
     assert_code(c.update_key(admin(update)).await, Code::NotFound);
-    let revoke = proto::RevokeKeyRequest { organization_id: "globex".into(), id: key.id.clone() };
+    let revoke = proto::RevokeKeyRequest {
+        organization_id: "globex".into(),
+        id: key.id.clone(),
+    };
     assert_code(c.revoke_key(admin(revoke)).await, Code::NotFound);
     assert!(app.all_keys("globex").await.is_empty());
     assert!(app.events("globex", "").await.is_empty());
     assert!(app.events("globex", &key.id).await.is_empty());
     // A well-formed id that does not exist at all is the same answer.
-    let get = proto::GetKeyRequest { organization_id: "acme".into(), id: uuid::Uuid::now_v7().to_string() };
+    let get = proto::GetKeyRequest {
+        organization_id: "acme".into(),
+        id: uuid::Uuid::now_v7().to_string(),
+    };
     assert_code(c.get_key(admin(get)).await, Code::NotFound);
     // Untouched, and still verifying.
     let after = app.get("acme", &key.id).await;
     assert!(!after.revoked && after.name == "bot");
-    assert_eq!(app.verify_code(verify_req(&secret, &[])).await, VerifyCode::Valid);
+    assert_eq!(
+        app.verify_code(verify_req(&secret, &[])).await,
+        VerifyCode::Valid
+    );
     app.stop().await;
 }
 
@@ -301,28 +588,61 @@ async fn update_applies_the_mask(backend: Backend) {
     };
 
     assert_bad_field(c.update_key(admin(base())).await, "update_mask");
-    assert_bad_field(c.update_key(admin(UpdateKeyRequest { update_mask: mask(&[]), ..base() })).await, "update_mask");
     assert_bad_field(
-        c.update_key(admin(UpdateKeyRequest { update_mask: mask(&["name", "secret_hash"]), ..base() })).await,
+        c.update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&[]),
+            ..base()
+        }))
+        .await,
+        "update_mask",
+    );
+    assert_bad_field(
+        c.update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&["name", "secret_hash"]),
+            ..base()
+        }))
+        .await,
         "update_mask.paths[1]",
     );
     assert_bad_field(
-        c.update_key(admin(UpdateKeyRequest { update_mask: mask(&["name"]), name: String::new(), ..base() })).await,
+        c.update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&["name"]),
+            name: String::new(),
+            ..base()
+        }))
+        .await,
         "name",
     );
     assert_bad_field(
-        c.update_key(admin(UpdateKeyRequest { update_mask: mask(&["expire_time"]), expire_time: Some(in_secs(-1)), ..base() })).await,
+        c.update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&["expire_time"]),
+            expire_time: Some(in_secs(-1)),
+            ..base()
+        }))
+        .await,
         "expire_time",
     );
     assert_bad_field(
-        c.update_key(admin(UpdateKeyRequest { update_mask: mask(&["name"]), id: "nope".into(), ..base() })).await,
+        c.update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&["name"]),
+            id: "nope".into(),
+            ..base()
+        }))
+        .await,
         "id",
     );
-    assert_eq!(app.get("acme", &key.id).await, key, "refused updates changed nothing");
+    assert_eq!(
+        app.get("acme", &key.id).await,
+        key,
+        "refused updates changed nothing"
+    );
 
     // Only the named fields change.
     let updated = c
-        .update_key(admin(UpdateKeyRequest { update_mask: mask(&["name"]), ..base() }))
+        .update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&["name"]),
+            ..base()
+        }))
         .await
         .expect("update name")
         .into_inner()
@@ -335,7 +655,10 @@ async fn update_applies_the_mask(backend: Backend) {
 
     // Clearing the hostnames and the expiry, replacing the scopes.
     let updated = c
-        .update_key(admin(UpdateKeyRequest { update_mask: mask(&["scopes", "allowed_hostnames", "expire_time"]), ..base() }))
+        .update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&["scopes", "allowed_hostnames", "expire_time"]),
+            ..base()
+        }))
         .await
         .expect("update the rest")
         .into_inner()
@@ -345,13 +668,29 @@ async fn update_applies_the_mask(backend: Backend) {
     assert!(updated.allowed_hostnames.is_empty());
     assert!(updated.expire_time.is_none());
     assert_eq!(app.get("acme", &key.id).await, updated);
-    let actions: Vec<_> = app.events("acme", &key.id).await.iter().map(|e| e.action()).collect();
-    assert_eq!(actions, [KeyEventAction::Created, KeyEventAction::Updated, KeyEventAction::Updated]);
+    let actions: Vec<_> = app
+        .events("acme", &key.id)
+        .await
+        .iter()
+        .map(|e| e.action())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            KeyEventAction::Created,
+            KeyEventAction::Updated,
+            KeyEventAction::Updated
+        ]
+    );
 
     // A revoked key cannot be updated.
     app.revoke("acme", &key.id).await;
     assert_code(
-        c.update_key(admin(UpdateKeyRequest { update_mask: mask(&["name"]), ..base() })).await,
+        c.update_key(admin(UpdateKeyRequest {
+            update_mask: mask(&["name"]),
+            ..base()
+        }))
+        .await,
         Code::FailedPrecondition,
     );
     assert_eq!(app.get("acme", &key.id).await.name, "after");
@@ -360,18 +699,28 @@ async fn update_applies_the_mask(backend: Backend) {
 
 async fn revoking_twice_keeps_the_first_revoke_time(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (key, _) = app.create(admin(bot_key("acme", "bot", &["links:read"]))).await;
+    let (key, _) = app
+        .create(admin(bot_key("acme", "bot", &["links:read"])))
+        .await;
     let first = app.revoke("acme", &key.id).await;
     assert!(first.revoked && first.revoke_time.is_some());
     let second = app.revoke("acme", &key.id).await;
     assert_eq!(second.revoke_time, first.revoke_time);
     assert_eq!(second.update_time, first.update_time);
-    let actions: Vec<_> = app.events("acme", &key.id).await.iter().map(|e| e.action()).collect();
+    let actions: Vec<_> = app
+        .events("acme", &key.id)
+        .await
+        .iter()
+        .map(|e| e.action())
+        .collect();
     assert_eq!(actions, [KeyEventAction::Created, KeyEventAction::Revoked]);
     // Revoked keys stay listed for audit, but only when asked for.
     let mut c = app.admin.clone();
     let live = c
-        .list_keys(admin(ListKeysRequest { organization_id: "acme".into(), ..Default::default() }))
+        .list_keys(admin(ListKeysRequest {
+            organization_id: "acme".into(),
+            ..Default::default()
+        }))
         .await
         .expect("list")
         .into_inner()
@@ -383,40 +732,96 @@ async fn revoking_twice_keeps_the_first_revoke_time(backend: Backend) {
 
 async fn remove_member_deletes_only_that_members_user_keys(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (old, old_secret) = app.create(member("bob", user_key("acme", "old", &["links:read"]))).await;
+    let (old, old_secret) = app
+        .create(member("bob", user_key("acme", "old", &["links:read"])))
+        .await;
     app.revoke("acme", &old.id).await;
-    let (live, live_secret) = app.create(member("bob", user_key("acme", "live", &["links:read"]))).await;
-    let (bot, bot_secret) = app.create(as_actor("bob", "admin", bot_key("acme", "bob's bot", &["links:read"]))).await;
-    let (alice, _) = app.create(member("alice", user_key("acme", "a", &["links:read"]))).await;
-    let (elsewhere, _) = app.create(member("bob", user_key("globex", "g", &["links:read"]))).await;
-    assert_eq!(app.verify_code(verify_req(&live_secret, &[])).await, VerifyCode::Valid);
+    let (live, live_secret) = app
+        .create(member("bob", user_key("acme", "live", &["links:read"])))
+        .await;
+    let (bot, bot_secret) = app
+        .create(as_actor(
+            "bob",
+            "admin",
+            bot_key("acme", "bob's bot", &["links:read"]),
+        ))
+        .await;
+    let (alice, _) = app
+        .create(member("alice", user_key("acme", "a", &["links:read"])))
+        .await;
+    let (elsewhere, _) = app
+        .create(member("bob", user_key("globex", "g", &["links:read"])))
+        .await;
+    assert_eq!(
+        app.verify_code(verify_req(&live_secret, &[])).await,
+        VerifyCode::Valid
+    );
 
     let deleted = app
         .admin
         .clone()
-        .remove_member(admin(proto::RemoveMemberRequest { organization_id: "acme".into(), user_id: "bob".into() }))
+        .remove_member(admin(proto::RemoveMemberRequest {
+            organization_id: "acme".into(),
+            user_id: "bob".into(),
+        }))
         .await
         .expect("remove member")
         .into_inner()
         .deleted_key_count;
     assert_eq!(deleted, 2);
-    let left: HashSet<_> = app.all_keys("acme").await.into_iter().map(|k| k.id).collect();
+    let left: HashSet<_> = app
+        .all_keys("acme")
+        .await
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
     assert_eq!(left, HashSet::from([bot.id.clone(), alice.id.clone()]));
-    assert_eq!(app.all_keys("globex").await.len(), 1, "{elsewhere:?} untouched");
+    assert_eq!(
+        app.all_keys("globex").await.len(),
+        1,
+        "{elsewhere:?} untouched"
+    );
     // Gone at once, even though the live key was cached.
-    assert_eq!(app.verify_code(verify_req(&live_secret, &[])).await, VerifyCode::NotFound);
-    assert_eq!(app.verify_code(verify_req(&old_secret, &[])).await, VerifyCode::NotFound);
-    assert_eq!(app.verify_code(verify_req(&bot_secret, &[])).await, VerifyCode::Valid);
+    assert_eq!(
+        app.verify_code(verify_req(&live_secret, &[])).await,
+        VerifyCode::NotFound
+    );
+    assert_eq!(
+        app.verify_code(verify_req(&old_secret, &[])).await,
+        VerifyCode::NotFound
+    );
+    assert_eq!(
+        app.verify_code(verify_req(&bot_secret, &[])).await,
+        VerifyCode::Valid
+    );
     for id in [&old.id, &live.id] {
-        let actions: Vec<_> = app.events("acme", id).await.iter().map(|e| e.action()).collect();
-        assert_eq!(actions.last(), Some(&KeyEventAction::Deleted), "{actions:?}");
-        assert_eq!(app.events("acme", id).await.last().map(|e| e.actor_id.clone()), Some("admin-1".into()));
+        let actions: Vec<_> = app
+            .events("acme", id)
+            .await
+            .iter()
+            .map(|e| e.action())
+            .collect();
+        assert_eq!(
+            actions.last(),
+            Some(&KeyEventAction::Deleted),
+            "{actions:?}"
+        );
+        assert_eq!(
+            app.events("acme", id)
+                .await
+                .last()
+                .map(|e| e.actor_id.clone()),
+            Some("admin-1".into())
+        );
     }
     // Removing again is a no-op, not an error.
     let again = app
         .admin
         .clone()
-        .remove_member(admin(proto::RemoveMemberRequest { organization_id: "acme".into(), user_id: "bob".into() }))
+        .remove_member(admin(proto::RemoveMemberRequest {
+            organization_id: "acme".into(),
+            user_id: "bob".into(),
+        }))
         .await
         .expect("remove member again")
         .into_inner();
@@ -424,7 +829,10 @@ async fn remove_member_deletes_only_that_members_user_keys(backend: Backend) {
     assert_bad_field(
         app.admin
             .clone()
-            .remove_member(admin(proto::RemoveMemberRequest { organization_id: "acme".into(), user_id: "has space".into() }))
+            .remove_member(admin(proto::RemoveMemberRequest {
+                organization_id: "acme".into(),
+                user_id: "has space".into(),
+            }))
             .await,
         "user_id",
     );
@@ -435,12 +843,18 @@ async fn list_keys_pages_filters_and_tokens(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut expected = Vec::new();
     for i in 0..7 {
-        let (k, _) = app.create(admin(bot_key("acme", &format!("bot{i}"), &["links:read"]))).await;
+        let (k, _) = app
+            .create(admin(bot_key("acme", &format!("bot{i}"), &["links:read"])))
+            .await;
         expected.push(k.id);
     }
-    let (u, _) = app.create(member("dave", user_key("acme", "dave", &["links:read"]))).await;
+    let (u, _) = app
+        .create(member("dave", user_key("acme", "dave", &["links:read"])))
+        .await;
     expected.push(u.id.clone());
-    let (revoked, _) = app.create(member("erin", user_key("acme", "erin", &["links:read"]))).await;
+    let (revoked, _) = app
+        .create(member("erin", user_key("acme", "erin", &["links:read"])))
+        .await;
     app.revoke("acme", &revoked.id).await;
     let mut c = app.admin.clone();
 
@@ -450,7 +864,12 @@ async fn list_keys_pages_filters_and_tokens(backend: Backend) {
     let mut pages = 0;
     loop {
         let page = c
-            .list_keys(admin(ListKeysRequest { organization_id: "acme".into(), page_size: 3, page_token: token.clone(), ..Default::default() }))
+            .list_keys(admin(ListKeysRequest {
+                organization_id: "acme".into(),
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            }))
             .await
             .expect("page")
             .into_inner();
@@ -467,45 +886,127 @@ async fn list_keys_pages_filters_and_tokens(backend: Backend) {
 
     let filtered = |req: ListKeysRequest| {
         let mut c = c.clone();
-        async move { c.list_keys(admin(req)).await.expect("list").into_inner().keys }
+        async move {
+            c.list_keys(admin(req))
+                .await
+                .expect("list")
+                .into_inner()
+                .keys
+        }
     };
-    let users = filtered(ListKeysRequest { organization_id: "acme".into(), r#type: KeyType::User.into(), include_revoked: true, ..Default::default() }).await;
+    let users = filtered(ListKeysRequest {
+        organization_id: "acme".into(),
+        r#type: KeyType::User.into(),
+        include_revoked: true,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(users.len(), 2);
-    let bots = filtered(ListKeysRequest { organization_id: "acme".into(), r#type: KeyType::Bot.into(), ..Default::default() }).await;
+    let bots = filtered(ListKeysRequest {
+        organization_id: "acme".into(),
+        r#type: KeyType::Bot.into(),
+        ..Default::default()
+    })
+    .await;
     assert_eq!(bots.len(), 7);
-    let dave = filtered(ListKeysRequest { organization_id: "acme".into(), user_id: "dave".into(), ..Default::default() }).await;
+    let dave = filtered(ListKeysRequest {
+        organization_id: "acme".into(),
+        user_id: "dave".into(),
+        ..Default::default()
+    })
+    .await;
     assert_eq!(dave.iter().map(|k| &k.id).collect::<Vec<_>>(), [&u.id]);
-    let erin = filtered(ListKeysRequest { organization_id: "acme".into(), user_id: "erin".into(), ..Default::default() }).await;
+    let erin = filtered(ListKeysRequest {
+        organization_id: "acme".into(),
+        user_id: "erin".into(),
+        ..Default::default()
+    })
+    .await;
     assert!(erin.is_empty(), "revoked keys are hidden by default");
 
     let bad = |req: ListKeysRequest| {
         let mut c = c.clone();
         async move { c.list_keys(admin(req)).await }
     };
-    assert_bad_field(bad(ListKeysRequest { organization_id: "acme".into(), page_token: "garbage!".into(), ..Default::default() }).await, "page_token");
+    assert_bad_field(
+        bad(ListKeysRequest {
+            organization_id: "acme".into(),
+            page_token: "garbage!".into(),
+            ..Default::default()
+        })
+        .await,
+        "page_token",
+    );
     let events_token = {
         let page = app
             .admin
             .clone()
-            .list_key_events(admin(proto::ListKeyEventsRequest { organization_id: "acme".into(), page_size: 1, ..Default::default() }))
+            .list_key_events(admin(proto::ListKeyEventsRequest {
+                organization_id: "acme".into(),
+                page_size: 1,
+                ..Default::default()
+            }))
             .await
             .expect("events")
             .into_inner();
         page.next_page_token
     };
     assert!(!events_token.is_empty());
-    assert_bad_field(bad(ListKeysRequest { organization_id: "acme".into(), page_token: events_token, ..Default::default() }).await, "page_token");
-    assert_bad_field(bad(ListKeysRequest { organization_id: "acme".into(), page_size: -1, ..Default::default() }).await, "page_size");
-    assert_bad_field(bad(ListKeysRequest { organization_id: "acme".into(), r#type: 9, ..Default::default() }).await, "type");
-    assert_bad_field(bad(ListKeysRequest { organization_id: "acme".into(), user_id: "a b".into(), ..Default::default() }).await, "user_id");
-    assert_bad_field(bad(ListKeysRequest { organization_id: String::new(), ..Default::default() }).await, "organization_id");
+    assert_bad_field(
+        bad(ListKeysRequest {
+            organization_id: "acme".into(),
+            page_token: events_token,
+            ..Default::default()
+        })
+        .await,
+        "page_token",
+    );
+    assert_bad_field(
+        bad(ListKeysRequest {
+            organization_id: "acme".into(),
+            page_size: -1,
+            ..Default::default()
+        })
+        .await,
+        "page_size",
+    );
+    assert_bad_field(
+        bad(ListKeysRequest {
+            organization_id: "acme".into(),
+            r#type: 9,
+            ..Default::default()
+        })
+        .await,
+        "type",
+    );
+    assert_bad_field(
+        bad(ListKeysRequest {
+            organization_id: "acme".into(),
+            user_id: "a b".into(),
+            ..Default::default()
+        })
+        .await,
+        "user_id",
+    );
+    assert_bad_field(
+        bad(ListKeysRequest {
+            organization_id: String::new(),
+            ..Default::default()
+        })
+        .await,
+        "organization_id",
+    );
     app.stop().await;
 }
 
 async fn list_key_events_pages_and_filters(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (a, _) = app.create(admin(bot_key("acme", "a", &["links:read"]))).await;
-    let (b, _) = app.create(member("frank", user_key("acme", "b", &["links:read"]))).await;
+    let (a, _) = app
+        .create(admin(bot_key("acme", "a", &["links:read"])))
+        .await;
+    let (b, _) = app
+        .create(member("frank", user_key("acme", "b", &["links:read"])))
+        .await;
     app.revoke("acme", &a.id).await;
     app.revoke("acme", &b.id).await;
     let mut c = app.admin.clone();
@@ -514,7 +1015,12 @@ async fn list_key_events_pages_and_filters(backend: Backend) {
     let mut pages = 0;
     loop {
         let page = c
-            .list_key_events(admin(proto::ListKeyEventsRequest { organization_id: "acme".into(), page_size: 1, page_token: token.clone(), ..Default::default() }))
+            .list_key_events(admin(proto::ListKeyEventsRequest {
+                organization_id: "acme".into(),
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            }))
             .await
             .expect("page")
             .into_inner();
@@ -526,7 +1032,10 @@ async fn list_key_events_pages_and_filters(backend: Backend) {
         token = page.next_page_token;
     }
     assert!(pages >= 4);
-    let summary: Vec<_> = all.iter().map(|e| (e.key_id.clone(), e.action(), e.actor_id.clone())).collect();
+    let summary: Vec<_> = all
+        .iter()
+        .map(|e| (e.key_id.clone(), e.action(), e.actor_id.clone()))
+        .collect();
     assert_eq!(
         summary,
         [
@@ -537,32 +1046,64 @@ async fn list_key_events_pages_and_filters(backend: Backend) {
         ]
     );
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
-    assert!(all.iter().all(|e| e.organization_id == "acme" && e.time.is_some()));
+    assert!(
+        all.iter()
+            .all(|e| e.organization_id == "acme" && e.time.is_some())
+    );
     assert_eq!(app.events("acme", &b.id).await.len(), 2);
     assert_bad_field(
-        c.list_key_events(admin(proto::ListKeyEventsRequest { organization_id: "acme".into(), key_id: "x".into(), ..Default::default() })).await,
+        c.list_key_events(admin(proto::ListKeyEventsRequest {
+            organization_id: "acme".into(),
+            key_id: "x".into(),
+            ..Default::default()
+        }))
+        .await,
         "key_id",
     );
     assert_bad_field(
-        c.list_key_events(admin(proto::ListKeyEventsRequest { organization_id: "acme".into(), page_token: "eA".into(), ..Default::default() })).await,
+        c.list_key_events(admin(proto::ListKeyEventsRequest {
+            organization_id: "acme".into(),
+            page_token: "eA".into(),
+            ..Default::default()
+        }))
+        .await,
         "page_token",
     );
     app.stop().await;
 }
 
 async fn scope_catalog_rejects_unknown_scopes(backend: Backend) {
-    let path = std::env::temp_dir().join(format!("keygate-catalog-{}.txt", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, "# scopes of our product\nlinks:read\nlinks:write\nstats:*\n").expect("write catalog");
+    let path = std::env::temp_dir().join(format!(
+        "keygate-catalog-{}.txt",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(
+        &path,
+        "# scopes of our product\nlinks:read\nlinks:write\nstats:*\n",
+    )
+    .expect("write catalog");
     let catalog = path.display().to_string();
     let app = spawn_app_with(backend, &["--scope-catalog", &catalog]).await;
     let status = assert_code(
-        app.admin.clone().create_key(admin(bot_key("acme", "k", &["links:read", "billing:read"]))).await,
+        app.admin
+            .clone()
+            .create_key(admin(bot_key("acme", "k", &["links:read", "billing:read"])))
+            .await,
         Code::InvalidArgument,
     );
     assert_eq!(bad_fields(&status), ["scopes[1]"]);
-    assert!(status.message().contains("billing:read"), "names the offending scope: {status:?}");
+    assert!(
+        status.message().contains("billing:read"),
+        "names the offending scope: {status:?}"
+    );
     assert!(app.all_keys("acme").await.is_empty());
-    let (key, _) = app.create(admin(bot_key("acme", "k", &["links:read", "links:*", "stats:read"]))).await;
+    let (key, _) = app
+        .create(admin(bot_key(
+            "acme",
+            "k",
+            &["links:read", "links:*", "stats:read"],
+        )))
+        .await;
     assert_eq!(key.scopes, ["links:*", "links:read", "stats:read"]);
     let update = UpdateKeyRequest {
         organization_id: "acme".into(),
@@ -571,7 +1112,10 @@ async fn scope_catalog_rejects_unknown_scopes(backend: Backend) {
         update_mask: mask(&["scopes"]),
         ..Default::default()
     };
-    assert_bad_field(app.admin.clone().update_key(admin(update)).await, "scopes[0]");
+    assert_bad_field(
+        app.admin.clone().update_key(admin(update)).await,
+        "scopes[0]",
+    );
     app.stop().await;
     let _ = std::fs::remove_file(path);
 }
@@ -579,14 +1123,27 @@ async fn scope_catalog_rejects_unknown_scopes(backend: Backend) {
 async fn oversized_messages_are_refused_by_the_transport(backend: Backend) {
     let app = spawn_app(backend).await;
     let req = user_key("acme", &"n".repeat(100 * 1024), &["links:read"]);
-    let status = app.admin.clone().create_key(admin(req)).await.expect_err("refused");
+    let status = app
+        .admin
+        .clone()
+        .create_key(admin(req))
+        .await
+        .expect_err("refused");
     assert!(
         matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
         "{status:?}"
     );
     let verify = verify_req(&"k".repeat(70 * 1024), &[]);
-    let status = app.verify.clone().verify_key(verify).await.expect_err("refused");
-    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
+    let status = app
+        .verify
+        .clone()
+        .verify_key(verify)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
     assert!(app.all_keys("acme").await.is_empty());
     app.stop().await;
 }

@@ -9,11 +9,16 @@ use std::{
 };
 
 use keygate::{
-    proto::{RevokeKeyRequest, VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient},
+    proto::{
+        RevokeKeyRequest, VerifyCode, key_admin_client::KeyAdminClient,
+        key_verify_client::KeyVerifyClient,
+    },
     store::{PoolConfig, Store},
 };
 use tonic::Request;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -32,7 +37,10 @@ struct Process {
 impl Process {
     fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         // The tests' own environment must not configure the child.
         for (k, _) in std::env::vars() {
             if k.starts_with("KEYGATE_") || k == "RUST_LOG" {
@@ -64,7 +72,10 @@ impl Process {
                 return found;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("keygate exited ({status}) before {what}:\n{}", self.output().join("\n"));
+                panic!(
+                    "keygate exited ({status}) before {what}:\n{}",
+                    self.output().join("\n")
+                );
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(20));
@@ -105,9 +116,14 @@ impl Drop for Process {
 
 fn with_token<T>(token: &str, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
-    req.metadata_mut().insert("x-actor-id", "ops".parse().expect("ascii"));
-    req.metadata_mut().insert("x-actor-role", "admin".parse().expect("ascii"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    req.metadata_mut()
+        .insert("x-actor-id", "ops".parse().expect("ascii"));
+    req.metadata_mut()
+        .insert("x-actor-role", "admin".parse().expect("ascii"));
     req
 }
 
@@ -122,9 +138,15 @@ async fn list_services(channel: tonic::transport::Channel) -> Vec<String> {
         .await
         .expect("reflection answers")
         .into_inner();
-    let resp = stream.message().await.expect("reflection message").expect("one response");
+    let resp = stream
+        .message()
+        .await
+        .expect("reflection message")
+        .expect("one response");
     match resp.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
         other => panic!("unexpected reflection response {other:?}"),
     }
 }
@@ -136,7 +158,13 @@ async fn list_services(channel: tonic::transport::Channel) -> Vec<String> {
 async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     let db = TestDb::create(Backend::Sqlite).await;
     let mut proc = Process::spawn(
-        &["serve", "--listen", "127.0.0.1:0", "--usage-flush-interval", "1h"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--usage-flush-interval",
+            "1h",
+        ],
         &[
             ("KEYGATE_DATABASE_URL", db.url.as_str()),
             ("KEYGATE_LOG_FORMAT", "json"),
@@ -148,37 +176,64 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         let t = l.trim();
         (t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit())).then(|| t.to_owned())
     });
-    assert!(proc.output().iter().any(|l| l.contains("WARNING") && l.contains("admin")));
+    assert!(
+        proc.output()
+            .iter()
+            .any(|l| l.contains("WARNING") && l.contains("admin"))
+    );
 
     let channel = connect(addr).await;
     let mut admin_client = KeyAdminClient::new(channel.clone());
     let mut verify_client = KeyVerifyClient::new(channel.clone());
     let created = admin_client
-        .create_key(with_token(&token, bot_key("acme", "first", &["links:read"])))
+        .create_key(with_token(
+            &token,
+            bot_key("acme", "first", &["links:read"]),
+        ))
         .await
         .expect("the generated token works")
         .into_inner();
     let secret = created.secret;
     let id = created.key.expect("key").id;
     for _ in 0..3 {
-        let resp = verify_client.verify_key(verify_req(&secret, &["links:read"])).await.expect("verify").into_inner();
+        let resp = verify_client
+            .verify_key(verify_req(&secret, &["links:read"]))
+            .await
+            .expect("verify")
+            .into_inner();
         assert_eq!(resp.code(), VerifyCode::Valid);
     }
     admin_client
-        .revoke_key(with_token(&token, RevokeKeyRequest { organization_id: "acme".into(), id: id.clone() }))
+        .revoke_key(with_token(
+            &token,
+            RevokeKeyRequest {
+                organization_id: "acme".into(),
+                id: id.clone(),
+            },
+        ))
         .await
         .expect("revoke");
-    let resp = verify_client.verify_key(verify_req(&secret, &[])).await.expect("verify").into_inner();
+    let resp = verify_client
+        .verify_key(verify_req(&secret, &[]))
+        .await
+        .expect("verify")
+        .into_inner();
     assert_eq!(resp.code(), VerifyCode::Revoked);
 
     let health = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .expect("health")
         .into_inner();
     assert_eq!(health.status(), ServingStatus::Serving);
     let services = list_services(channel.clone()).await;
-    for s in ["keygate.v1.KeyAdmin", "keygate.v1.KeyVerify", "grpc.health.v1.Health"] {
+    for s in [
+        "keygate.v1.KeyAdmin",
+        "keygate.v1.KeyVerify",
+        "grpc.health.v1.Health",
+    ] {
         assert!(services.iter().any(|x| x == s), "{s} in {services:?}");
     }
     drop((admin_client, verify_client, channel));
@@ -189,17 +244,30 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     let log_text = log.join("\n");
     assert!(log.len() > 20, "trace logging is on");
     assert!(!log_text.contains(&secret), "the secret appears in the log");
-    assert!(!log_text.contains(&secret[secret.len() - 49..]), "the secret's body appears in the log");
-    assert_eq!(log_text.matches(&token).count(), 1, "the token is printed once");
+    assert!(
+        !log_text.contains(&secret[secret.len() - 49..]),
+        "the secret's body appears in the log"
+    );
+    assert_eq!(
+        log_text.matches(&token).count(),
+        1,
+        "the token is printed once"
+    );
     for line in log.iter().filter(|l| l.starts_with('{')) {
         serde_json::from_str::<serde_json::Value>(line).expect("JSON log lines parse");
     }
 
     // The four verifications that found the key were flushed at shutdown.
-    let store = Store::connect(&db.url, &PoolConfig::default()).await.expect("open store");
+    let store = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("open store");
     let org = keygate::model::OrganizationId::parse("acme").expect("org");
     let key_id = keygate::model::KeyId::parse(&id).expect("id");
-    let key = store.get_key(&org, &key_id).await.expect("read").expect("key exists");
+    let key = store
+        .get_key(&org, &key_id)
+        .await
+        .expect("read")
+        .expect("key exists");
     assert_eq!(key.request_count, 4);
     store.close().await;
     db.drop_db().await;
@@ -217,7 +285,9 @@ async fn migrate_is_idempotent(backend: Backend) {
             .expect("run migrate");
         assert!(status.success());
     }
-    let store = Store::connect(&db.url, &PoolConfig::default()).await.expect("open");
+    let store = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("open");
     assert_eq!(store.last_event_id().await.expect("schema exists"), 0);
     store.close().await;
     db.drop_db().await;
@@ -228,10 +298,20 @@ fn bad_flags_are_refused_with_a_clear_message() {
     for (args, says) in [
         (vec!["serve", "--key-prefix", "Bad_Prefix"], "key prefix"),
         (vec!["serve", "--listen", "nowhere"], "--listen"),
-        (vec!["serve", "--invalidation-interval", "soon"], "--invalidation-interval"),
-        (vec!["serve", "--database-url", "postgres://x"], "unsupported database url"),
+        (
+            vec!["serve", "--invalidation-interval", "soon"],
+            "--invalidation-interval",
+        ),
+        (
+            vec!["serve", "--database-url", "postgres://x"],
+            "unsupported database url",
+        ),
     ] {
-        let out = Command::new(BIN).args(&args).env_remove("KEYGATE_DATABASE_URL").output().expect("run");
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("KEYGATE_DATABASE_URL")
+            .output()
+            .expect("run");
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");

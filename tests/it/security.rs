@@ -1,7 +1,7 @@
 //! The promises a security reviewer checks first: the secret exists nowhere but in
 //! CreateKey's answer, and KeyAdmin answers only trusted, identified callers.
 
-use keygate::proto::{self, CreateKeyRequest, UpdateKeyRequest, VerifyKeyRequest};
+use keygate::proto::{self, CreateKeyRequest, UpdateKeyRequest, VerifyCode, VerifyKeyRequest};
 use prost_types::FieldMask;
 use tonic::{Code, Request};
 
@@ -22,7 +22,9 @@ fn assert_absent(haystack: &str, secret: &str, place: &str) {
 
 async fn the_secret_is_stored_nowhere(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (user, user_secret) = app.create(member("alice", user_key("acme", "laptop", &["links:read"]))).await;
+    let (user, user_secret) = app
+        .create(member("alice", user_key("acme", "laptop", &["links:read"])))
+        .await;
     let (bot, bot_secret) = app.create(admin(bot_key("acme", "ci", &["links:*"]))).await;
     let mut c = app.admin.clone();
 
@@ -32,40 +34,101 @@ async fn the_secret_is_stored_nowhere(backend: Backend) {
         for req in [
             verify_req(secret, &["links:read"]),
             verify_req(secret, &["stats:read"]),
-            VerifyKeyRequest { organization_id: "globex".into(), ..verify_req(secret, &[]) },
+            VerifyKeyRequest {
+                organization_id: "globex".into(),
+                ..verify_req(secret, &[])
+            },
         ] {
             app.verify(req).await;
         }
         // A secret where it does not belong must not be echoed back.
-        let as_scope = CreateKeyRequest { scopes: vec![secret.clone()], ..bot_key("acme", "x", &[]) };
-        errors.push(c.create_key(admin(as_scope)).await.expect_err("not a scope"));
-        let as_host = CreateKeyRequest { allowed_hostnames: vec![secret.clone()], ..bot_key("acme", "x", &["a:b"]) };
-        errors.push(c.create_key(admin(as_host)).await.expect_err("not a hostname"));
+        let as_scope = CreateKeyRequest {
+            scopes: vec![secret.clone()],
+            ..bot_key("acme", "x", &[])
+        };
+        errors.push(
+            c.create_key(admin(as_scope))
+                .await
+                .expect_err("not a scope"),
+        );
+        // A key is a well-formed hostname and could be a name: refused all the same.
+        let as_host = CreateKeyRequest {
+            allowed_hostnames: vec![secret.clone()],
+            ..bot_key("acme", "x", &["a:b"])
+        };
+        errors.push(
+            c.create_key(admin(as_host))
+                .await
+                .expect_err("a secret is no hostname"),
+        );
+        let in_name = bot_key("acme", &format!("key is {secret}, keep safe"), &["a:b"]);
+        errors.push(
+            c.create_key(admin(in_name))
+                .await
+                .expect_err("a secret is no name"),
+        );
         let as_required = verify_req(secret, &[secret.as_str()]);
-        errors.push(app.verify.clone().verify_key(as_required).await.expect_err("not a scope"));
-        let mut as_token = Request::new(proto::GetKeyRequest { organization_id: "acme".into(), id: bot.id.clone() });
-        as_token.metadata_mut().insert("authorization", format!("Bearer {secret}").parse().expect("ascii"));
+        errors.push(
+            app.verify
+                .clone()
+                .verify_key(as_required)
+                .await
+                .expect_err("not a scope"),
+        );
+        let mut as_token = Request::new(proto::GetKeyRequest {
+            organization_id: "acme".into(),
+            id: bot.id.clone(),
+        });
+        as_token.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {secret}").parse().expect("ascii"),
+        );
         errors.push(c.get_key(as_token).await.expect_err("not a token"));
-        let as_org = VerifyKeyRequest { organization_id: secret.clone(), ..verify_req(secret, &[]) };
-        errors.push(app.verify.clone().verify_key(as_org).await.expect_err("not an org"));
+        // A key also fits the organization id grammar: a denial, which must not echo it.
+        let as_org = VerifyKeyRequest {
+            organization_id: secret.clone(),
+            ..verify_req(secret, &[])
+        };
+        let denial = app.verify(as_org).await;
+        assert_eq!(denial.code(), VerifyCode::OrganizationMismatch);
+        assert_absent(&format!("{denial:?}"), secret, "a denial");
     }
     let update = UpdateKeyRequest {
         organization_id: "acme".into(),
         id: user.id.clone(),
         name: "renamed".into(),
-        update_mask: Some(FieldMask { paths: vec!["name".into()] }),
+        update_mask: Some(FieldMask {
+            paths: vec!["name".into()],
+        }),
         ..Default::default()
     };
     c.update_key(admin(update)).await.expect("update");
     app.revoke("acme", &bot.id).await;
+    assert_eq!(
+        app.all_keys("acme").await.len(),
+        2,
+        "nothing else was stored"
+    );
 
     let stored = app.store.dump_all_text().await.expect("read every column");
     assert!(!stored.is_empty());
-    let listed = format!("{:?}{:?}", app.all_keys("acme").await, app.events("acme", "").await);
-    let fetched = format!("{:?}{:?}", app.get("acme", &user.id).await, app.get("acme", &bot.id).await);
+    let listed = format!(
+        "{:?}{:?}",
+        app.all_keys("acme").await,
+        app.events("acme", "").await
+    );
+    let fetched = format!(
+        "{:?}{:?}",
+        app.get("acme", &user.id).await,
+        app.get("acme", &bot.id).await
+    );
     for secret in [&user_secret, &bot_secret] {
         for column in &stored {
-            assert_absent(&String::from_utf8_lossy(column), secret, "a database column");
+            assert_absent(
+                &String::from_utf8_lossy(column),
+                secret,
+                "a database column",
+            );
         }
         assert_absent(&listed, secret, "ListKeys or ListKeyEvents");
         assert_absent(&fetched, secret, "GetKey");
@@ -78,7 +141,9 @@ async fn the_secret_is_stored_nowhere(backend: Backend) {
 
 async fn key_admin_refuses_unidentified_callers(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (_, secret) = app.create(admin(bot_key("acme", "bot", &["links:read"]))).await;
+    let (_, secret) = app
+        .create(admin(bot_key("acme", "bot", &["links:read"])))
+        .await;
     let create = || bot_key("acme", "sneaky", &["links:read"]);
     let with = |pairs: &[(&'static str, String)]| {
         let mut req = Request::new(create());
@@ -97,24 +162,51 @@ async fn key_admin_refuses_unidentified_callers(backend: Backend) {
     let mut c = app.admin.clone();
     for (pairs, code, says) in [
         (vec![], Code::Unauthenticated, "authorization"),
-        (actor("Bearer wrong-token"), Code::Unauthenticated, "invalid service token"),
-        (actor(&format!("Bearer {TOKEN}x")), Code::Unauthenticated, "invalid service token"),
+        (
+            actor("Bearer wrong-token"),
+            Code::Unauthenticated,
+            "invalid service token",
+        ),
+        (
+            actor(&format!("Bearer {TOKEN}x")),
+            Code::Unauthenticated,
+            "invalid service token",
+        ),
         (actor(TOKEN), Code::Unauthenticated, "Bearer"),
         (actor("Basic dXNlcjpwYXNz"), Code::Unauthenticated, "Bearer"),
-        (actor(&format!("Bearer {secret}")), Code::Unauthenticated, "API keys"),
-        (vec![("authorization", format!("Bearer {TOKEN}"))], Code::Unauthenticated, "x-actor-id"),
         (
-            vec![("authorization", format!("Bearer {TOKEN}")), ("x-actor-id", "mallory".into())],
+            actor(&format!("Bearer {secret}")),
+            Code::Unauthenticated,
+            "API keys",
+        ),
+        (
+            vec![("authorization", format!("Bearer {TOKEN}"))],
+            Code::Unauthenticated,
+            "x-actor-id",
+        ),
+        (
+            vec![
+                ("authorization", format!("Bearer {TOKEN}")),
+                ("x-actor-id", "mallory".into()),
+            ],
             Code::Unauthenticated,
             "x-actor-role",
         ),
         (
-            vec![("authorization", format!("Bearer {TOKEN}")), ("x-actor-id", "mallory".into()), ("x-actor-role", "owner".into())],
+            vec![
+                ("authorization", format!("Bearer {TOKEN}")),
+                ("x-actor-id", "mallory".into()),
+                ("x-actor-role", "owner".into()),
+            ],
             Code::InvalidArgument,
             "x-actor-role",
         ),
         (
-            vec![("authorization", format!("Bearer {TOKEN}")), ("x-actor-id", "mal lory".into()), ("x-actor-role", "admin".into())],
+            vec![
+                ("authorization", format!("Bearer {TOKEN}")),
+                ("x-actor-id", "mal lory".into()),
+                ("x-actor-role", "admin".into()),
+            ],
             Code::InvalidArgument,
             "x-actor-id",
         ),
@@ -126,4 +218,7 @@ async fn key_admin_refuses_unidentified_callers(backend: Backend) {
     app.stop().await;
 }
 
-crate::store_tests!(the_secret_is_stored_nowhere, key_admin_refuses_unidentified_callers);
+crate::store_tests!(
+    the_secret_is_stored_nowhere,
+    key_admin_refuses_unidentified_callers
+);

@@ -108,7 +108,10 @@ pub fn serve_args(db: &TestDb, extra: &[&str]) -> ServeArgs {
         "4",
     ];
     argv.extend_from_slice(extra);
-    match Cli::try_parse_from(argv).expect("valid test arguments").command {
+    match Cli::try_parse_from(argv)
+        .expect("valid test arguments")
+        .command
+    {
         Command::Serve(args) => *args,
         Command::Migrate(_) => unreachable!("serve was asked for"),
     }
@@ -121,7 +124,6 @@ pub struct TestApp {
     pub db: TestDb,
     pub admin: KeyAdminClient<Channel>,
     pub verify: KeyVerifyClient<Channel>,
-    pub channel: Channel,
     /// A second connection to the same database, for assertions on what is stored.
     pub store: Store,
 }
@@ -138,7 +140,9 @@ pub async fn spawn_app_with(backend: Backend, extra: &[&str]) -> TestApp {
 
 /// Starts keygate on an existing test database.
 pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
-    let app = App::start(serve_args(&db, extra)).await.expect("keygate starts");
+    let app = App::start(serve_args(&db, extra))
+        .await
+        .expect("keygate starts");
     let channel = connect(app.addr()).await;
     let store = Store::connect(&db.url, &PoolConfig::default())
         .await
@@ -147,8 +151,7 @@ pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
         app: Some(app),
         db,
         admin: KeyAdminClient::new(channel.clone()),
-        verify: KeyVerifyClient::new(channel.clone()),
-        channel,
+        verify: KeyVerifyClient::new(channel),
         store,
     }
 }
@@ -165,7 +168,10 @@ pub async fn connect(addr: std::net::SocketAddr) -> Channel {
 pub fn as_actor<T>(actor: &str, role: &str, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     let md = req.metadata_mut();
-    md.insert("authorization", format!("Bearer {TOKEN}").parse().expect("ascii"));
+    md.insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("ascii"),
+    );
     md.insert("x-actor-id", actor.parse().expect("ascii"));
     md.insert("x-actor-role", role.parse().expect("ascii"));
     req
@@ -219,7 +225,10 @@ pub fn assert_bad_field<T: std::fmt::Debug>(result: Result<T, Status>, field: &s
     let status = result.expect_err("the request must be refused");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let fields = bad_fields(&status);
-    assert!(fields.iter().any(|f| f == field), "expected {field} in {fields:?} ({status:?})");
+    assert!(
+        fields.iter().any(|f| f == field),
+        "expected {field} in {fields:?} ({status:?})"
+    );
 }
 
 #[track_caller]
@@ -230,18 +239,25 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
 }
 
 impl TestApp {
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.app.as_ref().expect("running").addr()
-    }
-
     /// Creates a key and returns it with its secret.
     pub async fn create(&self, req: Request<CreateKeyRequest>) -> (proto::ApiKey, String) {
-        let resp = self.admin.clone().create_key(req).await.expect("key created").into_inner();
+        let resp = self
+            .admin
+            .clone()
+            .create_key(req)
+            .await
+            .expect("key created")
+            .into_inner();
         (resp.key.expect("key in response"), resp.secret)
     }
 
     pub async fn verify(&self, req: VerifyKeyRequest) -> VerifyKeyResponse {
-        self.verify.clone().verify_key(req).await.expect("verify answers").into_inner()
+        self.verify
+            .clone()
+            .verify_key(req)
+            .await
+            .expect("verify answers")
+            .into_inner()
     }
 
     pub async fn verify_code(&self, req: VerifyKeyRequest) -> VerifyCode {
