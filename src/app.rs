@@ -42,6 +42,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("health check: {0}")]
+    Health(String),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -253,5 +255,27 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// Asks a running keygate whether it is SERVING; for container health checks.
+pub async fn check_health(addr: SocketAddr) -> Result<(), AppError> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| AppError::Health(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .map_err(|e| AppError::Health(e.message().to_owned()))?
+        .into_inner()
+        .status();
+    if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(AppError::Health(format!("{status:?}")))
     }
 }

@@ -28,6 +28,16 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the embedded database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Ask a running keygate's grpc.health.v1 service; exit 0 only when SERVING
+    /// (for container health checks).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Address of the keygate to ask.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let workers = match &cli.command {
         Command::Serve(args) => args.worker_threads,
-        Command::Migrate(_) => Some(1),
+        Command::Migrate(_) | Command::Health(_) => Some(1),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
@@ -41,6 +41,7 @@ async fn run(command: Command) -> Result<(), app::AppError> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Health(args) => app::check_health(args.addr).await,
         Command::Serve(args) => {
             let app = App::start(*args).await?;
             if let Some(token) = app.generated_token() {

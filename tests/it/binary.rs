@@ -237,9 +237,18 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         assert!(services.iter().any(|x| x == s), "{s} in {services:?}");
     }
     drop((admin_client, verify_client, channel));
+    let probe = |addr: std::net::SocketAddr| {
+        Command::new(BIN)
+            .args(["health", "--addr", &addr.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .expect("run health")
+    };
+    assert!(probe(addr).success(), "the container health check passes");
 
     let status = proc.terminate();
     assert!(status.success(), "graceful exit: {status}");
+    assert!(!probe(addr).success(), "and fails once keygate is gone");
     let log = proc.output();
     let log_text = log.join("\n");
     assert!(log.len() > 20, "trace logging is on");
