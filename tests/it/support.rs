@@ -113,7 +113,7 @@ pub fn serve_args(db: &TestDb, extra: &[&str]) -> ServeArgs {
         .command
     {
         Command::Serve(args) => *args,
-        Command::Migrate(_) => unreachable!("serve was asked for"),
+        _ => unreachable!("serve was asked for"),
     }
 }
 
