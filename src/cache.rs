@@ -174,3 +174,106 @@ impl KeyCache {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hostnames::AllowedHostnames,
+        keys::{KeyPrefix, Secret},
+        model::{KeyId, KeyName, Micros, OrganizationId, Owner, UserId},
+        scopes::ScopeSet,
+    };
+
+    fn record(secret: &Secret, name: &str) -> KeyRecord {
+        KeyRecord {
+            id: KeyId::generate(),
+            organization_id: OrganizationId::parse("acme").expect("org"),
+            owner: Owner::Bot,
+            name: KeyName::parse(name).expect("name"),
+            scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
+            allowed_hostnames: AllowedHostnames::default(),
+            secret_hash: secret.hash(),
+            key_prefix: secret.key_prefix(),
+            last_four: secret.last_four(),
+            request_count: 0,
+            create_time: Micros(0),
+            update_time: Micros(0),
+            last_used_time: None,
+            revoke_time: None,
+            expire_time: None,
+            created_by: UserId::parse("admin").expect("user"),
+        }
+    }
+
+    fn ticket(cache: &KeyCache, hash: &SecretHash) -> Ticket {
+        match cache.get(hash) {
+            Lookup::Miss(t) => t,
+            other => panic!("expected a miss, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_read_is_cached_when_nothing_raced_it() {
+        let cache = KeyCache::new(&CacheConfig::default());
+        let secret = Secret::generate(&KeyPrefix::default());
+        let t = ticket(&cache, &secret.hash());
+        cache.fill(t, secret.hash(), Some(record(&secret, "fresh")));
+        assert!(matches!(cache.get(&secret.hash()), Lookup::Found(k) if k.record.name.as_str() == "fresh"));
+    }
+
+    #[test]
+    fn a_read_that_raced_an_invalidation_is_not_cached() {
+        let cache = KeyCache::new(&CacheConfig::default());
+        let secret = Secret::generate(&KeyPrefix::default());
+        // The read begins, a revocation commits and invalidates, then the read
+        // returns the row as it was before: it answers this call but is not kept.
+        let t = ticket(&cache, &secret.hash());
+        cache.invalidate(&secret.hash());
+        let answered = cache.fill(t, secret.hash(), Some(record(&secret, "stale")));
+        assert!(answered.is_some());
+        assert!(matches!(cache.get(&secret.hash()), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn unknown_keys_are_remembered_until_invalidated() {
+        let cache = KeyCache::new(&CacheConfig::default());
+        let secret = Secret::generate(&KeyPrefix::default());
+        let t = ticket(&cache, &secret.hash());
+        assert!(cache.fill(t, secret.hash(), None).is_none());
+        assert!(matches!(cache.get(&secret.hash()), Lookup::Unknown));
+        cache.invalidate(&secret.hash());
+        assert!(matches!(cache.get(&secret.hash()), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn capacity_zero_disables_caching() {
+        let cache = KeyCache::new(&CacheConfig {
+            capacity: 0,
+            negative_capacity: 0,
+            ..CacheConfig::default()
+        });
+        let secret = Secret::generate(&KeyPrefix::default());
+        let t = ticket(&cache, &secret.hash());
+        cache.fill(t, secret.hash(), Some(record(&secret, "k")));
+        assert!(matches!(cache.get(&secret.hash()), Lookup::Miss(_)));
+        let other = Secret::generate(&KeyPrefix::default());
+        let t = ticket(&cache, &other.hash());
+        cache.fill(t, other.hash(), None);
+        assert!(matches!(cache.get(&other.hash()), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn memory_is_bounded_by_capacity() {
+        let cache = KeyCache::new(&CacheConfig {
+            capacity: 100,
+            ..CacheConfig::default()
+        });
+        for _ in 0..1000 {
+            let secret = Secret::generate(&KeyPrefix::default());
+            let t = ticket(&cache, &secret.hash());
+            cache.fill(t, secret.hash(), Some(record(&secret, "k")));
+        }
+        assert!(cache.len() <= 100, "{}", cache.len());
+    }
+}

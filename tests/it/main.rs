@@ -3,6 +3,7 @@
 
 mod admin;
 mod binary;
+mod cluster;
 mod security;
 mod support;
 mod verify;
