@@ -52,7 +52,7 @@ pub enum AppError {
 pub async fn open_store(db: &DatabaseArgs) -> Result<Store, AppError> {
     let config = PoolConfig {
         max_connections: db.database_max_connections,
-        ..PoolConfig::default()
+        acquire_timeout: db.database_timeout.into(),
     };
     let store = Store::connect(&db.database_url, &config).await?;
     store.migrate().await?;

@@ -219,7 +219,9 @@ mod tests {
         let secret = Secret::generate(&KeyPrefix::default());
         let t = ticket(&cache, &secret.hash());
         cache.fill(t, secret.hash(), Some(record(&secret, "fresh")));
-        assert!(matches!(cache.get(&secret.hash()), Lookup::Found(k) if k.record.name.as_str() == "fresh"));
+        assert!(
+            matches!(cache.get(&secret.hash()), Lookup::Found(k) if k.record.name.as_str() == "fresh")
+        );
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct DatabaseArgs {
     /// Connections in the store's pool.
     #[arg(long, env = "KEYGATE_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
+
+    /// How long a call waits for a store connection before answering UNAVAILABLE.
+    #[arg(long, env = "KEYGATE_DATABASE_TIMEOUT", default_value = "2s")]
+    pub database_timeout: humantime::Duration,
 }
 
 #[derive(Debug, Clone, Args)]

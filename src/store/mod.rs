@@ -64,7 +64,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             max_connections: 16,
-            acquire_timeout: Duration::from_secs(3),
+            acquire_timeout: Duration::from_secs(2),
         }
     }
 }

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use keygate::{
     app::App,
-    proto::{UpdateKeyRequest, VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient},
+    proto::{
+        UpdateKeyRequest, VerifyCode, key_admin_client::KeyAdminClient,
+        key_verify_client::KeyVerifyClient,
+    },
 };
 use prost_types::FieldMask;
 use tonic::transport::Channel;
@@ -20,7 +23,9 @@ struct Peer {
 }
 
 async fn peer(of: &TestApp, extra: &[&str]) -> Peer {
-    let app = App::start(serve_args(&of.db, extra)).await.expect("second instance starts");
+    let app = App::start(serve_args(&of.db, extra))
+        .await
+        .expect("second instance starts");
     let channel = connect(app.addr()).await;
     Peer {
         app,
@@ -30,14 +35,28 @@ async fn peer(of: &TestApp, extra: &[&str]) -> Peer {
 }
 
 async fn code(client: &KeyVerifyClient<Channel>, key: &str, scopes: &[&str]) -> VerifyCode {
-    client.clone().verify_key(verify_req(key, scopes)).await.expect("verify").into_inner().code()
+    client
+        .clone()
+        .verify_key(verify_req(key, scopes))
+        .await
+        .expect("verify")
+        .into_inner()
+        .code()
 }
 
 /// Polls an instance until it answers `code`; fails past the one-second promise.
-async fn seen_within_a_second(client: &KeyVerifyClient<Channel>, key: &str, scopes: &[&str], want: VerifyCode) {
+async fn seen_within_a_second(
+    client: &KeyVerifyClient<Channel>,
+    key: &str,
+    scopes: &[&str],
+    want: VerifyCode,
+) {
     let start = Instant::now();
     while code(client, key, scopes).await != want {
-        assert!(start.elapsed() < Duration::from_secs(1), "{want:?} not seen within one second");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{want:?} not seen within one second"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -46,26 +65,58 @@ async fn changes_reach_every_instance_within_a_second(backend: Backend) {
     let a = spawn_app(backend).await;
     let b = peer(&a, &[]).await;
     for round in 0..3 {
-        let (key, secret) = a.create(admin(bot_key("acme", &format!("k{round}"), &["links:read"]))).await;
+        let (key, secret) = a
+            .create(admin(bot_key(
+                "acme",
+                &format!("k{round}"),
+                &["links:read"],
+            )))
+            .await;
         // Both instances have the key cached before the change.
-        assert_eq!(a.verify_code(verify_req(&secret, &["links:read"])).await, VerifyCode::Valid);
-        assert_eq!(code(&b.verify, &secret, &["links:read"]).await, VerifyCode::Valid);
+        assert_eq!(
+            a.verify_code(verify_req(&secret, &["links:read"])).await,
+            VerifyCode::Valid
+        );
+        assert_eq!(
+            code(&b.verify, &secret, &["links:read"]).await,
+            VerifyCode::Valid
+        );
 
         // A scope change made through B reaches A...
         let update = UpdateKeyRequest {
             organization_id: "acme".into(),
             id: key.id.clone(),
             scopes: vec!["stats:read".into()],
-            update_mask: Some(FieldMask { paths: vec!["scopes".into()] }),
+            update_mask: Some(FieldMask {
+                paths: vec!["scopes".into()],
+            }),
             ..Default::default()
         };
-        b.admin.clone().update_key(admin(update)).await.expect("update through B");
-        assert_eq!(code(&b.verify, &secret, &["links:read"]).await, VerifyCode::InsufficientScope, "at once on B");
-        seen_within_a_second(&a.verify, &secret, &["links:read"], VerifyCode::InsufficientScope).await;
+        b.admin
+            .clone()
+            .update_key(admin(update))
+            .await
+            .expect("update through B");
+        assert_eq!(
+            code(&b.verify, &secret, &["links:read"]).await,
+            VerifyCode::InsufficientScope,
+            "at once on B"
+        );
+        seen_within_a_second(
+            &a.verify,
+            &secret,
+            &["links:read"],
+            VerifyCode::InsufficientScope,
+        )
+        .await;
 
         // ...and a revocation made through A reaches B.
         a.revoke("acme", &key.id).await;
-        assert_eq!(a.verify_code(verify_req(&secret, &[])).await, VerifyCode::Revoked, "at once on A");
+        assert_eq!(
+            a.verify_code(verify_req(&secret, &[])).await,
+            VerifyCode::Revoked,
+            "at once on A"
+        );
         seen_within_a_second(&b.verify, &secret, &[], VerifyCode::Revoked).await;
     }
     b.app.shutdown().await.expect("stop B");
@@ -75,7 +126,9 @@ async fn changes_reach_every_instance_within_a_second(backend: Backend) {
 async fn usage_from_several_instances_adds_up_exactly(backend: Backend) {
     let a = spawn_app_with(backend, &["--usage-flush-interval", "10ms"]).await;
     let b = peer(&a, &["--usage-flush-interval", "10ms"]).await;
-    let (key, secret) = a.create(admin(bot_key("acme", "shared", &["links:read"]))).await;
+    let (key, secret) = a
+        .create(admin(bot_key("acme", "shared", &["links:read"])))
+        .await;
     const EACH: u64 = 150;
     let mut tasks = tokio::task::JoinSet::new();
     for client in [a.verify.clone(), b.verify.clone()] {
@@ -84,25 +137,41 @@ async fn usage_from_several_instances_adds_up_exactly(backend: Backend) {
             let secret = secret.clone();
             tasks.spawn(async move {
                 for _ in 0..EACH {
-                    client.verify_key(verify_req(&secret, &[])).await.expect("verify");
+                    client
+                        .verify_key(verify_req(&secret, &[]))
+                        .await
+                        .expect("verify");
                 }
             });
         }
     }
     tasks.join_all().await;
-    b.app.shutdown().await.expect("stop B flushes what it counted");
+    b.app
+        .shutdown()
+        .await
+        .expect("stop B flushes what it counted");
     eventually(Duration::from_secs(10), "A's counts flushed", || async {
         a.get("acme", &key.id).await.request_count >= 6 * EACH
     })
     .await;
-    assert_eq!(a.get("acme", &key.id).await.request_count, 6 * EACH, "exact, not approximately");
+    assert_eq!(
+        a.get("acme", &key.id).await.request_count,
+        6 * EACH,
+        "exact, not approximately"
+    );
     a.stop().await;
 }
 
 async fn a_read_racing_a_revocation_never_resurrects_the_key(backend: Backend) {
     let app = spawn_app(backend).await;
     for round in 0..10 {
-        let (key, secret) = app.create(admin(bot_key("acme", &format!("race{round}"), &["links:read"]))).await;
+        let (key, secret) = app
+            .create(admin(bot_key(
+                "acme",
+                &format!("race{round}"),
+                &["links:read"],
+            )))
+            .await;
         // Readers keep the key hot (and its cache entry refilled) while it is revoked.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut readers = tokio::task::JoinSet::new();
@@ -111,18 +180,27 @@ async fn a_read_racing_a_revocation_never_resurrects_the_key(backend: Backend) {
             let (secret, stop) = (secret.clone(), stop.clone());
             readers.spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    client.verify_key(verify_req(&secret, &[])).await.expect("verify");
+                    client
+                        .verify_key(verify_req(&secret, &[]))
+                        .await
+                        .expect("verify");
                 }
             });
         }
         app.revoke("acme", &key.id).await;
         // Once the revocation is acknowledged, no answer may be VALID again.
         for _ in 0..50 {
-            assert_eq!(app.verify_code(verify_req(&secret, &[])).await, VerifyCode::Revoked);
+            assert_eq!(
+                app.verify_code(verify_req(&secret, &[])).await,
+                VerifyCode::Revoked
+            );
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         readers.join_all().await;
-        assert_eq!(app.verify_code(verify_req(&secret, &[])).await, VerifyCode::Revoked);
+        assert_eq!(
+            app.verify_code(verify_req(&secret, &[])).await,
+            VerifyCode::Revoked
+        );
     }
     app.stop().await;
 }

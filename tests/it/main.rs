@@ -4,6 +4,8 @@
 mod admin;
 mod binary;
 mod cluster;
+mod outage;
+mod private_db;
 mod security;
 mod support;
 mod verify;

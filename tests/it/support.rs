@@ -57,21 +57,26 @@ impl TestDb {
                     cleanup: Cleanup::File(path),
                 }
             }
-            Backend::MySql => {
-                let server = mysql_server_url();
-                let name = format!("kgt_{}", &tag[..16]);
-                let mut conn = MySqlConnection::connect(&server).await.unwrap_or_else(|e| {
-                    panic!("MariaDB/MySQL must be reachable at {server} for the tests: {e}")
-                });
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create test database");
-                Self {
-                    url: format!("{server}/{name}"),
-                    cleanup: Cleanup::MySql { server, name },
-                }
-            }
+            Backend::MySql => Self::create_mysql_on(&mysql_server_url(), &tag[..16]).await,
+        }
+    }
+
+    /// A fresh database on the MySQL server at `server`.
+    pub async fn create_mysql_on(server: &str, tag: &str) -> Self {
+        let name = format!("kgt_{tag}");
+        let mut conn = MySqlConnection::connect(server).await.unwrap_or_else(|e| {
+            panic!("MariaDB/MySQL must be reachable at {server} for the tests: {e}")
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        Self {
+            url: format!("{server}/{name}"),
+            cleanup: Cleanup::MySql {
+                server: server.to_owned(),
+                name,
+            },
         }
     }
 

@@ -1,0 +1,105 @@
+//! The store goes away under a running keygate and comes back.
+
+use std::time::Duration;
+
+use keygate::{
+    keys::{KeyPrefix, Secret},
+    proto::VerifyCode,
+};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{private_db::PrivateMariaDb, support::*};
+
+async fn health(app: &TestApp) -> ServingStatus {
+    let channel = connect(app.app.as_ref().expect("running").addr()).await;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_keys_survive_a_store_outage_and_keygate_recovers_by_itself() {
+    let mut server = PrivateMariaDb::start().await;
+    let db = TestDb::create_mysql_on(&server.url(), "outage").await;
+    let app = start_on(
+        db,
+        &[
+            "--cache-ttl",
+            "1h",
+            "--usage-flush-interval",
+            "20ms",
+            "--database-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    let (cached, cached_secret) = app
+        .create(admin(bot_key("acme", "cached", &["links:read"])))
+        .await;
+    let (_, uncached_secret) = app
+        .create(admin(bot_key("acme", "uncached", &["links:read"])))
+        .await;
+    assert_eq!(
+        app.verify_code(verify_req(&cached_secret, &["links:read"]))
+            .await,
+        VerifyCode::Valid
+    );
+    assert_eq!(health(&app).await, ServingStatus::Serving);
+
+    server.kill();
+
+    // Cached keys go on verifying; everything else is UNAVAILABLE, never NOT_FOUND.
+    for _ in 0..5 {
+        assert_eq!(
+            app.verify_code(verify_req(&cached_secret, &["links:read"]))
+                .await,
+            VerifyCode::Valid
+        );
+    }
+    let unknown = Secret::generate(&KeyPrefix::default());
+    for secret in [uncached_secret.as_str(), unknown.expose()] {
+        let result = app.verify.clone().verify_key(verify_req(secret, &[])).await;
+        assert_code(result, Code::Unavailable);
+    }
+    assert_code(
+        app.admin
+            .clone()
+            .create_key(admin(bot_key("acme", "x", &["a:b"])))
+            .await,
+        Code::Unavailable,
+    );
+    eventually(Duration::from_secs(10), "health NOT_SERVING", || async {
+        health(&app).await == ServingStatus::NotServing
+    })
+    .await;
+
+    server.restart().await;
+
+    // Back without a restart of keygate: health, uncached keys, admin calls, and
+    // the usage counted during the outage.
+    eventually(Duration::from_secs(15), "health SERVING again", || async {
+        health(&app).await == ServingStatus::Serving
+    })
+    .await;
+    assert_eq!(
+        app.verify_code(verify_req(&uncached_secret, &[])).await,
+        VerifyCode::Valid
+    );
+    assert_eq!(
+        app.verify_code(verify_req(unknown.expose(), &[])).await,
+        VerifyCode::NotFound
+    );
+    app.create(admin(bot_key("acme", "after", &["links:read"])))
+        .await;
+    eventually(Duration::from_secs(10), "outage usage flushed", || async {
+        app.get("acme", &cached.id).await.request_count == 6
+    })
+    .await;
+    app.stop().await;
+}
