@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{sync::watch, task::JoinHandle};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -21,6 +21,9 @@ use crate::{
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// How often the health service asks the store whether it answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a client may take to complete the TLS handshake; tonic runs handshakes
+/// off the accept loop, but without a bound a silent client would hold one forever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Services whose health follows the store's.
 const SERVICES: [&str; 3] = ["", "keygate.v1.KeyVerify", "keygate.v1.KeyAdmin"];
 
@@ -44,6 +47,8 @@ pub enum AppError {
     Serve(#[from] tonic::transport::Error),
     #[error("health check: {0}")]
     Health(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -63,12 +68,16 @@ pub async fn open_store(db: &DatabaseArgs) -> Result<Store, AppError> {
 #[derive(Debug)]
 pub struct App {
     addr: SocketAddr,
+    /// Where KeyAdmin is served when it has a listener of its own.
+    admin_addr: Option<SocketAddr>,
     generated_token: Option<String>,
+    metrics_addr: SocketAddr,
     /// Stops the gRPC server; background tasks are stopped after it has drained,
     /// so usage counted by the last in-flight calls is still flushed.
     stop_server: watch::Sender<bool>,
     stop_tasks: watch::Sender<bool>,
     server: JoinHandle<Result<(), AppError>>,
+    admin_server: Option<JoinHandle<Result<(), AppError>>>,
     background: Vec<JoinHandle<()>>,
     store: Store,
 }
@@ -99,7 +108,7 @@ impl App {
         let usage = Arc::new(UsageRecorder::default());
         let poller = Poller::start(store.clone(), Arc::clone(&cache)).await?;
         let (stop_tasks, tasks_rx) = watch::channel(false);
-        let (stop_server, mut server_rx) = watch::channel(false);
+        let (stop_server, server_rx) = watch::channel(false);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let background = vec![
@@ -111,6 +120,14 @@ impl App {
             )),
             tokio::spawn(watch_store_health(store.clone(), health, tasks_rx.clone())),
         ];
+        let (metrics_addr, metrics_task) = crate::metrics::serve(args.metrics_listen, tasks_rx.clone())
+            .await
+            .map_err(|source| AppError::Listen {
+                addr: args.metrics_listen,
+                source,
+            })?;
+        let mut background = background;
+        background.push(metrics_task);
 
         let verify =
             KeyVerifyServer::new(VerifyService::new(store.clone(), Arc::clone(&cache), usage))
@@ -130,39 +147,68 @@ impl App {
                 // Lets grpcurl decode the google.rpc.BadRequest details of our errors.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let tls = load_tls(&args)?;
+        let limits = Limits {
+            per_connection: args.max_concurrent_requests_per_connection,
+            request_timeout: args.request_timeout.into(),
+        };
 
-        let incoming = TcpIncoming::bind(args.listen)
-            .map_err(|source| AppError::Listen {
-                addr: args.listen,
-                source,
-            })?
-            // Verify responses are small and latency-bound: never wait to coalesce them.
-            .with_nodelay(Some(true));
-        let addr = incoming.local_addr().map_err(|source| AppError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+        // Both listeners are bound before either server starts, so a busy admin
+        // port fails the start without leaving the main server running.
+        let (incoming, addr) = bind(args.listen)?;
+        let admin_listener = args.admin_listen.map(bind).transpose()?;
+        let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
 
-        let server = Server::builder()
+        // With an admin listener of its own, KeyAdmin is not routed on the main
+        // one at all (calls there get UNIMPLEMENTED), so a network policy on the
+        // admin port is the whole story.
+        let (shared_admin, separate_admin) = match admin_listener {
+            None => (Some(admin), None),
+            Some((admin_incoming, _)) => {
+                let router = server_builder(tls.as_ref(), limits)?
+                    .add_service(health_service.clone())
+                    .add_service(reflection().build_v1()?)
+                    .add_service(reflection().build_v1alpha()?)
+                    .add_service(admin);
+                (None, Some((router, admin_incoming)))
+            }
+        };
+        let main = server_builder(tls.as_ref(), limits)?
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
             .add_service(verify)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_rx.changed().await;
-            });
-        let server = tokio::spawn(async move { server.await.map_err(AppError::from) });
-        tracing::info!(%addr, store = store.backend(), "keygate serving");
+            .add_optional_service(shared_admin);
+
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.changed().await;
+        };
+        let admin_server = separate_admin.map(|(router, admin_incoming)| {
+            let serve =
+                router.serve_with_incoming_shutdown(admin_incoming, stopped(server_rx.clone()));
+            tokio::spawn(async move { serve.await.map_err(AppError::from) })
+        });
+        let serve = main.serve_with_incoming_shutdown(incoming, stopped(server_rx));
+        let server = tokio::spawn(async move { serve.await.map_err(AppError::from) });
+        tracing::info!(
+            %addr,
+            admin_addr = admin_addr.map(tracing::field::display),
+            %metrics_addr,
+            tls = tls.is_some(),
+            mtls = args.tls_client_ca.is_some(),
+            store = store.backend(),
+            "keygate serving"
+        );
 
         Ok(Self {
             addr,
+            admin_addr,
             generated_token,
+            metrics_addr,
             stop_server,
             stop_tasks,
             server,
+            admin_server,
             background,
             store,
         })
@@ -173,6 +219,17 @@ impl App {
         self.addr
     }
 
+    /// Where `/metrics` is served (the address actually bound).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The address KeyAdmin is served on when `--admin-listen` is set (the one
+    /// actually bound, useful with port 0); otherwise KeyAdmin is on [`App::addr`].
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The admin token generated because none was configured.
     pub fn generated_token(&self) -> Option<&str> {
         self.generated_token.as_deref()
@@ -180,14 +237,21 @@ impl App {
 
     /// Stops accepting, lets in-flight calls finish, flushes usage, closes the store.
     pub async fn shutdown(self) -> Result<(), AppError> {
+        // Both servers stop accepting at once and drain in parallel; the
+        // background tasks only stop once neither has a call in flight.
         let _ = self.stop_server.send(true);
         let served = self.server.await;
+        let admin_served = match self.admin_server {
+            Some(server) => server.await,
+            None => Ok(Ok(())),
+        };
         let _ = self.stop_tasks.send(true);
         for task in self.background {
             task.await?;
         }
         self.store.close().await;
-        served?
+        served??;
+        admin_served?
     }
 }
 
@@ -204,6 +268,9 @@ async fn watch_store_health(
             tokio::time::timeout(HEALTH_INTERVAL, store.ping()).await,
             Ok(Ok(()))
         );
+        crate::metrics::store_up(ok);
+        let (size, idle) = store.pool_stats();
+        crate::metrics::store_pool(size, idle);
         let status = if ok {
             ServingStatus::Serving
         } else {
@@ -259,6 +326,10 @@ pub async fn shutdown_signal() {
 }
 
 /// Asks a running keygate whether it is SERVING; for container health checks.
+///
+/// Speaks plaintext gRPC only: against a keygate started with `--tls-cert` it
+/// fails (and with mTLS it would need a client certificate too), so TLS
+/// deployments probe health another way.
 pub async fn check_health(addr: SocketAddr) -> Result<(), AppError> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -278,4 +349,107 @@ pub async fn check_health(addr: SocketAddr) -> Result<(), AppError> {
     } else {
         Err(AppError::Health(format!("{status:?}")))
     }
+}
+
+/// The transport limits every listener applies to each of its connections.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_connection: usize,
+    request_timeout: Duration,
+}
+
+/// Binds `addr`; returns the listener and the address actually bound.
+fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr), AppError> {
+    let listen_error = |source| AppError::Listen { addr, source };
+    let incoming = TcpIncoming::bind(addr)
+        .map_err(listen_error)?
+        // Verify responses are small and latency-bound: never wait to coalesce them.
+        .with_nodelay(Some(true));
+    let bound = incoming.local_addr().map_err(listen_error)?;
+    Ok((incoming, bound))
+}
+
+/// A server with keygate's transport settings; the main and the admin listener
+/// are both built here, so they enforce the same TLS and limits.
+fn server_builder(tls: Option<&ServerTlsConfig>, limits: Limits) -> Result<Server, AppError> {
+    // tonic stacks these three per connection, in a fixed order that is the one
+    // we want (tonic 0.14 `MakeSvc::call`): load shed -> concurrency limit ->
+    // timeout -> our services.
+    let builder = Server::builder()
+        // Per connection rather than global: one client flooding its connection
+        // cannot take the slots of the others. HTTP/2 multiplexes every call of
+        // a tonic Channel onto one connection, so this bounds a client's calls.
+        .concurrency_limit_per_connection(limits.per_connection)
+        // Outside the limit: when every slot is taken a call is refused at once
+        // instead of waiting in a queue that grows without bound. tonic maps
+        // tower's `Overloaded` to RESOURCE_EXHAUSTED ("Too many active requests
+        // for the connection"), so clients see the gRPC code for overload and
+        // may retry with backoff. A refused call never reaches the timeout.
+        .load_shed(true)
+        // Inside the limit: the clock starts once a call holds a slot, so it
+        // bounds how long a slot can be held (a stalled store, a client that
+        // never finishes its request body). tonic answers CANCELLED ("Timeout
+        // expired"); a shorter `grpc-timeout` sent by the client wins.
+        .timeout(limits.request_timeout);
+    match tls {
+        None => Ok(builder),
+        Some(tls) => builder
+            .tls_config(tls.clone())
+            .map_err(|e| AppError::Tls(error_chain(&e))),
+    }
+}
+
+/// Reads the TLS flags: `None` for plaintext. Loads and checks the PEM files now,
+/// so a bad certificate or key fails the start with its path and reason.
+fn load_tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, AppError> {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (None, None) if args.tls_client_ca.is_some() => {
+            return Err(AppError::Tls(
+                "--tls-client-ca needs --tls-cert and --tls-key".into(),
+            ));
+        }
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            return Err(AppError::Tls(
+                "--tls-cert and --tls-key must be given together".into(),
+            ));
+        }
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| AppError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &args.tls_client_ca {
+        // Required, not merely accepted: rustls then ends every handshake
+        // without a certificate chaining to this CA before any call is read.
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(false);
+    }
+    // tonic parses the PEM only when the config is applied: do it once here to
+    // report which files are wrong.
+    Server::builder().tls_config(config.clone()).map_err(|e| {
+        let mut files = format!("{} / {}", cert.display(), key.display());
+        if let Some(ca) = &args.tls_client_ca {
+            files = format!("{files} / {}", ca.display());
+        }
+        AppError::Tls(format!("cannot use {files}: {}", error_chain(&e)))
+    })?;
+    Ok(Some(config))
+}
+
+/// An error and its sources, as one line: tonic's own message is only "transport error".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

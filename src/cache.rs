@@ -19,7 +19,7 @@ use std::{
 
 use moka::sync::Cache;
 
-use crate::{keys::SecretHash, model::KeyRecord, proto};
+use crate::{keys::SecretHash, metrics::CacheMetrics, model::KeyRecord, proto};
 
 /// A cached key with its `VerifiedKey` built once, so that a hit costs a clone.
 #[derive(Debug)]
@@ -86,14 +86,23 @@ pub struct KeyCache {
     found: Option<Cache<SecretHash, Arc<CachedKey>>>,
     unknown: Option<Cache<SecretHash, ()>>,
     generation: AtomicU64,
+    metrics: CacheMetrics,
 }
 
 impl KeyCache {
     pub fn new(config: &CacheConfig) -> Self {
+        let metrics = CacheMetrics::default();
+        let evictions = metrics.evictions.clone();
         let found = (config.capacity > 0).then(|| {
             Cache::builder()
                 .max_capacity(config.capacity)
                 .time_to_live(config.ttl)
+                .eviction_listener(move |_, _, cause| {
+                    // Expiry and size pressure, not our own invalidations.
+                    if cause.was_evicted() {
+                        evictions.increment(1);
+                    }
+                })
                 .build()
         });
         let unknown = (config.negative_capacity > 0).then(|| {
@@ -106,16 +115,20 @@ impl KeyCache {
             found,
             unknown,
             generation: AtomicU64::new(0),
+            metrics,
         }
     }
 
     pub fn get(&self, hash: &SecretHash) -> Lookup {
         if let Some(hit) = self.found.as_ref().and_then(|c| c.get(hash)) {
+            self.metrics.hits.increment(1);
             return Lookup::Found(hit);
         }
         if self.unknown.as_ref().is_some_and(|c| c.contains_key(hash)) {
+            self.metrics.negative_hits.increment(1);
             return Lookup::Unknown;
         }
+        self.metrics.misses.increment(1);
         Lookup::Miss(Ticket(self.generation.load(Ordering::Acquire)))
     }
 
@@ -141,6 +154,7 @@ impl KeyCache {
             }
         }
         if self.generation.load(Ordering::Acquire) != ticket.0 {
+            self.metrics.stale_fills_dropped.increment(1);
             self.remove(&hash);
         }
         entry

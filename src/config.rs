@@ -128,4 +128,51 @@ pub struct ServeArgs {
     /// Tokio worker threads; defaults to the number of cores.
     #[arg(long, env = "KEYGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+
+    /// PEM certificate chain of the gRPC server; with `--tls-key`, serves TLS only.
+    #[arg(long, env = "KEYGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "KEYGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s); when set, every client must present a certificate
+    /// signed by one of them (mTLS). Needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "KEYGATE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve KeyAdmin only on this address (with the same TLS and limits);
+    /// `--listen` then serves KeyVerify, health and reflection.
+    #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Calls one connection may have in progress; more are refused at once with
+    /// RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(
+        long,
+        env = "KEYGATE_MAX_CONCURRENT_REQUESTS_PER_CONNECTION",
+        default_value_t = 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_concurrent_requests_per_connection: usize,
+
+    /// Longest a call may take (a shorter client deadline wins); then it is
+    /// answered CANCELLED.
+    #[arg(
+        long,
+        env = "KEYGATE_REQUEST_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_positive_duration
+    )]
+    pub request_timeout: humantime::Duration,
+}
+
+/// A humantime duration greater than zero.
+fn parse_positive_duration(s: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
 }

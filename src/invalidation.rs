@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::{
     cache::KeyCache,
+    model::Micros,
     store::{Store, StoreError},
 };
 
@@ -61,7 +62,8 @@ impl Poller {
         let mut invalidated = 0;
         loop {
             let events = self.store.events_after(from, PAGE).await?;
-            for (id, hash) in &events {
+            let wall = Micros::now();
+            for (id, hash, time) in &events {
                 let (id, hash) = (*id, hash);
                 if id > self.high {
                     // A jump larger than MAX_GAPS (a mass rollback) keeps only its newest part.
@@ -74,13 +76,16 @@ impl Poller {
                     continue;
                 }
                 self.cache.invalidate(hash);
+                crate::metrics::invalidation_lag(Duration::from_micros(
+                    u64::try_from(wall.0 - time.0).unwrap_or(0),
+                ));
                 invalidated += 1;
             }
             while self.gaps.len() > MAX_GAPS {
                 self.gaps.pop_first();
             }
             match events.last() {
-                Some((last, _)) if events.len() == PAGE as usize => from = *last,
+                Some((last, _, _)) if events.len() == PAGE as usize => from = *last,
                 _ => return Ok(invalidated),
             }
         }

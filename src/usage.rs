@@ -109,8 +109,13 @@ impl UsageRecorder {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => break,
             }
-            if let Err(e) = self.flush(&store).await {
-                tracing::warn!(error = %e, "usage flush failed; will retry");
+            match self.flush(&store).await {
+                Ok(0) => {}
+                Ok(n) => crate::metrics::usage_flush(n, true),
+                Err(e) => {
+                    crate::metrics::usage_flush(0, false);
+                    tracing::warn!(error = %e, "usage flush failed; will retry");
+                }
             }
         }
         if let Err(e) = self.flush(&store).await {

@@ -129,6 +129,10 @@ struct Args {
     /// Fresh unknown keys generated before timing; the `unknown` scenario uses each once.
     #[arg(long, default_value_t = 500_000)]
     unknown_keys: usize,
+    /// Before each scenario, wait up to this long for other processes (another
+    /// build, another test run) to leave the cores alone; 0s to not wait.
+    #[arg(long, default_value = "120s")]
+    max_idle_wait: humantime::Duration,
     /// Scenarios to run, comma-separated; all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Vec<Scenario>,
@@ -363,13 +367,18 @@ struct Instance {
 }
 
 impl Instance {
-    fn spawn(args: &Args, database_url: &str, extra: &[&str]) -> Result<Self, BoxError> {
+    fn spawn(args: &Args, label: &str, extra: &[&str]) -> Result<Self, BoxError> {
         // keygate logs its address but does not report it otherwise: pick a free port
         // ourselves. Another process could grab it in between; unlikely on a bench box.
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        // keygate's warnings go to a file: sqlx logs whole slow statements, which
+        // would drown the report.
+        let log = std::env::temp_dir().join(format!("keygate-bench-{label}.log"));
+        eprintln!("keygate {label} logs to {}", log.display());
+        let file = std::fs::File::create(&log)?;
         let child = Command::new(&args.keygate_bin)
             .arg("serve")
-            .args(["--database-url", database_url])
+            .args(["--database-url", &args.database_url])
             .args([
                 "--database-max-connections",
                 &args.database_max_connections.to_string(),
@@ -384,6 +393,8 @@ impl Instance {
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .stdout(file.try_clone()?)
+            .stderr(file)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", args.keygate_bin.display()))?;
         Ok(Self { child, addr })
@@ -696,6 +707,25 @@ impl CpuWatch {
         pct
     }
 
+    /// Waits until processes other than ours use less than a third of a core.
+    async fn wait_for_quiet(&self, max: Duration) {
+        let give_up = Instant::now() + max;
+        let mut said = false;
+        while Instant::now() < give_up {
+            let before = self.sample();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let other = Self::percent(&before, &self.sample(), Duration::from_secs(1));
+            let other = other.last().copied().unwrap_or(0.0);
+            if other < 33.0 {
+                return;
+            }
+            if !said {
+                eprintln!("  waiting: other processes use {other:.0}% of a core");
+                said = true;
+            }
+        }
+    }
+
     fn format(&self, cpu: &[f64]) -> String {
         let parts: Vec<String> = self
             .names
@@ -859,11 +889,15 @@ async fn prepare(
     eprintln!("re-creating the database");
     recreate_database(url).await?;
     // One after the other: both would otherwise race to run the migrations.
-    let mut cached = Instance::spawn(args, url, &["--cache-ttl", &args.cache_ttl.to_string()])?;
+    let mut cached = Instance::spawn(
+        args,
+        "cached",
+        &["--cache-ttl", &args.cache_ttl.to_string()],
+    )?;
     cached.wait_ready().await?;
     let mut uncached = Instance::spawn(
         args,
-        url,
+        "uncached",
         &["--cache-capacity", "0", "--negative-cache-capacity", "0"],
     )?;
     uncached.wait_ready().await?;
@@ -954,6 +988,7 @@ async fn main() -> Result<(), BoxError> {
         let mut this_round = BTreeMap::new();
         for &s in &args.scenarios {
             let targets = work.targets(s);
+            cpu.wait_for_quiet(args.max_idle_wait.into()).await;
             let deadline =
                 |d: humantime::Duration| Until::Deadline(Instant::now() + Duration::from(d));
             run_load(&targets, args.concurrency, deadline(args.warmup)).await?;

@@ -48,12 +48,8 @@ impl AdminService {
         }
     }
 
-    fn authenticate<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Actor, ApiError> {
-        self.tokens
-            .authenticate(request.metadata())
-            .inspect_err(|e| {
-                tracing::info!(rpc, reason = ?e, "admin call refused");
-            })
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Actor, ApiError> {
+        self.tokens.authenticate(request.metadata())
     }
 
     /// Scopes of a request, checked against the grammar and the catalog; each bad
@@ -178,13 +174,13 @@ fn parsed<T>(v: Violations, value: Option<T>) -> Result<T, ApiError> {
     value.ok_or(ApiError::Internal)
 }
 
-#[tonic::async_trait]
-impl KeyAdmin for AdminService {
-    async fn create_key(
+/// The RPC bodies; the `KeyAdmin` impl below wraps each to count and log it.
+impl AdminService {
+    async fn create(
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        let actor = self.authenticate(&request, "CreateKey")?;
+        let actor = self.authenticate(&request)?;
         let req = request.into_inner();
         let now = Micros::now();
         let mut v = Violations::default();
@@ -245,11 +241,11 @@ impl KeyAdmin for AdminService {
         }))
     }
 
-    async fn get_key(
+    async fn get(
         &self,
         request: Request<proto::GetKeyRequest>,
     ) -> Result<Response<proto::GetKeyResponse>, Status> {
-        let actor = self.authenticate(&request, "GetKey")?;
+        let actor = self.authenticate(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let org = v.check(
@@ -264,11 +260,11 @@ impl KeyAdmin for AdminService {
         }))
     }
 
-    async fn list_keys(
+    async fn list(
         &self,
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        let actor = self.authenticate(&request, "ListKeys")?;
+        let actor = self.authenticate(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let org = v.check(
@@ -349,11 +345,11 @@ impl KeyAdmin for AdminService {
         }))
     }
 
-    async fn update_key(
+    async fn update(
         &self,
         request: Request<proto::UpdateKeyRequest>,
     ) -> Result<Response<proto::UpdateKeyResponse>, Status> {
-        let actor = self.authenticate(&request, "UpdateKey")?;
+        let actor = self.authenticate(&request)?;
         let req = request.into_inner();
         let now = Micros::now();
         let mut v = Violations::default();
@@ -404,11 +400,11 @@ impl KeyAdmin for AdminService {
         }))
     }
 
-    async fn revoke_key(
+    async fn revoke(
         &self,
         request: Request<proto::RevokeKeyRequest>,
     ) -> Result<Response<proto::RevokeKeyResponse>, Status> {
-        let actor = self.authenticate(&request, "RevokeKey")?;
+        let actor = self.authenticate(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let org = v.check(
@@ -431,11 +427,11 @@ impl KeyAdmin for AdminService {
         }))
     }
 
-    async fn remove_member(
+    async fn remove(
         &self,
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::RemoveMemberResponse>, Status> {
-        let actor = self.authenticate(&request, "RemoveMember")?;
+        let actor = self.authenticate(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let org = v.check(
@@ -467,11 +463,11 @@ impl KeyAdmin for AdminService {
         }))
     }
 
-    async fn list_key_events(
+    async fn events(
         &self,
         request: Request<proto::ListKeyEventsRequest>,
     ) -> Result<Response<proto::ListKeyEventsResponse>, Status> {
-        let actor = self.authenticate(&request, "ListKeyEvents")?;
+        let actor = self.authenticate(&request)?;
         let req = request.into_inner();
         let mut v = Violations::default();
         let org = v.check(
@@ -517,5 +513,73 @@ impl KeyAdmin for AdminService {
             events: events.iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+}
+
+/// Counts every call by method and status, and logs each refused one: a denied
+/// admin call is something an operator wants to see.
+fn observed<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+    let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
+    crate::metrics::admin_request(method, code);
+    if matches!(
+        code,
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    ) {
+        if let Err(status) = &result {
+            tracing::info!(method, code = ?code, reason = status.message(), "admin call denied");
+        }
+    }
+    result
+}
+
+#[tonic::async_trait]
+impl KeyAdmin for AdminService {
+    async fn create_key(
+        &self,
+        request: Request<proto::CreateKeyRequest>,
+    ) -> Result<Response<proto::CreateKeyResponse>, Status> {
+        observed("CreateKey", self.create(request).await)
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<proto::GetKeyRequest>,
+    ) -> Result<Response<proto::GetKeyResponse>, Status> {
+        observed("GetKey", self.get(request).await)
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<proto::ListKeysRequest>,
+    ) -> Result<Response<proto::ListKeysResponse>, Status> {
+        observed("ListKeys", self.list(request).await)
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<proto::UpdateKeyRequest>,
+    ) -> Result<Response<proto::UpdateKeyResponse>, Status> {
+        observed("UpdateKey", self.update(request).await)
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<proto::RevokeKeyRequest>,
+    ) -> Result<Response<proto::RevokeKeyResponse>, Status> {
+        observed("RevokeKey", self.revoke(request).await)
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::RemoveMemberResponse>, Status> {
+        observed("RemoveMember", self.remove(request).await)
+    }
+
+    async fn list_key_events(
+        &self,
+        request: Request<proto::ListKeyEventsRequest>,
+    ) -> Result<Response<proto::ListKeyEventsResponse>, Status> {
+        observed("ListKeyEvents", self.events(request).await)
     }
 }

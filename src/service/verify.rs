@@ -2,7 +2,7 @@
 //! is an answer, not an error; errors are kept for the caller's own faults and
 //! for a store that cannot be reached.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
 
@@ -10,6 +10,7 @@ use super::error::ApiError;
 use crate::{
     cache::{CachedKey, KeyCache, Lookup},
     keys::{self, SecretHash},
+    metrics::VerifyMetrics,
     model::Micros,
     proto::{self, VerifyCode, key_verify_server::KeyVerify},
     scopes::parse_scope,
@@ -22,6 +23,7 @@ pub struct VerifyService {
     store: Store,
     cache: Arc<KeyCache>,
     usage: Arc<UsageRecorder>,
+    metrics: VerifyMetrics,
 }
 
 impl VerifyService {
@@ -30,6 +32,7 @@ impl VerifyService {
             store,
             cache,
             usage,
+            metrics: VerifyMetrics::new(),
         }
     }
 
@@ -89,7 +92,16 @@ impl KeyVerify for VerifyService {
         &self,
         request: Request<proto::VerifyKeyRequest>,
     ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
-        let req = request.into_inner();
+        let start = Instant::now();
+        let result = self.verify(request.into_inner()).await;
+        let code = result.as_ref().ok().map(proto::VerifyKeyResponse::code);
+        self.metrics.observe(code, start.elapsed());
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+impl VerifyService {
+    async fn verify(&self, req: proto::VerifyKeyRequest) -> Result<proto::VerifyKeyResponse, ApiError> {
         // The caller's own mistakes come first: they are bugs to fix, not denials.
         for (i, s) in req.required_scopes.iter().enumerate() {
             if let Err(e) = parse_scope(s) {
@@ -104,24 +116,23 @@ impl KeyVerify for VerifyService {
             return Err(ApiError::invalid(
                 "organization_id",
                 "must be empty or 1-64 characters of [A-Za-z0-9_-]",
-            )
-            .into());
+            ));
         }
 
         if req.key.is_empty() {
-            return Ok(Response::new(denied(VerifyCode::Missing, None)));
+            return Ok(denied(VerifyCode::Missing, None));
         }
         // Length, shape and checksum: a malformed key never reaches cache or store.
         let Ok(hash) = keys::parse_token(&req.key) else {
-            return Ok(Response::new(denied(VerifyCode::Malformed, None)));
+            return Ok(denied(VerifyCode::Malformed, None));
         };
         let Some(key) = self.lookup(hash).await? else {
-            return Ok(Response::new(denied(VerifyCode::NotFound, None)));
+            return Ok(denied(VerifyCode::NotFound, None));
         };
         let now = Micros::now();
         self.usage.record(&key.record.id, now);
         let resp = check(&key, &req, now);
         tracing::debug!(key_id = %key.record.id, code = resp.code, "verified");
-        Ok(Response::new(resp))
+        Ok(resp)
     }
 }

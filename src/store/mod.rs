@@ -112,6 +112,14 @@ impl Store {
         }
     }
 
+    /// `(open connections, idle connections)` of the pool, for metrics.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        match &self.pool {
+            Pool::MySql(p) => (p.size(), p.num_idle()),
+            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+        }
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         match &self.pool {

@@ -496,14 +496,14 @@ impl Store {
         })
     }
 
-    /// `(event id, key hash)` of every organization's events after `after`, oldest
-    /// first: what the invalidation poll needs.
+    /// `(event id, key hash, event time)` of every organization's events after
+    /// `after`, oldest first: what the invalidation poll needs.
     pub async fn events_after(
         &self,
         after: u64,
         limit: u32,
-    ) -> Result<Vec<(u64, SecretHash)>, StoreError> {
-        let sql = "SELECT id, secret_hash FROM key_events WHERE id > ? ORDER BY id LIMIT ?";
+    ) -> Result<Vec<(u64, SecretHash, Micros)>, StoreError> {
+        let sql = "SELECT id, secret_hash, event_time FROM key_events WHERE id > ? ORDER BY id LIMIT ?";
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
             let rows = sqlx::query(sql)
@@ -519,6 +519,7 @@ impl Store {
                 out.push((
                     u64::try_from(id).map_err(|_| bad())?,
                     SecretHash::from_slice(&hash).ok_or_else(bad)?,
+                    Micros(r.try_get(2)?),
                 ));
             }
             Ok(out)

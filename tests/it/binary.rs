@@ -29,13 +29,13 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
 /// A `keygate` child process whose stderr is collected line by line.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
-    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+    pub(crate) fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdout(Stdio::null())
@@ -60,7 +60,7 @@ impl Process {
         Self { child, lines }
     }
 
-    fn output(&self) -> Vec<String> {
+    pub(crate) fn output(&self) -> Vec<String> {
         self.lines.lock().expect("lines lock").clone()
     }
 
@@ -83,14 +83,14 @@ impl Process {
     }
 
     /// The address from the JSON "keygate serving" log line.
-    fn wait_serving(&mut self) -> std::net::SocketAddr {
+    pub(crate) fn wait_serving(&mut self) -> std::net::SocketAddr {
         self.wait_for("the serving line", |l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
             (v["message"] == "keygate serving").then(|| v["addr"].as_str()?.parse().ok())?
         })
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

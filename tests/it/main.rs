@@ -4,7 +4,9 @@
 mod admin;
 mod binary;
 mod cluster;
+mod metrics;
 mod outage;
+mod polyglot;
 mod private_db;
 mod security;
 mod support;

@@ -111,6 +111,8 @@ pub fn serve_args(db: &TestDb, extra: &[&str]) -> ServeArgs {
         TOKEN,
         "--database-max-connections",
         "4",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv)

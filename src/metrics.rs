@@ -1,0 +1,222 @@
+//! Prometheus metrics, served as text at `http://<metrics-listen>/metrics`.
+//!
+//! Labels carry only bounded values (outcome codes, RPC names, status codes):
+//! never a key, a hash, an organization or a user, which are unbounded.
+//! The hot path increments handles registered once at start, so a verification
+//! costs an atomic add per metric, no label lookup and no allocation.
+
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+
+use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+
+use crate::proto::VerifyCode;
+
+const VERIFY_SECONDS: &str = "keygate_verify_duration_seconds";
+const INVALIDATION_LAG: &str = "keygate_invalidation_lag_seconds";
+
+/// The recorder is process-wide (the `metrics` facade has one global recorder);
+/// every keygate in the process (several, in tests) reports into it.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder on first use and returns the handle that renders it.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(VERIFY_SECONDS.into()),
+                &[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+                    0.05, 0.1, 0.25, 1.0,
+                ],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(INVALIDATION_LAG.into()),
+                    &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                )
+            });
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            // Bucket lists are constants: this cannot fail, but keygate runs without
+            // histograms rather than not at all.
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program's); our
+        // handle then renders only what was recorded before, which is harmless.
+        let _ = metrics::set_global_recorder(recorder);
+        gauge!("keygate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+/// Serves `/metrics` on `addr` until `shutdown` fires; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let handle = handle();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            // Histogram buckets roll over in upkeep; doing it on scrape keeps it off
+            // the request path and needs no thread of its own.
+            handle.run_upkeep();
+            handle.render()
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    Ok((bound, task))
+}
+
+fn code_label(code: VerifyCode) -> &'static str {
+    match code {
+        VerifyCode::Unspecified => "unspecified",
+        VerifyCode::Valid => "valid",
+        VerifyCode::Missing => "missing",
+        VerifyCode::Malformed => "malformed",
+        VerifyCode::NotFound => "not_found",
+        VerifyCode::Revoked => "revoked",
+        VerifyCode::Expired => "expired",
+        VerifyCode::OrganizationMismatch => "organization_mismatch",
+        VerifyCode::HostnameBlocked => "hostname_blocked",
+        VerifyCode::InsufficientScope => "insufficient_scope",
+    }
+}
+
+/// The verify path's instruments, registered once.
+#[derive(Debug, Clone)]
+pub struct VerifyMetrics {
+    /// Indexed by `VerifyCode as usize`.
+    by_code: [Counter; 10],
+    rpc_errors: Counter,
+    duration: Histogram,
+}
+
+impl VerifyMetrics {
+    pub fn new() -> Self {
+        handle();
+        let codes = [
+            VerifyCode::Unspecified,
+            VerifyCode::Valid,
+            VerifyCode::Missing,
+            VerifyCode::Malformed,
+            VerifyCode::NotFound,
+            VerifyCode::Revoked,
+            VerifyCode::Expired,
+            VerifyCode::OrganizationMismatch,
+            VerifyCode::HostnameBlocked,
+            VerifyCode::InsufficientScope,
+        ];
+        Self {
+            by_code: codes.map(|c| counter!("keygate_verify_total", "code" => code_label(c))),
+            rpc_errors: counter!("keygate_verify_total", "code" => "rpc_error"),
+            duration: histogram!(VERIFY_SECONDS),
+        }
+    }
+
+    pub fn observe(&self, code: Option<VerifyCode>, elapsed: Duration) {
+        match code.and_then(|c| self.by_code.get(c as usize)) {
+            Some(c) => c.increment(1),
+            None => self.rpc_errors.increment(1),
+        }
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+impl Default for VerifyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Cache instruments, shared by the positive and negative caches.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub negative_hits: Counter,
+    pub misses: Counter,
+    pub evictions: Counter,
+    pub stale_fills_dropped: Counter,
+}
+
+impl Default for CacheMetrics {
+    fn default() -> Self {
+        handle();
+        Self {
+            hits: counter!("keygate_cache_hits_total", "cache" => "keys"),
+            negative_hits: counter!("keygate_cache_hits_total", "cache" => "unknown_keys"),
+            misses: counter!("keygate_cache_misses_total"),
+            evictions: counter!("keygate_cache_evictions_total"),
+            stale_fills_dropped: counter!("keygate_cache_stale_fills_dropped_total"),
+        }
+    }
+}
+
+/// Counts an admin RPC by method and resulting status code.
+pub fn admin_request(method: &'static str, code: tonic::Code) {
+    counter!("keygate_admin_requests_total", "method" => method, "code" => code_name(code))
+        .increment(1);
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A usage flush and how it went.
+pub fn usage_flush(keys: usize, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("keygate_usage_flushes_total", "result" => result).increment(1);
+    if ok {
+        counter!("keygate_usage_flushed_keys_total").increment(keys as u64);
+    }
+}
+
+/// How long after a change another instance's cache dropped it.
+pub fn invalidation_lag(lag: Duration) {
+    histogram!(INVALIDATION_LAG).record(lag.as_secs_f64());
+}
+
+/// Store pool gauges, refreshed by the health watcher.
+pub fn store_pool(size: u32, idle: usize) {
+    let idle = idle as f64;
+    gauge!("keygate_store_connections", "state" => "idle").set(idle);
+    gauge!("keygate_store_connections", "state" => "in_use").set((f64::from(size) - idle).max(0.0));
+}
+
+/// Whether the store answers (1) or not (0).
+pub fn store_up(up: bool) {
+    gauge!("keygate_store_up").set(if up { 1.0 } else { 0.0 });
+}
