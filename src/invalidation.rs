@@ -25,6 +25,9 @@ const GAP_WAIT: Duration = Duration::from_secs(30);
 /// Enough for any realistic burst of concurrent writes; older gaps are dropped first.
 const MAX_GAPS: usize = 10_000;
 const PAGE: u32 = 1000;
+/// How far back a new instance starts: an event with a lower id than the newest
+/// may still be uncommitted, and is then caught as a gap.
+const START_WINDOW: u64 = 1000;
 
 #[derive(Debug)]
 pub struct Poller {
@@ -37,10 +40,11 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Starts after the newest event: this instance's cache begins empty, so
-    /// nothing older can concern it.
+    /// Starts a little before the newest event: this instance's cache begins
+    /// empty, so only events still in flight can concern it; re-reading committed
+    /// ones costs a few no-op invalidations.
     pub async fn start(store: Store, cache: Arc<KeyCache>) -> Result<Self, StoreError> {
-        let high = store.last_event_id().await?;
+        let high = store.last_event_id().await?.saturating_sub(START_WINDOW);
         Ok(Self {
             store,
             cache,

@@ -521,13 +521,10 @@ impl AdminService {
 fn observed<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
     let code = result.as_ref().err().map_or(tonic::Code::Ok, Status::code);
     crate::metrics::admin_request(method, code);
-    if matches!(
-        code,
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-    ) {
-        if let Err(status) = &result {
-            tracing::info!(method, code = ?code, reason = status.message(), "admin call denied");
-        }
+    if let (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied, Err(status)) =
+        (code, &result)
+    {
+        tracing::info!(method, code = ?code, reason = status.message(), "admin call denied");
     }
     result
 }

@@ -106,7 +106,7 @@ impl VerifyService {
         for (i, s) in req.required_scopes.iter().enumerate() {
             if let Err(e) = parse_scope(s) {
                 return Err(
-                    ApiError::invalid(format!("required_scopes[{i}]"), e.to_string()).into(),
+                    ApiError::invalid(format!("required_scopes[{i}]"), e.to_string()),
                 );
             }
         }

@@ -210,3 +210,51 @@ crate::store_tests!(
     usage_from_several_instances_adds_up_exactly,
     a_read_racing_a_revocation_never_resurrects_the_key,
 );
+
+/// Auto-increment ids are handed out at insert but seen at commit: an event with a
+/// lower id can become visible after a higher one was polled. The poller must not
+/// skip it. (SQLite serializes writers, so only MySQL can commit out of order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_out_of_order_still_invalidates() {
+    use keygate::{
+        cache::{CacheConfig, KeyCache, Lookup},
+        invalidation::Poller,
+        keys::{KeyPrefix, Secret},
+        store::{PoolConfig, Store},
+    };
+    use sqlx::{Connection, MySqlConnection};
+
+    let db = TestDb::create(Backend::MySql).await;
+    let store = Store::connect(&db.url, &PoolConfig::default()).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let cache = std::sync::Arc::new(KeyCache::new(&CacheConfig::default()));
+    let mut poller = Poller::start(store.clone(), cache.clone()).await.expect("poller");
+    let insert = "INSERT INTO key_events (key_id, organization_id, action, actor_id, event_time, secret_hash) \
+                  VALUES ('00000000-0000-7000-8000-000000000000', 'acme', 3, 'x', 0, ?)";
+
+    // The slow writer takes the lower id and holds its transaction open.
+    let slow_secret = Secret::generate(&KeyPrefix::default());
+    let mut slow = MySqlConnection::connect(&db.url).await.expect("connect");
+    let mut slow_tx = slow.begin().await.expect("begin");
+    sqlx::query(insert).bind(&slow_secret.hash().as_bytes()[..]).execute(&mut *slow_tx).await.expect("insert");
+    // A fast writer takes the next id and commits first.
+    let fast_secret = Secret::generate(&KeyPrefix::default());
+    let mut fast = MySqlConnection::connect(&db.url).await.expect("connect");
+    sqlx::query(insert).bind(&fast_secret.hash().as_bytes()[..]).execute(&mut fast).await.expect("insert");
+
+    // Both keys are cached (as unknown keys: any entry will do to see invalidation).
+    for s in [&slow_secret, &fast_secret] {
+        let Lookup::Miss(ticket) = cache.get(&s.hash()) else { panic!("empty cache") };
+        cache.fill(ticket, s.hash(), None);
+    }
+    assert_eq!(poller.poll_once().await.expect("poll"), 1, "only the committed event is visible");
+    assert!(matches!(cache.get(&fast_secret.hash()), Lookup::Miss(_)));
+    assert!(matches!(cache.get(&slow_secret.hash()), Lookup::Unknown), "not yet committed");
+
+    slow_tx.commit().await.expect("commit");
+    assert_eq!(poller.poll_once().await.expect("poll"), 1, "the late event is picked up");
+    assert!(matches!(cache.get(&slow_secret.hash()), Lookup::Miss(_)));
+    assert_eq!(poller.poll_once().await.expect("poll"), 0, "and only once");
+    store.close().await;
+    db.drop_db().await;
+}

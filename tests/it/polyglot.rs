@@ -41,6 +41,8 @@ impl Served {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--admin-tokens",
                 ADMIN_TOKEN,
                 "--log-format",
