@@ -120,12 +120,13 @@ impl App {
             )),
             tokio::spawn(watch_store_health(store.clone(), health, tasks_rx.clone())),
         ];
-        let (metrics_addr, metrics_task) = crate::metrics::serve(args.metrics_listen, tasks_rx.clone())
-            .await
-            .map_err(|source| AppError::Listen {
-                addr: args.metrics_listen,
-                source,
-            })?;
+        let (metrics_addr, metrics_task) =
+            crate::metrics::serve(args.metrics_listen, tasks_rx.clone())
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: args.metrics_listen,
+                    source,
+                })?;
         let mut background = background;
         background.push(metrics_task);
 
