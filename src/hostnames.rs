@@ -303,6 +303,12 @@ pub fn referer_host(referer: &str) -> Option<String> {
 }
 
 fn url_host(value: &str) -> Option<String> {
+    // The URL parser silently strips surrounding controls and drops TAB/LF/CR
+    // anywhere; a header carrying them is not a well-formed origin, so it is not
+    // one we trust to name a host.
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
     let url = Url::parse(value).ok()?;
     match url.host()? {
         Host::Domain(domain) if url.is_special() => {
@@ -447,6 +453,29 @@ fn quote_prefix(raw: &str) -> String {
     match raw.char_indices().nth(MAX_QUOTED_LEN) {
         Some((cut, _)) => format!("{}…", &raw[..cut]),
         None => raw.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn headers_with_controls_or_spaces_do_not_parse() {
+        for bad in [
+            "https://example.com\n",
+            "\0https://example.com",
+            "https://exa\tmple.com",
+            " https://example.com",
+            "https://example.com/ x",
+        ] {
+            assert_eq!(origin_host(bad), None, "{bad:?}");
+            assert_eq!(referer_host(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            origin_host("https://example.com").as_deref(),
+            Some("example.com")
+        );
     }
 }
 

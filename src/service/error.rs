@@ -22,7 +22,12 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+        let mut v = Violations::default();
+        v.add(field, description);
+        match v.finish() {
+            Err(e) => e,
+            Ok(()) => Self::Internal,
+        }
     }
 }
 
@@ -76,10 +81,27 @@ impl From<ApiError> for Status {
     }
 }
 
-/// Collects every bad field of a request before failing, so one round trip tells
-/// the caller everything that is wrong.
+/// At most this many violations are reported; the status travels in HTTP/2
+/// trailers, which clients cap at a few KiB, so an answer must stay small however
+/// much is wrong with a request.
+const MAX_VIOLATIONS: usize = 10;
+/// Longest field name or description echoed back, in characters.
+const MAX_ECHO: usize = 100;
+
+fn bounded(s: String) -> String {
+    match s.char_indices().nth(MAX_ECHO) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s,
+    }
+}
+
+/// Collects the bad fields of a request before failing, so one round trip tells
+/// the caller what is wrong: the first [`MAX_VIOLATIONS`] of them, and how many more.
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    found: Vec<FieldViolation>,
+    more: usize,
+}
 
 impl Violations {
     /// Keeps the value of a field that parsed, or records why it did not.
@@ -98,15 +120,54 @@ impl Violations {
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        if self.found.len() < MAX_VIOLATIONS {
+            self.found.push(FieldViolation::new(
+                bounded(field.into()),
+                bounded(description.into()),
+            ));
+        } else {
+            self.more += 1;
+        }
     }
 
-    /// Fails with every recorded violation, if any.
-    pub fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidArgument(self.0))
+    /// Fails with the recorded violations, if any.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        if self.found.is_empty() {
+            return Ok(());
         }
+        if self.more > 0 {
+            self.found.push(FieldViolation::new(
+                "…",
+                format!("and {} more invalid fields", self.more),
+            ));
+        }
+        Err(ApiError::InvalidArgument(self.found))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_stay_small_however_bad_the_request() {
+        let mut v = Violations::default();
+        for i in 0..10_000 {
+            v.add(format!("update_mask.paths[{i}]"), "x".repeat(100_000));
+        }
+        let status = Status::from(v.finish().expect_err("invalid"));
+        assert!(status.message().len() < 2_000, "{}", status.message().len());
+        assert!(status.details().len() < 4_000, "{}", status.details().len());
+        assert!(
+            status.message().contains("and 9990 more"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn short_values_are_kept_whole() {
+        assert_eq!(bounded("name".into()), "name");
+        assert_eq!(bounded("é".repeat(300)).chars().count(), MAX_ECHO + 1);
     }
 }
