@@ -2,12 +2,16 @@
 //! file and a real MariaDB/MySQL database, one of each per test.
 
 mod admin;
+mod bad_input;
 mod binary;
 mod cluster;
+mod limits;
 mod metrics;
 mod outage;
 mod polyglot;
 mod private_db;
+mod properties;
 mod security;
 mod support;
+mod tls;
 mod verify;
