@@ -101,13 +101,17 @@ impl KeyVerify for VerifyService {
 }
 
 impl VerifyService {
-    async fn verify(&self, req: proto::VerifyKeyRequest) -> Result<proto::VerifyKeyResponse, ApiError> {
+    async fn verify(
+        &self,
+        req: proto::VerifyKeyRequest,
+    ) -> Result<proto::VerifyKeyResponse, ApiError> {
         // The caller's own mistakes come first: they are bugs to fix, not denials.
         for (i, s) in req.required_scopes.iter().enumerate() {
             if let Err(e) = parse_scope(s) {
-                return Err(
-                    ApiError::invalid(format!("required_scopes[{i}]"), e.to_string()),
-                );
+                return Err(ApiError::invalid(
+                    format!("required_scopes[{i}]"),
+                    e.to_string(),
+                ));
             }
         }
         if !req.organization_id.is_empty()

@@ -503,7 +503,8 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<(u64, SecretHash, Micros)>, StoreError> {
-        let sql = "SELECT id, secret_hash, event_time FROM key_events WHERE id > ? ORDER BY id LIMIT ?";
+        let sql =
+            "SELECT id, secret_hash, event_time FROM key_events WHERE id > ? ORDER BY id LIMIT ?";
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
             let rows = sqlx::query(sql)

@@ -225,10 +225,14 @@ async fn an_event_committed_out_of_order_still_invalidates() {
     use sqlx::{Connection, MySqlConnection};
 
     let db = TestDb::create(Backend::MySql).await;
-    let store = Store::connect(&db.url, &PoolConfig::default()).await.expect("store");
+    let store = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("store");
     store.migrate().await.expect("migrate");
     let cache = std::sync::Arc::new(KeyCache::new(&CacheConfig::default()));
-    let mut poller = Poller::start(store.clone(), cache.clone()).await.expect("poller");
+    let mut poller = Poller::start(store.clone(), cache.clone())
+        .await
+        .expect("poller");
     let insert = "INSERT INTO key_events (key_id, organization_id, action, actor_id, event_time, secret_hash) \
                   VALUES ('00000000-0000-7000-8000-000000000000', 'acme', 3, 'x', 0, ?)";
 
@@ -236,23 +240,44 @@ async fn an_event_committed_out_of_order_still_invalidates() {
     let slow_secret = Secret::generate(&KeyPrefix::default());
     let mut slow = MySqlConnection::connect(&db.url).await.expect("connect");
     let mut slow_tx = slow.begin().await.expect("begin");
-    sqlx::query(insert).bind(&slow_secret.hash().as_bytes()[..]).execute(&mut *slow_tx).await.expect("insert");
+    sqlx::query(insert)
+        .bind(&slow_secret.hash().as_bytes()[..])
+        .execute(&mut *slow_tx)
+        .await
+        .expect("insert");
     // A fast writer takes the next id and commits first.
     let fast_secret = Secret::generate(&KeyPrefix::default());
     let mut fast = MySqlConnection::connect(&db.url).await.expect("connect");
-    sqlx::query(insert).bind(&fast_secret.hash().as_bytes()[..]).execute(&mut fast).await.expect("insert");
+    sqlx::query(insert)
+        .bind(&fast_secret.hash().as_bytes()[..])
+        .execute(&mut fast)
+        .await
+        .expect("insert");
 
     // Both keys are cached (as unknown keys: any entry will do to see invalidation).
     for s in [&slow_secret, &fast_secret] {
-        let Lookup::Miss(ticket) = cache.get(&s.hash()) else { panic!("empty cache") };
+        let Lookup::Miss(ticket) = cache.get(&s.hash()) else {
+            panic!("empty cache")
+        };
         cache.fill(ticket, s.hash(), None);
     }
-    assert_eq!(poller.poll_once().await.expect("poll"), 1, "only the committed event is visible");
+    assert_eq!(
+        poller.poll_once().await.expect("poll"),
+        1,
+        "only the committed event is visible"
+    );
     assert!(matches!(cache.get(&fast_secret.hash()), Lookup::Miss(_)));
-    assert!(matches!(cache.get(&slow_secret.hash()), Lookup::Unknown), "not yet committed");
+    assert!(
+        matches!(cache.get(&slow_secret.hash()), Lookup::Unknown),
+        "not yet committed"
+    );
 
     slow_tx.commit().await.expect("commit");
-    assert_eq!(poller.poll_once().await.expect("poll"), 1, "the late event is picked up");
+    assert_eq!(
+        poller.poll_once().await.expect("poll"),
+        1,
+        "the late event is picked up"
+    );
     assert!(matches!(cache.get(&slow_secret.hash()), Lookup::Miss(_)));
     assert_eq!(poller.poll_once().await.expect("poll"), 0, "and only once");
     store.close().await;
