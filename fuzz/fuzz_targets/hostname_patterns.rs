@@ -14,9 +14,7 @@ use libfuzzer_sys::fuzz_target;
 fn is_normal_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63)
+        && name.split('.').all(|l| !l.is_empty() && l.len() <= 63)
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
@@ -31,9 +29,15 @@ fn check_pattern(input: &str, p: &HostnamePattern) {
     );
     // Normalisation is idempotent on the input's own case and trailing-dot variants.
     let upper = shown.to_ascii_uppercase();
-    assert!(HostnamePattern::from_str(&upper).as_ref() == Ok(p), "{upper:?}");
+    assert!(
+        HostnamePattern::from_str(&upper).as_ref() == Ok(p),
+        "{upper:?}"
+    );
     let dotted = format!("{shown}.");
-    assert!(HostnamePattern::from_str(&dotted).as_ref() == Ok(p), "{dotted:?}");
+    assert!(
+        HostnamePattern::from_str(&dotted).as_ref() == Ok(p),
+        "{dotted:?}"
+    );
     match p {
         HostnamePattern::Exact(name) => {
             assert!(is_normal_name(name), "{input:?} -> {name:?}");

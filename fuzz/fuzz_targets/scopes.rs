@@ -42,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
     let held: Vec<&str> = held_text.split('\n').collect();
     let mut required: Vec<String> = required_text.split('\n').map(str::to_owned).collect();
 
-    for s in held.iter().copied().chain(required.iter().map(String::as_str)) {
+    for s in held
+        .iter()
+        .copied()
+        .chain(required.iter().map(String::as_str))
+    {
         let parsed = parse_scope(s);
         assert_eq!(parsed.is_ok(), reference_scope_ok(s), "{s:?}: {parsed:?}");
         if let Ok(r) = parsed {
