@@ -10,6 +10,10 @@ use crate::{hostnames::AllowedHostnames, keys::SecretHash, scopes::ScopeSet};
 #[error("{0}")]
 pub struct Invalid(pub &'static str);
 
+/// An API key fits the id grammars below; used as an id it would be stored,
+/// logged and returned, so ids of that shape are refused.
+const KEY_AS_ID: Invalid = Invalid("looks like an API key; a secret must never be used as an id");
+
 /// `organization_id`: 1–64 characters of `[A-Za-z0-9_-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OrganizationId(Arc<str>);
@@ -19,6 +23,9 @@ impl OrganizationId {
         let ok = (1..=64).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok && crate::keys::parse_token(s).is_ok() {
+            return Err(KEY_AS_ID);
+        }
         if ok {
             Ok(Self(s.into()))
         } else {
@@ -39,6 +46,9 @@ pub struct UserId(Arc<str>);
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+        if ok && crate::keys::parse_token(s).is_ok() {
+            return Err(KEY_AS_ID);
+        }
         if ok {
             Ok(Self(s.into()))
         } else {
@@ -324,6 +334,13 @@ mod tests {
         for bad in ["", "a b", "tab\t", "é", "nul\0", &"u".repeat(129)] {
             assert!(UserId::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn api_keys_are_not_ids() {
+        let secret = crate::keys::Secret::generate(&crate::keys::KeyPrefix::default());
+        assert_eq!(OrganizationId::parse(secret.expose()), Err(KEY_AS_ID));
+        assert_eq!(UserId::parse(secret.expose()), Err(KEY_AS_ID));
     }
 
     #[test]

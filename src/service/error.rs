@@ -86,7 +86,7 @@ impl From<ApiError> for Status {
 /// much is wrong with a request.
 const MAX_VIOLATIONS: usize = 10;
 /// Longest field name or description echoed back, in characters.
-const MAX_ECHO: usize = 100;
+const MAX_ECHO: usize = 160;
 
 fn bounded(s: String) -> String {
     match s.char_indices().nth(MAX_ECHO) {
@@ -156,8 +156,8 @@ mod tests {
             v.add(format!("update_mask.paths[{i}]"), "x".repeat(100_000));
         }
         let status = Status::from(v.finish().expect_err("invalid"));
-        assert!(status.message().len() < 2_000, "{}", status.message().len());
-        assert!(status.details().len() < 4_000, "{}", status.details().len());
+        assert!(status.message().len() < 2_500, "{}", status.message().len());
+        assert!(status.details().len() < 5_000, "{}", status.details().len());
         assert!(
             status.message().contains("and 9990 more"),
             "{}",

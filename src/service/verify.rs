@@ -115,12 +115,9 @@ impl VerifyService {
             }
         }
         if !req.organization_id.is_empty()
-            && crate::model::OrganizationId::parse(&req.organization_id).is_err()
+            && let Err(e) = crate::model::OrganizationId::parse(&req.organization_id)
         {
-            return Err(ApiError::invalid(
-                "organization_id",
-                "must be empty or 1-64 characters of [A-Za-z0-9_-]",
-            ));
+            return Err(ApiError::invalid("organization_id", e.to_string()));
         }
 
         if req.key.is_empty() {
