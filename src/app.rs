@@ -111,7 +111,7 @@ impl App {
         let (stop_server, server_rx) = watch::channel(false);
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(poller.run(args.invalidation_interval.into(), tasks_rx.clone())),
             tokio::spawn(Arc::clone(&usage).run(
                 store.clone(),
@@ -127,7 +127,6 @@ impl App {
                     addr: args.metrics_listen,
                     source,
                 })?;
-        let mut background = background;
         background.push(metrics_task);
 
         let verify =
