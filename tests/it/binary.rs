@@ -213,6 +213,16 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         ))
         .await
         .expect("revoke");
+    let refused = admin_client
+        .revoke_key(with_token(
+            "not-the-token",
+            RevokeKeyRequest {
+                organization_id: "acme".into(),
+                id: id.clone(),
+            },
+        ))
+        .await;
+    assert!(refused.is_err());
     let resp = verify_client
         .verify_key(verify_req(&secret, &[]))
         .await
@@ -262,9 +272,34 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         1,
         "the token is printed once"
     );
-    for line in log.iter().filter(|l| l.starts_with('{')) {
-        serde_json::from_str::<serde_json::Value>(line).expect("JSON log lines parse");
+    let json: Vec<serde_json::Value> = log
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON log lines parse"))
+        .collect();
+    // One structured line per admin change, naming actor, organization, key and action...
+    let changes: Vec<_> = json
+        .iter()
+        .filter(|v| v["message"] == "key changed")
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    for (line, action) in changes.iter().zip(["created", "revoked"]) {
+        assert_eq!(line["actor"], "ops");
+        assert_eq!(line["organization_id"], "acme");
+        assert_eq!(line["key_id"], id.as_str());
+        assert_eq!(line["action"], action);
     }
+    // ...and one per refused admin call.
+    let denied: Vec<_> = json
+        .iter()
+        .filter(|v| v["message"] == "admin call denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["method"], "RevokeKey");
+    // Verification outcomes are debug lines, never info.
+    let verified: Vec<_> = json.iter().filter(|v| v["message"] == "verified").collect();
+    assert_eq!(verified.len(), 4, "one per verification that found the key");
+    assert!(verified.iter().all(|v| v["level"] == "DEBUG"));
 
     // The four verifications that found the key were flushed at shutdown.
     let store = Store::connect(&db.url, &PoolConfig::default())
