@@ -15,6 +15,7 @@ use crate::proto::VerifyCode;
 
 const VERIFY_SECONDS: &str = "keygate_verify_duration_seconds";
 const INVALIDATION_LAG: &str = "keygate_invalidation_lag_seconds";
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The recorder is process-wide (the `metrics` facade has one global recorder);
 /// every keygate in the process (several, in tests) reports into it.
@@ -63,18 +64,27 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {
-            // Histogram buckets roll over in upkeep; doing it on scrape keeps it off
-            // the request path and needs no thread of its own.
             handle.run_upkeep();
             handle.render()
         }),
     );
+    let mut stop_upkeep = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await;
+        // Histogram samples are buffered until upkeep folds them in; without a
+        // timer they would pile up for as long as nobody scrapes.
+        let upkeep = async move {
+            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handle.run_upkeep(),
+                    _ = stop_upkeep.changed() => return,
+                }
+            }
+        };
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        });
+        let (served, ()) = tokio::join!(served.into_future(), upkeep);
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics endpoint failed");
         }

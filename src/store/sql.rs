@@ -534,13 +534,15 @@ impl Store {
         u64::try_from(id).map_err(|_| corrupt("key_events", "negative id"))
     }
 
-    /// Adds accumulated usage: one statement per [`USAGE_CHUNK`] keys. Deltas of keys
-    /// deleted meanwhile match no row and are dropped.
+    /// Adds accumulated usage in one transaction, one statement per [`USAGE_CHUNK`]
+    /// keys. Deltas of keys deleted meanwhile match no row and are dropped.
     pub async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        for chunk in deltas.chunks(USAGE_CHUNK) {
-            let n = chunk.len();
-            on_pool!(self, |p, d| {
-                let sql = usage_sql(d.greatest, n);
+        on_pool!(self, |p, d| {
+            // All chunks or none: the caller re-adds the whole batch when this fails,
+            // so a failure half-way must not leave the first chunks counted.
+            let mut tx = p.begin().await?;
+            for chunk in deltas.chunks(USAGE_CHUNK) {
+                let sql = usage_sql(d.greatest, chunk.len());
                 let mut q = sqlx::query(&sql);
                 for u in chunk {
                     q = q
@@ -553,9 +555,10 @@ impl Store {
                 for u in chunk {
                     q = q.bind(u.key_id.as_str());
                 }
-                q.execute(p).await?;
-            });
-        }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
