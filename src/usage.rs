@@ -67,9 +67,10 @@ impl UsageRecorder {
     fn take(&self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let drained =
-                std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
-            out.extend(drained.into_iter().map(|(key_id, p)| UsageDelta {
+            // Drained in place: the map keeps its capacity, so the next interval's
+            // verifications do not pay for growing it again.
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(map.drain().map(|(key_id, p)| UsageDelta {
                 key_id,
                 count: p.count,
                 last_used: p.last_used,
