@@ -30,7 +30,9 @@
 //! - The load generator, keygate and the database share the same cores. The
 //!   `cpu%` columns (100 = one core, from `/proc/<pid>/stat`) show where the cycles
 //!   went: a low keygate share with a high bench share means the generator is
-//!   the bottleneck, not keygate.
+//!   the bottleneck, not keygate. `other` is every other process: before each
+//!   scenario the bench waits (`--max-idle-wait`) for it to fall below a third
+//!   of a core, and a round where it is high anyway was disturbed.
 //! - The ratios `cached / health` and `uncached / select-id` are taken over the
 //!   same run; `unknown` reaches the store on every call (each key is fresh), so
 //!   it is store-bound like `uncached`.
@@ -115,6 +117,7 @@ struct Args {
     /// Unmeasured load before each measured scenario.
     #[arg(long, default_value = "1s")]
     warmup: humantime::Duration,
+    /// Rounds; each runs every scenario once, in order.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Pool size of each keygate instance and of the bench's own SQL baseline pools.

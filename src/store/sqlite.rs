@@ -12,7 +12,18 @@ use super::{PoolConfig, StoreError, sql::Dialect};
 
 pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
-pub(super) const DIALECT: Dialect = Dialect { greatest: "MAX" };
+pub(super) const DIALECT: Dialect = Dialect { usage_update };
+
+/// UPDATE … FROM a VALUES list (SQLite ≥ 3.33); VALUES is exempt from SQLite's
+/// limit of 500 terms in a compound SELECT, which a UNION ALL would hit.
+fn usage_update(n: usize) -> String {
+    let rows = vec!["(?, ?, ?)"; n].join(", ");
+    format!(
+        "UPDATE api_keys SET request_count = request_count + u.column2, \
+         last_used_time = MAX(COALESCE(last_used_time, 0), u.column3) \
+         FROM (VALUES {rows}) AS u WHERE api_keys.id = u.column1"
+    )
+}
 
 pub(super) async fn connect(url: &str, config: &PoolConfig) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
