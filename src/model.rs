@@ -20,17 +20,22 @@ pub struct OrganizationId(Arc<str>);
 
 impl OrganizationId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
+        Self::check(s).map(|()| Self(s.into()))
+    }
+
+    /// The grammar alone, without building an id: the verify path compares the
+    /// request's organization with the key's and needs no copy of it.
+    pub fn check(s: &str) -> Result<(), Invalid> {
         let ok = (1..=64).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok && crate::keys::parse_token(s).is_ok() {
+        if !ok {
+            return Err(Invalid("must be 1-64 characters of [A-Za-z0-9_-]"));
+        }
+        if crate::keys::parse_token(s).is_ok() {
             return Err(KEY_AS_ID);
         }
-        if ok {
-            Ok(Self(s.into()))
-        } else {
-            Err(Invalid("must be 1-64 characters of [A-Za-z0-9_-]"))
-        }
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

@@ -115,7 +115,7 @@ impl VerifyService {
             }
         }
         if !req.organization_id.is_empty()
-            && let Err(e) = crate::model::OrganizationId::parse(&req.organization_id)
+            && let Err(e) = crate::model::OrganizationId::check(&req.organization_id)
         {
             return Err(ApiError::invalid("organization_id", e.to_string()));
         }

@@ -18,7 +18,11 @@ pub(super) const DIALECT: Dialect = Dialect { usage_update };
 /// table (their row constructors for VALUES differ).
 fn usage_update(n: usize) -> String {
     let rows = vec!["SELECT ?, ?, ?"; n.saturating_sub(1)].join(" UNION ALL ");
-    let rest = if rows.is_empty() { String::new() } else { format!(" UNION ALL {rows}") };
+    let rest = if rows.is_empty() {
+        String::new()
+    } else {
+        format!(" UNION ALL {rows}")
+    };
     format!(
         "UPDATE api_keys k JOIN (SELECT ? AS id, ? AS n, ? AS t{rest}) u ON k.id = u.id \
          SET k.request_count = k.request_count + u.n, \

@@ -588,4 +588,3 @@ impl Store {
         Ok(out)
     }
 }
-
