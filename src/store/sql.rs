@@ -45,9 +45,28 @@ macro_rules! on_pool {
     };
 }
 
-const KEY_COLUMNS: &str = "id, organization_id, key_type, user_id, name, scopes, \
-    allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
-    update_time, last_used_time, revoke_time, expire_time, created_by";
+/// A macro rather than a const so the statements below are built at compile
+/// time with `concat!`, not formatted on every call.
+macro_rules! key_columns {
+    () => {
+        "id, organization_id, key_type, user_id, name, scopes, \
+         allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
+         update_time, last_used_time, revoke_time, expire_time, created_by"
+    };
+}
+
+const KEY_COLUMNS: &str = key_columns!();
+const SELECT_KEY: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM api_keys WHERE organization_id = ? AND id = ?"
+);
+/// The verify path's only read, on every cache miss.
+const SELECT_KEY_BY_HASH: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM api_keys WHERE secret_hash = ?"
+);
 
 const EVENT_COLUMNS: &str = "id, key_id, organization_id, action, actor_id, event_time";
 
@@ -245,10 +264,8 @@ impl Store {
         org: &OrganizationId,
         id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let sql =
-            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
         on_pool!(self, |p, _d| {
-            sqlx::query(&sql)
+            sqlx::query(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .fetch_optional(p)
@@ -260,9 +277,8 @@ impl Store {
 
     /// The key a presented secret hashes to: the verify path's only read.
     pub async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?");
         on_pool!(self, |p, _d| {
-            sqlx::query(&sql)
+            sqlx::query(SELECT_KEY_BY_HASH)
                 .bind(&hash.as_bytes()[..])
                 .fetch_optional(p)
                 .await?
@@ -315,8 +331,6 @@ impl Store {
             allowed_hostnames = COALESCE(?, allowed_hostnames), \
             expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END \
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
-        let select =
-            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
         let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
         on_pool!(self, |p, _d| {
@@ -334,7 +348,7 @@ impl Store {
                 .await?;
             // Read back in the same transaction: a live row is now locked by our
             // update, so "revoked" here means the update did not apply.
-            let row = sqlx::query(&select)
+            let row = sqlx::query(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
@@ -370,8 +384,6 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         let revoke = "UPDATE api_keys SET revoke_time = ?, update_time = ? \
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
-        let select =
-            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND id = ?");
         on_pool!(self, |p, _d| {
             let mut tx = p.begin().await?;
             let revoked = sqlx::query(revoke)
@@ -382,7 +394,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let row = sqlx::query(&select)
+            let row = sqlx::query(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
