@@ -10,6 +10,7 @@ use crate::{
     cache::{CacheConfig, KeyCache},
     config::{DatabaseArgs, ServeArgs},
     invalidation::Poller,
+    lookup::Lookups,
     proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
     scopes::ScopeCatalog,
     service::{AdminService, AdminTokens, VerifyService},
@@ -129,9 +130,14 @@ impl App {
                 })?;
         background.push(metrics_task);
 
-        let verify =
-            KeyVerifyServer::new(VerifyService::new(store.clone(), Arc::clone(&cache), usage))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        // As many reads out as the pool has connections: under load, misses
+        // queue behind them and are read together.
+        let lookups = Lookups::start(
+            store.clone(),
+            args.database.database_max_connections as usize,
+        );
+        let verify = KeyVerifyServer::new(VerifyService::new(lookups, Arc::clone(&cache), usage))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let admin = KeyAdminServer::new(AdminService::new(
             store.clone(),
             cache,

@@ -19,13 +19,30 @@ use std::{
 
 use moka::sync::Cache;
 
-use crate::{keys::SecretHash, metrics::CacheMetrics, model::KeyRecord, proto};
+use crate::{
+    hostnames::AllowedHostnames,
+    keys::SecretHash,
+    metrics::CacheMetrics,
+    model::{KeyId, KeyRecord, Micros},
+    proto,
+    scopes::ScopeSet,
+    usage::Usage,
+};
 
-/// A cached key with its `VerifiedKey` built once, so that a hit costs a clone.
+/// What verification needs of a key, and nothing else: the cache holds up to
+/// `--cache-capacity` of these, so every field counts.
 #[derive(Debug)]
 pub struct CachedKey {
-    pub record: KeyRecord,
-    pub verified: proto::VerifiedKey,
+    pub id: KeyId,
+    /// The answer's key, built once; its `scopes` are left empty and filled
+    /// from `scopes` per answer, so the cache does not hold them twice.
+    verified: proto::VerifiedKey,
+    pub scopes: ScopeSet,
+    pub allowed_hostnames: AllowedHostnames,
+    pub revoke_time: Option<Micros>,
+    pub expire_time: Option<Micros>,
+    /// Verifications since the last usage flush (see `usage`).
+    pub(crate) usage: Usage,
 }
 
 impl CachedKey {
@@ -40,10 +57,30 @@ impl CachedKey {
                 .map(|u| u.as_str().to_owned())
                 .unwrap_or_default(),
             name: record.name.as_str().to_owned(),
-            scopes: record.scopes.to_vec(),
+            scopes: Vec::new(),
             expire_time: record.expire_time.map(|t| t.to_timestamp()),
         };
-        Self { record, verified }
+        Self {
+            id: record.id,
+            verified,
+            scopes: record.scopes,
+            allowed_hostnames: record.allowed_hostnames,
+            revoke_time: record.revoke_time,
+            expire_time: record.expire_time,
+            usage: Usage::default(),
+        }
+    }
+
+    pub fn organization_id(&self) -> &str {
+        &self.verified.organization_id
+    }
+
+    /// The key as a verification answer shows it.
+    pub fn verified(&self) -> proto::VerifiedKey {
+        proto::VerifiedKey {
+            scopes: self.scopes.to_vec(),
+            ..self.verified.clone()
+        }
     }
 }
 
@@ -193,10 +230,8 @@ impl KeyCache {
 mod tests {
     use super::*;
     use crate::{
-        hostnames::AllowedHostnames,
         keys::{KeyPrefix, Secret},
-        model::{KeyId, KeyName, Micros, OrganizationId, Owner, UserId},
-        scopes::ScopeSet,
+        model::{KeyName, OrganizationId, Owner, UserId},
     };
 
     fn record(secret: &Secret, name: &str) -> KeyRecord {
@@ -234,7 +269,7 @@ mod tests {
         let t = ticket(&cache, &secret.hash());
         cache.fill(t, secret.hash(), Some(record(&secret, "fresh")));
         assert!(
-            matches!(cache.get(&secret.hash()), Lookup::Found(k) if k.record.name.as_str() == "fresh")
+            matches!(cache.get(&secret.hash()), Lookup::Found(k) if k.verified().name == "fresh")
         );
     }
 

@@ -153,7 +153,7 @@ impl fmt::Debug for Secret {
 }
 
 /// SHA-256 of a whole secret: what the database stores and the cache is keyed by.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SecretHash(pub [u8; 32]);
 
 impl SecretHash {

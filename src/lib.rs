@@ -7,6 +7,7 @@ pub mod hostnames;
 pub mod invalidation;
 pub mod keys;
 pub mod logging;
+pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod proto;

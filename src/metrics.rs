@@ -176,6 +176,31 @@ impl Default for CacheMetrics {
     }
 }
 
+/// The verify path's store reads: their number and the hashes they carried,
+/// whose ratio is how much concurrent misses were coalesced.
+#[derive(Debug, Clone)]
+pub struct LookupMetrics {
+    reads: Counter,
+    hashes: Counter,
+}
+
+impl Default for LookupMetrics {
+    fn default() -> Self {
+        handle();
+        Self {
+            reads: counter!("keygate_store_lookups_total"),
+            hashes: counter!("keygate_store_lookup_hashes_total"),
+        }
+    }
+}
+
+impl LookupMetrics {
+    pub fn observe(&self, hashes: usize) {
+        self.reads.increment(1);
+        self.hashes.increment(hashes as u64);
+    }
+}
+
 /// Counts an admin RPC by method and resulting status code.
 pub fn admin_request(method: &'static str, code: tonic::Code) {
     counter!("keygate_admin_requests_total", "method" => method, "code" => code_name(code))

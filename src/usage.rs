@@ -1,22 +1,38 @@
-//! Usage counting off the request path: verifications add to in-memory counters,
-//! a background task writes them in batches. Several instances' batches add up
-//! in the database (`request_count = request_count + n`), so counts stay exact.
+//! Usage counting off the request path: verifications add to counters kept in
+//! the cached key itself, a background task writes them in batches. Several
+//! instances' batches add up in the database (`request_count = request_count + n`),
+//! so counts stay exact.
+//!
+//! A verification costs two atomic operations on its own cache entry, plus,
+//! on the key's first use since the last flush only, a push onto a short list
+//! of keys to flush. No map, no hashing, no key id copied on the request path.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use tokio::sync::watch;
 
 use crate::{
+    cache::CachedKey,
     model::{KeyId, Micros},
     store::{Store, StoreError, UsageDelta},
 };
 
-/// Independent locks, so concurrent verifications of different keys rarely meet.
+/// Independent lists, so concurrent first uses of different keys rarely meet.
 const SHARDS: usize = 16;
+
+/// One cache entry's verifications since the last flush.
+#[derive(Debug, Default)]
+pub struct Usage {
+    count: AtomicU64,
+    last_used: AtomicI64,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -24,62 +40,84 @@ struct Pending {
     last_used: Micros,
 }
 
+impl Pending {
+    fn add(&mut self, count: u64, last_used: Micros) {
+        self.count += count;
+        self.last_used = self.last_used.max(last_used);
+    }
+}
+
 #[derive(Debug)]
 pub struct UsageRecorder {
-    shards: [Mutex<HashMap<KeyId, Pending>>; SHARDS],
+    /// Entries counted since the last flush. An entry stays alive here even
+    /// if the cache drops it meanwhile, so nothing it counted is lost.
+    dirty: [Mutex<Vec<Arc<CachedKey>>>; SHARDS],
+    /// Counts of a failed flush, written with the next one.
+    retry: Mutex<HashMap<KeyId, Pending>>,
 }
 
 impl Default for UsageRecorder {
     fn default() -> Self {
         Self {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            dirty: std::array::from_fn(|_| Mutex::new(Vec::new())),
+            retry: Mutex::new(HashMap::new()),
         }
     }
 }
 
+/// A panic while holding one of these locks cannot leave a half-written entry.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl UsageRecorder {
-    fn shard(&self, id: &KeyId) -> &Mutex<HashMap<KeyId, Pending>> {
-        // The last characters of a UUIDv7 are random: a free, even spread.
-        let last = id.as_str().as_bytes().last().copied().unwrap_or(0);
-        &self.shards[usize::from(last) % SHARDS]
-    }
-
     /// Counts one verification of a key; the hot path's only write.
-    pub fn record(&self, id: &KeyId, now: Micros) {
-        self.add(id, 1, now);
-    }
-
-    fn add(&self, id: &KeyId, count: u64, last_used: Micros) {
-        // A panic while holding the lock cannot leave a half-written counter.
-        let mut map = self
-            .shard(id)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = map.get_mut(id) {
-            p.count += count;
-            p.last_used = p.last_used.max(last_used);
-        } else {
-            map.insert(id.clone(), Pending { count, last_used });
+    pub fn record(&self, key: &Arc<CachedKey>, now: Micros) {
+        // `last_used` first: a flush that takes this count (Acquire on `count`)
+        // also sees this time.
+        key.usage.last_used.fetch_max(now.0, Ordering::Relaxed);
+        if key.usage.count.fetch_add(1, Ordering::AcqRel) == 0 {
+            // The first use since the last flush took this entry's count: list it.
+            // Later uses find a non-zero count and know it is listed.
+            let shard = usize::from(key.id.as_str().as_bytes().last().copied().unwrap_or(0));
+            lock(&self.dirty[shard % SHARDS]).push(Arc::clone(key));
         }
     }
 
-    /// Takes everything counted so far.
+    /// Takes everything counted so far, one delta per key.
     fn take(&self) -> Vec<UsageDelta> {
-        let mut out = Vec::new();
-        for shard in &self.shards {
-            // Drained in place: the map keeps its capacity, so the next interval's
-            // verifications do not pay for growing it again.
-            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            out.extend(map.drain().map(|(key_id, p)| UsageDelta {
+        let mut by_id = std::mem::take(&mut *lock(&self.retry));
+        for shard in &self.dirty {
+            // Swapped out under the lock, drained outside it: verifications that
+            // list a key meanwhile go to the fresh list, for the next flush.
+            let listed = std::mem::take(&mut *lock(shard));
+            for key in listed {
+                // Zeroing the count is what makes the next use list the entry again.
+                let count = key.usage.count.swap(0, Ordering::AcqRel);
+                let last_used = Micros(key.usage.last_used.load(Ordering::Relaxed));
+                // With the cache off, or after an invalidation, one key can have
+                // several entries listed: their counts add up.
+                by_id
+                    .entry(key.id.clone())
+                    .or_insert(Pending {
+                        count: 0,
+                        last_used,
+                    })
+                    .add(count, last_used);
+            }
+        }
+        by_id
+            .into_iter()
+            .filter(|(_, p)| p.count > 0)
+            .map(|(key_id, p)| UsageDelta {
                 key_id,
                 count: p.count,
                 last_used: p.last_used,
-            }));
-        }
-        out
+            })
+            .collect()
     }
 
-    /// Writes what was counted; on failure the counts go back to be retried.
+    /// Writes what was counted; on failure the counts are kept for the next flush.
     pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
         let batch = self.take();
         if batch.is_empty() {
@@ -88,8 +126,15 @@ impl UsageRecorder {
         match store.add_usage(&batch).await {
             Ok(()) => Ok(batch.len()),
             Err(e) => {
-                for d in &batch {
-                    self.add(&d.key_id, d.count, d.last_used);
+                let mut retry = lock(&self.retry);
+                for d in batch {
+                    retry
+                        .entry(d.key_id)
+                        .or_insert(Pending {
+                            count: 0,
+                            last_used: d.last_used,
+                        })
+                        .add(d.count, d.last_used);
                 }
                 Err(e)
             }
@@ -122,5 +167,107 @@ impl UsageRecorder {
         if let Err(e) = self.flush(&store).await {
             tracing::error!(error = %e, "final usage flush failed; these counts are lost");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hostnames::AllowedHostnames,
+        keys::{KeyPrefix, Secret},
+        model::{KeyName, KeyRecord, OrganizationId, Owner, UserId},
+        scopes::ScopeSet,
+    };
+
+    fn entry(id: &KeyId) -> Arc<CachedKey> {
+        let secret = Secret::generate(&KeyPrefix::default());
+        Arc::new(CachedKey::new(KeyRecord {
+            id: id.clone(),
+            organization_id: OrganizationId::parse("acme").expect("org"),
+            owner: Owner::Bot,
+            name: KeyName::parse("k").expect("name"),
+            scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
+            allowed_hostnames: AllowedHostnames::default(),
+            secret_hash: secret.hash(),
+            key_prefix: secret.key_prefix(),
+            last_four: secret.last_four(),
+            request_count: 0,
+            create_time: Micros(0),
+            update_time: Micros(0),
+            last_used_time: None,
+            revoke_time: None,
+            expire_time: None,
+            created_by: UserId::parse("admin").expect("user"),
+        }))
+    }
+
+    fn totals(deltas: &[UsageDelta]) -> HashMap<KeyId, (u64, Micros)> {
+        let mut out = HashMap::new();
+        for d in deltas {
+            assert!(
+                out.insert(d.key_id.clone(), (d.count, d.last_used))
+                    .is_none(),
+                "one delta per key"
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn a_key_used_again_after_a_flush_is_flushed_again() {
+        let usage = UsageRecorder::default();
+        let id = KeyId::generate();
+        let key = entry(&id);
+        usage.record(&key, Micros(10));
+        usage.record(&key, Micros(30));
+        usage.record(&key, Micros(20));
+        assert_eq!(totals(&usage.take())[&id], (3, Micros(30)));
+        assert!(usage.take().is_empty(), "nothing new was counted");
+        usage.record(&key, Micros(40));
+        assert_eq!(totals(&usage.take())[&id], (1, Micros(40)));
+    }
+
+    #[test]
+    fn entries_of_one_key_add_up() {
+        // With the cache off every lookup makes a new entry for the same key.
+        let usage = UsageRecorder::default();
+        let id = KeyId::generate();
+        let (a, b) = (entry(&id), entry(&id));
+        usage.record(&a, Micros(5));
+        usage.record(&b, Micros(7));
+        usage.record(&a, Micros(6));
+        let other = KeyId::generate();
+        usage.record(&entry(&other), Micros(1));
+        let t = totals(&usage.take());
+        assert_eq!(t[&id], (3, Micros(7)));
+        assert_eq!(t[&other], (1, Micros(1)));
+    }
+
+    #[test]
+    fn nothing_is_lost_to_flushes_racing_verifications() {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 20_000;
+        let usage = UsageRecorder::default();
+        let keys: Vec<_> = (0..8).map(|_| entry(&KeyId::generate())).collect();
+        let mut taken = 0;
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (usage, keys) = (&usage, &keys);
+                    s.spawn(move || {
+                        for i in 0..EACH {
+                            let k = &keys[usize::try_from((i + t) % 8).expect("small")];
+                            usage.record(k, Micros(i64::try_from(i).expect("small")));
+                        }
+                    })
+                })
+                .collect();
+            while workers.iter().any(|w| !w.is_finished()) {
+                taken += usage.take().iter().map(|d| d.count).sum::<u64>();
+            }
+        });
+        taken += usage.take().iter().map(|d| d.count).sum::<u64>();
+        assert_eq!(taken, THREADS * EACH);
     }
 }

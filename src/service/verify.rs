@@ -10,26 +10,26 @@ use super::error::ApiError;
 use crate::{
     cache::{CachedKey, KeyCache, Lookup},
     keys::{self, SecretHash},
+    lookup::Lookups,
     metrics::VerifyMetrics,
     model::Micros,
     proto::{self, VerifyCode, key_verify_server::KeyVerify},
     scopes::parse_scope,
-    store::Store,
     usage::UsageRecorder,
 };
 
 #[derive(Debug, Clone)]
 pub struct VerifyService {
-    store: Store,
+    lookups: Lookups,
     cache: Arc<KeyCache>,
     usage: Arc<UsageRecorder>,
     metrics: VerifyMetrics,
 }
 
 impl VerifyService {
-    pub fn new(store: Store, cache: Arc<KeyCache>, usage: Arc<UsageRecorder>) -> Self {
+    pub fn new(lookups: Lookups, cache: Arc<KeyCache>, usage: Arc<UsageRecorder>) -> Self {
         Self {
-            store,
+            lookups,
             cache,
             usage,
             metrics: VerifyMetrics::new(),
@@ -41,7 +41,11 @@ impl VerifyService {
             Lookup::Found(k) => Ok(Some(k)),
             Lookup::Unknown => Ok(None),
             Lookup::Miss(ticket) => {
-                let record = self.store.find_by_hash(&hash).await?;
+                let record = self
+                    .lookups
+                    .find(hash)
+                    .await
+                    .map_err(|e| ApiError::from(&*e))?;
                 Ok(self.cache.fill(ticket, hash, record))
             }
         }
@@ -52,30 +56,29 @@ fn denied(code: VerifyCode, key: Option<&CachedKey>) -> proto::VerifyKeyResponse
     proto::VerifyKeyResponse {
         valid: code == VerifyCode::Valid,
         code: code.into(),
-        key: key.map(|k| k.verified.clone()),
+        key: key.map(CachedKey::verified),
         missing_scopes: Vec::new(),
     }
 }
 
 /// The checks of the contract's table that follow a successful lookup, in order.
 fn check(key: &CachedKey, req: &proto::VerifyKeyRequest, now: Micros) -> proto::VerifyKeyResponse {
-    let r = &key.record;
-    if r.revoke_time.is_some() {
+    if key.revoke_time.is_some() {
         return denied(VerifyCode::Revoked, Some(key));
     }
-    if r.expire_time.is_some_and(|t| t <= now) {
+    if key.expire_time.is_some_and(|t| t <= now) {
         return denied(VerifyCode::Expired, Some(key));
     }
-    if !req.organization_id.is_empty() && req.organization_id != r.organization_id.as_str() {
+    if !req.organization_id.is_empty() && req.organization_id != key.organization_id() {
         return denied(VerifyCode::OrganizationMismatch, Some(key));
     }
-    if !r.allowed_hostnames.allows(&req.origin, &req.referer) {
+    if !key.allowed_hostnames.allows(&req.origin, &req.referer) {
         return denied(VerifyCode::HostnameBlocked, Some(key));
     }
     let missing: Vec<String> = req
         .required_scopes
         .iter()
-        .filter(|s| parse_scope(s).is_ok_and(|s| !r.scopes.grants(s)))
+        .filter(|s| parse_scope(s).is_ok_and(|s| !key.scopes.grants(s)))
         .cloned()
         .collect();
     if !missing.is_empty() {
@@ -131,9 +134,9 @@ impl VerifyService {
             return Ok(denied(VerifyCode::NotFound, None));
         };
         let now = Micros::now();
-        self.usage.record(&key.record.id, now);
+        self.usage.record(&key, now);
         let resp = check(&key, &req, now);
-        tracing::debug!(key_id = %key.record.id, code = resp.code, "verified");
+        tracing::debug!(key_id = %key.id, code = resp.code, "verified");
         Ok(resp)
     }
 }

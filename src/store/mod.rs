@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::{MySqlPool, SqlitePool};
 
-pub use sql::{KeyFilter, UsageDelta};
+pub use sql::{KeyFilter, MAX_HASHES_PER_READ, UsageDelta};
 
 /// Failures of the store, as the service layer needs to tell them apart.
 #[derive(Debug, thiserror::Error)]

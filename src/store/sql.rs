@@ -5,6 +5,8 @@
 //! `on_pool!` expands it once per driver, which keeps each expansion concrete
 //! (native driver types, no `Any` conversions, no higher-ranked executor bounds).
 
+use std::sync::LazyLock;
+
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{Pool, Store, StoreError, mysql, sqlite};
@@ -61,12 +63,28 @@ const SELECT_KEY: &str = concat!(
     key_columns!(),
     " FROM api_keys WHERE organization_id = ? AND id = ?"
 );
-/// The verify path's only read, on every cache miss.
+/// A test's read of one key by hash, without the verify path's batching.
 const SELECT_KEY_BY_HASH: &str = concat!(
     "SELECT ",
     key_columns!(),
     " FROM api_keys WHERE secret_hash = ?"
 );
+
+/// The most hashes one verify-path read asks for.
+pub const MAX_HASHES_PER_READ: usize = 64;
+
+/// The verify path's read, for 1, 2, 4, … 64 hashes: a batch is padded up to the
+/// next size by repeating a hash, so each connection prepares at most seven
+/// statements instead of one per batch size.
+static SELECT_KEYS_BY_HASHES: LazyLock<Vec<String>> = LazyLock::new(|| {
+    std::iter::successors(Some(1_usize), |n| Some(n * 2))
+        .take_while(|n| *n <= MAX_HASHES_PER_READ)
+        .map(|n| {
+            let marks = vec!["?"; n].join(", ");
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash IN ({marks})")
+        })
+        .collect()
+});
 
 const EVENT_COLUMNS: &str = "id, key_id, organization_id, action, actor_id, event_time";
 
@@ -275,7 +293,36 @@ impl Store {
         })
     }
 
-    /// The key a presented secret hashes to: the verify path's only read.
+    /// The keys that some of `hashes` belong to, each once, in no particular
+    /// order: the verify path's only read, one statement per
+    /// [`MAX_HASHES_PER_READ`] distinct hashes.
+    pub async fn find_by_hashes(
+        &self,
+        hashes: &[SecretHash],
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut distinct = hashes.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut found = Vec::new();
+        for chunk in distinct.chunks(MAX_HASHES_PER_READ) {
+            let Some(last) = chunk.last() else { break };
+            let slots = chunk.len().next_power_of_two();
+            let sql = &SELECT_KEYS_BY_HASHES[slots.trailing_zeros() as usize];
+            let padded = chunk.iter().chain(std::iter::repeat(last)).take(slots);
+            on_pool!(self, |p, _d| {
+                let mut query = sqlx::query(sql);
+                for hash in padded {
+                    query = query.bind(&hash.as_bytes()[..]);
+                }
+                for row in query.fetch_all(p).await? {
+                    found.push(key_from_row(&row)?);
+                }
+            });
+        }
+        Ok(found)
+    }
+
+    /// The key a presented secret hashes to, read on its own.
     pub async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
         on_pool!(self, |p, _d| {
             sqlx::query(SELECT_KEY_BY_HASH)

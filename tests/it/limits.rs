@@ -159,16 +159,27 @@ async fn a_call_beyond_the_limit_is_refused_at_once_while_the_slot_is_held() {
     let addr = app.app.as_ref().expect("app").addr();
     let channel = connect(addr).await;
     let client = KeyVerifyClient::new(channel.clone());
-    let held = hold_call(channel);
+    let mut held = hold_call(channel.clone());
 
     // The held call takes the slot once the server has read its headers; until
-    // then a probe may still be served, so probe until one is shed.
+    // then a probe may still be served, so probe until one is shed. A probe that
+    // holds the slot when the held call arrives sheds the held call instead: then
+    // the held call is made again.
     let deadline = Instant::now() + STEP;
     loop {
         match probe(&client).await {
             Ok(code) => assert_eq!(code, VerifyCode::NotFound),
             Err(s) if s.code() == Code::ResourceExhausted => break,
             Err(s) => panic!("only OK or RESOURCE_EXHAUSTED: {s:?}"),
+        }
+        if held.call.is_finished() {
+            let shed = held.call.await.expect("call task");
+            assert_eq!(
+                shed.expect_err("the held call cannot be served before it is released")
+                    .code(),
+                Code::ResourceExhausted
+            );
+            held = hold_call(channel.clone());
         }
         assert!(
             Instant::now() < deadline,

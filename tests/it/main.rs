@@ -7,6 +7,7 @@ mod binary;
 mod cluster;
 mod crash;
 mod limits;
+mod lookup;
 mod metrics;
 mod outage;
 mod polyglot;

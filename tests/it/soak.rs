@@ -863,6 +863,7 @@ async fn soak_with_store_restarts_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
     use keygate::{
+        cache::CachedKey,
         hostnames::AllowedHostnames,
         model::{KeyName, KeyRecord, Micros, Owner, UserId},
         scopes::ScopeSet,
@@ -879,6 +880,7 @@ async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
     let org = OrganizationId::parse("acme").expect("org");
     let now = Micros::now();
     let mut ids = Vec::with_capacity(KEYS);
+    let mut entries = Vec::with_capacity(KEYS);
     for i in 0..KEYS {
         let secret = Secret::generate(&KeyPrefix::default());
         let key = KeyRecord {
@@ -900,7 +902,8 @@ async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
             created_by: UserId::parse("admin-1").expect("user"),
         };
         store.create_key(&key).await.expect("create");
-        ids.push(key.id);
+        ids.push(key.id.clone());
+        entries.push(Arc::new(CachedKey::new(key)));
     }
 
     let mut conn = SqliteConnection::connect(&db.url).await.expect("connect");
@@ -918,8 +921,8 @@ async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
 
     // One verification of every key, then a flush that fails after 1000 rows.
     let usage = UsageRecorder::default();
-    for id in &ids {
-        usage.record(id, Micros::now());
+    for entry in &entries {
+        usage.record(entry, Micros::now());
     }
     assert!(usage.flush(&store).await.is_err(), "the injected failure");
     sqlx::query("DROP TRIGGER usage_probe_fail")

@@ -1,0 +1,188 @@
+//! The verify path's coalesced store reads: a read of many hashes answers each
+//! caller with its own key, and misses that queue behind a busy read are read
+//! together.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use keygate::{
+    keys::{self, KeyPrefix, Secret, SecretHash},
+    lookup::Lookups,
+    proto::VerifyCode,
+    store::{PoolConfig, Store},
+};
+use sqlx::{Connection, MySqlConnection};
+
+use crate::support::*;
+
+/// `n` bot keys of one organization: `(key id, secret, hash)`.
+async fn seed(app: &TestApp, n: usize) -> Vec<(String, String, SecretHash)> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (key, secret) = app
+            .create(admin(bot_key(
+                "batchorg",
+                &format!("k{i}"),
+                &["links:read"],
+            )))
+            .await;
+        let hash = keys::parse_token(&secret).expect("an issued secret parses");
+        out.push((key.id, secret, hash));
+    }
+    out
+}
+
+fn unknown_hash() -> SecretHash {
+    Secret::generate(&KeyPrefix::default()).hash()
+}
+
+/// More hashes than one statement takes, with repeats and unknown ones mixed in:
+/// every stored key comes back exactly once, and nothing else does.
+async fn a_read_of_many_hashes_returns_each_stored_key_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let keys = seed(&app, 70).await;
+    let mut hashes: Vec<SecretHash> = keys.iter().map(|k| k.2).collect();
+    hashes.extend([keys[0].2, keys[69].2, keys[33].2]);
+    hashes.extend((0..5).map(|_| unknown_hash()));
+
+    let found = app.store.find_by_hashes(&hashes).await.expect("read");
+    let by_hash: HashMap<SecretHash, String> = found
+        .iter()
+        .map(|r| (r.secret_hash, r.id.as_str().to_owned()))
+        .collect();
+    assert_eq!(found.len(), 70, "each stored key once");
+    for (id, _, hash) in &keys {
+        assert_eq!(by_hash.get(hash), Some(id));
+    }
+
+    // Every padded size, from one hash up.
+    for n in [1, 2, 3, 5, 17, 63, 64, 65] {
+        let found = app.store.find_by_hashes(&hashes[..n]).await.expect("read");
+        assert_eq!(found.len(), n.min(70), "{n} hashes");
+    }
+    assert!(
+        app.store
+            .find_by_hashes(&[])
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    app.stop().await;
+}
+
+/// Through the API with the cache off, so that every call is a store read: many
+/// concurrent calls, known and unknown keys mixed, each get their own answer.
+async fn concurrent_uncached_verifications_each_get_their_own_key(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &["--cache-capacity", "0", "--negative-cache-capacity", "0"],
+    )
+    .await;
+    let keys = seed(&app, 40).await;
+    let unknown: Vec<String> = (0..40)
+        .map(|_| Secret::generate(&KeyPrefix::default()).expose().to_owned())
+        .collect();
+    let calls = (0..5).flat_map(|_| {
+        keys.iter()
+            .map(|(id, secret, _)| (secret.clone(), Some(id.clone())))
+            .chain(unknown.iter().map(|s| (s.clone(), None)))
+    });
+    let tasks: Vec<_> = calls
+        .map(|(secret, id)| {
+            let mut client = app.verify.clone();
+            tokio::spawn(async move {
+                let resp = client
+                    .verify_key(verify_req(&secret, &["links:read"]))
+                    .await
+                    .expect("verify answers")
+                    .into_inner();
+                (id, resp)
+            })
+        })
+        .collect();
+    assert_eq!(tasks.len(), 400);
+    for task in tasks {
+        let (id, resp) = task.await.expect("task");
+        match id {
+            Some(id) => {
+                assert_eq!(resp.code(), VerifyCode::Valid);
+                assert_eq!(resp.key.expect("key").id, id);
+            }
+            None => {
+                assert_eq!(resp.code(), VerifyCode::NotFound);
+                assert!(resp.key.is_none());
+            }
+        }
+    }
+    app.stop().await;
+}
+
+crate::store_tests!(
+    a_read_of_many_hashes_returns_each_stored_key_once,
+    concurrent_uncached_verifications_each_get_their_own_key,
+);
+
+/// One read slot, held by a read that MariaDB keeps waiting on a table lock:
+/// the misses that arrive meanwhile queue, and are then read in one statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_queued_behind_a_busy_read_are_read_together() {
+    let app = spawn_app(Backend::MySql).await;
+    let keys = seed(&app, 20).await;
+    let store = Store::connect(&app.db.url, &PoolConfig::default())
+        .await
+        .expect("store");
+    let lookups = Lookups::start(store.clone(), 1);
+
+    let mut locker = MySqlConnection::connect(&app.db.url)
+        .await
+        .expect("connect");
+    sqlx::query("LOCK TABLES api_keys WRITE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+
+    let blocked = tokio::spawn({
+        let lookups = lookups.clone();
+        let hash = keys[0].2;
+        async move { lookups.find(hash).await }
+    });
+    eventually(Duration::from_secs(10), "the first read to be out", || {
+        let lookups = lookups.clone();
+        async move { lookups.reads() == (1, 1) }
+    })
+    .await;
+
+    let lookups = Arc::new(lookups);
+    let queued: Vec<_> = keys[1..]
+        .iter()
+        .map(|(_, _, hash)| hash)
+        .copied()
+        .chain([unknown_hash()])
+        .map(|hash| {
+            let lookups = Arc::clone(&lookups);
+            tokio::spawn(async move { (hash, lookups.find(hash).await) })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "20 misses to queue", || {
+        let lookups = Arc::clone(&lookups);
+        async move { lookups.queued() == 20 }
+    })
+    .await;
+    assert_eq!(lookups.reads(), (1, 1), "nothing else was read meanwhile");
+
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    let first = blocked.await.expect("task").expect("read").expect("found");
+    assert_eq!(first.id.as_str(), keys[0].0);
+    let ids: HashMap<SecretHash, &str> = keys.iter().map(|k| (k.2, k.0.as_str())).collect();
+    for task in queued {
+        let (hash, answer) = task.await.expect("task");
+        let found = answer.expect("read").map(|r| r.id.as_str().to_owned());
+        assert_eq!(found.as_deref(), ids.get(&hash).copied());
+    }
+    assert_eq!(lookups.reads(), (2, 21), "the 20 queued misses in one read");
+
+    store.close().await;
+    app.stop().await;
+}
