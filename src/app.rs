@@ -130,12 +130,10 @@ impl App {
                 })?;
         background.push(metrics_task);
 
-        // As many reads out as the pool has connections: under load, misses
-        // queue behind them and are read together.
-        let lookups = Lookups::start(
-            store.clone(),
-            args.database.database_max_connections as usize,
-        );
+        // Fewer reads than pool connections: under load misses queue behind
+        // them and are read together, and admin writes, the usage flush and the
+        // invalidation poll keep connections of their own.
+        let lookups = Lookups::start(store.clone(), usize::from(args.lookup_concurrency));
         let verify = KeyVerifyServer::new(VerifyService::new(lookups, Arc::clone(&cache), usage))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let admin = KeyAdminServer::new(AdminService::new(

@@ -101,6 +101,17 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_SCOPE_CATALOG")]
     pub scope_catalog: Option<PathBuf>,
 
+    /// Store reads the verify path keeps out at once. Cache misses that arrive
+    /// while they are busy queue and are read together (up to 64 keys a read),
+    /// so fewer reads mean larger ones and less work for the store.
+    #[arg(
+        long,
+        env = "KEYGATE_LOOKUP_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub lookup_concurrency: u16,
+
     /// Keys held in the verify cache; 0 disables it.
     #[arg(long, env = "KEYGATE_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,

@@ -260,6 +260,7 @@ fn limit_flags_refuse_zero() {
         ["--max-concurrent-requests-per-connection", "0"],
         ["--request-timeout", "0s"],
         ["--request-timeout", "soon"],
+        ["--lookup-concurrency", "0"],
     ] {
         let mut argv = vec!["keygate", "serve"];
         argv.extend_from_slice(&args);
