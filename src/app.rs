@@ -133,7 +133,11 @@ impl App {
         // Fewer reads than pool connections: under load misses queue behind
         // them and are read together, and admin writes, the usage flush and the
         // invalidation poll keep connections of their own.
-        let lookups = Lookups::start(store.clone(), usize::from(args.lookup_concurrency));
+        let lookups = Lookups::start(
+            store.clone(),
+            usize::from(args.lookup_concurrency),
+            args.database.database_timeout.into(),
+        );
         let verify = KeyVerifyServer::new(VerifyService::new(lookups, Arc::clone(&cache), usage))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let admin = KeyAdminServer::new(AdminService::new(

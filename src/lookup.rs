@@ -10,9 +10,12 @@
 //! instead of a flood of small ones, which is what a cold cache after a deploy,
 //! or a flood of unknown keys, would otherwise send it.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -52,11 +55,17 @@ struct Counts {
 }
 
 impl Lookups {
-    /// Starts the reader, with at most `slots` reads out at once.
-    pub fn start(store: Store, slots: usize) -> Self {
+    /// Starts the reader, with at most `slots` reads out at once, each given up
+    /// after `timeout`.
+    pub fn start(store: Store, slots: usize, timeout: Duration) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
-        tokio::spawn(read_loop(store, rx, slots.max(1), Arc::clone(&counts)));
+        let reader = Reader {
+            store,
+            timeout,
+            counts: Arc::clone(&counts),
+        };
+        tokio::spawn(reader.run(rx, slots.max(1)));
         Self { queue, counts }
     }
 
@@ -85,51 +94,70 @@ impl Lookups {
     }
 }
 
-async fn read_loop(
+#[derive(Debug)]
+struct Reader {
     store: Store,
-    mut queue: mpsc::Receiver<Waiter>,
-    slots: usize,
+    /// A read runs in a task of its own, not in the caller's request future, so
+    /// no request timeout ends it: without this bound, a store that stops
+    /// answering (a lost network, not a refused one) would hold every slot.
+    timeout: Duration,
     counts: Arc<Counts>,
-) {
-    let slots = Arc::new(Semaphore::new(slots));
-    let metrics = LookupMetrics::default();
-    loop {
-        // The slot comes first: while none is free, misses pile up in the queue
-        // and the next read takes them all.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(MAX_HASHES_PER_READ);
-        if queue.recv_many(&mut batch, MAX_HASHES_PER_READ).await == 0 {
-            return;
-        }
-        metrics.observe(batch.len());
-        counts.reads.fetch_add(1, Ordering::Relaxed);
-        counts
-            .hashes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let store = store.clone();
-        tokio::spawn(async move {
-            answer(&store, batch).await;
-            drop(slot);
-        });
-    }
 }
 
-async fn answer(store: &Store, batch: Vec<Waiter>) {
-    let hashes: Vec<SecretHash> = batch.iter().map(|w| w.hash).collect();
-    match store.find_by_hashes(&hashes).await {
-        Ok(found) => {
-            for w in batch {
-                let record = found.iter().find(|r| r.secret_hash == w.hash).cloned();
-                // The caller may have gone (deadline, disconnect): nobody to tell.
-                let _ = w.reply.send(Ok(record));
+impl Reader {
+    async fn run(self, mut queue: mpsc::Receiver<Waiter>, slots: usize) {
+        let slots = Arc::new(Semaphore::new(slots));
+        let metrics = LookupMetrics::default();
+        let reader = Arc::new(self);
+        loop {
+            // The slot comes first: while none is free, misses pile up in the
+            // queue and the next read takes them all.
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let mut batch = Vec::with_capacity(MAX_HASHES_PER_READ);
+            if queue.recv_many(&mut batch, MAX_HASHES_PER_READ).await == 0 {
+                return;
             }
+            metrics.observe(batch.len());
+            reader.counts.reads.fetch_add(1, Ordering::Relaxed);
+            reader
+                .counts
+                .hashes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let reader = Arc::clone(&reader);
+            tokio::spawn(async move {
+                reader.answer(batch).await;
+                drop(slot);
+            });
         }
-        Err(e) => {
-            let e = Arc::new(e);
-            for w in batch {
-                let _ = w.reply.send(Err(Arc::clone(&e)));
+    }
+
+    async fn answer(&self, batch: Vec<Waiter>) {
+        let hashes: Vec<SecretHash> = batch.iter().map(|w| w.hash).collect();
+        let read = tokio::time::timeout(self.timeout, self.store.find_by_hashes(&hashes))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(sqlx::Error::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the store did not answer a read in time",
+                    ),
+                )))
+            });
+        match read {
+            Ok(found) => {
+                for w in batch {
+                    let record = found.iter().find(|r| r.secret_hash == w.hash).cloned();
+                    // The caller may have gone (deadline, disconnect): nobody to tell.
+                    let _ = w.reply.send(Ok(record));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for w in batch {
+                    let _ = w.reply.send(Err(Arc::clone(&e)));
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ use keygate::{
     keys::{self, KeyPrefix, Secret, SecretHash},
     lookup::Lookups,
     proto::VerifyCode,
-    store::{PoolConfig, Store},
+    store::{PoolConfig, Store, StoreError},
 };
 use sqlx::{Connection, MySqlConnection};
 
@@ -130,7 +130,7 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
     let store = Store::connect(&app.db.url, &PoolConfig::default())
         .await
         .expect("store");
-    let lookups = Lookups::start(store.clone(), 1);
+    let lookups = Lookups::start(store.clone(), 1, Duration::from_secs(60));
 
     let mut locker = MySqlConnection::connect(&app.db.url)
         .await
@@ -182,6 +182,42 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
         assert_eq!(found.as_deref(), ids.get(&hash).copied());
     }
     assert_eq!(lookups.reads(), (2, 21), "the 20 queued misses in one read");
+
+    store.close().await;
+    app.stop().await;
+}
+
+/// A read the store never answers (MariaDB keeps it waiting on a table lock) is
+/// given up as unavailable and frees its slot, so the next read is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_store_does_not_answer_is_given_up_and_frees_its_slot() {
+    let app = spawn_app(Backend::MySql).await;
+    let keys = seed(&app, 1).await;
+    let store = Store::connect(&app.db.url, &PoolConfig::default())
+        .await
+        .expect("store");
+    let lookups = Lookups::start(store.clone(), 1, Duration::from_millis(300));
+
+    let mut locker = MySqlConnection::connect(&app.db.url)
+        .await
+        .expect("connect");
+    sqlx::query("LOCK TABLES api_keys WRITE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let err = tokio::time::timeout(Duration::from_secs(10), lookups.find(keys[0].2))
+        .await
+        .expect("the read is given up, not left waiting")
+        .expect_err("no answer while the table is locked");
+    assert!(matches!(*err, StoreError::Unavailable(_)), "{err:?}");
+
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    let found = lookups.find(keys[0].2).await.expect("read").expect("found");
+    assert_eq!(found.id.as_str(), keys[0].0);
+    assert_eq!(lookups.reads().0, 2);
 
     store.close().await;
     app.stop().await;
