@@ -229,30 +229,10 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        keys::{KeyPrefix, Secret},
-        model::{KeyName, OrganizationId, Owner, UserId},
-    };
+    use crate::keys::{KeyPrefix, Secret};
 
     fn record(secret: &Secret, name: &str) -> KeyRecord {
-        KeyRecord {
-            id: KeyId::generate(),
-            organization_id: OrganizationId::parse("acme").expect("org"),
-            owner: Owner::Bot,
-            name: KeyName::parse(name).expect("name"),
-            scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
-            allowed_hostnames: AllowedHostnames::default(),
-            secret_hash: secret.hash(),
-            key_prefix: secret.key_prefix(),
-            last_four: secret.last_four(),
-            request_count: 0,
-            create_time: Micros(0),
-            update_time: Micros(0),
-            last_used_time: None,
-            revoke_time: None,
-            expire_time: None,
-            created_by: UserId::parse("admin").expect("user"),
-        }
+        KeyRecord::test_bot(KeyId::generate(), secret, name)
     }
 
     fn ticket(cache: &KeyCache, hash: &SecretHash) -> Ticket {

@@ -248,6 +248,29 @@ impl KeyRecord {
     pub fn is_accessible_by(&self, actor: &Actor) -> bool {
         actor.role == Role::Admin || self.owner.user_id() == Some(&actor.id)
     }
+
+    /// A bot key of `acme` with scope `links:read`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn test_bot(id: KeyId, secret: &crate::keys::Secret, name: &str) -> Self {
+        Self {
+            id,
+            organization_id: OrganizationId::parse("acme").expect("org"),
+            owner: Owner::Bot,
+            name: KeyName::parse(name).expect("name"),
+            scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
+            allowed_hostnames: AllowedHostnames::default(),
+            secret_hash: secret.hash(),
+            key_prefix: secret.key_prefix(),
+            last_four: secret.last_four(),
+            request_count: 0,
+            create_time: Micros(0),
+            update_time: Micros(0),
+            last_used_time: None,
+            revoke_time: None,
+            expire_time: None,
+            created_by: UserId::parse("admin").expect("user"),
+        }
+    }
 }
 
 /// The changes of an `UpdateKey`, already validated; `None` leaves a field as it is.

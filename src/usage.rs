@@ -174,32 +174,17 @@ impl UsageRecorder {
 mod tests {
     use super::*;
     use crate::{
-        hostnames::AllowedHostnames,
         keys::{KeyPrefix, Secret},
-        model::{KeyName, KeyRecord, OrganizationId, Owner, UserId},
-        scopes::ScopeSet,
+        model::KeyRecord,
     };
 
     fn entry(id: &KeyId) -> Arc<CachedKey> {
         let secret = Secret::generate(&KeyPrefix::default());
-        Arc::new(CachedKey::new(KeyRecord {
-            id: id.clone(),
-            organization_id: OrganizationId::parse("acme").expect("org"),
-            owner: Owner::Bot,
-            name: KeyName::parse("k").expect("name"),
-            scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
-            allowed_hostnames: AllowedHostnames::default(),
-            secret_hash: secret.hash(),
-            key_prefix: secret.key_prefix(),
-            last_four: secret.last_four(),
-            request_count: 0,
-            create_time: Micros(0),
-            update_time: Micros(0),
-            last_used_time: None,
-            revoke_time: None,
-            expire_time: None,
-            created_by: UserId::parse("admin").expect("user"),
-        }))
+        Arc::new(CachedKey::new(KeyRecord::test_bot(
+            id.clone(),
+            &secret,
+            "k",
+        )))
     }
 
     fn totals(deltas: &[UsageDelta]) -> HashMap<KeyId, (u64, Micros)> {

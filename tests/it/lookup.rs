@@ -8,7 +8,7 @@ use keygate::{
     keys::{self, KeyPrefix, Secret, SecretHash},
     lookup::Lookups,
     proto::VerifyCode,
-    store::{PoolConfig, Store, StoreError},
+    store::StoreError,
 };
 use sqlx::{Connection, MySqlConnection};
 
@@ -29,6 +29,26 @@ async fn seed(app: &TestApp, n: usize) -> Vec<(String, String, SecretHash)> {
         out.push((key.id, secret, hash));
     }
     out
+}
+
+/// A connection holding `LOCK TABLES api_keys WRITE`: every read of the table
+/// waits until [`unlock`].
+async fn lock_keys_table(app: &TestApp) -> MySqlConnection {
+    let mut conn = MySqlConnection::connect(&app.db.url)
+        .await
+        .expect("connect");
+    sqlx::query("LOCK TABLES api_keys WRITE")
+        .execute(&mut conn)
+        .await
+        .expect("lock");
+    conn
+}
+
+async fn unlock(conn: &mut MySqlConnection) {
+    sqlx::query("UNLOCK TABLES")
+        .execute(conn)
+        .await
+        .expect("unlock");
 }
 
 fn unknown_hash() -> SecretHash {
@@ -127,18 +147,9 @@ crate::store_tests!(
 async fn misses_queued_behind_a_busy_read_are_read_together() {
     let app = spawn_app(Backend::MySql).await;
     let keys = seed(&app, 20).await;
-    let store = Store::connect(&app.db.url, &PoolConfig::default())
-        .await
-        .expect("store");
-    let lookups = Lookups::start(store.clone(), 1, Duration::from_secs(60));
+    let lookups = Lookups::start(app.store.clone(), 1, Duration::from_secs(60));
 
-    let mut locker = MySqlConnection::connect(&app.db.url)
-        .await
-        .expect("connect");
-    sqlx::query("LOCK TABLES api_keys WRITE")
-        .execute(&mut locker)
-        .await
-        .expect("lock");
+    let mut locker = lock_keys_table(&app).await;
 
     let blocked = tokio::spawn({
         let lookups = lookups.clone();
@@ -169,10 +180,7 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
     .await;
     assert_eq!(lookups.reads(), (1, 1), "nothing else was read meanwhile");
 
-    sqlx::query("UNLOCK TABLES")
-        .execute(&mut locker)
-        .await
-        .expect("unlock");
+    unlock(&mut locker).await;
     let first = blocked.await.expect("task").expect("read").expect("found");
     assert_eq!(first.id.as_str(), keys[0].0);
     let ids: HashMap<SecretHash, &str> = keys.iter().map(|k| (k.2, k.0.as_str())).collect();
@@ -183,7 +191,6 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
     }
     assert_eq!(lookups.reads(), (2, 21), "the 20 queued misses in one read");
 
-    store.close().await;
     app.stop().await;
 }
 
@@ -193,32 +200,19 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
 async fn a_read_the_store_does_not_answer_is_given_up_and_frees_its_slot() {
     let app = spawn_app(Backend::MySql).await;
     let keys = seed(&app, 1).await;
-    let store = Store::connect(&app.db.url, &PoolConfig::default())
-        .await
-        .expect("store");
-    let lookups = Lookups::start(store.clone(), 1, Duration::from_millis(300));
+    let lookups = Lookups::start(app.store.clone(), 1, Duration::from_millis(300));
 
-    let mut locker = MySqlConnection::connect(&app.db.url)
-        .await
-        .expect("connect");
-    sqlx::query("LOCK TABLES api_keys WRITE")
-        .execute(&mut locker)
-        .await
-        .expect("lock");
+    let mut locker = lock_keys_table(&app).await;
     let err = tokio::time::timeout(Duration::from_secs(10), lookups.find(keys[0].2))
         .await
         .expect("the read is given up, not left waiting")
         .expect_err("no answer while the table is locked");
     assert!(matches!(*err, StoreError::Unavailable(_)), "{err:?}");
 
-    sqlx::query("UNLOCK TABLES")
-        .execute(&mut locker)
-        .await
-        .expect("unlock");
+    unlock(&mut locker).await;
     let found = lookups.find(keys[0].2).await.expect("read").expect("found");
     assert_eq!(found.id.as_str(), keys[0].0);
     assert_eq!(lookups.reads().0, 2);
 
-    store.close().await;
     app.stop().await;
 }
