@@ -79,10 +79,12 @@ pub enum HostnameError {
     /// A `*` other than a single leading `*.`.
     #[error("\"*\" is only allowed as the whole first label, as in \"*.example.com\"")]
     MisplacedWildcard,
-    /// A wildcard whose suffix is a public suffix or a single label.
+    /// A wildcard whose suffix is a public suffix or a single label, or has a
+    /// public suffix below it.
     #[error(
-        "a wildcard must not cover a public suffix or a single label \
-         (such as \"*.com\", \"*.co.uk\" or \"*.github.io\")"
+        "a wildcard must not cover a public suffix, a single label or a domain with \
+         public suffixes below it (such as \"*.com\", \"*.co.uk\", \"*.github.io\" \
+         or \"*.aivencloud.com\")"
     )]
     PublicSuffixWildcard,
     /// A wildcard whose suffix is an IPv4 address.
@@ -186,9 +188,10 @@ pub struct AllowedHostnames(Vec<HostnamePattern>);
 /// Why a list of hostname patterns was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostnamesError {
-    /// More than [`AllowedHostnames::MAX`] entries (counted before removing
-    /// duplicates).
-    #[error("at most 64 hostnames are allowed, got {0}")]
+    /// More than [`AllowedHostnames::MAX`] distinct entries (counted after
+    /// normalisation removed duplicates, as scopes are: the limit is on what is
+    /// stored).
+    #[error("at most 64 distinct hostnames are allowed, got {0}")]
     TooMany(usize),
     /// The first invalid entry; `value` is the input as given, cut to 100
     /// characters.
@@ -208,19 +211,16 @@ impl AllowedHostnames {
     pub const MAX: usize = 64;
 
     /// Validates and normalises `patterns`, dropping duplicates while keeping
-    /// the order of first appearance. Reports [`HostnamesError::TooMany`]
-    /// before looking at any entry, otherwise the first invalid entry.
+    /// the order of first appearance. Reports the first invalid entry, else
+    /// [`HostnamesError::TooMany`] when more than [`AllowedHostnames::MAX`]
+    /// distinct patterns remain.
     pub fn parse<I, S>(patterns: I) -> Result<Self, HostnamesError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let patterns: Vec<S> = patterns.into_iter().collect();
-        if patterns.len() > Self::MAX {
-            return Err(HostnamesError::TooMany(patterns.len()));
-        }
-        let mut out: Vec<HostnamePattern> = Vec::with_capacity(patterns.len());
-        for (index, raw) in patterns.iter().enumerate() {
+        let mut out: Vec<HostnamePattern> = Vec::new();
+        for (index, raw) in patterns.into_iter().enumerate() {
             let raw = raw.as_ref();
             let pattern =
                 raw.parse::<HostnamePattern>()
@@ -232,6 +232,9 @@ impl AllowedHostnames {
             if !out.contains(&pattern) {
                 out.push(pattern);
             }
+        }
+        if out.len() > Self::MAX {
+            return Err(HostnamesError::TooMany(out.len()));
         }
         Ok(Self(out))
     }
@@ -275,47 +278,66 @@ impl AllowedHostnames {
     }
 }
 
-/// The normalised host of an `origin` header value (`scheme://host[:port]`).
+/// The normalised host of an `origin` header value.
 ///
-/// The port is ignored. `None` for `null`, for a value that does not parse as
-/// an absolute URL and for one without a host. Anything else with a path is
-/// tolerated, as the host is all that is looked at. See [`referer_host`] for
-/// the form of the result.
+/// An origin is `http(s)://host[:port]` and nothing else (RFC 6454): `None` for
+/// `null`, another scheme, a path (even `/`), a query, a fragment, user
+/// information, a missing `//`, an empty label or a name over 253 characters.
+/// The port is ignored. See [`referer_host`] for the form of the result.
 pub fn origin_host(origin: &str) -> Option<String> {
     // Browsers send the literal `null` for opaque origins (sandboxed frames,
     // `file:`, `data:`); it names no host.
     if origin == "null" {
         return None;
     }
-    url_host(origin)
+    let (_, authority) = origin.split_once("://")?;
+    if authority.contains(['/', '\\', '?', '#', '@']) {
+        return None;
+    }
+    http_url_host(origin)
 }
 
-/// The normalised host of a `referer` header value (an absolute URL).
+/// The normalised host of a `referer` header value: an absolute `http(s)://` URL
+/// without user information.
 ///
-/// `None` when it does not parse or has no host. Domains come back lower-case,
-/// in ASCII (punycode) form and without a trailing dot; IPv4 addresses in
-/// dotted-decimal form; IPv6 addresses in brackets (`[::1]`), which no pattern
-/// matches. For schemes other than http(s), ws(s) and ftp, whose hosts the
-/// `url` crate leaves as written, the host is normalised like a pattern, and
-/// `None` if that fails.
+/// `None` when it is anything else. Domains come back lower-case, in ASCII
+/// (punycode) form and without a trailing dot, as the WHATWG URL standard
+/// normalises them; IPv4 addresses in dotted-decimal form; IPv6 addresses in
+/// brackets (`[::1]`), which no pattern matches.
 pub fn referer_host(referer: &str) -> Option<String> {
-    url_host(referer)
+    http_url_host(referer)
 }
 
-fn url_host(value: &str) -> Option<String> {
+fn http_url_host(value: &str) -> Option<String> {
     // The URL parser silently strips surrounding controls and drops TAB/LF/CR
     // anywhere; a header carrying them is not a well-formed origin, so it is not
     // one we trust to name a host.
     if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return None;
     }
+    // `https:example.com` parses (WHATWG is lenient with special schemes) but is
+    // no absolute URL a browser sends: the authority must follow `//`.
+    let (scheme, rest) = value.split_once(':')?;
+    if !rest.starts_with("//") {
+        return None;
+    }
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
     let url = Url::parse(value).ok()?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return None;
+    }
     match url.host()? {
-        Host::Domain(domain) if url.is_special() => {
+        Host::Domain(domain) => {
             let domain = domain.strip_suffix('.').unwrap_or(domain);
-            (!domain.is_empty()).then(|| domain.to_owned())
+            let well_formed = !domain.is_empty()
+                && domain.len() <= MAX_NAME_LEN
+                && domain
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.len() <= MAX_LABEL_LEN);
+            well_formed.then(|| domain.to_owned())
         }
-        Host::Domain(opaque) => normalize_name(opaque).ok(),
         Host::Ipv4(addr) => Some(addr.to_string()),
         Host::Ipv6(addr) => Some(format!("[{addr}]")),
     }
@@ -442,11 +464,10 @@ fn check_ipv4(name: &str) -> Result<(), HostnameError> {
     }
 }
 
-/// Whether a wildcard over `suffix` would span unrelated owners.
+/// Whether a wildcard over `suffix` would span unrelated owners: `suffix` is a
+/// public suffix, or one lies below it (see [`crate::public_suffix`]).
 fn is_public_suffix(suffix: &str) -> bool {
-    // The list's implicit `*` rule already makes every single label a public
-    // suffix; the explicit check keeps that true whatever the list says.
-    !suffix.contains('.') || psl::suffix_str(suffix) == Some(suffix)
+    crate::public_suffix::PublicSuffixList::get().wildcard_spans_owners(suffix)
 }
 
 fn quote_prefix(raw: &str) -> String {
@@ -666,6 +687,75 @@ mod tests {
         assert_eq!(normalised("*.app.localhost"), "*.app.localhost");
     }
 
+    /// Walks every rule of the vendored Public Suffix List, so no rule the list
+    /// adds can be missed by a hand-picked set.
+    #[test]
+    fn no_wildcard_spans_a_public_suffix_of_the_list() {
+        use crate::public_suffix::{PublicSuffixList, RuleKind};
+        let list = PublicSuffixList::get();
+        let parses = |name: &str| name.parse::<HostnamePattern>().is_ok();
+        let (mut checked, mut allowed_exceptions) = (0, 0);
+        for (kind, name) in list.rules() {
+            if !parses(name) {
+                continue;
+            }
+            let parent = name.split_once('.').map(|(_, p)| p);
+            match kind {
+                RuleKind::Normal => {
+                    // The suffix itself, and the name above it whose wildcard covers it.
+                    assert_eq!(
+                        err(&format!("*.{name}")),
+                        HostnameError::PublicSuffixWildcard,
+                        "*.{name}"
+                    );
+                    if let Some(parent) = parent {
+                        assert_eq!(
+                            err(&format!("*.{parent}")),
+                            HostnameError::PublicSuffixWildcard,
+                            "*.{parent}"
+                        );
+                    }
+                }
+                RuleKind::Wildcard => {
+                    // `*.b`: `b` has public suffixes below it, and so is every `x.b`.
+                    assert_eq!(
+                        err(&format!("*.{name}")),
+                        HostnameError::PublicSuffixWildcard,
+                        "*.{name}"
+                    );
+                    let below = format!("*.anyone.{name}");
+                    assert_eq!(err(&below), HostnameError::PublicSuffixWildcard, "{below}");
+                }
+                RuleKind::Exception => {
+                    // `!a.b` makes `a.b` registrable: its wildcard is one owner's,
+                    // unless the list names a suffix below it too.
+                    if !list.wildcard_spans_owners(name) {
+                        assert!(
+                            pattern(&format!("*.{name}"))
+                                == HostnamePattern::Wildcard {
+                                    suffix: name.to_owned()
+                                }
+                        );
+                        allowed_exceptions += 1;
+                    }
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked > 9_000, "only {checked} rules checked");
+        assert!(allowed_exceptions > 0);
+        // The finding that started this: every `<x>.aivencloud.com` is a suffix.
+        assert_eq!(err("*.aivencloud.com"), HostnameError::PublicSuffixWildcard);
+        assert_eq!(
+            err("*.other.aivencloud.com"),
+            HostnameError::PublicSuffixWildcard
+        );
+        assert_eq!(
+            normalised("*.svc.project.aivencloud.com"),
+            "*.svc.project.aivencloud.com"
+        );
+    }
+
     #[test]
     fn rejects_empty() {
         assert_eq!(err(""), HostnameError::Empty);
@@ -812,14 +902,40 @@ mod tests {
             AllowedHostnames::parse(&names).expect_err("invalid list"),
             HostnamesError::TooMany(65)
         );
-        // The limit is on what was sent, duplicates included.
+        // The limit is on what is stored, as for scopes: duplicates (also those
+        // that only normalisation reveals) count once.
+        let mut dups = names[..63].to_vec();
+        dups.extend(
+            [
+                "EXAMPLE.com",
+                "example.com.",
+                "example.com",
+                "H0.example.com",
+            ]
+            .map(String::from),
+        );
         assert_eq!(
-            AllowedHostnames::parse(vec!["example.com"; 65]).expect_err("invalid list"),
+            AllowedHostnames::parse(&dups)
+                .expect("valid list")
+                .iter()
+                .count(),
+            64
+        );
+        dups.push("one-more.example.com".into());
+        assert_eq!(
+            AllowedHostnames::parse(&dups).expect_err("65 distinct"),
             HostnamesError::TooMany(65)
         );
         assert_eq!(
+            AllowedHostnames::parse(vec!["example.com"; 65])
+                .expect("valid list")
+                .iter()
+                .count(),
+            1
+        );
+        assert_eq!(
             HostnamesError::TooMany(65).to_string(),
-            "at most 64 hostnames are allowed, got 65"
+            "at most 64 distinct hostnames are allowed, got 65"
         );
     }
 
@@ -901,10 +1017,6 @@ mod tests {
             Some("192.0.2.1")
         );
         assert_eq!(origin_host("http://[::1]:3000").as_deref(), Some("[::1]"));
-        assert_eq!(
-            origin_host("chrome-extension://AbCdEf").as_deref(),
-            Some("abcdef")
-        );
         assert_eq!(origin_host("null"), None);
         assert_eq!(origin_host("not a url"), None);
         assert_eq!(origin_host("https://"), None);
@@ -920,11 +1032,60 @@ mod tests {
             Some("www.example.com")
         );
         assert_eq!(
-            referer_host("https://user:pw@WWW.Example.com:444/").as_deref(),
+            referer_host("HTTP://WWW.Example.com:444/").as_deref(),
             Some("www.example.com")
         );
         assert_eq!(referer_host("/relative/path"), None);
         assert_eq!(referer_host("null"), None);
+    }
+
+    /// An origin is `http(s)://host[:port]` and nothing more; a referer an
+    /// absolute http(s) URL. Each of these once named a host and was let through.
+    #[test]
+    fn loose_origins_and_referers_name_no_host() {
+        let long = format!("https://{}.example.com", "a.".repeat(125));
+        for bad in [
+            "https://example.com/path",
+            "https://example.com/",
+            "https://example.com?q",
+            "https://example.com#f",
+            "https://user:pw@example.com",
+            "https://user@example.com",
+            "file://example.com",
+            "javascript://example.com",
+            "chrome-extension://abcdef",
+            "ftp://example.com",
+            "https:example.com",
+            "https:/example.com",
+            "https://..a.com",
+            "https://a..com",
+            "https://.a.com",
+            long.as_str(),
+        ] {
+            assert_eq!(origin_host(bad), None, "origin {bad:?}");
+            // A list that holds the host the value tries to name still refuses it.
+            let l = list(&["example.com", "*.example.com", "a.com", "*.a.com"]);
+            assert!(!l.allows(bad, ""), "origin {bad:?}");
+        }
+        for bad in [
+            "https://user:pw@example.com/",
+            "file:///etc/passwd",
+            "javascript://example.com/%0aalert(1)",
+            "https:example.com/x",
+            "https://..a.com/x",
+            "ws://example.com/x",
+        ] {
+            assert_eq!(referer_host(bad), None, "referer {bad:?}");
+        }
+        // What stays valid keeps the WHATWG normalisation.
+        assert_eq!(
+            origin_host("HTTPS://Example.COM:8443").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            referer_host("https://example.com/a?b#c").as_deref(),
+            Some("example.com")
+        );
     }
 
     // --- the header rule -------------------------------------------------
