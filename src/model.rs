@@ -333,6 +333,8 @@ impl EventAction {
 /// One row of the audit trail.
 #[derive(Debug, Clone)]
 pub struct KeyEvent {
+    /// The event's number in its organization's own sequence (1, 2, 3, …): ids
+    /// tell a caller nothing about other organizations' activity.
     pub id: u64,
     pub key_id: KeyId,
     pub organization_id: OrganizationId,

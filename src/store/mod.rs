@@ -19,6 +19,12 @@ pub enum StoreError {
     /// The database cannot be reached or did not answer in time.
     #[error("store unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The store did not answer within the configured time (`--database-timeout`).
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// keygate is shutting down and no longer reads the store.
+    #[error("the store is closed")]
+    Closed,
     /// The unique index on live user keys refused a second one.
     #[error("a live user key already exists for this user and organization")]
     LiveUserKeyExists,
@@ -35,6 +41,16 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url: expected mysql://… or sqlite://…")]
     UnsupportedUrl,
+    /// The database named in the URL does not exist and keygate may not create it.
+    #[error(
+        "database `{name}` does not exist and could not be created ({reason}); \
+         create it with `{statement}`, or point --database-url at an existing one"
+    )]
+    MissingDatabase {
+        name: String,
+        statement: String,
+        reason: String,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -44,12 +60,31 @@ impl From<sqlx::Error> for StoreError {
             E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::Tls(_) | E::WorkerCrashed => {
                 Self::Unavailable(e)
             }
-            E::Database(ref db) if db.message().contains("database is locked") => {
-                Self::Unavailable(e)
-            }
+            E::Database(ref db) if is_transient(db.as_ref()) => Self::Unavailable(e),
             _ => Self::Database(e),
         }
     }
+}
+
+/// A database error that says "not now" rather than "never": another session
+/// holds what this one needs. Classified by the servers' own error codes.
+fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    use sqlx::error::DatabaseError as _;
+    if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes,
+        // whose low byte is the primary code.
+        return e
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6));
+    }
+    if let Some(e) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // Lock wait timeout (1205, also for `lock_wait_timeout` on a table
+        // lock), deadlock (1213), statement interrupted by MariaDB's
+        // max_statement_time (1969) or MySQL's max_execution_time (3024).
+        return matches!(e.number(), 1205 | 1213 | 1969 | 3024);
+    }
+    false
 }
 
 /// How the pool talks to the database.

@@ -12,7 +12,11 @@ use super::{PoolConfig, StoreError, sql::Dialect};
 
 pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/mysql");
 
-pub(super) const DIALECT: Dialect = Dialect { usage_update };
+pub(super) const DIALECT: Dialect = Dialect {
+    usage_update,
+    bump_event_seq: "INSERT INTO org_event_seq (organization_id, last_seq) VALUES (?, ?) \
+        ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
+};
 
 /// MySQL 8 and MariaDB agree on a multi-table UPDATE over a UNION ALL derived
 /// table (their row constructors for VALUES differ).
@@ -37,12 +41,77 @@ pub(super) async fn connect(url: &str, config: &PoolConfig) -> Result<MySqlPool,
         // Timestamps are integers, but a session time zone keeps any NOW() honest.
         .timezone(Some("+00:00".into()))
         .charset("utf8mb4");
+    // A statement waiting on another session's lock (a row lock, or a table
+    // lock such as LOCK TABLES or a long ALTER) gives up with the store timeout
+    // instead of the servers' defaults (50 s for rows, a year for tables), so the
+    // call ends UNAVAILABLE rather than running into the request timeout.
+    let lock_wait = config.acquire_timeout.as_secs_f64().ceil().max(1.0) as u64;
+    create_database_if_missing(&options).await?;
     let pool = MySqlPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         // A connection that died with the server is found before it is handed out.
         .test_before_acquire(true)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                sqlx::query(&format!(
+                    "SET SESSION lock_wait_timeout = {lock_wait}, \
+                     innodb_lock_wait_timeout = {lock_wait}"
+                ))
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// MySQL's "Unknown database" (ER_BAD_DB_ERROR).
+const UNKNOWN_DATABASE: u16 = 1049;
+
+/// A first run against a fresh server should not fail on a database nobody
+/// created yet: keygate creates it when the user may, and otherwise says which
+/// statement an operator must run.
+async fn create_database_if_missing(options: &MySqlConnectOptions) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions, Connection};
+    let Some(name) = options.get_database() else {
+        return Ok(());
+    };
+    let err = match options.connect().await {
+        Ok(conn) => return conn.close().await.map_err(StoreError::from),
+        Err(e) => e,
+    };
+    let unknown = matches!(&err, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| e.number() == UNKNOWN_DATABASE));
+    if !unknown {
+        return Err(err.into());
+    }
+    let statement = format!(
+        "CREATE DATABASE `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        name.replace('`', "``")
+    );
+    // information_schema exists on every server and every user may open it.
+    let mut conn = options
+        .clone()
+        .database("information_schema")
+        .connect()
+        .await?;
+    let created = sqlx::query(&statement.replacen("DATABASE", "DATABASE IF NOT EXISTS", 1))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    match created {
+        Ok(_) => {
+            tracing::info!(database = name, "created the MySQL database");
+            Ok(())
+        }
+        Err(e) => Err(StoreError::MissingDatabase {
+            name: name.to_owned(),
+            statement,
+            reason: e.to_string(),
+        }),
+    }
 }

@@ -27,6 +27,9 @@ pub(super) struct Dialect {
     /// a join against the batch, linear in its size (a `CASE id WHEN …` per key
     /// is quadratic, and took a second for 1000 keys in MariaDB).
     pub usage_update: fn(n: usize) -> String,
+    /// Adds `n` (bound second) to an organization's (bound first) event sequence,
+    /// creating its row at `n`.
+    pub bump_event_seq: &'static str,
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool and `$d` to its dialect.
@@ -86,7 +89,29 @@ static SELECT_KEYS_BY_HASHES: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
-const EVENT_COLUMNS: &str = "id, key_id, organization_id, action, actor_id, event_time";
+/// `org_seq` is the id callers see: it counts one organization's events only.
+const EVENT_COLUMNS: &str = "org_seq, key_id, organization_id, action, actor_id, event_time";
+
+/// Reserves `$n` ids of `$org`'s event sequence inside transaction `$tx` and
+/// evaluates to the first. The bump is a write on the organization's row: it
+/// takes SQLite's write lock and, in MySQL, makes the organization's other event
+/// writers wait for this commit, so ids are handed out without gaps or repeats.
+macro_rules! reserve_event_ids {
+    ($tx:expr, $d:expr, $org:expr, $n:expr) => {{
+        let n: i64 = $n;
+        sqlx::query($d.bump_event_seq)
+            .bind($org)
+            .bind(n)
+            .execute(&mut *$tx)
+            .await?;
+        let last: i64 =
+            sqlx::query_scalar("SELECT last_seq FROM org_event_seq WHERE organization_id = ?")
+                .bind($org)
+                .fetch_one(&mut *$tx)
+                .await?;
+        last - n + 1
+    }};
+}
 
 /// Keys per usage-flush statement: keeps the statement far below both back ends'
 /// placeholder limits (SQLite 32 766, MySQL 65 535) at 3 placeholders a key.
@@ -220,14 +245,17 @@ where
     })
 }
 
+/// The unique index on live user keys refused the insert: both servers name it in
+/// the message (MySQL the index `uq_api_keys_live_user`, SQLite the column
+/// `api_keys.live_user_id`), and neither driver reports the constraint otherwise.
 fn is_live_user_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db)
         if db.is_unique_violation() && db.message().contains("live_user"))
 }
 
 const INSERT_EVENT: &str = "INSERT INTO key_events \
-    (key_id, organization_id, action, actor_id, event_time, secret_hash) \
-    VALUES (?, ?, ?, ?, ?, ?)";
+    (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq) \
+    VALUES (?, ?, ?, ?, ?, ?, ?)";
 
 impl Store {
     /// Inserts a new key and its `CREATED` event in one transaction.
@@ -236,7 +264,7 @@ impl Store {
             "INSERT INTO api_keys ({KEY_COLUMNS}) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
-        on_pool!(self, |p, _d| {
+        on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             let inserted = sqlx::query(&sql)
                 .bind(key.id.as_str())
@@ -262,6 +290,7 @@ impl Store {
                 Err(e) if is_live_user_conflict(&e) => return Err(StoreError::LiveUserKeyExists),
                 other => other?,
             };
+            let seq = reserve_event_ids!(tx, d, key.organization_id.as_str(), 1);
             sqlx::query(INSERT_EVENT)
                 .bind(key.id.as_str())
                 .bind(key.organization_id.as_str())
@@ -269,6 +298,7 @@ impl Store {
                 .bind(key.created_by.as_str())
                 .bind(key.create_time.0)
                 .bind(&key.secret_hash.as_bytes()[..])
+                .bind(seq)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -380,7 +410,7 @@ impl Store {
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
         let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
-        on_pool!(self, |p, _d| {
+        on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             sqlx::query(update)
                 .bind(now.0)
@@ -407,6 +437,7 @@ impl Store {
             if key.revoke_time.is_some() {
                 return Err(StoreError::Revoked);
             }
+            let seq = reserve_event_ids!(tx, d, org.as_str(), 1);
             sqlx::query(INSERT_EVENT)
                 .bind(id.as_str())
                 .bind(org.as_str())
@@ -414,6 +445,7 @@ impl Store {
                 .bind(actor.as_str())
                 .bind(now.0)
                 .bind(&key.secret_hash.as_bytes()[..])
+                .bind(seq)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -431,7 +463,7 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         let revoke = "UPDATE api_keys SET revoke_time = ?, update_time = ? \
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
-        on_pool!(self, |p, _d| {
+        on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             let revoked = sqlx::query(revoke)
                 .bind(now.0)
@@ -451,6 +483,7 @@ impl Store {
                 .transpose()?
                 .ok_or(StoreError::NotFound)?;
             if revoked > 0 {
+                let seq = reserve_event_ids!(tx, d, org.as_str(), 1);
                 sqlx::query(INSERT_EVENT)
                     .bind(id.as_str())
                     .bind(org.as_str())
@@ -458,6 +491,7 @@ impl Store {
                     .bind(actor.as_str())
                     .bind(now.0)
                     .bind(&key.secret_hash.as_bytes()[..])
+                    .bind(seq)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -475,41 +509,46 @@ impl Store {
         actor: &UserId,
         now: Micros,
     ) -> Result<Vec<SecretHash>, StoreError> {
-        // Events first: the write takes SQLite's lock before anything is read.
-        let events = "INSERT INTO key_events \
-            (key_id, organization_id, action, actor_id, event_time, secret_hash) \
-            SELECT id, organization_id, ?, ?, ?, secret_hash FROM api_keys \
-            WHERE organization_id = ? AND user_id = ? AND key_type = ?";
-        let select = "SELECT secret_hash FROM api_keys \
+        let select = "SELECT id, secret_hash FROM api_keys \
             WHERE organization_id = ? AND user_id = ? AND key_type = ?";
         let delete =
             "DELETE FROM api_keys WHERE organization_id = ? AND user_id = ? AND key_type = ?";
         let user_type = KeyType::User.as_i64();
-        on_pool!(self, |p, _d| {
+        on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
-            sqlx::query(events)
-                .bind(EventAction::Deleted.as_i64())
-                .bind(actor.as_str())
-                .bind(now.0)
-                .bind(org.as_str())
-                .bind(user.as_str())
-                .bind(user_type)
-                .execute(&mut *tx)
-                .await?;
+            // A write first, reserving nothing: it takes SQLite's write lock before
+            // anything is read, and serializes this organization's event writers.
+            let _ = reserve_event_ids!(tx, d, org.as_str(), 0);
             let rows = sqlx::query(select)
                 .bind(org.as_str())
                 .bind(user.as_str())
                 .bind(user_type)
                 .fetch_all(&mut *tx)
                 .await?;
-            let mut hashes = Vec::with_capacity(rows.len());
+            let mut keys = Vec::with_capacity(rows.len());
             for r in &rows {
-                let bytes: Vec<u8> = r.try_get(0)?;
-                hashes.push(
-                    SecretHash::from_slice(&bytes)
-                        .ok_or_else(|| corrupt("api_keys", "secret_hash"))?,
-                );
+                let id = KeyId::parse(&text(r, 0, "api_keys")?)
+                    .map_err(|_| corrupt("api_keys", "id"))?;
+                let bytes: Vec<u8> = r.try_get(1)?;
+                let hash = SecretHash::from_slice(&bytes)
+                    .ok_or_else(|| corrupt("api_keys", "secret_hash"))?;
+                keys.push((id, hash));
             }
+            let count = i64::try_from(keys.len()).unwrap_or(i64::MAX);
+            let first = reserve_event_ids!(tx, d, org.as_str(), count);
+            for (seq, (id, hash)) in (first..).zip(&keys) {
+                sqlx::query(INSERT_EVENT)
+                    .bind(id.as_str())
+                    .bind(org.as_str())
+                    .bind(EventAction::Deleted.as_i64())
+                    .bind(actor.as_str())
+                    .bind(now.0)
+                    .bind(&hash.as_bytes()[..])
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let hashes: Vec<SecretHash> = keys.into_iter().map(|(_, h)| h).collect();
             let deleted = sqlx::query(delete)
                 .bind(org.as_str())
                 .bind(user.as_str())
@@ -528,7 +567,8 @@ impl Store {
         })
     }
 
-    /// A page of an organization's audit trail in id order, optionally for one key.
+    /// A page of an organization's audit trail in the order of its own event ids
+    /// (`org_seq`), optionally for one key.
     pub async fn list_events(
         &self,
         org: &OrganizationId,
@@ -538,7 +578,8 @@ impl Store {
     ) -> Result<Vec<KeyEvent>, StoreError> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM key_events \
-             WHERE organization_id = ? AND (? = '' OR key_id = ?) AND id > ? ORDER BY id LIMIT ?"
+             WHERE organization_id = ? AND (? = '' OR key_id = ?) AND org_seq > ? \
+             ORDER BY org_seq LIMIT ?"
         );
         let key = key_id.map_or("", KeyId::as_str);
         let after = i64::try_from(after).unwrap_or(i64::MAX);

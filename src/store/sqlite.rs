@@ -1,6 +1,6 @@
 //! SQLite: the embedded default, one file next to the binary.
 
-use std::{str::FromStr, time::Duration};
+use std::str::FromStr;
 
 use sqlx::{
     SqlitePool,
@@ -12,7 +12,11 @@ use super::{PoolConfig, StoreError, sql::Dialect};
 
 pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
-pub(super) const DIALECT: Dialect = Dialect { usage_update };
+pub(super) const DIALECT: Dialect = Dialect {
+    usage_update,
+    bump_event_seq: "INSERT INTO org_event_seq (organization_id, last_seq) VALUES (?, ?) \
+        ON CONFLICT (organization_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
+};
 
 /// UPDATE … FROM a VALUES list (SQLite ≥ 3.33); VALUES is exempt from SQLite's
 /// limit of 500 terms in a compound SELECT, which a UNION ALL would hit.
@@ -32,8 +36,9 @@ pub(super) async fn connect(url: &str, config: &PoolConfig) -> Result<SqlitePool
         .journal_mode(SqliteJournalMode::Wal)
         // A revocation acknowledged to the caller must survive a power cut too.
         .synchronous(SqliteSynchronous::Full)
-        // Writers queue on the file lock instead of failing at once.
-        .busy_timeout(Duration::from_secs(5));
+        // Writers queue on the file lock instead of failing at once, for as long
+        // as any call waits on the store.
+        .busy_timeout(config.acquire_timeout);
     let pool = SqlitePoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
