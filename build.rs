@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
 
     tonic_prost_build::configure()
+        // Bytes that are not a valid message are the caller's fault: see src/codec.rs.
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out.join("keygate_descriptor.bin"))
         .compile_with_config(
             config,

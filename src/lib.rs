@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod cache;
+pub mod codec;
 pub mod config;
 pub mod hostnames;
 pub mod invalidation;
@@ -11,6 +12,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod public_suffix;
 pub mod scopes;
 pub mod service;
 pub mod store;
