@@ -8,7 +8,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     cache::{CacheConfig, KeyCache},
-    config::{DatabaseArgs, ServeArgs},
+    config::{DatabaseArgs, HealthArgs, ServeArgs},
     invalidation::Poller,
     lookup::Lookups,
     proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
@@ -146,6 +146,7 @@ impl App {
             tokens,
             args.key_prefix.clone(),
             catalog,
+            args.database.database_timeout.into(),
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let reflection = || {
@@ -335,29 +336,73 @@ pub async fn shutdown_signal() {
 
 /// Asks a running keygate whether it is SERVING; for container health checks.
 ///
-/// Speaks plaintext gRPC only: against a keygate started with `--tls-cert` it
-/// fails (and with mTLS it would need a client certificate too), so TLS
-/// deployments probe health another way.
-pub async fn check_health(addr: SocketAddr) -> Result<(), AppError> {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+/// Speaks TLS (and presents a client certificate) when asked to, so deployments
+/// with `--tls-cert` or mTLS can probe the same way. A keygate that cannot be
+/// reached and one that answers NOT_SERVING fail with different messages.
+pub async fn check_health(args: HealthArgs) -> Result<(), AppError> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus as Status,
+        health_client::HealthClient,
+    };
+    let addr = args.addr;
+    let scheme = if args.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| AppError::Health(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+        .timeout(Duration::from_secs(2));
+    if let Some(ca) = &args.tls_ca {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| AppError::Tls(format!("cannot read {}: {e}", path.display())))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca)?))
+            .domain_name(
+                args.tls_domain
+                    .clone()
+                    .unwrap_or_else(|| addr.ip().to_string()),
+            );
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| AppError::Tls(error_chain(&e)))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        AppError::Health(format!(
+            "could not reach keygate at {addr}: {}",
+            error_chain(&e)
+        ))
+    })?;
     let status = HealthClient::new(channel)
         .check(HealthCheckRequest::default())
         .await
-        .map_err(|e| AppError::Health(e.message().to_owned()))?
+        .map_err(|e| {
+            AppError::Health(format!(
+                "keygate at {addr} did not answer the health check: {:?}: {}",
+                e.code(),
+                e.message()
+            ))
+        })?
         .into_inner()
         .status();
-    if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+    if status == Status::Serving {
         Ok(())
     } else {
-        Err(AppError::Health(format!("{status:?}")))
+        Err(AppError::Health(format!(
+            "keygate at {addr} answers {} (its store is unreachable, or it is stopping)",
+            status.as_str_name()
+        )))
     }
 }
+
+/// See [`crate::codec::caller_fault_status`].
+type StatusRewrite = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
 
 /// The transport limits every listener applies to each of its connections.
 #[derive(Debug, Clone, Copy)]
@@ -379,7 +424,18 @@ fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr), AppError> {
 
 /// A server with keygate's transport settings; the main and the admin listener
 /// are both built here, so they enforce the same TLS and limits.
-fn server_builder(tls: Option<&ServerTlsConfig>, limits: Limits) -> Result<Server, AppError> {
+fn server_builder(
+    tls: Option<&ServerTlsConfig>,
+    limits: Limits,
+) -> Result<
+    Server<
+        tower::layer::util::Stack<
+            tower::util::MapResponseLayer<StatusRewrite>,
+            tower::layer::util::Identity,
+        >,
+    >,
+    AppError,
+> {
     // tonic stacks these three per connection, in a fixed order that is the one
     // we want (tonic 0.14 `MakeSvc::call`): load shed -> concurrency limit ->
     // timeout -> our services.
@@ -398,7 +454,12 @@ fn server_builder(tls: Option<&ServerTlsConfig>, limits: Limits) -> Result<Serve
         // bounds how long a slot can be held (a stalled store, a client that
         // never finishes its request body). tonic answers CANCELLED ("Timeout
         // expired"); a shorter `grpc-timeout` sent by the client wins.
-        .timeout(limits.request_timeout);
+        .timeout(limits.request_timeout)
+        // Around every service: a request refused before its handler ran (bad
+        // bytes, too large) gets the code that says it was the caller's fault.
+        .layer(tower::util::MapResponseLayer::new(
+            crate::codec::caller_fault_status as StatusRewrite,
+        ));
     match tls {
         None => Ok(builder),
         Some(tls) => builder

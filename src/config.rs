@@ -36,8 +36,25 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct HealthArgs {
     /// Address of the keygate to ask.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "KEYGATE_HEALTH_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
+
+    /// Speak TLS, trusting this CA certificate (PEM): for a keygate started with
+    /// `--tls-cert`.
+    #[arg(long, env = "KEYGATE_HEALTH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// The name the server's certificate must carry (default: the host of `--addr`).
+    #[arg(long, env = "KEYGATE_HEALTH_TLS_DOMAIN", requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+
+    /// Client certificate (PEM) for a keygate that requires mTLS (`--tls-client-ca`).
+    #[arg(long, env = "KEYGATE_HEALTH_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "KEYGATE_HEALTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -45,6 +45,8 @@ struct Waiter {
 pub struct Lookups {
     queue: mpsc::Sender<Waiter>,
     counts: Arc<Counts>,
+    /// The longest a caller waits, queueing included: `--database-timeout`.
+    timeout: Duration,
 }
 
 /// This instance's own tally (the Prometheus counters are process-wide).
@@ -66,7 +68,11 @@ impl Lookups {
             counts: Arc::clone(&counts),
         };
         tokio::spawn(reader.run(rx, slots.max(1)));
-        Self { queue, counts }
+        Self {
+            queue,
+            counts,
+            timeout,
+        }
     }
 
     /// `(reads, hashes)` sent to the store so far.
@@ -83,14 +89,23 @@ impl Lookups {
     }
 
     /// The key `hash` belongs to, read from the store.
+    ///
+    /// The answer comes within the store timeout however many misses queue ahead:
+    /// each read is bounded, but a miss behind several reads of a stalled store
+    /// would otherwise wait for all of them and outlive its caller's deadline.
     pub async fn find(&self, hash: SecretHash) -> Answer {
-        let (reply, answer) = oneshot::channel();
-        if self.queue.send(Waiter { hash, reply }).await.is_err() {
-            return Err(Arc::new(StoreError::Unavailable(sqlx::Error::PoolClosed)));
-        }
-        answer
+        let asked = async {
+            let (reply, answer) = oneshot::channel();
+            if self.queue.send(Waiter { hash, reply }).await.is_err() {
+                return Err(Arc::new(StoreError::Closed));
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(Arc::new(StoreError::Closed)))
+        };
+        tokio::time::timeout(self.timeout, asked)
             .await
-            .unwrap_or_else(|_| Err(Arc::new(StoreError::Unavailable(sqlx::Error::PoolClosed))))
+            .unwrap_or_else(|_| Err(Arc::new(StoreError::Timeout(self.timeout))))
     }
 }
 
@@ -119,6 +134,11 @@ impl Reader {
             if queue.recv_many(&mut batch, MAX_HASHES_PER_READ).await == 0 {
                 return;
             }
+            // Callers whose deadline passed while they queued need no read.
+            batch.retain(|w| !w.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
             metrics.observe(batch.len());
             reader.counts.reads.fetch_add(1, Ordering::Relaxed);
             reader
@@ -137,14 +157,7 @@ impl Reader {
         let hashes: Vec<SecretHash> = batch.iter().map(|w| w.hash).collect();
         let read = tokio::time::timeout(self.timeout, self.store.find_by_hashes(&hashes))
             .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(sqlx::Error::Io(
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the store did not answer a read in time",
-                    ),
-                )))
-            });
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)));
         match read {
             Ok(found) => {
                 for w in batch {

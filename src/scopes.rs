@@ -229,13 +229,13 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// The operator-configured allow-list of scopes that keys may be given.
 ///
-/// A key's `resource:action` is allowed if the catalog lists it or lists `resource:*`;
-/// a key's `resource:*` is allowed if the catalog lists `resource:*` or any scope of
-/// `resource`.
+/// A key's `resource:action` is allowed if the catalog lists it or lists `resource:*`.
+/// A key's `resource:*` is allowed only if the catalog lists `resource:*` itself: the
+/// wildcard grants every action of the resource, including actions the catalog does
+/// not name (and ones added later), so the operator must have chosen to offer it.
 #[derive(Debug, Clone)]
 pub struct ScopeCatalog {
     scopes: BTreeSet<Box<str>>,
-    resources: BTreeSet<Box<str>>,
     wildcard_resources: BTreeSet<Box<str>>,
 }
 
@@ -273,7 +273,6 @@ impl ScopeCatalog {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut catalog = ScopeCatalog {
             scopes: BTreeSet::new(),
-            resources: BTreeSet::new(),
             wildcard_resources: BTreeSet::new(),
         };
         for (i, line) in text.lines().enumerate() {
@@ -286,7 +285,6 @@ impl ScopeCatalog {
                 value: truncate(line, MAX_ECHOED_LEN).to_owned(),
             })?;
             catalog.scopes.insert(Box::from(scope.as_str()));
-            catalog.resources.insert(Box::from(scope.resource()));
             if scope.is_wildcard() {
                 catalog
                     .wildcard_resources
@@ -301,12 +299,7 @@ impl ScopeCatalog {
 
     /// Whether a key may be given `scope`.
     pub fn allows(&self, scope: ScopeRef<'_>) -> bool {
-        if scope.is_wildcard() {
-            self.resources.contains(scope.resource())
-        } else {
-            self.scopes.contains(scope.as_str())
-                || self.wildcard_resources.contains(scope.resource())
-        }
+        self.scopes.contains(scope.as_str()) || self.wildcard_resources.contains(scope.resource())
     }
 
     /// The first scope of `set`, in its (sorted) iteration order, that the catalog does not
@@ -556,9 +549,10 @@ links:read
     #[test]
     fn catalog_wildcard_rules() {
         let catalog = ScopeCatalog::parse_str(CATALOG).expect("valid catalog");
-        // Key wildcard: allowed when the catalog names the resource in any scope.
-        assert!(catalog.allows(scope("links:*")));
-        assert!(catalog.allows(scope("api_keys:*")));
+        // Key wildcard: allowed only when the catalog offers that very wildcard,
+        // not merely some actions of the resource.
+        assert!(!catalog.allows(scope("links:*")));
+        assert!(!catalog.allows(scope("api_keys:*")));
         assert!(catalog.allows(scope("short_links:*")));
         assert!(!catalog.allows(scope("accounts:*")));
         assert!(!catalog.allows(scope("link:*")));
@@ -571,8 +565,12 @@ links:read
     fn catalog_first_unknown() {
         let catalog = ScopeCatalog::parse_str(CATALOG).expect("valid catalog");
         assert_eq!(
-            catalog.first_unknown(&set(&["links:read", "links:*", "short_links:x"])),
+            catalog.first_unknown(&set(&["links:read", "short_links:*", "short_links:x"])),
             None
+        );
+        assert_eq!(
+            catalog.first_unknown(&set(&["links:read", "links:*"])),
+            Some("links:*")
         );
         let s = set(&["zebra:run", "links:read", "accounts:read"]);
         assert_eq!(catalog.first_unknown(&s), Some("accounts:read"));

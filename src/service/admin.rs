@@ -1,6 +1,6 @@
 //! `KeyAdmin`: key management for trusted internal callers.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
@@ -11,15 +11,15 @@ use super::{
 };
 use crate::{
     cache::KeyCache,
-    hostnames::{AllowedHostnames, HostnamesError},
+    hostnames::{AllowedHostnames, HostnamePattern, HostnamesError},
     keys::{self, KeyPrefix, Secret},
     model::{
         Actor, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros, OrganizationId, Owner, Role,
         UserId,
     },
     proto::{self, key_admin_server::KeyAdmin},
-    scopes::{ScopeCatalog, ScopeSet, ScopeSetError},
-    store::{KeyFilter, Store},
+    scopes::{ScopeCatalog, ScopeSet, ScopeSetError, parse_scope},
+    store::{KeyFilter, Store, StoreError},
 };
 
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub struct AdminService {
     tokens: AdminTokens,
     prefix: KeyPrefix,
     catalog: Option<Arc<ScopeCatalog>>,
+    /// `--database-timeout`: the longest a call waits on the store, whatever it
+    /// waits for (a connection, a lock, a stalled network).
+    store_timeout: Duration,
 }
 
 impl AdminService {
@@ -38,6 +41,7 @@ impl AdminService {
         tokens: AdminTokens,
         prefix: KeyPrefix,
         catalog: Option<Arc<ScopeCatalog>>,
+        store_timeout: Duration,
     ) -> Self {
         Self {
             store,
@@ -45,20 +49,38 @@ impl AdminService {
             tokens,
             prefix,
             catalog,
+            store_timeout,
         }
+    }
+
+    /// Runs one store operation within the store timeout: a call that waits on
+    /// the store ends UNAVAILABLE in time, never CANCELLED by the request timeout.
+    /// A write given up here is rolled back unless its commit was already sent.
+    async fn stored<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ApiError> {
+        tokio::time::timeout(self.store_timeout, op)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.store_timeout)))
+            .map_err(ApiError::from)
     }
 
     fn authenticate<T>(&self, request: &Request<T>) -> Result<Actor, ApiError> {
         self.tokens.authenticate(request.metadata())
     }
 
-    /// Scopes of a request, checked against the grammar and the catalog; each bad
-    /// one is named by its index in the request.
+    /// Scopes of a request, checked against the grammar and the catalog; every bad
+    /// one is named by its index in the request (within the violations' cap).
     fn parse_scopes(&self, v: &mut Violations, scopes: &[String]) -> Option<ScopeSet> {
         let set = match ScopeSet::parse(scopes) {
             Ok(set) => set,
-            Err(ScopeSetError::Invalid { index, source, .. }) => {
-                v.add(format!("scopes[{index}]"), source.to_string());
+            Err(ScopeSetError::Invalid { .. }) => {
+                for (index, scope) in scopes.iter().enumerate() {
+                    if let Err(e) = parse_scope(scope) {
+                        v.add(format!("scopes[{index}]"), e.to_string());
+                    }
+                }
                 return None;
             }
             Err(e) => {
@@ -66,15 +88,20 @@ impl AdminService {
                 return None;
             }
         };
-        if let Some(unknown) = self.catalog.as_ref().and_then(|c| c.first_unknown(&set)) {
-            let index = scopes.iter().position(|s| s == unknown).unwrap_or(0);
-            v.add(
-                format!("scopes[{index}]"),
-                format!("{unknown:?} is not in the scope catalog"),
-            );
-            return None;
+        let Some(catalog) = self.catalog.as_ref() else {
+            return Some(set);
+        };
+        let mut known = true;
+        for (index, scope) in scopes.iter().enumerate() {
+            if parse_scope(scope).is_ok_and(|s| !catalog.allows(s)) {
+                v.add(
+                    format!("scopes[{index}]"),
+                    format!("{scope:?} is not in the scope catalog"),
+                );
+                known = false;
+            }
         }
-        Some(set)
+        known.then_some(set)
     }
 
     /// A key the actor may act on; another organization's key does not exist for it.
@@ -85,8 +112,7 @@ impl AdminService {
         id: &KeyId,
     ) -> Result<KeyRecord, ApiError> {
         let key = self
-            .store
-            .get_key(org, id)
+            .stored(self.store.get_key(org, id))
             .await?
             .ok_or(ApiError::NotFound)?;
         if key.is_accessible_by(actor) {
@@ -128,19 +154,30 @@ fn parse_name(v: &mut Violations, name: &str) -> Option<KeyName> {
     v.check("name", KeyName::parse(name))
 }
 
+/// Every bad entry is named by its index (within the violations' cap), not only
+/// the first: one round trip tells the caller all it must fix.
 fn parse_hostnames(v: &mut Violations, hosts: &[String]) -> Option<AllowedHostnames> {
-    if let Some(i) = hosts.iter().position(|h| contains_secret(h)) {
-        v.add(format!("allowed_hostnames[{i}]"), SECRET_HERE);
+    let mut bad = false;
+    for (i, host) in hosts.iter().enumerate() {
+        if contains_secret(host) {
+            v.add(format!("allowed_hostnames[{i}]"), SECRET_HERE);
+            bad = true;
+        } else if let Err(e) = host.parse::<HostnamePattern>() {
+            v.add(format!("allowed_hostnames[{i}]"), e.to_string());
+            bad = true;
+        }
+    }
+    if bad {
         return None;
     }
     match AllowedHostnames::parse(hosts) {
         Ok(h) => Some(h),
-        Err(HostnamesError::Invalid { index, source, .. }) => {
-            v.add(format!("allowed_hostnames[{index}]"), source.to_string());
+        Err(e @ HostnamesError::TooMany(_)) => {
+            v.add("allowed_hostnames", e.to_string());
             None
         }
-        Err(e) => {
-            v.add("allowed_hostnames", e.to_string());
+        Err(HostnamesError::Invalid { index, source, .. }) => {
+            v.add(format!("allowed_hostnames[{index}]"), source.to_string());
             None
         }
     }
@@ -231,7 +268,7 @@ impl AdminService {
             expire_time: expire,
             created_by: actor.id.clone(),
         };
-        self.store.create_key(&key).await.map_err(ApiError::from)?;
+        self.stored(self.store.create_key(&key)).await?;
         // Someone may have presented this exact secret before it existed.
         self.cache.invalidate(&key.secret_hash);
         Self::audit(&actor, &key.organization_id, &key.id, "created");
@@ -313,24 +350,18 @@ impl AdminService {
                 _ => Some(actor.id.clone()),
             },
         };
+        // The filters apply to every role: a member's own keys are user keys, so
+        // a member asking for bot keys gets none (the owner filter excludes them).
         let filter = KeyFilter {
             organization_id: org,
-            key_type: if actor.role == Role::Member {
-                Some(KeyType::User)
-            } else {
-                key_type
-            },
+            key_type,
             user_id: user,
             include_revoked: req.include_revoked,
             after,
             // One more than asked tells whether another page follows.
             limit: limit + 1,
         };
-        let mut keys = self
-            .store
-            .list_keys(&filter)
-            .await
-            .map_err(ApiError::from)?;
+        let mut keys = self.stored(self.store.list_keys(&filter)).await?;
         let next_page_token = if keys.len() > limit as usize {
             keys.truncate(limit as usize);
             keys.last()
@@ -389,10 +420,8 @@ impl AdminService {
 
         let key = self.accessible_key(&actor, &org, &id).await?;
         let updated = self
-            .store
-            .update_key(&org, &id, &patch, &actor.id, now)
-            .await
-            .map_err(ApiError::from)?;
+            .stored(self.store.update_key(&org, &id, &patch, &actor.id, now))
+            .await?;
         self.cache.invalidate(&key.secret_hash);
         Self::audit(&actor, &org, &id, "updated");
         Ok(Response::new(proto::UpdateKeyResponse {
@@ -416,10 +445,8 @@ impl AdminService {
 
         self.accessible_key(&actor, &org, &id).await?;
         let key = self
-            .store
-            .revoke_key(&org, &id, &actor.id, Micros::now())
-            .await
-            .map_err(ApiError::from)?;
+            .stored(self.store.revoke_key(&org, &id, &actor.id, Micros::now()))
+            .await?;
         self.cache.invalidate(&key.secret_hash);
         Self::audit(&actor, &org, &id, "revoked");
         Ok(Response::new(proto::RevokeKeyResponse {
@@ -443,10 +470,11 @@ impl AdminService {
         require_admin(&actor, "only admins remove members")?;
 
         let hashes = self
-            .store
-            .remove_member(&org, &user, &actor.id, Micros::now())
-            .await
-            .map_err(ApiError::from)?;
+            .stored(
+                self.store
+                    .remove_member(&org, &user, &actor.id, Micros::now()),
+            )
+            .await?;
         for h in &hashes {
             self.cache.invalidate(h);
         }
@@ -496,10 +524,11 @@ impl AdminService {
         require_admin(&actor, "only admins read the audit trail")?;
 
         let mut events = self
-            .store
-            .list_events(&org, key_id.as_ref(), after, limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+            .stored(
+                self.store
+                    .list_events(&org, key_id.as_ref(), after, limit + 1),
+            )
+            .await?;
         let next_page_token = if events.len() > limit as usize {
             events.truncate(limit as usize);
             events

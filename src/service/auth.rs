@@ -66,20 +66,20 @@ impl AdminTokens {
 
     /// Checks the caller's credentials and returns the actor it acts for.
     pub fn authenticate(&self, md: &MetadataMap) -> Result<Actor, ApiError> {
-        let header = md
-            .get("authorization")
+        let header = single(md, "authorization")
+            .map_err(|()| {
+                ApiError::Unauthenticated(
+                    "authorization metadata sent more than once: send one `Bearer <service token>`",
+                )
+            })?
             .ok_or(ApiError::Unauthenticated(
                 "missing authorization metadata: expected `Bearer <service token>`",
             ))?
             .to_str()
             .map_err(|_| ApiError::Unauthenticated("authorization metadata is not valid ASCII"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(ApiError::Unauthenticated(
-                "authorization must be `Bearer <service token>`",
-            ))?
-            .trim();
+        let token = bearer_token(header).ok_or(ApiError::Unauthenticated(
+            "authorization must be `Bearer <service token>`",
+        ))?;
         if keys::parse_token(token).is_ok() {
             return Err(ApiError::Unauthenticated(
                 "API keys are not accepted as KeyAdmin credentials: use a service token",
@@ -89,14 +89,17 @@ impl AdminTokens {
             return Err(ApiError::Unauthenticated("invalid service token"));
         }
 
-        let id = md
-            .get("x-actor-id")
+        let duplicated = |field: &'static str| {
+            move |()| ApiError::invalid(field, "sent more than once: send exactly one value")
+        };
+        let id = single(md, "x-actor-id")
+            .map_err(duplicated("x-actor-id"))?
             .ok_or(ApiError::Unauthenticated("missing x-actor-id metadata"))?
             .to_str()
             .map_err(|_| ApiError::invalid("x-actor-id", "must be printable ASCII"))?;
         let id = UserId::parse(id).map_err(|e| ApiError::invalid("x-actor-id", e.to_string()))?;
-        let role = match md
-            .get("x-actor-role")
+        let role = match single(md, "x-actor-role")
+            .map_err(duplicated("x-actor-role"))?
             .ok_or(ApiError::Unauthenticated("missing x-actor-role metadata"))?
             .to_str()
         {
@@ -111,6 +114,32 @@ impl AdminTokens {
         };
         Ok(Actor { id, role })
     }
+}
+
+/// The one value of a security-relevant header; `Err` when it was sent more than
+/// once, because resolving duplicates by order would let whoever adds the second
+/// value choose the outcome.
+fn single<'a>(
+    md: &'a MetadataMap,
+    name: &str,
+) -> Result<Option<&'a tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, ()> {
+    let mut values = md.get_all(name).iter();
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err(()),
+        None => Ok(first),
+    }
+}
+
+/// The credential of an `Authorization: Bearer <token>` value. The scheme name is
+/// case-insensitive (RFC 7235 §2.1); one or more spaces separate it from the token.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
@@ -138,6 +167,16 @@ mod tests {
             AdminTokens::new(&["ok", " "]),
             Err(TokenError::Empty(2))
         ));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR  t0k "] {
+            assert_eq!(bearer_token(header), Some("t0k"), "{header}");
+        }
+        for header in ["Basic t0k", "Bearer", "Bearer ", "Bearert0k", "t0k"] {
+            assert_eq!(bearer_token(header), None, "{header}");
+        }
     }
 
     #[test]

@@ -40,8 +40,8 @@ impl From<StoreError> for ApiError {
 impl From<&StoreError> for ApiError {
     fn from(e: &StoreError) -> Self {
         match e {
-            StoreError::Unavailable(err) => {
-                tracing::warn!(error = %err, "store unavailable");
+            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Closed => {
+                tracing::warn!(error = %e, "store unavailable");
                 Self::Unavailable
             }
             StoreError::NotFound => Self::NotFound,

@@ -75,12 +75,13 @@ fn check(key: &CachedKey, req: &proto::VerifyKeyRequest, now: Micros) -> proto::
     if !key.allowed_hostnames.allows(&req.origin, &req.referer) {
         return denied(VerifyCode::HostnameBlocked, Some(key));
     }
-    let missing: Vec<String> = req
-        .required_scopes
-        .iter()
-        .filter(|s| parse_scope(s).is_ok_and(|s| !key.scopes.grants(s)))
-        .cloned()
-        .collect();
+    // Each missing scope once, in the order first asked for.
+    let mut missing: Vec<String> = Vec::new();
+    for s in &req.required_scopes {
+        if parse_scope(s).is_ok_and(|s| !key.scopes.grants(s)) && !missing.contains(s) {
+            missing.push(s.clone());
+        }
+    }
     if !missing.is_empty() {
         let mut resp = denied(VerifyCode::InsufficientScope, Some(key));
         resp.missing_scopes = missing;
