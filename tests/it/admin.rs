@@ -1101,10 +1101,10 @@ async fn scope_catalog_rejects_unknown_scopes(backend: Backend) {
         .create(admin(bot_key(
             "acme",
             "k",
-            &["links:read", "links:*", "stats:read"],
+            &["links:read", "stats:*", "stats:read"],
         )))
         .await;
-    assert_eq!(key.scopes, ["links:*", "links:read", "stats:read"]);
+    assert_eq!(key.scopes, ["links:read", "stats:*", "stats:read"]);
     let update = UpdateKeyRequest {
         organization_id: "acme".into(),
         id: key.id.clone(),
@@ -1129,10 +1129,7 @@ async fn oversized_messages_are_refused_by_the_transport(backend: Backend) {
         .create_key(admin(req))
         .await
         .expect_err("refused");
-    assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{status:?}"
-    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let verify = verify_req(&"k".repeat(70 * 1024), &[]);
     let status = app
         .verify
@@ -1140,10 +1137,7 @@ async fn oversized_messages_are_refused_by_the_transport(backend: Backend) {
         .verify_key(verify)
         .await
         .expect_err("refused");
-    assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{status:?}"
-    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(app.all_keys("acme").await.is_empty());
     app.stop().await;
 }

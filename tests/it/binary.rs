@@ -172,15 +172,15 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         ],
     );
     let addr = proc.wait_serving();
+    // With JSON logs the token comes as one JSON log line, with how to use it.
     let token = proc.wait_for("the generated token", |l| {
-        let t = l.trim();
-        (t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit())).then(|| t.to_owned())
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        v.get("admin_token")?;
+        assert_eq!(v["level"], "WARN", "{l}");
+        assert!(v["usage"].as_str()?.contains("x-actor-role"), "{l}");
+        v["admin_token"].as_str().map(str::to_owned)
     });
-    assert!(
-        proc.output()
-            .iter()
-            .any(|l| l.contains("WARNING") && l.contains("admin"))
-    );
+    assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()));
 
     let channel = connect(addr).await;
     let mut admin_client = KeyAdminClient::new(channel.clone());
@@ -250,15 +250,24 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     let probe = |addr: std::net::SocketAddr| {
         Command::new(BIN)
             .args(["health", "--addr", &addr.to_string()])
-            .stderr(Stdio::null())
-            .status()
+            .env_remove("KEYGATE_LOG_FORMAT")
+            .output()
             .expect("run health")
     };
-    assert!(probe(addr).success(), "the container health check passes");
+    assert!(
+        probe(addr).status.success(),
+        "the container health check passes"
+    );
 
     let status = proc.terminate();
     assert!(status.success(), "graceful exit: {status}");
-    assert!(!probe(addr).success(), "and fails once keygate is gone");
+    let gone = probe(addr);
+    assert!(!gone.status.success(), "and fails once keygate is gone");
+    let said = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        said.contains("could not reach keygate at"),
+        "says the server could not be reached, not that it failed: {said}"
+    );
     let log = proc.output();
     let log_text = log.join("\n");
     assert!(log.len() > 20, "trace logging is on");
@@ -272,10 +281,10 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         1,
         "the token is printed once"
     );
+    // JSON logs are pure JSON: every line a log consumer reads parses.
     let json: Vec<serde_json::Value> = log
         .iter()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON log lines parse"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     // One structured line per admin change, naming actor, organization, key and action...
     let changes: Vec<_> = json
@@ -360,6 +369,34 @@ fn bad_flags_are_refused_with_a_clear_message() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// A first run against a fresh MySQL server: `migrate` creates the database the
+/// URL names instead of failing on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_a_missing_mysql_database() {
+    let name = format!(
+        "kgt_new_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let url = format!("{}/{name}", mysql_server_url());
+    let out = Command::new(BIN)
+        .args(["migrate", "--database-url", &url])
+        .env_remove("KEYGATE_DATABASE_URL")
+        .output()
+        .expect("run migrate");
+    let db = TestDb::adopt_mysql(&name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::connect(&url, &PoolConfig::default())
+        .await
+        .expect("the database exists now");
+    assert_eq!(store.last_event_id().await.expect("schema exists"), 0);
+    store.close().await;
+    db.drop_db().await;
 }
 
 crate::store_tests!(migrate_is_idempotent);

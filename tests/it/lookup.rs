@@ -8,7 +8,7 @@ use keygate::{
     keys::{self, KeyPrefix, Secret, SecretHash},
     lookup::Lookups,
     proto::VerifyCode,
-    store::StoreError,
+    store::{PoolConfig, Store, StoreError},
 };
 use sqlx::{Connection, MySqlConnection};
 
@@ -147,7 +147,18 @@ crate::store_tests!(
 async fn misses_queued_behind_a_busy_read_are_read_together() {
     let app = spawn_app(Backend::MySql).await;
     let keys = seed(&app, 20).await;
-    let lookups = Lookups::start(app.store.clone(), 1, Duration::from_secs(60));
+    // A store whose statements wait on locks as long as the test needs (the
+    // lock wait follows the store timeout).
+    let patient = Store::connect(
+        &app.db.url,
+        &PoolConfig {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(60),
+        },
+    )
+    .await
+    .expect("connect");
+    let lookups = Lookups::start(patient, 1, Duration::from_secs(60));
 
     let mut locker = lock_keys_table(&app).await;
 
@@ -207,12 +218,72 @@ async fn a_read_the_store_does_not_answer_is_given_up_and_frees_its_slot() {
         .await
         .expect("the read is given up, not left waiting")
         .expect_err("no answer while the table is locked");
-    assert!(matches!(*err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(matches!(*err, StoreError::Timeout(_)), "{err:?}");
 
     unlock(&mut locker).await;
     let found = lookups.find(keys[0].2).await.expect("read").expect("found");
     assert_eq!(found.id.as_str(), keys[0].0);
     assert_eq!(lookups.reads().0, 2);
 
+    app.stop().await;
+}
+
+/// The store stalls (a table lock nobody releases) under 300 concurrent
+/// uncached verifications and an admin write: every call ends UNAVAILABLE
+/// within the store timeout plus a margin, however many queue for the read
+/// slots; none runs into the request timeout (CANCELLED). Before the fix the
+/// queued misses waited for one timed-out read after another, and the write for
+/// MariaDB's own lock wait (a year for a table lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_answers_unavailable_within_the_store_timeout() {
+    const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+    // Generous for a loaded CI machine, and far below what queueing gave before
+    // the fix: about 2 s per read ahead in the queue, 12 s for the last of 300.
+    const BOUND: Duration = Duration::from_secs(5);
+    let app = spawn_app_with(
+        Backend::MySql,
+        &["--database-timeout", "2s", "--request-timeout", "60s"],
+    )
+    .await;
+    let mut locker = lock_keys_table(&app).await;
+
+    let calls: Vec<_> = (0..300)
+        .map(|_| {
+            let mut client = app.verify.clone();
+            let key = Secret::generate(&KeyPrefix::default()).expose().to_owned();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let result = client.verify_key(verify_req(&key, &[])).await;
+                (start.elapsed(), result.map(|r| r.into_inner().code()))
+            })
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let write = app
+        .admin
+        .clone()
+        .create_key(admin(bot_key("acme", "during the stall", &["links:read"])))
+        .await;
+    let write_took = start.elapsed();
+    assert_code(write, tonic::Code::Unavailable);
+    assert!(write_took < BOUND, "the write took {write_took:?}");
+
+    let mut slowest = Duration::ZERO;
+    for call in calls {
+        let (took, result) = call.await.expect("task");
+        let status = result.expect_err("no answer from a stalled store");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < BOUND,
+        "slowest verification took {slowest:?} (store timeout {STORE_TIMEOUT:?})"
+    );
+
+    unlock(&mut locker).await;
+    assert!(
+        app.all_keys("acme").await.is_empty(),
+        "the refused write changed nothing"
+    );
     app.stop().await;
 }

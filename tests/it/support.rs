@@ -80,6 +80,19 @@ impl TestDb {
         }
     }
 
+    /// A database on the tests' MySQL server that something else created (or
+    /// was asked to create), dropped like the tests' own.
+    pub fn adopt_mysql(name: &str) -> Self {
+        let server = mysql_server_url();
+        Self {
+            url: format!("{server}/{name}"),
+            cleanup: Cleanup::MySql {
+                server,
+                name: name.to_owned(),
+            },
+        }
+    }
+
     pub async fn drop_db(&self) {
         match &self.cleanup {
             Cleanup::File(path) => {
