@@ -2,14 +2,28 @@
 # Build stage: the full toolchain; protoc comes vendored through build.rs.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+
+# Dependencies first, against stub sources, so that this slow layer is rebuilt only
+# when the manifest, the lock file, build.rs or the protos change, not on every
+# edit of src/. Every target Cargo.toml declares gets a stub so the manifest loads.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
-COPY migrations migrations
-COPY src src
-RUN cargo build --release --locked --bin keygate
+RUN mkdir -p src/bin tests/it \
+ && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > src/bin/keygate-bench.rs \
+ && touch src/lib.rs tests/it/main.rs \
+ && cargo build --release --locked --bin keygate
 
-# Runtime stage: a small Debian with CA certificates, no toolchain, no shell tools
-# beyond what the health check needs.
+COPY migrations migrations
+COPY data data
+COPY src src
+# COPY keeps the files' own modification times, which can be older than the stub
+# build's; cargo compares times, so without the touch it could ship the stub.
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked --bin keygate
+
+# Runtime stage: a small Debian with CA certificates and no toolchain. /bin/sh stays:
+# the health check below needs it.
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
@@ -18,14 +32,19 @@ RUN apt-get update \
 COPY --from=build /src/target/release/keygate /usr/local/bin/keygate
 USER keygate
 WORKDIR /var/lib/keygate
+# The SQLite default keeps its file in /var/lib/keygate: mount a volume there to keep
+# keys across containers (`-v keygate-data:/var/lib/keygate`). No VOLUME line, so a
+# deployment on MySQL does not collect an anonymous volume per container.
 ENV KEYGATE_LISTEN=0.0.0.0:50051 \
     KEYGATE_METRICS_LISTEN=0.0.0.0:9464 \
     KEYGATE_DATABASE_URL=sqlite:///var/lib/keygate/keygate.db \
     KEYGATE_LOG_FORMAT=json
 EXPOSE 50051 9464
-VOLUME ["/var/lib/keygate"]
-# grpc.health.v1 through the binary itself: no grpc_health_probe to ship.
+# grpc.health.v1 through the binary itself: no grpc_health_probe to ship. It reads
+# KEYGATE_HEALTH_TLS_CA / _DOMAIN (a TLS server) and KEYGATE_HEALTH_TLS_CERT / _KEY
+# (a server that requires client certificates) from the environment, so TLS needs
+# no change here. `|| exit 1`: Docker reserves exit code 2, which a usage error gives.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["keygate", "health", "--addr", "127.0.0.1:50051"]
+    CMD keygate health || exit 1
 ENTRYPOINT ["keygate"]
 CMD ["serve"]

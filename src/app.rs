@@ -383,8 +383,13 @@ pub async fn check_health(args: HealthArgs) -> Result<(), AppError> {
         .check(HealthCheckRequest::default())
         .await
         .map_err(|e| {
+            let hint = if args.tls_ca.is_none() {
+                "; if it serves TLS, pass --tls-ca"
+            } else {
+                ""
+            };
             AppError::Health(format!(
-                "keygate at {addr} did not answer the health check: {:?}: {}",
+                "keygate at {addr} did not answer the health check ({:?}: {}){hint}",
                 e.code(),
                 e.message()
             ))

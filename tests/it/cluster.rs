@@ -213,7 +213,8 @@ crate::store_tests!(
 
 /// Auto-increment ids are handed out at insert but seen at commit: an event with a
 /// lower id can become visible after a higher one was polled. The poller must not
-/// skip it. (SQLite serializes writers, so only MySQL can commit out of order.)
+/// skip it. (SQLite serializes writers, so only MySQL can commit out of order;
+/// keygate serializes the event writers of one organization, so two organizations.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_committed_out_of_order_still_invalidates() {
     use keygate::{
@@ -233,14 +234,16 @@ async fn an_event_committed_out_of_order_still_invalidates() {
     let mut poller = Poller::start(store.clone(), cache.clone())
         .await
         .expect("poller");
-    let insert = "INSERT INTO key_events (key_id, organization_id, action, actor_id, event_time, secret_hash) \
-                  VALUES ('00000000-0000-7000-8000-000000000000', 'acme', 3, 'x', 0, ?)";
+    let insert = "INSERT INTO key_events \
+                  (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq) \
+                  VALUES ('00000000-0000-7000-8000-000000000000', ?, 3, 'x', 0, ?, 1)";
 
     // The slow writer takes the lower id and holds its transaction open.
     let slow_secret = Secret::generate(&KeyPrefix::default());
     let mut slow = MySqlConnection::connect(&db.url).await.expect("connect");
     let mut slow_tx = slow.begin().await.expect("begin");
     sqlx::query(insert)
+        .bind("acme")
         .bind(&slow_secret.hash().as_bytes()[..])
         .execute(&mut *slow_tx)
         .await
@@ -249,6 +252,7 @@ async fn an_event_committed_out_of_order_still_invalidates() {
     let fast_secret = Secret::generate(&KeyPrefix::default());
     let mut fast = MySqlConnection::connect(&db.url).await.expect("connect");
     sqlx::query(insert)
+        .bind("globex")
         .bind(&fast_secret.hash().as_bytes()[..])
         .execute(&mut fast)
         .await

@@ -281,6 +281,9 @@ async fn a_stalled_store_answers_unavailable_within_the_store_timeout() {
     );
 
     unlock(&mut locker).await;
-    assert!(app.all_keys("acme").await.is_empty(), "the refused write changed nothing");
+    assert!(
+        app.all_keys("acme").await.is_empty(),
+        "the refused write changed nothing"
+    );
     app.stop().await;
 }

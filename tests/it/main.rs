@@ -19,4 +19,3 @@ mod soak;
 mod support;
 mod tls;
 mod verify;
-mod wire;

@@ -40,7 +40,7 @@ async fn a_members_list_applies_the_type_filter(backend: Backend) {
         }
     };
     assert_eq!(list(KeyType::Bot).await, Vec::<String>::new());
-    assert_eq!(list(KeyType::User).await, [mine.id.clone()]);
+    assert_eq!(list(KeyType::User).await, std::slice::from_ref(&mine.id));
     assert_eq!(list(KeyType::Unspecified).await, [mine.id]);
     app.stop().await;
 }

@@ -529,3 +529,60 @@ async fn bad_tls_files_fail_the_start_clearly() {
     }
     db.drop_db().await;
 }
+
+/// `keygate health`, as a container's health check runs it, against a TLS and an
+/// mTLS listener: it passes with the CA (and, for mTLS, a client certificate),
+/// and fails in plaintext with a message that points at `--tls-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_speaks_tls_and_mtls() {
+    const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+    let pki = Pki::generate();
+    std::fs::write(pki.path("client.crt"), &pki.client.cert).expect("write");
+    std::fs::write(pki.path("client.key"), &pki.client.key).expect("write");
+    let health = |addr: SocketAddr, flags: &[String]| {
+        let out = std::process::Command::new(BIN)
+            .args(["health", "--addr", &addr.to_string()])
+            .args(flags)
+            .env_remove("KEYGATE_LOG_FORMAT")
+            .output()
+            .expect("run keygate health");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = vec!["--tls-ca".to_owned(), pki.arg("ca.crt")];
+    let mut named = ca.clone();
+    named.extend(["--tls-domain".to_owned(), "localhost".to_owned()]);
+    let mut with_cert = named.clone();
+    with_cert.extend([
+        "--tls-cert".to_owned(),
+        pki.arg("client.crt"),
+        "--tls-key".to_owned(),
+        pki.arg("client.key"),
+    ]);
+
+    for mtls in [false, true] {
+        let db = TestDb::create(Backend::Sqlite).await;
+        let app = start(&db, &pki.flags(mtls)).await;
+        let addr = app.addr();
+        let (ok, said) = health(addr, &[]);
+        assert!(
+            !ok && said.contains("if it serves TLS, pass --tls-ca"),
+            "plaintext: {said}"
+        );
+        if mtls {
+            let (ok, said) = health(addr, &named);
+            assert!(!ok, "mTLS without a client certificate passed: {said}");
+            let (ok, said) = health(addr, &with_cert);
+            assert!(ok, "mTLS with a client certificate: {said}");
+        } else {
+            // The server certificate names 127.0.0.1 too, the default domain.
+            let (ok, said) = health(addr, &ca);
+            assert!(ok, "TLS by address: {said}");
+            let (ok, said) = health(addr, &named);
+            assert!(ok, "TLS by name: {said}");
+        }
+        stop(app, db).await;
+    }
+}
