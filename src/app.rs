@@ -87,6 +87,7 @@ impl App {
     /// Opens the store, migrates it, binds the listener and starts serving.
     pub async fn start(args: ServeArgs) -> Result<Self, AppError> {
         let store = open_store(&args.database).await?;
+        crate::metrics::store_pool_max(args.database.database_max_connections);
 
         let generated_token = args.admin_tokens.is_empty().then(AdminTokens::generate);
         let tokens = match &generated_token {
@@ -288,6 +289,7 @@ async fn watch_store_health(
         if last != Some(status) {
             for s in SERVICES {
                 health.set_service_status(s, status).await;
+                crate::metrics::health_serving(s, ok);
             }
             if last.is_some() {
                 tracing::warn!(?status, "store health changed");
@@ -303,6 +305,7 @@ async fn watch_store_health(
         health
             .set_service_status(s, ServingStatus::NotServing)
             .await;
+        crate::metrics::health_serving(s, false);
     }
 }
 

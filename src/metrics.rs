@@ -7,7 +7,10 @@
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
@@ -48,9 +51,101 @@ pub fn handle() -> &'static PrometheusHandle {
         // Another recorder may already be installed (an embedding program's); our
         // handle then renders only what was recorded before, which is harmless.
         let _ = metrics::set_global_recorder(recorder);
+        describe();
         gauge!("keygate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
     })
+}
+
+/// HELP text and unit of every metric keygate exports, so `/metrics` passes
+/// `promtool check metrics` and dashboards can show what a series means.
+/// A metric added anywhere in keygate gets its line here.
+fn describe() {
+    describe_counter!(
+        "keygate_verify_total",
+        Unit::Count,
+        "VerifyKey calls by outcome: the VerifyCode answered (valid, not_found, revoked, ...) or rpc_error when keygate could not answer"
+    );
+    describe_histogram!(
+        VERIFY_SECONDS,
+        Unit::Seconds,
+        "VerifyKey latency inside keygate, from request decoded to answer ready"
+    );
+    describe_counter!(
+        "keygate_cache_hits_total",
+        Unit::Count,
+        "Verify-path lookups answered from memory, by cache: keys (known keys) or unknown_keys (remembered misses)"
+    );
+    describe_counter!(
+        "keygate_cache_misses_total",
+        Unit::Count,
+        "Verify-path lookups found in neither cache, so read from the store"
+    );
+    describe_counter!(
+        "keygate_cache_evictions_total",
+        Unit::Count,
+        "Keys dropped from the key cache for capacity or age"
+    );
+    describe_counter!(
+        "keygate_cache_stale_fills_dropped_total",
+        Unit::Count,
+        "Store reads not cached because a change to the key raced them"
+    );
+    describe_histogram!(
+        INVALIDATION_LAG,
+        Unit::Seconds,
+        "Time from a key change in the store to this instance dropping the key from its cache"
+    );
+    describe_counter!(
+        "keygate_usage_flushes_total",
+        Unit::Count,
+        "Batched usage writes to the store, by result (ok or error; errors are retried)"
+    );
+    describe_counter!(
+        "keygate_usage_flushed_keys_total",
+        Unit::Count,
+        "Keys whose usage counts were written by successful usage flushes"
+    );
+    describe_counter!(
+        "keygate_admin_requests_total",
+        Unit::Count,
+        "KeyAdmin calls by RPC method and gRPC status code"
+    );
+    describe_counter!(
+        "keygate_store_lookups_total",
+        Unit::Count,
+        "Store reads made by the verify path (each answers up to 64 cache misses)"
+    );
+    describe_counter!(
+        "keygate_store_lookup_hashes_total",
+        Unit::Count,
+        "Key hashes carried by the verify path's store reads"
+    );
+    describe_gauge!(
+        "keygate_store_up",
+        Unit::Count,
+        "1 when the store answered the last health ping (every second), 0 when it did not"
+    );
+    describe_gauge!(
+        "keygate_health_serving",
+        Unit::Count,
+        "grpc.health.v1 status this instance reports, by service: 1 SERVING, 0 NOT_SERVING"
+    );
+    describe_gauge!(
+        "keygate_store_connections",
+        Unit::Count,
+        "Open store pool connections by state (idle or in_use)"
+    );
+    describe_gauge!(
+        "keygate_store_connections_max",
+        Unit::Count,
+        "Most connections the store pool may open (--database-max-connections)"
+    );
+    describe_gauge!(
+        "keygate_build_info",
+        Unit::Count,
+        "Always 1; the version label is the running keygate's version"
+    );
 }
 
 /// Serves `/metrics` on `addr` until `shutdown` fires; returns the bound address.
@@ -249,6 +344,18 @@ pub fn store_pool(size: u32, idle: usize) {
     let idle = idle as f64;
     gauge!("keygate_store_connections", "state" => "idle").set(idle);
     gauge!("keygate_store_connections", "state" => "in_use").set((f64::from(size) - idle).max(0.0));
+}
+
+/// The pool's ceiling, set once at start.
+pub fn store_pool_max(max: u32) {
+    // Called before anything else has touched the recorder: install it first.
+    handle();
+    gauge!("keygate_store_connections_max").set(f64::from(max));
+}
+
+/// The grpc.health.v1 status reported for `service` (`""` is the whole server).
+pub fn health_serving(service: &'static str, serving: bool) {
+    gauge!("keygate_health_serving", "service" => service).set(if serving { 1.0 } else { 0.0 });
 }
 
 /// Whether the store answers (1) or not (0).

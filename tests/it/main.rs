@@ -12,6 +12,7 @@ mod metrics;
 mod outage;
 mod polyglot;
 mod private_db;
+mod prometheus;
 mod properties;
 mod review;
 mod security;
