@@ -1,8 +1,10 @@
 //! keygate as callers in other languages see it, against the real binary: a Python
-//! client on stubs generated from `proto/` with `grpc_tools.protoc`, and grpcurl
-//! working from reflection alone. Both need python3 with the packages of
-//! `tests/python/requirements.txt` (which .ci/run installs); without them these
-//! tests fail, they never skip.
+//! client on stubs generated from `proto/` with `grpc_tools.protoc`, grpcurl working
+//! from reflection alone, and the Go, Java and Node.js clients of `clients/`, built and
+//! run by `clients/run`. Python and grpcurl need python3 with the packages of
+//! `tests/python/requirements.txt` (which .ci/run installs); the other clients need
+//! what `clients/install-deps` installs. Without them these tests fail, they never
+//! skip.
 
 use std::{
     ffi::OsStr,
@@ -21,6 +23,7 @@ use crate::{
 const ADMIN_TOKEN: &str = "polyglot-admin-token";
 const INSTALL_HINT: &str =
     "install the tests' tools with `python3 -m pip install -r tests/python/requirements.txt`";
+const CLIENTS_HINT: &str = "install the clients' tools with `clients/install-deps`";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -85,13 +88,18 @@ impl Drop for TempDir {
 
 /// Runs `program` from the repository root; a missing program fails the test.
 fn run(program: &str, args: &[&str], envs: &[(&str, &OsStr)]) -> Output {
+    run_hinted(program, args, envs, INSTALL_HINT)
+}
+
+/// Runs `program` from the repository root; a missing program fails the test with `hint`.
+fn run_hinted(program: &str, args: &[&str], envs: &[(&str, &OsStr)], hint: &str) -> Output {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(repo())
         .stdin(Stdio::null())
         .envs(envs.iter().copied());
     cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}): {INSTALL_HINT}"))
+        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}): {hint}"))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -391,4 +399,205 @@ async fn grpcurl_works_from_reflection_alone() {
         !log.contains(&secret),
         "the secret appears in keygate's log"
     );
+}
+
+/// Builds and runs the client of `clients/<lang>` with `clients/run` against a fresh
+/// keygate, and asserts that every one of its checks passed: create a bot key, verify
+/// it (valid, a missing scope, another origin), revoke it, verify it again.
+async fn client_round_trip(lang: &str) {
+    let build = TempDir::new(&format!("client-{lang}"));
+    let served = Served::start().await;
+    let addr = served.addr.to_string();
+    let out = run_hinted(
+        "clients/run",
+        &[lang],
+        &[
+            ("KEYGATE_ADDR", OsStr::new(&addr)),
+            ("KEYGATE_TOKEN", OsStr::new(ADMIN_TOKEN)),
+            ("KEYGATE_CLIENT_BUILD_DIR", build.0.as_os_str()),
+        ],
+        CLIENTS_HINT,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let log = served.stop().await;
+    assert!(
+        out.status.success(),
+        "clients/run {lang} failed ({}; a missing tool means: {CLIENTS_HINT}):\n\
+         --- stdout\n{stdout}\n--- stderr\n{stderr}\n--- keygate\n{log}",
+        out.status
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("{lang} client: all checks passed")),
+        "clients/run {lang} ended without its closing line:\n{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    // How long generation, compilation and the run took, for `--nocapture`.
+    eprintln!("{}", stderr.lines().last().unwrap_or_default());
+    assert_no_secret(&stdout);
+    assert_no_secret(&stderr);
+    assert_no_secret(&log);
+}
+
+/// clients/go/main.go on stubs that protoc-gen-go and protoc-gen-go-grpc generate from
+/// `proto/`, built in GOPATH mode on Debian's gRPC-Go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_client_round_trips_a_key() {
+    client_round_trip("go").await;
+}
+
+/// clients/java/KeygateClient.java on classes that protoc and grpc_java_plugin
+/// generate from `proto/`, compiled with javac against Debian's grpc-java.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_client_round_trips_a_key() {
+    client_round_trip("java").await;
+}
+
+/// clients/node/client.js on @grpc/grpc-js, loading `proto/` with @grpc/proto-loader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_round_trips_a_key() {
+    client_round_trip("node").await;
+}
+
+/// The region of a client's source between `// README:begin <name>` and
+/// `// README:end`, without the marker line's indentation; several regions of the
+/// same name are joined with a blank line.
+fn source_region(path: &str, name: &str) -> String {
+    let source =
+        std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let begin = format!("// README:begin {name}");
+    let mut segments = Vec::new();
+    let mut lines = source.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != begin {
+            continue;
+        }
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let mut segment = Vec::new();
+        loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("{path}: `{begin}` without `// README:end`"));
+            if line.trim() == "// README:end" {
+                break;
+            }
+            assert!(
+                line.trim().is_empty() || line.starts_with(indent),
+                "{path}: a line of region {name} is indented less than its marker: {line:?}"
+            );
+            segment.push(line.get(indent.len()..).unwrap_or_default());
+        }
+        while segment.last().is_some_and(|l| l.trim().is_empty()) {
+            segment.pop();
+        }
+        segments.push(segment.join("\n"));
+    }
+    assert!(!segments.is_empty(), "{path} has no region `{name}`");
+    segments.join("\n\n")
+}
+
+/// The names of the README regions marked in a client's source.
+fn source_region_names(path: &str) -> Vec<String> {
+    let source =
+        std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let mut names: Vec<String> = source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("// README:begin "))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every Go, Java and Node.js snippet of the README is a region of a compiled and
+/// tested client: each such code block follows a `<!-- snippet: PATH NAME -->` line and
+/// equals that region, and every region appears in the README. The import paths the
+/// README gives are the ones the proto files' options produce.
+#[test]
+fn readme_snippets_are_the_tested_clients_code() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut used: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let Some(lang) = line.strip_prefix("```").filter(|l| !l.is_empty()) else {
+            i += 1;
+            continue;
+        };
+        let end = lines[i + 1..]
+            .iter()
+            .position(|l| *l == "```")
+            .map(|n| i + 1 + n)
+            .unwrap_or_else(|| panic!("README.md:{}: unclosed code block", i + 1));
+        let body = lines[i + 1..end].join("\n");
+        let marker = i
+            .checked_sub(1)
+            .and_then(|p| lines[p].strip_prefix("<!-- snippet: "))
+            .and_then(|m| m.strip_suffix(" -->"));
+        if let Some(marker) = marker {
+            let (path, name) = marker
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("README.md:{i}: `<!-- snippet: PATH NAME -->`"));
+            let region = source_region(path, name);
+            assert!(
+                body == region,
+                "README.md:{}: the {lang} block differs from region `{name}` of {path}; \
+                 copy the region into the README:\n--- README\n{body}\n--- {path}\n{region}",
+                i + 1
+            );
+            used.push((path.to_owned(), name.to_owned()));
+        } else {
+            assert!(
+                !matches!(lang, "go" | "java" | "js"),
+                "README.md:{}: a {lang} block that is not a `<!-- snippet: PATH NAME -->` \
+                 of a tested client:\n{body}",
+                i + 1
+            );
+        }
+        i = end + 1;
+    }
+    for path in [
+        "clients/go/main.go",
+        "clients/java/KeygateClient.java",
+        "clients/node/client.js",
+    ] {
+        for name in source_region_names(path) {
+            assert!(
+                used.contains(&(path.to_owned(), name.clone())),
+                "region `{name}` of {path} is in no README snippet"
+            );
+        }
+        assert!(
+            used.iter().any(|(p, _)| p == path),
+            "no README snippet of {path}"
+        );
+    }
+
+    // clients/go imports the generated package by this path and clients/java imports
+    // `dev.keygate.v1.*`: the options of every proto file must say so, as the README does.
+    let go_path = "github.com/keygate/keygate/gen/go/keygate/v1";
+    for option in [
+        format!("option go_package = \"{go_path};keygatev1\";"),
+        "option java_package = \"dev.keygate.v1\";".to_owned(),
+        "option java_multiple_files = true;".to_owned(),
+    ] {
+        for file in ["api_key.proto", "key_admin.proto", "key_verify.proto"] {
+            let proto = std::fs::read_to_string(repo().join("proto/keygate/v1").join(file))
+                .expect("read proto");
+            assert!(proto.contains(&option), "{file} has `{option}`");
+        }
+    }
+    assert!(
+        readme.contains(&format!("(`{go_path}`)")),
+        "README names {go_path}"
+    );
+    assert!(
+        readme.contains("`dev.keygate.v1`"),
+        "README names dev.keygate.v1"
+    );
+    let go_main = std::fs::read_to_string(repo().join("clients/go/main.go")).expect("main.go");
+    assert!(go_main.contains(&format!("keygatev1 \"{go_path}\"")));
 }
