@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::KeyCache,
@@ -95,15 +95,15 @@ impl Poller {
         }
     }
 
-    /// Polls every `interval` until `shutdown` fires.
-    pub async fn run(mut self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    /// Polls every `interval` until `shutdown` is cancelled.
+    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+                () = shutdown.cancelled() => return,
             }
             match self.poll_once().await {
                 Ok(_) if failing => {

@@ -188,6 +188,21 @@ impl ConstantTimeEq for SecretHash {
 #[error("malformed key")]
 pub struct Malformed;
 
+/// Whether `value` has the shape of an API key, checksum included. The one
+/// test behind "a secret must never be stored, logged or used as a credential
+/// here": ids, tokens and names of that shape are refused wherever they arrive.
+pub fn is_secret_shaped(value: &str) -> bool {
+    parse_token(value).is_ok()
+}
+
+/// Whether any word of `value` has the shape of an API key: a caller who pasted a
+/// secret into a name or a hostname would otherwise have it stored.
+pub fn contains_secret(value: &str) -> bool {
+    value
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(is_secret_shaped)
+}
+
 /// Validates shape and checksum of a presented token without allocating, then hashes it.
 ///
 /// Any prefix fitting the grammar is accepted, not only the configured one, so keys stay

@@ -1,9 +1,12 @@
 //! keygate: issues, scopes and verifies API keys over gRPC.
 
+pub mod api;
 pub mod app;
 pub mod cache;
+pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod domain;
 pub mod hostnames;
 pub mod invalidation;
 pub mod keys;
@@ -14,6 +17,6 @@ pub mod model;
 pub mod proto;
 pub mod public_suffix;
 pub mod scopes;
-pub mod service;
+pub mod services;
 pub mod store;
 pub mod usage;

@@ -19,6 +19,7 @@ use std::{
 };
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 use crate::{
     keys::SecretHash,
@@ -59,7 +60,10 @@ struct Counts {
 impl Lookups {
     /// Starts the reader, with at most `slots` reads out at once, each given up
     /// after `timeout`.
-    pub fn start(store: Store, slots: usize, timeout: Duration) -> Self {
+    ///
+    /// The reader runs on `tasks` until every handle is dropped (the servers
+    /// that hold them have stopped), so shutdown can wait for it.
+    pub fn start(store: Store, slots: usize, timeout: Duration, tasks: &TaskTracker) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
         let reader = Reader {
@@ -67,7 +71,7 @@ impl Lookups {
             timeout,
             counts: Arc::clone(&counts),
         };
-        tokio::spawn(reader.run(rx, slots.max(1)));
+        tasks.spawn(reader.run(rx, slots.max(1)));
         Self {
             queue,
             counts,

@@ -12,7 +12,7 @@ use metrics::{
     histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::proto::VerifyCode;
 
@@ -148,11 +148,12 @@ fn describe() {
     );
 }
 
-/// Serves `/metrics` on `addr` until `shutdown` fires; returns the bound address.
+/// Binds `/metrics` on `addr` and returns the bound address and the server, to
+/// run until `shutdown` is cancelled.
 pub async fn serve(
     addr: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
     let handle = handle();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -163,8 +164,8 @@ pub async fn serve(
             handle.render()
         }),
     );
-    let mut stop_upkeep = shutdown.clone();
-    let task = tokio::spawn(async move {
+    let stop_upkeep = shutdown.clone();
+    let task = async move {
         // Histogram samples are buffered until upkeep folds them in; without a
         // timer they would pile up for as long as nobody scrapes.
         let upkeep = async move {
@@ -172,18 +173,17 @@ pub async fn serve(
             loop {
                 tokio::select! {
                     _ = tick.tick() => handle.run_upkeep(),
-                    _ = stop_upkeep.changed() => return,
+                    () = stop_upkeep.cancelled() => return,
                 }
             }
         };
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        });
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
         let (served, ()) = tokio::join!(served.into_future(), upkeep);
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics endpoint failed");
         }
-    });
+    };
     Ok((bound, task))
 }
 

@@ -32,7 +32,7 @@ impl OrganizationId {
         if !ok {
             return Err(Invalid("must be 1-64 characters of [A-Za-z0-9_-]"));
         }
-        if crate::keys::parse_token(s).is_ok() {
+        if crate::keys::is_secret_shaped(s) {
             return Err(KEY_AS_ID);
         }
         Ok(())
@@ -51,7 +51,7 @@ pub struct UserId(Arc<str>);
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
-        if ok && crate::keys::parse_token(s).is_ok() {
+        if ok && crate::keys::is_secret_shaped(s) {
             return Err(KEY_AS_ID);
         }
         if ok {

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::CachedKey,
@@ -141,19 +141,19 @@ impl UsageRecorder {
         }
     }
 
-    /// Flushes every `interval` until `shutdown` fires, then once more.
+    /// Flushes every `interval` until `shutdown` is cancelled, then once more.
     pub async fn run(
         self: Arc<Self>,
         store: Store,
         interval: Duration,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+                () = shutdown.cancelled() => break,
             }
             match self.flush(&store).await {
                 Ok(0) => {}

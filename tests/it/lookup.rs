@@ -11,6 +11,7 @@ use keygate::{
     store::{PoolConfig, Store, StoreError},
 };
 use sqlx::{Connection, MySqlConnection};
+use tokio_util::task::TaskTracker;
 
 use crate::support::*;
 
@@ -158,7 +159,7 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
     )
     .await
     .expect("connect");
-    let lookups = Lookups::start(patient, 1, Duration::from_secs(60));
+    let lookups = Lookups::start(patient, 1, Duration::from_secs(60), &TaskTracker::new());
 
     let mut locker = lock_keys_table(&app).await;
 
@@ -211,7 +212,12 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
 async fn a_read_the_store_does_not_answer_is_given_up_and_frees_its_slot() {
     let app = spawn_app(Backend::MySql).await;
     let keys = seed(&app, 1).await;
-    let lookups = Lookups::start(app.store.clone(), 1, Duration::from_millis(300));
+    let lookups = Lookups::start(
+        app.store.clone(),
+        1,
+        Duration::from_millis(300),
+        &TaskTracker::new(),
+    );
 
     let mut locker = lock_keys_table(&app).await;
     let err = tokio::time::timeout(Duration::from_secs(10), lookups.find(keys[0].2))

@@ -94,7 +94,7 @@ impl Keygate {
         cmd.env("KEYGATE_DATABASE_URL", database_url)
             .env("KEYGATE_LOG_FORMAT", "json")
             // The serving line is at info; per-call audit lines would only pile up.
-            .env("RUST_LOG", "info,keygate::service=warn");
+            .env("RUST_LOG", "info,keygate::services=warn,keygate::api=warn");
         let mut child = cmd.spawn().expect("spawn keygate");
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));

@@ -1,4 +1,6 @@
-//! Page sizes and opaque page tokens for the list RPCs.
+//! Page sizes, opaque page tokens, and the one rule for cutting a page: the
+//! store is asked for one row more than the page, and that row says whether a
+//! next page exists.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
@@ -12,6 +14,41 @@ pub fn page_size(requested: i32) -> Result<u32, &'static str> {
         Ok(0) => Ok(DEFAULT_PAGE_SIZE),
         Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
         Err(_) => Err("must not be negative"),
+    }
+}
+
+pub const BAD_TOKEN: &str = "is not a page token returned by this list";
+
+/// One page of a list and the token of the next (empty on the last page).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+impl<T> Page<T> {
+    /// Cuts `rows`, read with a limit of `page_size + 1`, to a page; the extra
+    /// row, when there is one, means another page follows, which starts after
+    /// the page's last item (its position given by `position`).
+    pub fn cut(
+        mut rows: Vec<T>,
+        page_size: u32,
+        kind: TokenKind,
+        position: impl Fn(&T) -> String,
+    ) -> Self {
+        let size = page_size as usize;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|last| encode(kind, &position(last)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Self {
+            items: rows,
+            next_page_token,
+        }
     }
 }
 
@@ -38,7 +75,7 @@ pub fn encode(kind: TokenKind, position: &str) -> String {
 /// The position a token carries; `None` for the first page; an error for
 /// anything keygate did not write.
 pub fn decode(kind: TokenKind, token: &str) -> Result<Option<String>, &'static str> {
-    const BAD: &str = "is not a page token returned by this list";
+    const BAD: &str = BAD_TOKEN;
     if token.is_empty() {
         return Ok(None);
     }

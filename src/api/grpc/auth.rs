@@ -4,7 +4,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tonic::metadata::MetadataMap;
 
-use super::error::ApiError;
+use crate::domain::Error as ApiError;
 use crate::{
     keys,
     model::{Actor, Role, UserId},
@@ -39,7 +39,7 @@ impl AdminTokens {
             if t.is_empty() {
                 return Err(TokenError::Empty(i + 1));
             }
-            if keys::parse_token(t).is_ok() {
+            if keys::is_secret_shaped(t) {
                 return Err(TokenError::LooksLikeApiKey(i + 1));
             }
             digests.push(Sha256::digest(t.as_bytes()).into());
@@ -80,7 +80,7 @@ impl AdminTokens {
         let token = bearer_token(header).ok_or(ApiError::Unauthenticated(
             "authorization must be `Bearer <service token>`",
         ))?;
-        if keys::parse_token(token).is_ok() {
+        if keys::is_secret_shaped(token) {
             return Err(ApiError::Unauthenticated(
                 "API keys are not accepted as KeyAdmin credentials: use a service token",
             ));

@@ -1,0 +1,124 @@
+//! `KeyAdmin` over gRPC: authenticate, parse into a command, call the keys
+//! service, translate. Counting and logging of refused calls is the
+//! [`super::observe`] layer's, around the whole service.
+
+use tonic::{Request, Response, Status};
+
+use super::auth::AdminTokens;
+use crate::{
+    domain::commands::{CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, UpdateKey},
+    model::Actor,
+    proto::{self, key_admin_server::KeyAdmin},
+    services::KeyService,
+};
+
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    keys: KeyService,
+    tokens: AdminTokens,
+}
+
+impl AdminApi {
+    pub fn new(keys: KeyService, tokens: AdminTokens) -> Self {
+        Self { keys, tokens }
+    }
+
+    /// The caller's credentials and actor, then its message.
+    fn open<T>(&self, request: Request<T>) -> Result<(Actor, T), Status> {
+        let actor = self.tokens.authenticate(request.metadata())?;
+        Ok((actor, request.into_inner()))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyAdmin for AdminApi {
+    async fn create_key(
+        &self,
+        request: Request<proto::CreateKeyRequest>,
+    ) -> Result<Response<proto::CreateKeyResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let cmd = CreateKey::parse(&req, self.keys.context())?;
+        let (key, secret) = self.keys.create(&actor, cmd).await?;
+        Ok(Response::new(proto::CreateKeyResponse {
+            key: Some((&key).into()),
+            secret: secret.into_exposed(),
+        }))
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<proto::GetKeyRequest>,
+    ) -> Result<Response<proto::GetKeyResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let key = KeyRef::parse(&req.organization_id, &req.id)?;
+        let key = self.keys.get(&actor, key).await?;
+        Ok(Response::new(proto::GetKeyResponse {
+            key: Some((&key).into()),
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<proto::ListKeysRequest>,
+    ) -> Result<Response<proto::ListKeysResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let page = self.keys.list(&actor, ListKeys::parse(&req)?).await?;
+        Ok(Response::new(proto::ListKeysResponse {
+            keys: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<proto::UpdateKeyRequest>,
+    ) -> Result<Response<proto::UpdateKeyResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let cmd = UpdateKey::parse(&req, self.keys.context())?;
+        let key = self.keys.update(&actor, cmd).await?;
+        Ok(Response::new(proto::UpdateKeyResponse {
+            key: Some((&key).into()),
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<proto::RevokeKeyRequest>,
+    ) -> Result<Response<proto::RevokeKeyResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let key = KeyRef::parse(&req.organization_id, &req.id)?;
+        let key = self.keys.revoke(&actor, key).await?;
+        Ok(Response::new(proto::RevokeKeyResponse {
+            key: Some((&key).into()),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::RemoveMemberResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let deleted = self
+            .keys
+            .remove_member(&actor, RemoveMember::parse(&req)?)
+            .await?;
+        Ok(Response::new(proto::RemoveMemberResponse {
+            deleted_key_count: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_key_events(
+        &self,
+        request: Request<proto::ListKeyEventsRequest>,
+    ) -> Result<Response<proto::ListKeyEventsResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let page = self
+            .keys
+            .events(&actor, ListKeyEvents::parse(&req)?)
+            .await?;
+        Ok(Response::new(proto::ListKeyEventsResponse {
+            events: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+}

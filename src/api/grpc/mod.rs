@@ -1,0 +1,12 @@
+//! The gRPC services of the contract: `KeyAdmin` and `KeyVerify`.
+
+pub mod admin;
+pub mod auth;
+mod convert;
+pub mod errors;
+pub mod observe;
+pub mod verify;
+
+pub use admin::AdminApi;
+pub use auth::AdminTokens;
+pub use verify::VerifyApi;

@@ -1,0 +1,86 @@
+//! One tower layer around `KeyAdmin`: every call counted by method and status,
+//! and every refused one logged (a denied admin call is something an operator
+//! wants to see). A layer rather than a wrapper per RPC, so a new RPC is
+//! observed without anyone remembering to.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tonic::{Code, Status, server::NamedService};
+use tower::{Layer, Service};
+
+/// The method names a metric label may take: bounded, whatever path is asked.
+const METHODS: [&str; 7] = [
+    "CreateKey",
+    "GetKey",
+    "ListKeys",
+    "UpdateKey",
+    "RevokeKey",
+    "RemoveMember",
+    "ListKeyEvents",
+];
+
+fn method_of(path: &str) -> &'static str {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    METHODS
+        .into_iter()
+        .find(|m| *m == name)
+        .unwrap_or("unknown")
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObserveAdminLayer;
+
+impl<S> Layer<S> for ObserveAdminLayer {
+    type Service = ObserveAdmin<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ObserveAdmin { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ObserveAdmin<S> {
+    inner: S,
+}
+
+impl<S: NamedService> NamedService for ObserveAdmin<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> Service<http::Request<B>> for ObserveAdmin<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = method_of(request.uri().path());
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            // A refused unary call is answered trailers-only: its status is in
+            // the headers. An answer without one is a success.
+            let status = Status::from_header_map(response.headers());
+            let code = status.as_ref().map_or(Code::Ok, Status::code);
+            crate::metrics::admin_request(method, code);
+            if let Some(status) = status
+                .filter(|s| matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied))
+            {
+                tracing::info!(method, code = ?status.code(), reason = status.message(), "admin call denied");
+            }
+            Ok(response)
+        })
+    }
+}

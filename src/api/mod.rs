@@ -1,0 +1,5 @@
+//! Transports: each authenticates its caller, parses the request into the
+//! domain's terms, calls a service and translates the answer back. No rule of
+//! the product lives here.
+
+pub mod grpc;

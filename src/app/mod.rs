@@ -1,0 +1,400 @@
+//! Wiring only: assembles keygate from its named parts and runs it until told
+//! to stop. No rule of the product lives here.
+//!
+//! - **services**: the keys service and the verifier (`crate::services`), over
+//!   one store, one cache, one usage recorder and one clock;
+//! - **transport**: the gRPC listeners with their TLS and tower stack
+//!   (`transport.rs`), serving the `api::grpc` translations of those services;
+//! - **background tasks** on one `TaskTracker`: the invalidation poll, the usage
+//!   flush, the store-health watcher, `/metrics` and the lookup reader;
+//! - **health** (`health.rs`): `grpc.health.v1` in step with the store.
+//!
+//! Shutdown runs in that order backwards: the servers stop accepting and drain,
+//! then the background tasks stop (the usage flush writes a last time), then the
+//! store closes.
+
+mod health;
+mod transport;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::task::JoinHandle;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::ServerTlsConfig;
+use tonic_health::pb::health_server::{Health, HealthServer};
+
+pub use health::check_health;
+use transport::{Limits, bind, load_tls, server_builder};
+
+use crate::{
+    api::grpc::{AdminApi, AdminTokens, VerifyApi, observe::ObserveAdminLayer},
+    cache::{CacheConfig, KeyCache},
+    clock::{SharedClock, SystemClock},
+    config::{DatabaseArgs, ServeArgs},
+    invalidation::Poller,
+    lookup::Lookups,
+    proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
+    scopes::ScopeCatalog,
+    services::{KeyService, Verifier},
+    store::{PoolConfig, Store},
+    usage::UsageRecorder,
+};
+
+/// The largest request keygate decodes; a legitimate one is a few KiB at most.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Why keygate could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("invalid admin tokens: {0}")]
+    Tokens(#[from] crate::api::grpc::auth::TokenError),
+    #[error("{0}")]
+    Catalog(#[from] crate::scopes::CatalogError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("health check: {0}")]
+    Health(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Opens the store named by the database flags and brings its schema up to date.
+pub async fn open_store(db: &DatabaseArgs) -> Result<Store, AppError> {
+    let config = PoolConfig {
+        max_connections: db.database_max_connections,
+        acquire_timeout: db.database_timeout.into(),
+    };
+    let store = Store::connect(&db.database_url, &config).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// A running keygate.
+#[derive(Debug)]
+pub struct App {
+    addr: SocketAddr,
+    /// Where KeyAdmin is served when it has a listener of its own.
+    admin_addr: Option<SocketAddr>,
+    generated_token: Option<String>,
+    metrics_addr: SocketAddr,
+    /// Stops the gRPC servers; background tasks are stopped after they have
+    /// drained, so usage counted by the last in-flight calls is still flushed.
+    stop_servers: CancellationToken,
+    servers: Vec<JoinHandle<Result<(), AppError>>>,
+    stop_tasks: CancellationToken,
+    tasks: TaskTracker,
+    store: Store,
+}
+
+/// The services every transport calls, and what they share.
+struct Services {
+    keys: KeyService,
+    verifier: Verifier,
+    usage: Arc<UsageRecorder>,
+    cache: Arc<KeyCache>,
+}
+
+impl Services {
+    fn build(
+        args: &ServeArgs,
+        store: &Store,
+        clock: &SharedClock,
+        tasks: &TaskTracker,
+    ) -> Result<Self, AppError> {
+        let catalog = args
+            .scope_catalog
+            .as_deref()
+            .map(ScopeCatalog::load)
+            .transpose()?
+            .map(Arc::new);
+        let cache = Arc::new(KeyCache::new(&CacheConfig {
+            capacity: args.cache_capacity,
+            ttl: args.cache_ttl.into(),
+            negative_capacity: args.negative_cache_capacity,
+            negative_ttl: args.negative_cache_ttl.into(),
+        }));
+        let usage = Arc::new(UsageRecorder::default());
+        // Fewer reads than pool connections: under load misses queue behind
+        // them and are read together, and admin writes, the usage flush and the
+        // invalidation poll keep connections of their own.
+        let lookups = Lookups::start(
+            store.clone(),
+            usize::from(args.lookup_concurrency),
+            args.database.database_timeout.into(),
+            tasks,
+        );
+        Ok(Self {
+            keys: KeyService::new(
+                store.clone(),
+                Arc::clone(&cache),
+                args.key_prefix.clone(),
+                catalog,
+                Arc::clone(clock),
+                args.database.database_timeout.into(),
+            ),
+            verifier: Verifier::new(
+                lookups,
+                Arc::clone(&cache),
+                Arc::clone(&usage),
+                Arc::clone(clock),
+            ),
+            usage,
+            cache,
+        })
+    }
+}
+
+impl App {
+    /// Opens the store, migrates it, binds the listeners and starts serving, on
+    /// the system clock.
+    pub async fn start(args: ServeArgs) -> Result<Self, AppError> {
+        Self::build(args, Arc::new(SystemClock)).await
+    }
+
+    /// As [`App::start`], reading time from `clock` (tests move it by hand).
+    pub async fn build(args: ServeArgs, clock: SharedClock) -> Result<Self, AppError> {
+        let store = open_store(&args.database).await?;
+        crate::metrics::store_pool_max(args.database.database_max_connections);
+        let generated_token = args.admin_tokens.is_empty().then(AdminTokens::generate);
+        let tokens = match &generated_token {
+            Some(t) => AdminTokens::new(std::slice::from_ref(t))?,
+            None => AdminTokens::new(&args.admin_tokens)?,
+        };
+
+        let tasks = TaskTracker::new();
+        let stop_tasks = CancellationToken::new();
+        let services = Services::build(&args, &store, &clock, &tasks)?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let metrics_addr =
+            start_background(&args, &store, &services, health, &tasks, &stop_tasks).await?;
+
+        let tls = load_tls(&args)?;
+        let stop_servers = CancellationToken::new();
+        let Serving {
+            addr,
+            admin_addr,
+            servers,
+        } = serve(
+            &args,
+            tls.as_ref(),
+            services,
+            tokens,
+            health_service,
+            &stop_servers,
+        )?;
+        tracing::info!(
+            %addr,
+            admin_addr = admin_addr.map(tracing::field::display),
+            %metrics_addr,
+            tls = tls.is_some(),
+            mtls = args.tls_client_ca.is_some(),
+            store = store.backend(),
+            "keygate serving"
+        );
+        Ok(Self {
+            addr,
+            admin_addr,
+            generated_token,
+            metrics_addr,
+            stop_servers,
+            servers,
+            stop_tasks,
+            tasks,
+            store,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where `/metrics` is served (the address actually bound).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The address KeyAdmin is served on when `--admin-listen` is set (the one
+    /// actually bound, useful with port 0); otherwise KeyAdmin is on [`App::addr`].
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The admin token generated because none was configured.
+    pub fn generated_token(&self) -> Option<&str> {
+        self.generated_token.as_deref()
+    }
+
+    /// Stops accepting, lets in-flight calls finish, flushes usage, closes the store.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        // Both servers stop accepting at once and drain in parallel; the
+        // background tasks only stop once neither has a call in flight.
+        self.stop_servers.cancel();
+        let mut served = Ok(());
+        for server in self.servers {
+            let result = server.await.map_err(AppError::from).and_then(|r| r);
+            if served.is_ok() {
+                served = result;
+            }
+        }
+        self.stop_tasks.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.store.close().await;
+        served
+    }
+}
+
+/// The invalidation poll, the usage flush, the health watcher and `/metrics`;
+/// returns where `/metrics` listens.
+async fn start_background(
+    args: &ServeArgs,
+    store: &Store,
+    services: &Services,
+    health: tonic_health::server::HealthReporter,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<SocketAddr, AppError> {
+    let poller = Poller::start(store.clone(), Arc::clone(&services.cache)).await?;
+    tasks.spawn(poller.run(args.invalidation_interval.into(), stop.clone()));
+    tasks.spawn(Arc::clone(&services.usage).run(
+        store.clone(),
+        args.usage_flush_interval.into(),
+        stop.clone(),
+    ));
+    tasks.spawn(health::watch_store_health(
+        store.clone(),
+        health,
+        stop.clone(),
+    ));
+    let (metrics_addr, metrics) = crate::metrics::serve(args.metrics_listen, stop.clone())
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: args.metrics_listen,
+            source,
+        })?;
+    tasks.spawn(metrics);
+    Ok(metrics_addr)
+}
+
+/// The gRPC servers running, and where.
+struct Serving {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    servers: Vec<JoinHandle<Result<(), AppError>>>,
+}
+
+/// Binds the gRPC listeners and starts their servers: KeyVerify, health and
+/// reflection on `--listen`, KeyAdmin there too or alone on `--admin-listen`.
+fn serve(
+    args: &ServeArgs,
+    tls: Option<&ServerTlsConfig>,
+    services: Services,
+    tokens: AdminTokens,
+    health_service: HealthServer<impl Health>,
+    stop: &CancellationToken,
+) -> Result<Serving, AppError> {
+    let verify = KeyVerifyServer::new(VerifyApi::new(services.verifier))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Counting and logging wrap the whole service, so no RPC is left out.
+    let admin = tower::ServiceBuilder::new()
+        .layer(ObserveAdminLayer)
+        .service(
+            KeyAdminServer::new(AdminApi::new(services.keys, tokens))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Lets grpcurl decode the google.rpc.BadRequest details of our errors.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let limits = Limits {
+        per_connection: args.max_concurrent_requests_per_connection,
+        request_timeout: args.request_timeout.into(),
+    };
+
+    // Both listeners are bound before either server starts, so a busy admin
+    // port fails the start without leaving the main server running.
+    let (incoming, addr) = bind(args.listen)?;
+    let admin_listener = args.admin_listen.map(bind).transpose()?;
+    let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
+
+    // With an admin listener of its own, KeyAdmin is not routed on the main
+    // one at all (calls there get UNIMPLEMENTED), so a network policy on the
+    // admin port is the whole story.
+    let mut servers = Vec::new();
+    let (shared_admin, separate_admin) = match admin_listener {
+        None => (Some(admin), None),
+        Some((admin_incoming, _)) => {
+            let router = server_builder(tls, limits)?
+                .add_service(health_service.clone())
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?)
+                .add_service(admin);
+            (None, Some((router, admin_incoming)))
+        }
+    };
+    let main = server_builder(tls, limits)?
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(verify)
+        .add_optional_service(shared_admin);
+    if let Some((router, admin_incoming)) = separate_admin {
+        let serve =
+            router.serve_with_incoming_shutdown(admin_incoming, stop.clone().cancelled_owned());
+        servers.push(tokio::spawn(
+            async move { serve.await.map_err(AppError::from) },
+        ));
+    }
+    let serve = main.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    servers.push(tokio::spawn(
+        async move { serve.await.map_err(AppError::from) },
+    ));
+    Ok(Serving {
+        addr,
+        admin_addr,
+        servers,
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

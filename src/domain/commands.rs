@@ -1,0 +1,329 @@
+//! KeyAdmin requests parsed into commands: after `parse`, every field is a
+//! domain value, and a request with bad fields is refused with all of them named.
+//! Parsing needs no store and no caller: who may run a command is
+//! [`super::policy`]'s question, asked by the keys service.
+
+use super::{
+    paging::{self, TokenKind},
+    violations::{All, Violations, field},
+};
+use crate::{
+    hostnames::{AllowedHostnames, HostnamePattern, HostnamesError},
+    keys::contains_secret,
+    model::{KeyId, KeyName, KeyPatch, KeyType, Micros, OrganizationId, UserId},
+    proto,
+    scopes::{ScopeCatalog, ScopeSet, ScopeSetError, parse_scope},
+};
+
+/// What parsing may consult: the operator's scope catalog and the time, given
+/// rather than read, so that tests choose it.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub catalog: Option<&'a ScopeCatalog>,
+    pub now: Micros,
+}
+
+const SECRET_HERE: &str = "looks like an API key; a secret must never be stored here";
+
+fn organization(s: &str) -> Result<OrganizationId, Violations> {
+    field("organization_id", OrganizationId::parse(s))
+}
+
+fn key_id(name: &str, s: &str) -> Result<KeyId, Violations> {
+    field(name, KeyId::parse(s))
+}
+
+fn name(s: &str) -> Result<KeyName, Violations> {
+    if contains_secret(s) {
+        return Err(Violations::one("name", SECRET_HERE));
+    }
+    field("name", KeyName::parse(s))
+}
+
+/// Scopes checked against the grammar and the catalog; every bad one is named by
+/// its index in the request (within the violations' cap).
+fn scopes(list: &[String], catalog: Option<&ScopeCatalog>) -> Result<ScopeSet, Violations> {
+    let mut v = Violations::default();
+    let set = match ScopeSet::parse(list) {
+        Ok(set) => set,
+        Err(ScopeSetError::Invalid { .. }) => {
+            for (index, scope) in list.iter().enumerate() {
+                if let Err(e) = parse_scope(scope) {
+                    v.add(format!("scopes[{index}]"), e.to_string());
+                }
+            }
+            return Err(v);
+        }
+        Err(e) => return Err(Violations::one("scopes", e.to_string())),
+    };
+    if let Some(catalog) = catalog {
+        for (index, scope) in list.iter().enumerate() {
+            if parse_scope(scope).is_ok_and(|s| !catalog.allows(s)) {
+                v.add(
+                    format!("scopes[{index}]"),
+                    format!("{scope:?} is not in the scope catalog"),
+                );
+            }
+        }
+    }
+    v.into_result().map(|()| set)
+}
+
+/// Every bad entry is named by its index (within the violations' cap).
+fn hostnames(list: &[String]) -> Result<AllowedHostnames, Violations> {
+    let mut v = Violations::default();
+    for (i, host) in list.iter().enumerate() {
+        if contains_secret(host) {
+            v.add(format!("allowed_hostnames[{i}]"), SECRET_HERE);
+        } else if let Err(e) = host.parse::<HostnamePattern>() {
+            v.add(format!("allowed_hostnames[{i}]"), e.to_string());
+        }
+    }
+    v.into_result()?;
+    AllowedHostnames::parse(list).map_err(|e| match e {
+        HostnamesError::TooMany(_) => Violations::one("allowed_hostnames", e.to_string()),
+        HostnamesError::Invalid { index, source, .. } => {
+            Violations::one(format!("allowed_hostnames[{index}]"), source.to_string())
+        }
+    })
+}
+
+/// An expiry must lie in the future when it is set.
+fn expiry(ts: Option<&prost_types::Timestamp>, now: Micros) -> Result<Option<Micros>, Violations> {
+    let Some(ts) = ts else { return Ok(None) };
+    let t = field("expire_time", Micros::from_timestamp(ts))?;
+    if t <= now {
+        return Err(Violations::one("expire_time", "must be in the future"));
+    }
+    Ok(Some(t))
+}
+
+fn page_size(n: i32) -> Result<u32, Violations> {
+    field("page_size", paging::page_size(n))
+}
+
+/// A key of an organization, as `GetKey`, `RevokeKey` and `UpdateKey` name it.
+#[derive(Debug, Clone)]
+pub struct KeyRef {
+    pub organization_id: OrganizationId,
+    pub id: KeyId,
+}
+
+impl KeyRef {
+    pub fn parse(organization_id: &str, id: &str) -> Result<Self, Violations> {
+        let (organization_id, id) = (organization(organization_id), key_id("id", id)).all()?;
+        Ok(Self {
+            organization_id,
+            id,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateKey {
+    pub organization_id: OrganizationId,
+    pub key_type: KeyType,
+    pub name: KeyName,
+    pub scopes: ScopeSet,
+    pub allowed_hostnames: AllowedHostnames,
+    pub expire_time: Option<Micros>,
+}
+
+impl CreateKey {
+    pub fn parse(req: &proto::CreateKeyRequest, cx: Context<'_>) -> Result<Self, Violations> {
+        let key_type = match proto::KeyType::try_from(req.r#type) {
+            Ok(proto::KeyType::User) => Ok(KeyType::User),
+            Ok(proto::KeyType::Bot) => Ok(KeyType::Bot),
+            _ => Err(Violations::one(
+                "type",
+                "must be KEY_TYPE_USER or KEY_TYPE_BOT",
+            )),
+        };
+        let (organization_id, key_type, name, scopes, allowed_hostnames, expire_time) = (
+            organization(&req.organization_id),
+            key_type,
+            name(&req.name),
+            scopes(&req.scopes, cx.catalog),
+            hostnames(&req.allowed_hostnames),
+            expiry(req.expire_time.as_ref(), cx.now),
+        )
+            .all()?;
+        Ok(Self {
+            organization_id,
+            key_type,
+            name,
+            scopes,
+            allowed_hostnames,
+            expire_time,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListKeys {
+    pub organization_id: OrganizationId,
+    pub page_size: u32,
+    pub after: Option<KeyId>,
+    pub key_type: Option<KeyType>,
+    pub user_id: Option<UserId>,
+    pub include_revoked: bool,
+}
+
+impl ListKeys {
+    pub fn parse(req: &proto::ListKeysRequest) -> Result<Self, Violations> {
+        let after = field(
+            "page_token",
+            paging::decode(TokenKind::Keys, &req.page_token),
+        )
+        .and_then(|p| {
+            p.map(|p| KeyId::parse(&p))
+                .transpose()
+                .map_err(|_| Violations::one("page_token", paging::BAD_TOKEN))
+        });
+        let key_type = match proto::KeyType::try_from(req.r#type) {
+            Ok(proto::KeyType::Unspecified) => Ok(None),
+            Ok(proto::KeyType::User) => Ok(Some(KeyType::User)),
+            Ok(proto::KeyType::Bot) => Ok(Some(KeyType::Bot)),
+            Err(_) => Err(Violations::one("type", "must be a KeyType value")),
+        };
+        let user_id = if req.user_id.is_empty() {
+            Ok(None)
+        } else {
+            field("user_id", UserId::parse(&req.user_id)).map(Some)
+        };
+        let (organization_id, page_size, after, key_type, user_id) = (
+            organization(&req.organization_id),
+            page_size(req.page_size),
+            after,
+            key_type,
+            user_id,
+        )
+            .all()?;
+        Ok(Self {
+            organization_id,
+            page_size,
+            after,
+            key_type,
+            user_id,
+            include_revoked: req.include_revoked,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpdateKey {
+    pub key: KeyRef,
+    pub patch: KeyPatch,
+}
+
+impl UpdateKey {
+    pub fn parse(req: &proto::UpdateKeyRequest, cx: Context<'_>) -> Result<Self, Violations> {
+        (
+            KeyRef::parse(&req.organization_id, &req.id),
+            Self::patch(req, cx),
+        )
+            .all()
+            .map(|(key, patch)| Self { key, patch })
+    }
+
+    /// The fields the mask names, each parsed; the others stay as they are.
+    fn patch(req: &proto::UpdateKeyRequest, cx: Context<'_>) -> Result<KeyPatch, Violations> {
+        let paths = req
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.as_slice())
+            .unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Violations::one(
+                "update_mask",
+                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time)",
+            ));
+        }
+        let mut patch = KeyPatch::default();
+        let mut v = Violations::default();
+        let mut take = |parsed: Result<(), Violations>| {
+            if let Err(e) = parsed {
+                v.extend(e);
+            }
+        };
+        for (i, path) in paths.iter().enumerate() {
+            match path.as_str() {
+                "name" => take(name(&req.name).map(|n| patch.name = Some(n))),
+                "scopes" => take(scopes(&req.scopes, cx.catalog).map(|s| patch.scopes = Some(s))),
+                "allowed_hostnames" => take(
+                    hostnames(&req.allowed_hostnames).map(|h| patch.allowed_hostnames = Some(h)),
+                ),
+                "expire_time" => take(
+                    expiry(req.expire_time.as_ref(), cx.now).map(|e| patch.expire_time = Some(e)),
+                ),
+                _ => take(Err(Violations::one(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "unknown path {path:?}: expected name, scopes, allowed_hostnames or expire_time"
+                    ),
+                ))),
+            }
+        }
+        v.into_result().map(|()| patch)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoveMember {
+    pub organization_id: OrganizationId,
+    pub user_id: UserId,
+}
+
+impl RemoveMember {
+    pub fn parse(req: &proto::RemoveMemberRequest) -> Result<Self, Violations> {
+        let (organization_id, user_id) = (
+            organization(&req.organization_id),
+            field("user_id", UserId::parse(&req.user_id)),
+        )
+            .all()?;
+        Ok(Self {
+            organization_id,
+            user_id,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListKeyEvents {
+    pub organization_id: OrganizationId,
+    pub key_id: Option<KeyId>,
+    pub page_size: u32,
+    /// The organization's event id after which the page starts (0: the first page).
+    pub after: u64,
+}
+
+impl ListKeyEvents {
+    pub fn parse(req: &proto::ListKeyEventsRequest) -> Result<Self, Violations> {
+        let key = if req.key_id.is_empty() {
+            Ok(None)
+        } else {
+            key_id("key_id", &req.key_id).map(Some)
+        };
+        let after = field(
+            "page_token",
+            paging::decode(TokenKind::Events, &req.page_token),
+        )
+        .and_then(|p| {
+            p.map_or(Ok(0), |p| p.parse::<u64>())
+                .map_err(|_| Violations::one("page_token", paging::BAD_TOKEN))
+        });
+        let (organization_id, key_id, page_size, after) = (
+            organization(&req.organization_id),
+            key,
+            page_size(req.page_size),
+            after,
+        )
+            .all()?;
+        Ok(Self {
+            organization_id,
+            key_id,
+            page_size,
+            after,
+        })
+    }
+}

@@ -1,0 +1,14 @@
+//! keygate's own rules, in terms of its own types: what a request means
+//! ([`commands`], [`verify`]), who may do what ([`policy`]), and why something
+//! failed ([`error`], [`violations`]). Nothing here knows a transport (tonic,
+//! axum) or a database driver (sqlx); `services` give these rules a store and a
+//! cache, and `api` translates them to and from the wire.
+
+pub mod commands;
+pub mod error;
+pub mod paging;
+pub mod policy;
+pub mod verify;
+pub mod violations;
+
+pub use error::Error;

@@ -1,0 +1,115 @@
+//! `VerifyKey`'s rules: what a verification asks, and the contract's check order
+//! once the key is known. Transports (gRPC `VerifyKey`, and later ext_authz and
+//! HTTP forward auth) parse their own requests into a [`Verification`] and
+//! translate the [`Code`] back; the order of checks lives only here.
+
+use super::violations::{Violations, field};
+use crate::{
+    cache::CachedKey,
+    keys::{self, SecretHash},
+    model::{Micros, OrganizationId},
+    scopes::parse_scope,
+};
+
+/// A verification's outcome; the contract's `VerifyCode` without its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    Valid,
+    Missing,
+    Malformed,
+    NotFound,
+    Revoked,
+    Expired,
+    OrganizationMismatch,
+    HostnameBlocked,
+    InsufficientScope,
+}
+
+/// What a caller asks of a presented key, borrowed from its request: the verify
+/// path copies nothing it does not have to.
+#[derive(Debug, Clone, Copy)]
+pub struct Verification<'a> {
+    pub key: &'a str,
+    /// Each well-formed (checked by [`Verification::new`]).
+    pub required_scopes: &'a [String],
+    pub origin: &'a str,
+    pub referer: &'a str,
+    /// Only a key of this organization passes, when set.
+    pub organization_id: Option<&'a str>,
+}
+
+impl<'a> Verification<'a> {
+    /// The caller's own mistakes come first: a malformed required scope or
+    /// organization is a bug to fix (INVALID_ARGUMENT), not a denial.
+    pub fn new(
+        key: &'a str,
+        required_scopes: &'a [String],
+        origin: &'a str,
+        referer: &'a str,
+        organization_id: &'a str,
+    ) -> Result<Self, Violations> {
+        if let Some((i, e)) = required_scopes
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| parse_scope(s).err().map(|e| (i, e)))
+        {
+            return Err(Violations::one(
+                format!("required_scopes[{i}]"),
+                e.to_string(),
+            ));
+        }
+        let organization_id = if organization_id.is_empty() {
+            None
+        } else {
+            field("organization_id", OrganizationId::check(organization_id))?;
+            Some(organization_id)
+        };
+        Ok(Self {
+            key,
+            required_scopes,
+            origin,
+            referer,
+            organization_id,
+        })
+    }
+
+    /// The checks before any lookup: no key is MISSING; a wrong shape, length or
+    /// checksum is MALFORMED and never reaches the cache or the store.
+    pub fn presented(&self) -> Result<SecretHash, Code> {
+        if self.key.is_empty() {
+            return Err(Code::Missing);
+        }
+        keys::parse_token(self.key).map_err(|_| Code::Malformed)
+    }
+}
+
+/// The checks of the contract's table that follow a successful lookup, in order,
+/// with the missing scopes (each once, in the order asked) when that is the answer.
+/// Expiry is read against `now` on every call, never cached.
+pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<String>) {
+    if key.revoke_time.is_some() {
+        return (Code::Revoked, Vec::new());
+    }
+    if key.expire_time.is_some_and(|t| t <= now) {
+        return (Code::Expired, Vec::new());
+    }
+    if v.organization_id
+        .is_some_and(|org| org != key.organization_id())
+    {
+        return (Code::OrganizationMismatch, Vec::new());
+    }
+    if !key.allowed_hostnames.allows(v.origin, v.referer) {
+        return (Code::HostnameBlocked, Vec::new());
+    }
+    let mut missing: Vec<String> = Vec::new();
+    for s in v.required_scopes {
+        if parse_scope(s).is_ok_and(|s| !key.scopes.grants(s)) && !missing.contains(s) {
+            missing.push(s.clone());
+        }
+    }
+    if missing.is_empty() {
+        (Code::Valid, missing)
+    } else {
+        (Code::InsufficientScope, missing)
+    }
+}

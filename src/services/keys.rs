@@ -1,0 +1,245 @@
+//! The keys service: every KeyAdmin operation, with its store, its cache and
+//! its audit log. A change is written (with its event, in the store's
+//! transaction), then invalidated in this instance's cache, then logged, in
+//! [`KeyService::changed`] and nowhere else, so no new operation can forget the
+//! invalidation that makes a revocation take effect at once.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    cache::KeyCache,
+    clock::SharedClock,
+    domain::{
+        Error,
+        commands::{Context, CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, UpdateKey},
+        paging::{Page, TokenKind},
+        policy,
+    },
+    keys::{KeyPrefix, Secret, SecretHash},
+    model::{Actor, KeyEvent, KeyId, KeyRecord, OrganizationId},
+    scopes::ScopeCatalog,
+    store::{KeyFilter, Store, StoreError},
+};
+
+#[derive(Debug, Clone)]
+pub struct KeyService {
+    store: Store,
+    cache: Arc<KeyCache>,
+    prefix: KeyPrefix,
+    catalog: Option<Arc<ScopeCatalog>>,
+    clock: SharedClock,
+    /// `--database-timeout`: the longest an operation waits on the store,
+    /// whatever it waits for (a connection, a lock, a stalled network).
+    store_timeout: Duration,
+}
+
+impl KeyService {
+    pub fn new(
+        store: Store,
+        cache: Arc<KeyCache>,
+        prefix: KeyPrefix,
+        catalog: Option<Arc<ScopeCatalog>>,
+        clock: SharedClock,
+        store_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            prefix,
+            catalog,
+            clock,
+            store_timeout,
+        }
+    }
+
+    /// What request parsing may consult: the catalog, and this service's time.
+    pub fn context(&self) -> Context<'_> {
+        Context {
+            catalog: self.catalog.as_deref(),
+            now: self.clock.now(),
+        }
+    }
+
+    /// Runs one store operation within the store timeout: an operation that
+    /// waits on the store ends UNAVAILABLE in time, never at the request timeout.
+    /// A write given up here is rolled back unless its commit was already sent.
+    async fn stored<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, Error> {
+        tokio::time::timeout(self.store_timeout, op)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.store_timeout)))
+            .map_err(Error::from)
+    }
+
+    /// After a change was written: drop the keys from this instance's cache
+    /// (other instances learn it from the event poll) and log who did what.
+    fn changed(
+        &self,
+        actor: &Actor,
+        org: &OrganizationId,
+        key_id: &KeyId,
+        hashes: &[SecretHash],
+        action: &'static str,
+    ) {
+        for h in hashes {
+            self.cache.invalidate(h);
+        }
+        tracing::info!(
+            actor = actor.id.as_str(),
+            role = ?actor.role,
+            organization_id = org.as_str(),
+            key_id = key_id.as_str(),
+            action,
+            "key changed"
+        );
+    }
+
+    /// A key the actor may act on; another organization's key does not exist for it.
+    async fn accessible(&self, actor: &Actor, key: &KeyRef) -> Result<KeyRecord, Error> {
+        let record = self
+            .stored(self.store.get_key(&key.organization_id, &key.id))
+            .await?
+            .ok_or(Error::NotFound)?;
+        policy::may_act_on(actor, &record)?;
+        Ok(record)
+    }
+
+    /// Creates a key; its secret is returned here and exists nowhere else.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        cmd: CreateKey,
+    ) -> Result<(KeyRecord, Secret), Error> {
+        let owner = policy::owner_of_new_key(actor, cmd.key_type)?;
+        let now = self.clock.now();
+        let secret = Secret::generate(&self.prefix);
+        let key = KeyRecord {
+            id: KeyId::generate(),
+            organization_id: cmd.organization_id,
+            owner,
+            name: cmd.name,
+            scopes: cmd.scopes,
+            allowed_hostnames: cmd.allowed_hostnames,
+            secret_hash: secret.hash(),
+            key_prefix: secret.key_prefix(),
+            last_four: secret.last_four(),
+            request_count: 0,
+            create_time: now,
+            update_time: now,
+            last_used_time: None,
+            revoke_time: None,
+            expire_time: cmd.expire_time,
+            created_by: actor.id.clone(),
+        };
+        self.stored(self.store.create_key(&key)).await?;
+        // Someone may have presented this exact secret before it existed: the
+        // negative cache must not keep answering NOT_FOUND.
+        self.changed(
+            actor,
+            &key.organization_id,
+            &key.id,
+            &[key.secret_hash],
+            "created",
+        );
+        Ok((key, secret))
+    }
+
+    pub async fn get(&self, actor: &Actor, key: KeyRef) -> Result<KeyRecord, Error> {
+        self.accessible(actor, &key).await
+    }
+
+    pub async fn list(&self, actor: &Actor, cmd: ListKeys) -> Result<Page<KeyRecord>, Error> {
+        // The filters apply to every role: a member's own keys are user keys, so
+        // a member asking for bot keys gets none (the owner filter excludes them).
+        let filter = KeyFilter {
+            user_id: policy::list_owner(actor, cmd.user_id)?,
+            organization_id: cmd.organization_id,
+            key_type: cmd.key_type,
+            include_revoked: cmd.include_revoked,
+            after: cmd.after,
+            limit: cmd.page_size + 1,
+        };
+        let rows = self.stored(self.store.list_keys(&filter)).await?;
+        Ok(Page::cut(rows, cmd.page_size, TokenKind::Keys, |k| {
+            k.id.as_str().to_owned()
+        }))
+    }
+
+    pub async fn update(&self, actor: &Actor, cmd: UpdateKey) -> Result<KeyRecord, Error> {
+        let UpdateKey { key, patch } = cmd;
+        let current = self.accessible(actor, &key).await?;
+        let now = self.clock.now();
+        let updated = self
+            .stored(
+                self.store
+                    .update_key(&key.organization_id, &key.id, &patch, &actor.id, now),
+            )
+            .await?;
+        self.changed(
+            actor,
+            &key.organization_id,
+            &key.id,
+            &[current.secret_hash],
+            "updated",
+        );
+        Ok(updated)
+    }
+
+    /// Revoking a revoked key succeeds and keeps the first revoke time.
+    pub async fn revoke(&self, actor: &Actor, key: KeyRef) -> Result<KeyRecord, Error> {
+        self.accessible(actor, &key).await?;
+        let now = self.clock.now();
+        let revoked = self
+            .stored(
+                self.store
+                    .revoke_key(&key.organization_id, &key.id, &actor.id, now),
+            )
+            .await?;
+        self.changed(
+            actor,
+            &key.organization_id,
+            &key.id,
+            &[revoked.secret_hash],
+            "revoked",
+        );
+        Ok(revoked)
+    }
+
+    /// Deletes every user key of a member; returns how many.
+    pub async fn remove_member(&self, actor: &Actor, cmd: RemoveMember) -> Result<usize, Error> {
+        policy::require_admin(actor, "only admins remove members")?;
+        let now = self.clock.now();
+        let hashes = self
+            .stored(
+                self.store
+                    .remove_member(&cmd.organization_id, &cmd.user_id, &actor.id, now),
+            )
+            .await?;
+        for h in &hashes {
+            self.cache.invalidate(h);
+        }
+        tracing::info!(
+            actor = actor.id.as_str(),
+            organization_id = cmd.organization_id.as_str(),
+            user_id = cmd.user_id.as_str(),
+            deleted = hashes.len(),
+            action = "member_removed",
+            "key changed"
+        );
+        Ok(hashes.len())
+    }
+
+    pub async fn events(&self, actor: &Actor, cmd: ListKeyEvents) -> Result<Page<KeyEvent>, Error> {
+        policy::require_admin(actor, "only admins read the audit trail")?;
+        let rows = self
+            .stored(self.store.list_events(
+                &cmd.organization_id,
+                cmd.key_id.as_ref(),
+                cmd.after,
+                cmd.page_size + 1,
+            ))
+            .await?;
+        Ok(Page::cut(rows, cmd.page_size, TokenKind::Events, |e| {
+            e.id.to_string()
+        }))
+    }
+}

@@ -1,0 +1,8 @@
+//! The domain's entry points, shared by every transport: each owns what its
+//! rules need at run time (store, cache, usage, clock).
+
+pub mod keys;
+pub mod verifier;
+
+pub use keys::KeyService;
+pub use verifier::{Outcome, Verifier};
