@@ -30,25 +30,27 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to; starts at the system's time.
-#[derive(Debug)]
-pub struct ManualClock(AtomicI64);
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self(AtomicI64::new(Micros::now().0))
-    }
+/// The system's time plus an offset that a test moves forward: time still
+/// flows (usage timestamps, flush intervals), and a test jumps past an expiry
+/// or a period boundary at once instead of sleeping until it.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    offset_micros: AtomicI64,
 }
 
 impl ManualClock {
     pub fn advance(&self, by: Duration) {
         let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
-        self.0.fetch_add(micros, Ordering::SeqCst);
+        self.offset_micros.fetch_add(micros, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Micros {
-        Micros(self.0.load(Ordering::SeqCst))
+        Micros(
+            Micros::now()
+                .0
+                .saturating_add(self.offset_micros.load(Ordering::SeqCst)),
+        )
     }
 }

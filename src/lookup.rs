@@ -70,6 +70,7 @@ impl Lookups {
             store,
             timeout,
             counts: Arc::clone(&counts),
+            tasks: tasks.clone(),
         };
         tasks.spawn(reader.run(rx, slots.max(1)));
         Self {
@@ -121,6 +122,8 @@ struct Reader {
     /// answering (a lost network, not a refused one) would hold every slot.
     timeout: Duration,
     counts: Arc<Counts>,
+    /// Where reads run, so shutdown waits for the last of them too.
+    tasks: TaskTracker,
 }
 
 impl Reader {
@@ -150,7 +153,7 @@ impl Reader {
                 .hashes
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let reader = Arc::clone(&reader);
-            tokio::spawn(async move {
+            reader.tasks.clone().spawn(async move {
                 reader.answer(batch).await;
                 drop(slot);
             });

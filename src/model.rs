@@ -139,12 +139,17 @@ impl KeyType {
             Self::Bot => 2,
         }
     }
+}
 
-    pub fn from_i64(n: i64) -> Option<Self> {
+/// The stored number back; anything else is not a key type keygate wrote.
+impl TryFrom<i64> for KeyType {
+    type Error = Invalid;
+
+    fn try_from(n: i64) -> Result<Self, Invalid> {
         match n {
-            1 => Some(Self::User),
-            2 => Some(Self::Bot),
-            _ => None,
+            1 => Ok(Self::User),
+            2 => Ok(Self::Bot),
+            _ => Err(Invalid("not a key type")),
         }
     }
 }
@@ -318,14 +323,19 @@ impl EventAction {
             Self::Deleted => 4,
         }
     }
+}
 
-    pub fn from_i64(n: i64) -> Option<Self> {
+/// The stored number back; anything else is not an action keygate wrote.
+impl TryFrom<i64> for EventAction {
+    type Error = Invalid;
+
+    fn try_from(n: i64) -> Result<Self, Invalid> {
         match n {
-            1 => Some(Self::Created),
-            2 => Some(Self::Updated),
-            3 => Some(Self::Revoked),
-            4 => Some(Self::Deleted),
-            _ => None,
+            1 => Ok(Self::Created),
+            2 => Ok(Self::Updated),
+            3 => Ok(Self::Revoked),
+            4 => Ok(Self::Deleted),
+            _ => Err(Invalid("not an event action")),
         }
     }
 }

@@ -16,10 +16,16 @@ use crate::{
         policy,
     },
     keys::{KeyPrefix, Secret, SecretHash},
-    model::{Actor, KeyEvent, KeyId, KeyRecord, OrganizationId},
+    model::{Actor, KeyEvent, KeyId, KeyRecord, OrganizationId, UserId},
     scopes::ScopeCatalog,
     store::{KeyFilter, Store, StoreError},
 };
+
+/// What a change did, for its log line.
+enum Change<'a> {
+    Key(&'a KeyId, &'static str),
+    MemberRemoved(&'a UserId),
+}
 
 #[derive(Debug, Clone)]
 pub struct KeyService {
@@ -76,21 +82,30 @@ impl KeyService {
         &self,
         actor: &Actor,
         org: &OrganizationId,
-        key_id: &KeyId,
         hashes: &[SecretHash],
-        action: &'static str,
+        what: Change<'_>,
     ) {
         for h in hashes {
             self.cache.invalidate(h);
         }
-        tracing::info!(
-            actor = actor.id.as_str(),
-            role = ?actor.role,
-            organization_id = org.as_str(),
-            key_id = key_id.as_str(),
-            action,
-            "key changed"
-        );
+        match what {
+            Change::Key(key_id, action) => tracing::info!(
+                actor = actor.id.as_str(),
+                role = ?actor.role,
+                organization_id = org.as_str(),
+                key_id = key_id.as_str(),
+                action,
+                "key changed"
+            ),
+            Change::MemberRemoved(user_id) => tracing::info!(
+                actor = actor.id.as_str(),
+                organization_id = org.as_str(),
+                user_id = user_id.as_str(),
+                deleted = hashes.len(),
+                action = "member_removed",
+                "key changed"
+            ),
+        }
     }
 
     /// A key the actor may act on; another organization's key does not exist for it.
@@ -136,9 +151,8 @@ impl KeyService {
         self.changed(
             actor,
             &key.organization_id,
-            &key.id,
             &[key.secret_hash],
-            "created",
+            Change::Key(&key.id, "created"),
         );
         Ok((key, secret))
     }
@@ -177,9 +191,8 @@ impl KeyService {
         self.changed(
             actor,
             &key.organization_id,
-            &key.id,
             &[current.secret_hash],
-            "updated",
+            Change::Key(&key.id, "updated"),
         );
         Ok(updated)
     }
@@ -197,9 +210,8 @@ impl KeyService {
         self.changed(
             actor,
             &key.organization_id,
-            &key.id,
             &[revoked.secret_hash],
-            "revoked",
+            Change::Key(&key.id, "revoked"),
         );
         Ok(revoked)
     }
@@ -214,16 +226,11 @@ impl KeyService {
                     .remove_member(&cmd.organization_id, &cmd.user_id, &actor.id, now),
             )
             .await?;
-        for h in &hashes {
-            self.cache.invalidate(h);
-        }
-        tracing::info!(
-            actor = actor.id.as_str(),
-            organization_id = cmd.organization_id.as_str(),
-            user_id = cmd.user_id.as_str(),
-            deleted = hashes.len(),
-            action = "member_removed",
-            "key changed"
+        self.changed(
+            actor,
+            &cmd.organization_id,
+            &hashes,
+            Change::MemberRemoved(&cmd.user_id),
         );
         Ok(hashes.len())
     }

@@ -1,9 +1,12 @@
 //! Persistence: one `Store` with two back ends, MySQL (production) and SQLite
 //! (embedded default). The SQL and the logic around it are written once in
-//! `sql.rs`; `mysql.rs` and `sqlite.rs` hold what really differs (connecting,
-//! migrations, a dialect word or two).
+//! `sql.rs`; rows are decoded by column name in `rows.rs`; `mysql.rs` and
+//! `sqlite.rs` hold what really differs (connecting, migrations, the few words
+//! of `dialect.rs`).
 
+mod dialect;
 mod mysql;
+mod rows;
 mod sql;
 mod sqlite;
 

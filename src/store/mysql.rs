@@ -8,7 +8,7 @@ use sqlx::{
     mysql::{MySqlConnectOptions, MySqlPoolOptions},
 };
 
-use super::{PoolConfig, StoreError, sql::Dialect};
+use super::{PoolConfig, StoreError, dialect::Dialect};
 
 pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/mysql");
 

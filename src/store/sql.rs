@@ -7,30 +7,18 @@
 
 use std::sync::LazyLock;
 
-use sqlx::{ColumnIndex, Decode, Row, Type};
-
-use super::{Pool, Store, StoreError, mysql, sqlite};
+use super::{
+    Pool, Store, StoreError, mysql,
+    rows::{ChangeRow, DeletedRow, EventRow, KeyRow, convert, corrupt, key_columns},
+    sqlite,
+};
 use crate::{
-    hostnames::AllowedHostnames,
     keys::SecretHash,
     model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
-        OrganizationId, Owner, UserId,
+        OrganizationId, UserId,
     },
-    scopes::ScopeSet,
 };
-
-/// The few words in which MySQL and SQLite differ.
-#[derive(Debug)]
-pub(super) struct Dialect {
-    /// The usage update for `n` keys, each bound as `(id, count, last_used)`:
-    /// a join against the batch, linear in its size (a `CASE id WHEN …` per key
-    /// is quadratic, and took a second for 1000 keys in MariaDB).
-    pub usage_update: fn(n: usize) -> String,
-    /// Adds `n` (bound second) to an organization's (bound first) event sequence,
-    /// creating its row at `n`.
-    pub bump_event_seq: &'static str,
-}
 
 /// Runs `$body` with `$p` bound to the concrete pool and `$d` to its dialect.
 macro_rules! on_pool {
@@ -50,29 +38,12 @@ macro_rules! on_pool {
     };
 }
 
-/// A macro rather than a const so the statements below are built at compile
-/// time with `concat!`, not formatted on every call.
-macro_rules! key_columns {
-    () => {
-        "id, organization_id, key_type, user_id, name, scopes, \
-         allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
-         update_time, last_used_time, revoke_time, expire_time, created_by"
-    };
-}
-
 const KEY_COLUMNS: &str = key_columns!();
 const SELECT_KEY: &str = concat!(
     "SELECT ",
     key_columns!(),
     " FROM api_keys WHERE organization_id = ? AND id = ?"
 );
-/// A test's read of one key by hash, without the verify path's batching.
-const SELECT_KEY_BY_HASH: &str = concat!(
-    "SELECT ",
-    key_columns!(),
-    " FROM api_keys WHERE secret_hash = ?"
-);
-
 /// The most hashes one verify-path read asks for.
 pub const MAX_HASHES_PER_READ: usize = 64;
 
@@ -88,9 +59,6 @@ static SELECT_KEYS_BY_HASHES: LazyLock<Vec<String>> = LazyLock::new(|| {
         })
         .collect()
 });
-
-/// `org_seq` is the id callers see: it counts one organization's events only.
-const EVENT_COLUMNS: &str = "org_seq, key_id, organization_id, action, actor_id, event_time";
 
 /// Reserves `$n` ids of `$org`'s event sequence inside transaction `$tx` and
 /// evaluates to the first. The bump is a write on the organization's row: it
@@ -111,6 +79,40 @@ macro_rules! reserve_event_ids {
                 .await?;
         last - n + 1
     }};
+}
+
+/// Writes one event of `$e` (an [`Event`]) in transaction `$tx`, with the next
+/// id of its organization: the only place an event is inserted.
+macro_rules! record_event {
+    ($tx:expr, $d:expr, $e:expr) => {{
+        let e: Event<'_> = $e;
+        let seq = reserve_event_ids!($tx, $d, e.org.as_str(), 1);
+        sqlx::query(
+            "INSERT INTO key_events \
+             (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.key_id.as_str())
+        .bind(e.org.as_str())
+        .bind(e.action.as_i64())
+        .bind(e.actor.as_str())
+        .bind(e.time.0)
+        .bind(&e.hash.as_bytes()[..])
+        .bind(seq)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// An event to record, borrowed from the change it belongs to.
+struct Event<'a> {
+    key_id: &'a KeyId,
+    org: &'a OrganizationId,
+    action: EventAction,
+    actor: &'a UserId,
+    time: Micros,
+    /// Lets every instance drop the key from its cache, even once its row is gone.
+    hash: &'a SecretHash,
 }
 
 /// Keys per usage-flush statement: keeps the statement far below both back ends'
@@ -148,103 +150,6 @@ fn join(items: impl IntoIterator<Item = impl AsRef<str>>) -> String {
     out
 }
 
-fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        detail: detail.into(),
-    }
-}
-
-/// Text columns are read as bytes: MySQL flags `_bin` collations as binary, which
-/// sqlx's `String` decoder refuses.
-fn text<R>(row: &R, i: usize, table: &'static str) -> Result<String, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-{
-    let bytes: Vec<u8> = row.try_get(i)?;
-    String::from_utf8(bytes).map_err(|_| corrupt(table, format!("column {i} is not UTF-8")))
-}
-
-fn opt_text<R>(row: &R, i: usize, table: &'static str) -> Result<Option<String>, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-{
-    let bytes: Option<Vec<u8>> = row.try_get(i)?;
-    bytes
-        .map(|b| {
-            String::from_utf8(b).map_err(|_| corrupt(table, format!("column {i} is not UTF-8")))
-        })
-        .transpose()
-}
-
-fn key_from_row<R>(row: &R) -> Result<KeyRecord, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-{
-    const T: &str = "api_keys";
-    let bad = |what: &str| corrupt(T, what.to_owned());
-    let id = KeyId::parse(&text(row, 0, T)?).map_err(|_| bad("id"))?;
-    let organization_id =
-        OrganizationId::parse(&text(row, 1, T)?).map_err(|_| bad("organization_id"))?;
-    let key_type = KeyType::from_i64(row.try_get(2)?).ok_or_else(|| bad("key_type"))?;
-    let owner = match (key_type, opt_text(row, 3, T)?) {
-        (KeyType::User, Some(u)) => Owner::User(UserId::parse(&u).map_err(|_| bad("user_id"))?),
-        (KeyType::Bot, None) => Owner::Bot,
-        _ => return Err(bad("user_id does not match key_type")),
-    };
-    let scopes_text = text(row, 5, T)?;
-    let hosts_text = text(row, 6, T)?;
-    let hash: Vec<u8> = row.try_get(7)?;
-    let count: i64 = row.try_get(10)?;
-    Ok(KeyRecord {
-        id,
-        organization_id,
-        owner,
-        name: KeyName::parse(&text(row, 4, T)?).map_err(|_| bad("name"))?,
-        scopes: ScopeSet::parse(scopes_text.split(' ')).map_err(|_| bad("scopes"))?,
-        allowed_hostnames: AllowedHostnames::parse(hosts_text.split(' ').filter(|h| !h.is_empty()))
-            .map_err(|_| bad("allowed_hostnames"))?,
-        secret_hash: SecretHash::from_slice(&hash).ok_or_else(|| bad("secret_hash"))?,
-        key_prefix: text(row, 8, T)?,
-        last_four: text(row, 9, T)?,
-        request_count: u64::try_from(count).map_err(|_| bad("request_count"))?,
-        create_time: Micros(row.try_get(11)?),
-        update_time: Micros(row.try_get(12)?),
-        last_used_time: row.try_get::<Option<i64>, _>(13)?.map(Micros),
-        revoke_time: row.try_get::<Option<i64>, _>(14)?.map(Micros),
-        expire_time: row.try_get::<Option<i64>, _>(15)?.map(Micros),
-        created_by: UserId::parse(&text(row, 16, T)?).map_err(|_| bad("created_by"))?,
-    })
-}
-
-fn event_from_row<R>(row: &R) -> Result<KeyEvent, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-{
-    const T: &str = "key_events";
-    let bad = |what: &str| corrupt(T, what.to_owned());
-    let id: i64 = row.try_get(0)?;
-    Ok(KeyEvent {
-        id: u64::try_from(id).map_err(|_| bad("id"))?,
-        key_id: KeyId::parse(&text(row, 1, T)?).map_err(|_| bad("key_id"))?,
-        organization_id: OrganizationId::parse(&text(row, 2, T)?)
-            .map_err(|_| bad("organization_id"))?,
-        action: EventAction::from_i64(row.try_get(3)?).ok_or_else(|| bad("action"))?,
-        actor_id: UserId::parse(&text(row, 4, T)?).map_err(|_| bad("actor_id"))?,
-        time: Micros(row.try_get(5)?),
-    })
-}
-
 /// The unique index on live user keys refused the insert: both servers name it in
 /// the message (MySQL the index `uq_api_keys_live_user`, SQLite the column
 /// `api_keys.live_user_id`), and neither driver reports the constraint otherwise.
@@ -252,10 +157,6 @@ fn is_live_user_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db)
         if db.is_unique_violation() && db.message().contains("live_user"))
 }
-
-const INSERT_EVENT: &str = "INSERT INTO key_events \
-    (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq) \
-    VALUES (?, ?, ?, ?, ?, ?, ?)";
 
 impl Store {
     /// Inserts a new key and its `CREATED` event in one transaction.
@@ -290,17 +191,18 @@ impl Store {
                 Err(e) if is_live_user_conflict(&e) => return Err(StoreError::LiveUserKeyExists),
                 other => other?,
             };
-            let seq = reserve_event_ids!(tx, d, key.organization_id.as_str(), 1);
-            sqlx::query(INSERT_EVENT)
-                .bind(key.id.as_str())
-                .bind(key.organization_id.as_str())
-                .bind(EventAction::Created.as_i64())
-                .bind(key.created_by.as_str())
-                .bind(key.create_time.0)
-                .bind(&key.secret_hash.as_bytes()[..])
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
+            record_event!(
+                tx,
+                d,
+                Event {
+                    key_id: &key.id,
+                    org: &key.organization_id,
+                    action: EventAction::Created,
+                    actor: &key.created_by,
+                    time: key.create_time,
+                    hash: &key.secret_hash,
+                }
+            );
             tx.commit().await?;
             Ok(())
         })
@@ -312,15 +214,14 @@ impl Store {
         org: &OrganizationId,
         id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        on_pool!(self, |p, _d| {
-            sqlx::query(SELECT_KEY)
+        let row: Option<KeyRow> = on_pool!(self, |p, _d| {
+            sqlx::query_as(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .fetch_optional(p)
                 .await?
-                .map(|r| key_from_row(&r))
-                .transpose()
-        })
+        });
+        row.map(KeyRecord::try_from).transpose()
     }
 
     /// The keys that some of `hashes` belong to, each once, in no particular
@@ -339,29 +240,16 @@ impl Store {
             let slots = chunk.len().next_power_of_two();
             let sql = &SELECT_KEYS_BY_HASHES[slots.trailing_zeros() as usize];
             let padded = chunk.iter().chain(std::iter::repeat(last)).take(slots);
-            on_pool!(self, |p, _d| {
-                let mut query = sqlx::query(sql);
+            let rows: Vec<KeyRow> = on_pool!(self, |p, _d| {
+                let mut query = sqlx::query_as(sql);
                 for hash in padded {
                     query = query.bind(&hash.as_bytes()[..]);
                 }
-                for row in query.fetch_all(p).await? {
-                    found.push(key_from_row(&row)?);
-                }
+                query.fetch_all(p).await?
             });
+            found.extend(convert::<_, KeyRecord>(rows)?);
         }
         Ok(found)
-    }
-
-    /// The key a presented secret hashes to, read on its own.
-    pub async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<KeyRecord>, StoreError> {
-        on_pool!(self, |p, _d| {
-            sqlx::query(SELECT_KEY_BY_HASH)
-                .bind(&hash.as_bytes()[..])
-                .fetch_optional(p)
-                .await?
-                .map(|r| key_from_row(&r))
-                .transpose()
-        })
     }
 
     /// A page of keys in id order (ids are time-ordered UUIDv7, so this is creation order).
@@ -374,8 +262,8 @@ impl Store {
         let key_type = f.key_type.map_or(0, KeyType::as_i64);
         let user = f.user_id.as_ref().map_or("", UserId::as_str);
         let after = f.after.as_ref().map_or("", KeyId::as_str);
-        on_pool!(self, |p, _d| {
-            sqlx::query(&sql)
+        let rows: Vec<KeyRow> = on_pool!(self, |p, _d| {
+            sqlx::query_as(&sql)
                 .bind(f.organization_id.as_str())
                 .bind(key_type)
                 .bind(key_type)
@@ -386,10 +274,8 @@ impl Store {
                 .bind(i64::from(f.limit))
                 .fetch_all(p)
                 .await?
-                .iter()
-                .map(key_from_row)
-                .collect()
-        })
+        });
+        convert(rows)
     }
 
     /// Applies a patch to a live key and writes its `UPDATED` event, atomically.
@@ -425,29 +311,27 @@ impl Store {
                 .await?;
             // Read back in the same transaction: a live row is now locked by our
             // update, so "revoked" here means the update did not apply.
-            let row = sqlx::query(SELECT_KEY)
+            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let key = match row {
-                None => return Err(StoreError::NotFound),
-                Some(r) => key_from_row(&r)?,
-            };
+            let key = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
             if key.revoke_time.is_some() {
                 return Err(StoreError::Revoked);
             }
-            let seq = reserve_event_ids!(tx, d, org.as_str(), 1);
-            sqlx::query(INSERT_EVENT)
-                .bind(id.as_str())
-                .bind(org.as_str())
-                .bind(EventAction::Updated.as_i64())
-                .bind(actor.as_str())
-                .bind(now.0)
-                .bind(&key.secret_hash.as_bytes()[..])
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
+            record_event!(
+                tx,
+                d,
+                Event {
+                    key_id: id,
+                    org,
+                    action: EventAction::Updated,
+                    actor,
+                    time: now,
+                    hash: &key.secret_hash,
+                }
+            );
             tx.commit().await?;
             Ok(key)
         })
@@ -473,27 +357,25 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let row = sqlx::query(SELECT_KEY)
+            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let key = row
-                .map(|r| key_from_row(&r))
-                .transpose()?
-                .ok_or(StoreError::NotFound)?;
+            let key = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
             if revoked > 0 {
-                let seq = reserve_event_ids!(tx, d, org.as_str(), 1);
-                sqlx::query(INSERT_EVENT)
-                    .bind(id.as_str())
-                    .bind(org.as_str())
-                    .bind(EventAction::Revoked.as_i64())
-                    .bind(actor.as_str())
-                    .bind(now.0)
-                    .bind(&key.secret_hash.as_bytes()[..])
-                    .bind(seq)
-                    .execute(&mut *tx)
-                    .await?;
+                record_event!(
+                    tx,
+                    d,
+                    Event {
+                        key_id: id,
+                        org,
+                        action: EventAction::Revoked,
+                        actor,
+                        time: now,
+                        hash: &key.secret_hash,
+                    }
+                );
             }
             tx.commit().await?;
             Ok(key)
@@ -519,36 +401,27 @@ impl Store {
             // A write first, reserving nothing: it takes SQLite's write lock before
             // anything is read, and serializes this organization's event writers.
             let _ = reserve_event_ids!(tx, d, org.as_str(), 0);
-            let rows = sqlx::query(select)
+            let rows: Vec<DeletedRow> = sqlx::query_as(select)
                 .bind(org.as_str())
                 .bind(user.as_str())
                 .bind(user_type)
                 .fetch_all(&mut *tx)
                 .await?;
-            let mut keys = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let id = KeyId::parse(&text(r, 0, "api_keys")?)
-                    .map_err(|_| corrupt("api_keys", "id"))?;
-                let bytes: Vec<u8> = r.try_get(1)?;
-                let hash = SecretHash::from_slice(&bytes)
-                    .ok_or_else(|| corrupt("api_keys", "secret_hash"))?;
-                keys.push((id, hash));
+            let keys: Vec<(KeyId, SecretHash)> = convert(rows)?;
+            for (key_id, hash) in &keys {
+                record_event!(
+                    tx,
+                    d,
+                    Event {
+                        key_id,
+                        org,
+                        action: EventAction::Deleted,
+                        actor,
+                        time: now,
+                        hash,
+                    }
+                );
             }
-            let count = i64::try_from(keys.len()).unwrap_or(i64::MAX);
-            let first = reserve_event_ids!(tx, d, org.as_str(), count);
-            for (seq, (id, hash)) in (first..).zip(&keys) {
-                sqlx::query(INSERT_EVENT)
-                    .bind(id.as_str())
-                    .bind(org.as_str())
-                    .bind(EventAction::Deleted.as_i64())
-                    .bind(actor.as_str())
-                    .bind(now.0)
-                    .bind(&hash.as_bytes()[..])
-                    .bind(seq)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let hashes: Vec<SecretHash> = keys.into_iter().map(|(_, h)| h).collect();
             let deleted = sqlx::query(delete)
                 .bind(org.as_str())
                 .bind(user.as_str())
@@ -556,14 +429,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            if usize::try_from(deleted).ok() != Some(hashes.len()) {
+            if usize::try_from(deleted).ok() != Some(keys.len()) {
                 return Err(corrupt(
                     "api_keys",
                     "remove_member deleted another count than it read",
                 ));
             }
             tx.commit().await?;
-            Ok(hashes)
+            Ok(keys.into_iter().map(|(_, h)| h).collect())
         })
     }
 
@@ -576,15 +449,14 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<KeyEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM key_events \
+        let sql = "SELECT org_seq, key_id, organization_id, action, actor_id, event_time \
+             FROM key_events \
              WHERE organization_id = ? AND (? = '' OR key_id = ?) AND org_seq > ? \
-             ORDER BY org_seq LIMIT ?"
-        );
+             ORDER BY org_seq LIMIT ?";
         let key = key_id.map_or("", KeyId::as_str);
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        on_pool!(self, |p, _d| {
-            sqlx::query(&sql)
+        let rows: Vec<EventRow> = on_pool!(self, |p, _d| {
+            sqlx::query_as(sql)
                 .bind(org.as_str())
                 .bind(key)
                 .bind(key)
@@ -592,10 +464,8 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(p)
                 .await?
-                .iter()
-                .map(event_from_row)
-                .collect()
-        })
+        });
+        convert(rows)
     }
 
     /// `(event id, key hash, event time)` of every organization's events after
@@ -608,25 +478,14 @@ impl Store {
         let sql =
             "SELECT id, secret_hash, event_time FROM key_events WHERE id > ? ORDER BY id LIMIT ?";
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        on_pool!(self, |p, _d| {
-            let rows = sqlx::query(sql)
+        let rows: Vec<ChangeRow> = on_pool!(self, |p, _d| {
+            sqlx::query_as(sql)
                 .bind(after)
                 .bind(i64::from(limit))
                 .fetch_all(p)
-                .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let id: i64 = r.try_get(0)?;
-                let hash: Vec<u8> = r.try_get(1)?;
-                let bad = || corrupt("key_events", "id or secret_hash");
-                out.push((
-                    u64::try_from(id).map_err(|_| bad())?,
-                    SecretHash::from_slice(&hash).ok_or_else(bad)?,
-                    Micros(r.try_get(2)?),
-                ));
-            }
-            Ok(out)
-        })
+                .await?
+        });
+        convert(rows)
     }
 
     /// The newest event id, 0 when there is none: where a new instance starts polling.
@@ -665,26 +524,5 @@ impl Store {
             sqlx::query("SELECT 1").execute(p).await?;
         });
         Ok(())
-    }
-
-    /// Reads every text and blob column of both tables, for tests that prove a
-    /// secret is stored nowhere.
-    pub async fn dump_all_text(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::new();
-        for sql in [
-            format!("SELECT {KEY_COLUMNS} FROM api_keys"),
-            format!("SELECT {EVENT_COLUMNS} FROM key_events"),
-        ] {
-            on_pool!(self, |p, _d| {
-                for row in sqlx::query(&sql).fetch_all(p).await? {
-                    for i in 0..row.len() {
-                        if let Ok(Some(b)) = row.try_get::<Option<Vec<u8>>, _>(i) {
-                            out.push(b);
-                        }
-                    }
-                }
-            });
-        }
-        Ok(out)
     }
 }

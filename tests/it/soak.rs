@@ -706,7 +706,7 @@ async fn soak_with_store_restarts_loses_nothing() {
     let mut acknowledged_verifications = 0;
     for e in &entries {
         let hash = keys::parse_token(&e.secret).expect("well-formed");
-        let Some(by_hash) = store.find_by_hash(&hash).await.expect("read") else {
+        let Some(by_hash) = store.find_by_hashes(&[hash]).await.expect("read").pop() else {
             missing += 1;
             continue;
         };

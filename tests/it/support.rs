@@ -3,12 +3,14 @@
 
 use std::{
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use clap::Parser;
 use keygate::{
     app::App,
+    clock::{ManualClock, SharedClock},
     config::{Cli, Command, ServeArgs},
     proto::{
         self, CreateKeyRequest, KeyType, VerifyCode, VerifyKeyRequest, VerifyKeyResponse,
@@ -146,6 +148,8 @@ pub struct TestApp {
     pub verify: KeyVerifyClient<Channel>,
     /// A second connection to the same database, for assertions on what is stored.
     pub store: Store,
+    /// The time keygate reads: a test moves it past an expiry instead of sleeping.
+    pub clock: Arc<ManualClock>,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -160,7 +164,8 @@ pub async fn spawn_app_with(backend: Backend, extra: &[&str]) -> TestApp {
 
 /// Starts keygate on an existing test database.
 pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
-    let app = App::start(serve_args(&db, extra))
+    let clock = Arc::new(ManualClock::default());
+    let app = App::build(serve_args(&db, extra), Arc::clone(&clock) as SharedClock)
         .await
         .expect("keygate starts");
     let channel = connect(app.addr()).await;
@@ -173,6 +178,7 @@ pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
         admin: KeyAdminClient::new(channel.clone()),
         verify: KeyVerifyClient::new(channel),
         store,
+        clock,
     }
 }
 
@@ -401,4 +407,37 @@ macro_rules! store_tests {
             )*
         }
     };
+}
+
+/// Every text and blob value of keygate's tables, read with plain SQL: for tests
+/// that prove a secret is stored nowhere.
+pub async fn dump_all_text(db: &TestDb) -> Vec<Vec<u8>> {
+    use sqlx::{Row, SqliteConnection};
+    let tables = ["api_keys", "key_events", "org_event_seq"];
+    let mut out = Vec::new();
+    macro_rules! dump {
+        ($conn:expr) => {
+            for table in tables {
+                let rows = sqlx::query(&format!("SELECT * FROM {table}"))
+                    .fetch_all(&mut $conn)
+                    .await
+                    .expect("read a table");
+                for row in rows {
+                    for i in 0..row.len() {
+                        if let Ok(Some(b)) = row.try_get::<Option<Vec<u8>>, _>(i) {
+                            out.push(b);
+                        }
+                    }
+                }
+            }
+        };
+    }
+    if db.url.starts_with("sqlite:") {
+        let mut conn = SqliteConnection::connect(&db.url).await.expect("connect");
+        dump!(conn);
+    } else {
+        let mut conn = MySqlConnection::connect(&db.url).await.expect("connect");
+        dump!(conn);
+    }
+    out
 }

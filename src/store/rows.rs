@@ -1,0 +1,193 @@
+//! Rows as the database returns them, decoded by column name (`sqlx::FromRow`),
+//! and their conversion into domain types, which parses every value again: a
+//! row keygate cannot have written is [`StoreError::Corrupt`], never a panic.
+//!
+//! Text columns are read as bytes: MySQL flags `_bin` collations as binary,
+//! which sqlx's `String` decoder refuses; the conversion checks the UTF-8.
+
+use super::StoreError;
+use crate::{
+    hostnames::AllowedHostnames,
+    keys::SecretHash,
+    model::{
+        EventAction, KeyEvent, KeyId, KeyName, KeyRecord, KeyType, Micros, OrganizationId, Owner,
+        UserId,
+    },
+    scopes::ScopeSet,
+};
+
+/// The columns of `api_keys` keygate reads, in the order [`KeyRow`] names them.
+macro_rules! key_columns {
+    () => {
+        "id, organization_id, key_type, user_id, name, scopes, \
+         allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
+         update_time, last_used_time, revoke_time, expire_time, created_by"
+    };
+}
+pub(super) use key_columns;
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct KeyRow {
+    id: Vec<u8>,
+    organization_id: Vec<u8>,
+    key_type: i64,
+    user_id: Option<Vec<u8>>,
+    name: Vec<u8>,
+    scopes: Vec<u8>,
+    allowed_hostnames: Vec<u8>,
+    secret_hash: Vec<u8>,
+    key_prefix: Vec<u8>,
+    last_four: Vec<u8>,
+    request_count: i64,
+    create_time: i64,
+    update_time: i64,
+    last_used_time: Option<i64>,
+    revoke_time: Option<i64>,
+    expire_time: Option<i64>,
+    created_by: Vec<u8>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct EventRow {
+    org_seq: i64,
+    key_id: Vec<u8>,
+    organization_id: Vec<u8>,
+    action: i64,
+    actor_id: Vec<u8>,
+    event_time: i64,
+}
+
+/// What the invalidation poll reads of an event.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct ChangeRow {
+    id: i64,
+    secret_hash: Vec<u8>,
+    event_time: i64,
+}
+
+/// A key to delete with its member: its id for the event, its hash for caches.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DeletedRow {
+    id: Vec<u8>,
+    secret_hash: Vec<u8>,
+}
+
+pub(super) fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        detail: detail.into(),
+    }
+}
+
+fn text(bytes: Vec<u8>, table: &'static str, column: &'static str) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|_| corrupt(table, format!("{column} is not UTF-8")))
+}
+
+/// A column parsed into a domain type; a value the type refuses is corruption.
+fn parsed<T, E>(
+    bytes: Vec<u8>,
+    table: &'static str,
+    column: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, StoreError> {
+    parse(&text(bytes, table, column)?).map_err(|_| corrupt(table, column))
+}
+
+fn hash(bytes: &[u8], table: &'static str) -> Result<SecretHash, StoreError> {
+    SecretHash::from_slice(bytes).ok_or_else(|| corrupt(table, "secret_hash"))
+}
+
+impl TryFrom<KeyRow> for KeyRecord {
+    type Error = StoreError;
+
+    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
+        const T: &str = "api_keys";
+        let key_type = KeyType::try_from(r.key_type).map_err(|_| corrupt(T, "key_type"))?;
+        let owner = match (key_type, r.user_id) {
+            (KeyType::User, Some(u)) => Owner::User(parsed(u, T, "user_id", UserId::parse)?),
+            (KeyType::Bot, None) => Owner::Bot,
+            _ => return Err(corrupt(T, "user_id does not match key_type")),
+        };
+        let scopes = text(r.scopes, T, "scopes")?;
+        let hosts = text(r.allowed_hostnames, T, "allowed_hostnames")?;
+        Ok(Self {
+            id: parsed(r.id, T, "id", KeyId::parse)?,
+            organization_id: parsed(
+                r.organization_id,
+                T,
+                "organization_id",
+                OrganizationId::parse,
+            )?,
+            owner,
+            name: parsed(r.name, T, "name", KeyName::parse)?,
+            scopes: ScopeSet::parse(scopes.split(' ')).map_err(|_| corrupt(T, "scopes"))?,
+            allowed_hostnames: AllowedHostnames::parse(hosts.split(' ').filter(|h| !h.is_empty()))
+                .map_err(|_| corrupt(T, "allowed_hostnames"))?,
+            secret_hash: hash(&r.secret_hash, T)?,
+            key_prefix: text(r.key_prefix, T, "key_prefix")?,
+            last_four: text(r.last_four, T, "last_four")?,
+            request_count: u64::try_from(r.request_count)
+                .map_err(|_| corrupt(T, "request_count"))?,
+            create_time: Micros(r.create_time),
+            update_time: Micros(r.update_time),
+            last_used_time: r.last_used_time.map(Micros),
+            revoke_time: r.revoke_time.map(Micros),
+            expire_time: r.expire_time.map(Micros),
+            created_by: parsed(r.created_by, T, "created_by", UserId::parse)?,
+        })
+    }
+}
+
+impl TryFrom<EventRow> for KeyEvent {
+    type Error = StoreError;
+
+    fn try_from(r: EventRow) -> Result<Self, StoreError> {
+        const T: &str = "key_events";
+        Ok(Self {
+            id: u64::try_from(r.org_seq).map_err(|_| corrupt(T, "org_seq"))?,
+            key_id: parsed(r.key_id, T, "key_id", KeyId::parse)?,
+            organization_id: parsed(
+                r.organization_id,
+                T,
+                "organization_id",
+                OrganizationId::parse,
+            )?,
+            action: EventAction::try_from(r.action).map_err(|_| corrupt(T, "action"))?,
+            actor_id: parsed(r.actor_id, T, "actor_id", UserId::parse)?,
+            time: Micros(r.event_time),
+        })
+    }
+}
+
+impl TryFrom<ChangeRow> for (u64, SecretHash, Micros) {
+    type Error = StoreError;
+
+    fn try_from(r: ChangeRow) -> Result<Self, StoreError> {
+        const T: &str = "key_events";
+        Ok((
+            u64::try_from(r.id).map_err(|_| corrupt(T, "id"))?,
+            hash(&r.secret_hash, T)?,
+            Micros(r.event_time),
+        ))
+    }
+}
+
+impl TryFrom<DeletedRow> for (KeyId, SecretHash) {
+    type Error = StoreError;
+
+    fn try_from(r: DeletedRow) -> Result<Self, StoreError> {
+        const T: &str = "api_keys";
+        Ok((
+            parsed(r.id, T, "id", KeyId::parse)?,
+            hash(&r.secret_hash, T)?,
+        ))
+    }
+}
+
+/// Every row converted, or the first that cannot be.
+pub(super) fn convert<R, T>(rows: Vec<R>) -> Result<Vec<T>, StoreError>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}
