@@ -12,7 +12,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -26,7 +26,6 @@ use crate::{
     model::{KeyId, KeyRecord, Micros},
     proto,
     scopes::ScopeSet,
-    usage::Usage,
 };
 
 /// What verification needs of a key, and nothing else: the cache holds up to
@@ -82,6 +81,15 @@ impl CachedKey {
             ..self.verified.clone()
         }
     }
+}
+
+/// One cache entry's verifications since the last flush: counted here, in the
+/// entry, so a verification touches no shared map; `usage.rs` reads and resets
+/// it (the dependency points from usage to the cache, never back).
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub(crate) count: AtomicU64,
+    pub(crate) last_used: AtomicI64,
 }
 
 /// Sizes and lifetimes; a capacity of 0 disables that cache.

@@ -9,10 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicI64, AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::Duration,
 };
 
@@ -26,13 +23,6 @@ use crate::{
 
 /// Independent lists, so concurrent first uses of different keys rarely meet.
 const SHARDS: usize = 16;
-
-/// One cache entry's verifications since the last flush.
-#[derive(Debug, Default)]
-pub struct Usage {
-    count: AtomicU64,
-    last_used: AtomicI64,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {

@@ -1,11 +1,16 @@
 //! Every request message of keygate's gRPC API decoded with prost from arbitrary bytes,
-//! then its fields run through the domain parsers the service applies at the edge: no
-//! panic anywhere, decoded messages re-encode to themselves, and the parsers' accepted
-//! values round-trip.
+//! then parsed by the very command parsers the service runs (`domain::commands`,
+//! `domain::verify`): no panic anywhere, decoded messages re-encode to themselves, a
+//! command parses exactly when each of its fields does on its own, and the fields'
+//! accepted values round-trip.
 
 #![no_main]
 
 use keygate::{
+    domain::{
+        commands::{Context, CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, UpdateKey},
+        verify::Verification,
+    },
     hostnames::AllowedHostnames,
     keys::parse_token,
     model::{KeyId, KeyName, Micros, OrganizationId, UserId},
@@ -84,8 +89,19 @@ fn timestamp(ts: Option<&prost_types::Timestamp>) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let cx = Context {
+        catalog: None,
+        now: Micros(0),
+    };
     if let Ok(m) = CreateKeyRequest::decode(data) {
         round_trip(&m);
+        if let Ok(cmd) = CreateKey::parse(&m, cx) {
+            assert_eq!(cmd.organization_id.as_str(), m.organization_id);
+            assert_eq!(cmd.name.as_str(), m.name);
+            assert!(OrganizationId::parse(&m.organization_id).is_ok());
+            assert!(ScopeSet::parse(&m.scopes).is_ok());
+            assert!(AllowedHostnames::parse(&m.allowed_hostnames).is_ok());
+        }
         org(&m.organization_id);
         key_type(m.r#type);
         name(&m.name);
@@ -95,17 +111,30 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = GetKeyRequest::decode(data) {
         round_trip(&m);
+        let both = OrganizationId::parse(&m.organization_id).is_ok() && KeyId::parse(&m.id).is_ok();
+        assert_eq!(KeyRef::parse(&m.organization_id, &m.id).is_ok(), both);
         org(&m.organization_id);
         key_id(&m.id);
     }
     if let Ok(m) = ListKeysRequest::decode(data) {
         round_trip(&m);
+        if let Ok(cmd) = ListKeys::parse(&m) {
+            assert!((1..=1000).contains(&cmd.page_size));
+            assert_eq!(cmd.organization_id.as_str(), m.organization_id);
+        }
         org(&m.organization_id);
         key_type(m.r#type);
         user(&m.user_id);
     }
     if let Ok(m) = UpdateKeyRequest::decode(data) {
         round_trip(&m);
+        if let Ok(cmd) = UpdateKey::parse(&m, cx) {
+            // Only the fields the mask names change.
+            let paths = m.update_mask.as_ref().map(|f| f.paths.clone()).unwrap_or_default();
+            assert!(!paths.is_empty());
+            assert_eq!(cmd.patch.name.is_some(), paths.iter().any(|p| p == "name"));
+            assert_eq!(cmd.patch.scopes.is_some(), paths.iter().any(|p| p == "scopes"));
+        }
         org(&m.organization_id);
         key_id(&m.id);
         name(&m.name);
@@ -120,11 +149,16 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = RemoveMemberRequest::decode(data) {
         round_trip(&m);
+        let both = OrganizationId::parse(&m.organization_id).is_ok() && UserId::parse(&m.user_id).is_ok();
+        assert_eq!(RemoveMember::parse(&m).is_ok(), both);
         org(&m.organization_id);
         user(&m.user_id);
     }
     if let Ok(m) = ListKeyEventsRequest::decode(data) {
         round_trip(&m);
+        if let Ok(cmd) = ListKeyEvents::parse(&m) {
+            assert_eq!(cmd.key_id.is_some(), !m.key_id.is_empty());
+        }
         org(&m.organization_id);
         if !m.key_id.is_empty() {
             key_id(&m.key_id);
@@ -132,6 +166,13 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = VerifyKeyRequest::decode(data) {
         round_trip(&m);
+        let scopes_ok = m.required_scopes.iter().all(|s| parse_scope(s).is_ok());
+        let org_ok = m.organization_id.is_empty() || OrganizationId::parse(&m.organization_id).is_ok();
+        let parsed = Verification::new(&m.key, &m.required_scopes, &m.origin, &m.referer, &m.organization_id);
+        assert_eq!(parsed.is_ok(), scopes_ok && org_ok);
+        if let Ok(v) = parsed {
+            assert_eq!(v.presented().is_ok(), parse_token(&m.key).is_ok());
+        }
         if let Ok(hash) = parse_token(&m.key) {
             assert!(parse_token(&m.key) == Ok(hash));
         }

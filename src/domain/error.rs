@@ -1,8 +1,9 @@
 //! Why a keygate operation failed, in the terms of the API contract; every
 //! transport maps this one type to its own answers (gRPC in `api::grpc::errors`).
+//! Which store failures become which error is the services' decision
+//! (`services/store_errors.rs`): the domain knows no store.
 
 use super::violations::Violations;
-use crate::store::StoreError;
 
 #[derive(Debug)]
 pub enum Error {
@@ -28,35 +29,5 @@ impl Error {
 impl From<Violations> for Error {
     fn from(v: Violations) -> Self {
         Self::Invalid(v)
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        Self::from(&e)
-    }
-}
-
-/// The one place that decides which store failures a caller may retry
-/// (UNAVAILABLE) and which are keygate's own (INTERNAL, detail only in the log).
-impl From<&StoreError> for Error {
-    fn from(e: &StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Closed => {
-                tracing::warn!(error = %e, "store unavailable");
-                Self::Unavailable
-            }
-            StoreError::NotFound => Self::NotFound,
-            StoreError::Revoked => {
-                Self::FailedPrecondition("the key is revoked and cannot be updated")
-            }
-            StoreError::LiveUserKeyExists => Self::AlreadyExists(
-                "this user already has a live user key in this organization; revoke it first",
-            ),
-            other => {
-                tracing::error!(error = %other, "store failure");
-                Self::Internal
-            }
-        }
     }
 }

@@ -2,6 +2,7 @@
 //! rules need at run time (store, cache, usage, clock).
 
 pub mod keys;
+mod store_errors;
 pub mod verifier;
 
 pub use keys::KeyService;
