@@ -9,6 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -107,9 +111,9 @@ impl Instance {
 
     /// SIGTERM (graceful: keygate flushes usage), then SIGKILL after 15 s.
     pub(crate) async fn stop(mut self) -> Result<(), BoxError> {
-        Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()?;
+        // The child is not reaped before try_wait below sees it exit, so its pid
+        // cannot have been reused by another process.
+        kill(Pid::from_raw(i32::try_from(self.pid())?), Signal::SIGTERM)?;
         let give_up = Instant::now() + Duration::from_secs(15);
         while self.child.try_wait()?.is_none() {
             if Instant::now() > give_up {
