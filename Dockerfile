@@ -5,12 +5,13 @@ WORKDIR /src
 
 # Dependencies first, against stub sources, so that this slow layer is rebuilt only
 # when the manifest, the lock file, build.rs or the protos change, not on every
-# edit of src/. Every target Cargo.toml declares gets a stub so the manifest loads.
+# edit of src/. Every target the workspace's manifests declare gets a stub so they load.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY bench/Cargo.toml bench/Cargo.toml
 COPY proto proto
-RUN mkdir -p src/bin tests/it \
+RUN mkdir -p src tests/it bench/src \
  && echo 'fn main() {}' > src/main.rs \
- && echo 'fn main() {}' > src/bin/keygate-bench.rs \
+ && echo 'fn main() {}' > bench/src/main.rs \
  && touch src/lib.rs tests/it/main.rs \
  && cargo build --release --locked --bin keygate
 

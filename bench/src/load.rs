@@ -1,0 +1,226 @@
+//! The load itself: what one request of each scenario is, the closed loop of
+//! tasks that sends them, and the HDR histograms the latencies go into. Kept apart
+//! from the setup so that the measured path can be read on its own.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use keygate::{
+    keys::SecretHash,
+    proto::{VerifyCode, VerifyKeyRequest, key_verify_client::KeyVerifyClient},
+};
+use sqlx::mysql::MySqlPool;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    BoxError,
+    database::{SELECT_BY_HASH, SELECT_BY_ID},
+};
+
+/// The scope every `VerifyKey` call requires; the seeded keys carry it.
+pub(crate) const REQUIRED_SCOPE: &str = "links:read";
+
+/// One kind of request, cloned into every load task. Cursors are shared so that
+/// round-robin spreads over all keys and a fresh unknown key is never reused.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Health(HealthClient<Channel>),
+    Verify {
+        client: KeyVerifyClient<Channel>,
+        keys: Arc<[String]>,
+        cursor: Arc<AtomicUsize>,
+        expect: VerifyCode,
+    },
+    ById {
+        pool: MySqlPool,
+        ids: Arc<[String]>,
+        cursor: Arc<AtomicUsize>,
+    },
+    ByHash {
+        pool: MySqlPool,
+        hashes: Arc<[SecretHash]>,
+        cursor: Arc<AtomicUsize>,
+    },
+}
+
+enum Outcome {
+    Ok,
+    /// An answer, but not the one this scenario expects (a bench or keygate bug).
+    Unexpected,
+    Error(String),
+}
+
+fn next<'a, T>(items: &'a [T], cursor: &AtomicUsize) -> &'a T {
+    &items[cursor.fetch_add(1, Relaxed) % items.len()]
+}
+
+fn verify_request(key: &str) -> VerifyKeyRequest {
+    VerifyKeyRequest {
+        key: key.to_owned(),
+        required_scopes: vec![REQUIRED_SCOPE.to_owned()],
+        ..Default::default()
+    }
+}
+
+impl Target {
+    async fn call(&mut self) -> Outcome {
+        match self {
+            Target::Health(client) => {
+                let req = HealthCheckRequest {
+                    service: String::new(),
+                };
+                match client.check(req).await {
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Outcome::Ok,
+                    Ok(_) => Outcome::Unexpected,
+                    Err(e) => Outcome::Error(e.to_string()),
+                }
+            }
+            Target::Verify {
+                client,
+                keys,
+                cursor,
+                expect,
+            } => match client
+                .verify_key(verify_request(next::<String>(keys, cursor)))
+                .await
+            {
+                Ok(r) if r.get_ref().code == *expect as i32 => Outcome::Ok,
+                Ok(_) => Outcome::Unexpected,
+                Err(e) => Outcome::Error(e.to_string()),
+            },
+            Target::ById { pool, ids, cursor } => {
+                let q = sqlx::query(SELECT_BY_ID).bind(next(ids, cursor).as_str());
+                row_outcome(q.fetch_optional(&*pool).await)
+            }
+            Target::ByHash {
+                pool,
+                hashes,
+                cursor,
+            } => {
+                let q = sqlx::query(SELECT_BY_HASH).bind(&next(hashes, cursor).as_bytes()[..]);
+                row_outcome(q.fetch_optional(&*pool).await)
+            }
+        }
+    }
+}
+
+fn row_outcome<R>(r: Result<Option<R>, sqlx::Error>) -> Outcome {
+    match r {
+        Ok(Some(_)) => Outcome::Ok,
+        Ok(None) => Outcome::Unexpected,
+        Err(e) => Outcome::Error(e.to_string()),
+    }
+}
+
+/// Latencies (µs) and outcomes of one load task, or of a whole phase once merged.
+pub(crate) struct Tally {
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) unexpected: u64,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+}
+
+impl Tally {
+    pub(crate) fn new() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid"),
+            unexpected: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn record(&mut self, latency: Duration, outcome: Outcome) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.hist.saturating_record(us.max(1));
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Unexpected => self.unexpected += 1,
+            Outcome::Error(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: &Tally) {
+        self.hist
+            .add(&other.hist)
+            .expect("histograms share their bounds");
+        self.unexpected += other.unexpected;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+}
+
+/// What one measured phase produced.
+pub(crate) struct Phase {
+    pub(crate) tally: Tally,
+    pub(crate) elapsed: Duration,
+    /// CPU used during the phase, per watched process, in % of one core.
+    pub(crate) cpu: Vec<f64>,
+}
+
+impl Phase {
+    pub(crate) fn rps(&self) -> f64 {
+        self.tally.hist.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// When a load task stops starting requests.
+#[derive(Clone)]
+pub(crate) enum Until {
+    Deadline(Instant),
+    /// After this many requests in all, counted by the shared counter.
+    Calls(Arc<AtomicUsize>, usize),
+}
+
+impl Until {
+    fn more(&self) -> bool {
+        match self {
+            Until::Deadline(d) => Instant::now() < *d,
+            Until::Calls(issued, n) => issued.fetch_add(1, Relaxed) < *n,
+        }
+    }
+}
+
+/// Runs `concurrency` closed-loop tasks until `until`; the phase lasts until the
+/// last request in flight returns.
+pub(crate) async fn run_load(
+    targets: &[Target],
+    concurrency: usize,
+    until: Until,
+) -> Result<(Tally, Duration), BoxError> {
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..concurrency {
+        let mut target = targets[i % targets.len()].clone();
+        let until = until.clone();
+        tasks.spawn(async move {
+            let mut tally = Tally::new();
+            while until.more() {
+                let t0 = Instant::now();
+                let outcome = target.call().await;
+                tally.record(t0.elapsed(), outcome);
+            }
+            tally
+        });
+    }
+    let mut total = Tally::new();
+    while let Some(t) = tasks.join_next().await {
+        total.merge(&t?);
+    }
+    Ok((total, start.elapsed()))
+}

@@ -1,0 +1,284 @@
+//! Everything prepared before timing starts: a fresh bench database, the two
+//! keygate children (cached and uncached), keys seeded through the public API,
+//! the malformed and unknown keys, the SQL baselines' pools, and the requests
+//! each scenario sends. Kept out of `main` so that the run's outline stays short.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use keygate::{
+    keys::{KeyPrefix, Secret, SecretHash, parse_token},
+    proto::{
+        CreateKeyRequest, KeyType, VerifyCode, key_admin_client::KeyAdminClient,
+        key_verify_client::KeyVerifyClient,
+    },
+};
+use sqlx::mysql::MySqlPool;
+use tokio::task::JoinSet;
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::{
+    Args, BoxError, Scenario,
+    database::{recreate_database, sql_pool},
+    instance::{ADMIN_TOKEN, Instance},
+    load::{REQUIRED_SCOPE, Target, Until, run_load},
+    procfs::memory_mib,
+};
+
+/// The seeded keys, index-aligned.
+pub(crate) struct Seeded {
+    ids: Arc<[String]>,
+    secrets: Arc<[String]>,
+    hashes: Arc<[SecretHash]>,
+}
+
+fn admin_request(i: usize) -> Request<CreateKeyRequest> {
+    let mut req = Request::new(CreateKeyRequest {
+        organization_id: format!("bench-org-{}", i % 100),
+        r#type: KeyType::Bot as i32,
+        name: format!("bench key {i}"),
+        scopes: vec![REQUIRED_SCOPE.to_owned(), "links:write".to_owned()],
+        ..Default::default()
+    });
+    let md = req.metadata_mut();
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    md.insert(
+        "authorization",
+        bearer.parse().expect("the admin token is printable ASCII"),
+    );
+    md.insert("x-actor-id", MetadataValue::from_static("bench"));
+    md.insert("x-actor-role", MetadataValue::from_static("admin"));
+    req
+}
+
+async fn seed(channels: &[Channel], n: usize, concurrency: usize) -> Result<Seeded, BoxError> {
+    let start = Instant::now();
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let progress = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let d = done.load(Relaxed);
+                let secs = start.elapsed().as_secs_f64();
+                eprintln!(
+                    "  seeded {d}/{n} keys in {secs:.0} s ({:.0}/s)",
+                    d as f64 / secs
+                );
+            }
+        })
+    };
+    let mut tasks = JoinSet::new();
+    for i in 0..concurrency.max(1) {
+        let mut client = KeyAdminClient::new(channels[i % channels.len()].clone());
+        let (cursor, done) = (Arc::clone(&cursor), Arc::clone(&done));
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = cursor.fetch_add(1, Relaxed);
+                if i >= n {
+                    return Ok::<_, tonic::Status>(mine);
+                }
+                let resp = client.create_key(admin_request(i)).await?.into_inner();
+                let id = resp.key.map(|k| k.id).unwrap_or_default();
+                mine.push((id, resp.secret));
+                done.fetch_add(1, Relaxed);
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    let outcome: Result<(), BoxError> = async {
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r??);
+        }
+        Ok(())
+    }
+    .await;
+    progress.abort();
+    outcome?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("seeded {n} keys in {secs:.1} s ({:.0}/s)", n as f64 / secs);
+    let hashes = all
+        .iter()
+        .map(|(_, s)| parse_token(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "CreateKey returned a secret that does not parse")?;
+    let (ids, secrets): (Vec<String>, Vec<String>) = all.into_iter().unzip();
+    Ok(Seeded {
+        ids: ids.into(),
+        secrets: secrets.into(),
+        hashes: hashes.into(),
+    })
+}
+
+/// Everything the scenarios need, prepared before any timing starts.
+pub(crate) struct Workload {
+    cached: Vec<Channel>,
+    uncached: Vec<Channel>,
+    seeded: Seeded,
+    malformed: Arc<[String]>,
+    pub(crate) unknown: Arc<[String]>,
+    /// Shared by every round: each unknown key is presented once in the whole run.
+    pub(crate) unknown_cursor: Arc<AtomicUsize>,
+    pub(crate) pool: MySqlPool,
+    pub(crate) pool_noping: MySqlPool,
+}
+
+impl Workload {
+    pub(crate) fn targets(&self, s: Scenario) -> Vec<Target> {
+        let fresh = || Arc::new(AtomicUsize::new(0));
+        let verify =
+            |channels: &[Channel], keys: &Arc<[String]>, cursor: Arc<AtomicUsize>, expect| {
+                let target = |ch: &Channel| Target::Verify {
+                    client: KeyVerifyClient::new(ch.clone()),
+                    keys: Arc::clone(keys),
+                    cursor: Arc::clone(&cursor),
+                    expect,
+                };
+                channels.iter().map(target).collect()
+            };
+        match s {
+            Scenario::Health => self
+                .cached
+                .iter()
+                .map(|ch| Target::Health(HealthClient::new(ch.clone())))
+                .collect(),
+            Scenario::Cached => verify(
+                &self.cached,
+                &self.seeded.secrets,
+                fresh(),
+                VerifyCode::Valid,
+            ),
+            Scenario::Malformed => verify(
+                &self.cached,
+                &self.malformed,
+                fresh(),
+                VerifyCode::Malformed,
+            ),
+            Scenario::Unknown => verify(
+                &self.cached,
+                &self.unknown,
+                Arc::clone(&self.unknown_cursor),
+                VerifyCode::NotFound,
+            ),
+            Scenario::Uncached => verify(
+                &self.uncached,
+                &self.seeded.secrets,
+                fresh(),
+                VerifyCode::Valid,
+            ),
+            Scenario::SelectId | Scenario::SelectIdNoping => vec![Target::ById {
+                pool: if s == Scenario::SelectId {
+                    &self.pool
+                } else {
+                    &self.pool_noping
+                }
+                .clone(),
+                ids: Arc::clone(&self.seeded.ids),
+                cursor: fresh(),
+            }],
+            Scenario::SelectHash => vec![Target::ByHash {
+                pool: self.pool.clone(),
+                hashes: Arc::clone(&self.seeded.hashes),
+                cursor: fresh(),
+            }],
+        }
+    }
+}
+
+/// A wrong last checksum digit: the cheapest malformation to build and the most
+/// expensive to detect (the whole token is scanned and its CRC computed).
+fn break_checksum(secret: &str) -> String {
+    let mut s = secret.to_owned();
+    let last = s.pop().expect("secrets are not empty");
+    s.push(if last == '0' { '1' } else { '0' });
+    s
+}
+
+/// Starts both instances, seeds and warms; returns them with the prepared workload.
+pub(crate) async fn prepare(
+    args: &Args,
+    memory: &mut Vec<(&'static str, (f64, f64))>,
+) -> Result<(Instance, Instance, Workload), BoxError> {
+    let url = &args.database_url;
+    eprintln!("re-creating the database");
+    recreate_database(url).await?;
+    // One after the other: both would otherwise race to run the migrations.
+    let mut cached = Instance::spawn(
+        args,
+        "cached",
+        &["--cache-ttl", &args.cache_ttl.to_string()],
+    )?;
+    cached.wait_ready().await?;
+    let mut uncached = Instance::spawn(
+        args,
+        "uncached",
+        &["--cache-capacity", "0", "--negative-cache-capacity", "0"],
+    )?;
+    uncached.wait_ready().await?;
+    eprintln!(
+        "keygate: cached on {} (pid {}), uncached on {} (pid {})",
+        cached.addr,
+        cached.pid(),
+        uncached.addr,
+        uncached.pid()
+    );
+    memory.push(("after start", memory_mib(cached.pid())));
+
+    let cached_ch = cached.channels(args.connections).await?;
+    let uncached_ch = uncached.channels(args.connections).await?;
+    eprintln!(
+        "seeding {} keys, {} CreateKey calls in flight",
+        args.keys, args.seed_concurrency
+    );
+    let seeded = seed(&cached_ch, args.keys, args.seed_concurrency).await?;
+    memory.push(("after seeding", memory_mib(cached.pid())));
+
+    let t = Instant::now();
+    let prefix = KeyPrefix::default();
+    let unknown: Arc<[String]> = (0..args.unknown_keys.max(1))
+        .map(|_| Secret::generate(&prefix).into_exposed())
+        .collect();
+    eprintln!(
+        "generated {} unknown keys in {:.1} s",
+        unknown.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let work = Workload {
+        cached: cached_ch,
+        uncached: uncached_ch,
+        malformed: seeded.secrets.iter().map(|s| break_checksum(s)).collect(),
+        seeded,
+        unknown,
+        unknown_cursor: Arc::new(AtomicUsize::new(0)),
+        pool: sql_pool(url, args.database_max_connections, true).await?,
+        pool_noping: sql_pool(url, args.database_max_connections, false).await?,
+    };
+
+    // CreateKey does not fill the cache: verify every key once so that all are cached.
+    let t = Instant::now();
+    let n = work.seeded.secrets.len();
+    let until = Until::Calls(Arc::new(AtomicUsize::new(0)), n);
+    let (tally, _) = run_load(&work.targets(Scenario::Cached), args.concurrency, until).await?;
+    if tally.errors + tally.unexpected > 0 {
+        let e = tally.first_error.unwrap_or_default();
+        return Err(format!(
+            "warming: {} of {n} seeded keys did not verify as VALID {e}",
+            tally.errors + tally.unexpected
+        )
+        .into());
+    }
+    eprintln!(
+        "verified every key once on the cached instance in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    memory.push(("after warming the cache", memory_mib(cached.pid())));
+    Ok((cached, uncached, work))
+}
