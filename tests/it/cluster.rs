@@ -23,7 +23,7 @@ struct Peer {
 }
 
 async fn peer(of: &TestApp, extra: &[&str]) -> Peer {
-    let app = App::start(serve_args(&of.db, extra))
+    let app = start_app(&of.db, extra)
         .await
         .expect("second instance starts");
     let channel = connect(app.addr()).await;
