@@ -407,6 +407,7 @@ async fn scrape_every(addr: SocketAddr, interval: Duration, stop: Arc<AtomicBool
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: CI runs it with --include-ignored"]
 async fn soak_with_store_restarts_loses_nothing() {
     let duration = soak_duration();
     let faults = usize::try_from(duration.as_secs().div_ceil(60)).expect("small");
@@ -855,6 +856,7 @@ async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
 /// 60 000 verifications of one cached key with no scrape, then as many with a
 /// scrape every 2 000: VmRSS grows in the first phase only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: CI runs it with --include-ignored"]
 async fn memory_does_not_grow_with_requests_when_metrics_are_not_scraped() {
     const PER_PHASE: usize = 60_000;
     const TASKS: usize = 4;

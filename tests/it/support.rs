@@ -514,12 +514,14 @@ where
 }
 
 /// Runs each named `async fn(Backend)` of the enclosing module once on SQLite and
-/// once on MariaDB/MySQL: the same test code for both stores.
+/// once on MariaDB/MySQL: the same test code for both stores. Attributes before
+/// a name (`#[ignore = "…"]`) go on both of its tests.
 #[macro_export]
 macro_rules! store_tests {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         mod sqlite {
             $(
+                $(#[$attr])*
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Backend::Sqlite).await;
@@ -528,6 +530,7 @@ macro_rules! store_tests {
         }
         mod mariadb {
             $(
+                $(#[$attr])*
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Backend::MySql).await;
