@@ -1,12 +1,7 @@
 //! The `keygate` binary as an operator runs it: flags, first run without
 //! configuration, logs at trace level, health, reflection, and SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::process::Stdio;
 
 use keygate::{
     proto::{
@@ -25,94 +20,6 @@ use tonic_reflection::pb::v1::{
 };
 
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
-
-/// A `keygate` child process whose stderr is collected line by line.
-pub(crate) struct Process {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Process {
-    pub(crate) fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        // The tests' own environment must not configure the child.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("KEYGATE_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.envs(envs.iter().copied());
-        let mut child = cmd.spawn().expect("spawn keygate");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("lines lock").push(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    pub(crate) fn output(&self) -> Vec<String> {
-        self.lines.lock().expect("lines lock").clone()
-    }
-
-    /// Waits for a line satisfying `f` and returns what `f` extracted from it.
-    fn wait_for<T>(&mut self, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(found) = self.output().iter().find_map(|l| f(l)) {
-                return found;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "keygate exited ({status}) before {what}:\n{}",
-                    self.output().join("\n")
-                );
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The address from the JSON "keygate serving" log line.
-    pub(crate) fn wait_serving(&mut self) -> std::net::SocketAddr {
-        self.wait_for("the serving line", |l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "keygate serving").then(|| v["addr"].as_str()?.parse().ok())?
-        })
-    }
-
-    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn with_token<T>(token: &str, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
@@ -248,9 +155,8 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     }
     drop((admin_client, verify_client, channel));
     let probe = |addr: std::net::SocketAddr| {
-        Command::new(BIN)
+        keygate_command()
             .args(["health", "--addr", &addr.to_string()])
-            .env_remove("KEYGATE_LOG_FORMAT")
             .output()
             .expect("run health")
     };
@@ -330,9 +236,8 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
 async fn migrate_is_idempotent(backend: Backend) {
     let db = TestDb::create(backend).await;
     for _ in 0..2 {
-        let status = Command::new(BIN)
+        let status = keygate_command()
             .args(["migrate", "--database-url", &db.url])
-            .env_remove("KEYGATE_DATABASE_URL")
             .stderr(Stdio::null())
             .status()
             .expect("run migrate");
@@ -360,11 +265,7 @@ fn bad_flags_are_refused_with_a_clear_message() {
             "unsupported database url",
         ),
     ] {
-        let out = Command::new(BIN)
-            .args(&args)
-            .env_remove("KEYGATE_DATABASE_URL")
-            .output()
-            .expect("run");
+        let out = keygate_command().args(&args).output().expect("run");
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
@@ -380,9 +281,8 @@ async fn migrate_creates_a_missing_mysql_database() {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let url = format!("{}/{name}", mysql_server_url());
-    let out = Command::new(BIN)
+    let out = keygate_command()
         .args(["migrate", "--database-url", &url])
-        .env_remove("KEYGATE_DATABASE_URL")
         .output()
         .expect("run migrate");
     let db = TestDb::adopt_mysql(&name);

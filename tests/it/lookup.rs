@@ -10,7 +10,6 @@ use keygate::{
     proto::VerifyCode,
     store::{PoolConfig, Store, StoreError},
 };
-use sqlx::{Connection, MySqlConnection};
 use tokio_util::task::TaskTracker;
 
 use crate::support::*;
@@ -30,26 +29,6 @@ async fn seed(app: &TestApp, n: usize) -> Vec<(String, String, SecretHash)> {
         out.push((key.id, secret, hash));
     }
     out
-}
-
-/// A connection holding `LOCK TABLES api_keys WRITE`: every read of the table
-/// waits until [`unlock`].
-async fn lock_keys_table(app: &TestApp) -> MySqlConnection {
-    let mut conn = MySqlConnection::connect(&app.db.url)
-        .await
-        .expect("connect");
-    sqlx::query("LOCK TABLES api_keys WRITE")
-        .execute(&mut conn)
-        .await
-        .expect("lock");
-    conn
-}
-
-async fn unlock(conn: &mut MySqlConnection) {
-    sqlx::query("UNLOCK TABLES")
-        .execute(conn)
-        .await
-        .expect("unlock");
 }
 
 fn unknown_hash() -> SecretHash {
@@ -161,7 +140,7 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
     .expect("connect");
     let lookups = Lookups::start(patient, 1, Duration::from_secs(60), &TaskTracker::new());
 
-    let mut locker = lock_keys_table(&app).await;
+    let mut locker = lock_keys_table(&app.db).await;
 
     let blocked = tokio::spawn({
         let lookups = lookups.clone();
@@ -219,7 +198,7 @@ async fn a_read_the_store_does_not_answer_is_given_up_and_frees_its_slot() {
         &TaskTracker::new(),
     );
 
-    let mut locker = lock_keys_table(&app).await;
+    let mut locker = lock_keys_table(&app.db).await;
     let err = tokio::time::timeout(Duration::from_secs(10), lookups.find(keys[0].2))
         .await
         .expect("the read is given up, not left waiting")
@@ -251,7 +230,7 @@ async fn a_stalled_store_answers_unavailable_within_the_store_timeout() {
         &["--database-timeout", "2s", "--request-timeout", "60s"],
     )
     .await;
-    let mut locker = lock_keys_table(&app).await;
+    let mut locker = lock_keys_table(&app.db).await;
 
     let start = std::time::Instant::now();
     let write = app

@@ -17,6 +17,7 @@ mod properties;
 mod review;
 mod security;
 mod soak;
+mod store_suite;
 mod support;
 mod tls;
 mod verify;

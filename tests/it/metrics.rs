@@ -4,8 +4,14 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use keygate::{
+    hostnames::AllowedHostnames,
     keys::{KeyPrefix, Secret},
-    proto::{self, VerifyCode},
+    model::{KeyId, KeyName, KeyRecord, Micros, OrganizationId, Owner, UserId},
+    proto::{
+        self, VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
+    },
+    scopes::ScopeSet,
+    store::{PoolConfig, Store},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Request;
@@ -51,37 +57,128 @@ fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, series: 
     after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counters_move_and_labels_stay_bounded() {
-    let app = spawn_app_with(Backend::Sqlite, &["--usage-flush-interval", "20ms"]).await;
-    let metrics = app.app.as_ref().expect("running").metrics_addr();
-    let (_, before) = scrape(metrics).await;
+/// The `request_count` of a key, read from the store.
+async fn request_count(store: &Store, org: &str, id: &str) -> u64 {
+    store
+        .get_key(
+            &OrganizationId::parse(org).expect("org"),
+            &KeyId::parse(id).expect("id"),
+        )
+        .await
+        .expect("read")
+        .expect("key")
+        .request_count
+}
 
+/// Every counter moves by exactly what the traffic explains. The recorder is
+/// process-wide, so keygate runs as a child process of its own: in process,
+/// the other tests' keygates would count into the same series. Nothing runs in
+/// the background meanwhile: the key the verifications use is created before
+/// keygate starts, its CREATED event is polled once at start (waited for), and
+/// then the invalidation poll waits an hour; each usage flush is waited for,
+/// so each carries exactly one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_by_exactly_the_traffic_and_labels_stay_bounded() {
     let org = "metricsorg7";
-    let (key, secret) = app.create(admin(bot_key(org, "m", &["links:read"]))).await;
-    assert_eq!(
-        app.verify_code(verify_req(&secret, &["links:read"])).await,
-        VerifyCode::Valid
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let secret = Secret::generate(&KeyPrefix::default());
+    let now = Micros::now();
+    let seeded = KeyRecord {
+        id: KeyId::generate(),
+        organization_id: OrganizationId::parse(org).expect("org"),
+        owner: Owner::Bot,
+        name: KeyName::parse("m").expect("name"),
+        scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
+        allowed_hostnames: AllowedHostnames::default(),
+        secret_hash: secret.hash(),
+        key_prefix: secret.key_prefix(),
+        last_four: secret.last_four(),
+        request_count: 0,
+        create_time: now,
+        update_time: now,
+        last_used_time: None,
+        revoke_time: None,
+        expire_time: None,
+        created_by: UserId::parse("admin-1").expect("user"),
+    };
+    store.create_key(&seeded).await.expect("create");
+    let key_id = seeded.id.as_str().to_owned();
+    let secret = secret.into_exposed();
+
+    let mut served = spawn_process_on(
+        &db,
+        &[
+            "--usage-flush-interval",
+            "20ms",
+            "--invalidation-interval",
+            "1h",
+        ],
     );
+    let metrics = served.metrics_addr;
+    let channel = connect(served.addr).await;
+    let mut admin_client = KeyAdminClient::new(channel.clone());
+    let verify = KeyVerifyClient::new(channel);
+    let verify_code = async |req: proto::VerifyKeyRequest| {
+        verify
+            .clone()
+            .verify_key(req)
+            .await
+            .expect("verify answers")
+            .into_inner()
+            .code()
+    };
+    // The start-up poll has seen the seeded key's CREATED event.
+    let lag_count = "keygate_invalidation_lag_seconds_count";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let (_, samples) = scrape(metrics).await;
+        if samples.get(lag_count).copied() == Some(1.0) {
+            break samples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start-up poll never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // A key created through the API (and not used): one CreateKey OK.
+    let (other, other_secret) = {
+        let resp = admin_client
+            .create_key(admin(bot_key(org, "unused", &["links:read"])))
+            .await
+            .expect("create")
+            .into_inner();
+        (resp.key.expect("key"), resp.secret)
+    };
+    // Three verifications that find the key (a miss, then two hits), each
+    // followed by the flush of its use.
+    for (n, scope, code) in [
+        (1, "links:read", VerifyCode::Valid),
+        (2, "links:read", VerifyCode::Valid),
+        (3, "stats:read", VerifyCode::InsufficientScope),
+    ] {
+        assert_eq!(verify_code(verify_req(&secret, &[scope])).await, code);
+        eventually(Duration::from_secs(30), "the use flushed", || async {
+            request_count(&store, org, &key_id).await == n
+        })
+        .await;
+    }
     assert_eq!(
-        app.verify_code(verify_req(&secret, &["links:read"])).await,
-        VerifyCode::Valid
-    );
-    assert_eq!(
-        app.verify_code(verify_req(&secret, &["stats:read"])).await,
-        VerifyCode::InsufficientScope
-    );
-    assert_eq!(
-        app.verify_code(verify_req("junk", &[])).await,
+        verify_code(verify_req("junk", &[])).await,
         VerifyCode::Malformed
     );
     let unknown = Secret::generate(&KeyPrefix::default());
     assert_eq!(
-        app.verify_code(verify_req(unknown.expose(), &[])).await,
+        verify_code(verify_req(unknown.expose(), &[])).await,
         VerifyCode::NotFound
     );
     assert!(
-        app.verify
+        verify
             .clone()
             .verify_key(verify_req(&secret, &["BAD"]))
             .await
@@ -89,27 +186,31 @@ async fn counters_move_and_labels_stay_bounded() {
     );
     let mut anonymous = Request::new(proto::GetKeyRequest {
         organization_id: org.into(),
-        id: key.id.clone(),
+        id: key_id.clone(),
     });
     anonymous
         .metadata_mut()
         .insert("authorization", "Bearer nope".parse().expect("ascii"));
-    assert!(app.admin.clone().get_key(anonymous).await.is_err());
-    eventually(Duration::from_secs(10), "usage flushed", || async {
-        app.get(org, &key.id).await.request_count == 3
-    })
-    .await;
+    assert!(admin_client.get_key(anonymous).await.is_err());
 
     let (text, after) = scrape(metrics).await;
-    for (series, at_least) in [
+    let mut wrong = Vec::new();
+    for (series, exactly) in [
         (r#"keygate_verify_total{code="valid"}"#, 2.0),
         (r#"keygate_verify_total{code="insufficient_scope"}"#, 1.0),
         (r#"keygate_verify_total{code="malformed"}"#, 1.0),
         (r#"keygate_verify_total{code="not_found"}"#, 1.0),
         (r#"keygate_verify_total{code="rpc_error"}"#, 1.0),
+        (r#"keygate_verify_total{code="revoked"}"#, 0.0),
+        (r#"keygate_verify_total{code="missing"}"#, 0.0),
         ("keygate_verify_duration_seconds_count", 6.0),
         (r#"keygate_cache_hits_total{cache="keys"}"#, 2.0),
+        (r#"keygate_cache_hits_total{cache="unknown_keys"}"#, 0.0),
         ("keygate_cache_misses_total", 2.0),
+        ("keygate_cache_evictions_total", 0.0),
+        ("keygate_cache_stale_fills_dropped_total", 0.0),
+        ("keygate_store_lookups_total", 2.0),
+        ("keygate_store_lookup_hashes_total", 2.0),
         (
             r#"keygate_admin_requests_total{code="OK",method="CreateKey"}"#,
             1.0,
@@ -118,15 +219,21 @@ async fn counters_move_and_labels_stay_bounded() {
             r#"keygate_admin_requests_total{code="UNAUTHENTICATED",method="GetKey"}"#,
             1.0,
         ),
-        (r#"keygate_usage_flushes_total{result="ok"}"#, 1.0),
-        ("keygate_usage_flushed_keys_total", 1.0),
+        (
+            r#"keygate_admin_requests_total{code="OK",method="GetKey"}"#,
+            0.0,
+        ),
+        (r#"keygate_usage_flushes_total{result="ok"}"#, 3.0),
+        (r#"keygate_usage_flushes_total{result="error"}"#, 0.0),
+        ("keygate_usage_flushed_keys_total", 3.0),
+        (lag_count, 0.0),
     ] {
-        assert!(
-            delta(&before, &after, series) >= at_least,
-            "{series} moved by {}",
-            delta(&before, &after, series)
-        );
+        let moved = delta(&before, &after, series);
+        if moved != exactly {
+            wrong.push(format!("{series} moved by {moved}, not {exactly}"));
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     for present in [
         r#"keygate_build_info{version="0.1.0"}"#,
         r#"keygate_store_connections{state="idle"}"#,
@@ -142,11 +249,21 @@ async fn counters_move_and_labels_stay_bounded() {
         text.contains("keygate_verify_duration_seconds_bucket"),
         "a real histogram"
     );
-    for unbounded in [org, key.id.as_str(), secret.as_str(), unknown.expose()] {
+    for unbounded in [
+        org,
+        key_id.as_str(),
+        other.id.as_str(),
+        secret.as_str(),
+        other_secret.as_str(),
+        unknown.expose(),
+    ] {
         assert!(
             !text.contains(unbounded),
             "{unbounded} must not appear in metrics"
         );
     }
-    app.stop().await;
+    let status = served.process.terminate();
+    assert!(status.success(), "graceful exit: {status}");
+    store.close().await;
+    db.drop_db().await;
 }

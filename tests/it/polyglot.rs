@@ -15,10 +15,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{
-    binary::Process,
-    support::{Backend, TestDb},
-};
+use crate::support::{self, Backend, TestDb};
 
 const ADMIN_TOKEN: &str = "polyglot-admin-token";
 const INSTALL_HINT: &str =
@@ -31,7 +28,7 @@ fn repo() -> &'static Path {
 
 /// The `keygate` binary serving on a fresh SQLite file.
 struct Served {
-    process: Process,
+    process: support::Process,
     addr: SocketAddr,
     db: TestDb,
 }
@@ -39,24 +36,12 @@ struct Served {
 impl Served {
     async fn start() -> Self {
         let db = TestDb::create(Backend::Sqlite).await;
-        let mut process = Process::spawn(
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--admin-tokens",
-                ADMIN_TOKEN,
-                "--log-format",
-                "json",
-                "--database-url",
-                &db.url,
-            ],
-            &[],
-        );
-        let addr = process.wait_serving();
-        Self { process, addr, db }
+        let served = support::spawn_process_on(&db, &["--admin-tokens", ADMIN_TOKEN]);
+        Self {
+            process: served.process,
+            addr: served.addr,
+            db,
+        }
     }
 
     /// Stops keygate with SIGTERM, drops the database and returns keygate's log.

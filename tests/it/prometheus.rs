@@ -35,7 +35,7 @@ use keygate::{
 };
 use serde_json::Value;
 
-use crate::{binary::Process, private_db::PrivateMariaDb, support::*};
+use crate::{private_db::PrivateMariaDb, support::*};
 
 const INSTALL_HINT: &str = "run deploy/install-deps (installs Debian's `prometheus` package, which ships prometheus and promtool)";
 /// The shipped `for:` durations (1–15 minutes) become this.
@@ -288,31 +288,8 @@ impl Drop for Prometheus {
 /// Starts the keygate binary on `database_url`; returns it with its gRPC and
 /// metrics addresses (from the JSON "keygate serving" line).
 fn spawn_keygate(database_url: &str, extra: &[&str]) -> (Process, SocketAddr, SocketAddr) {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--admin-tokens",
-        TOKEN,
-        "--log-format",
-        "json",
-        "--database-url",
-        database_url,
-    ];
-    args.extend_from_slice(extra);
-    let mut process = Process::spawn(&args, &[]);
-    let addr = process.wait_serving();
-    let metrics = process
-        .output()
-        .iter()
-        .find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "keygate serving").then(|| v["metrics_addr"].as_str()?.parse().ok())?
-        })
-        .expect("metrics_addr in the serving line");
-    (process, addr, metrics)
+    let served = spawn_process(database_url, extra);
+    (served.process, served.addr, served.metrics_addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,12 @@
 //! What every integration test shares: a real keygate on an ephemeral port, over a
 //! database of its own (a fresh SQLite file, or a fresh MariaDB/MySQL database).
+//! In process that is [`spawn_app`] (or [`start_app`] for an `App` alone); as a
+//! child process, the real binary, it is [`process::Process`] and
+//! [`spawn_process`]. No test starts keygate any other way.
+
+pub mod process;
+
+pub use process::*;
 
 use std::{
     path::PathBuf,
@@ -9,16 +16,18 @@ use std::{
 
 use clap::Parser;
 use keygate::{
-    app::App,
+    app::{App, AppError},
     clock::{ManualClock, SharedClock},
     config::{Cli, Command, ServeArgs},
+    keys::SecretHash,
+    model::{KeyId, KeyRecord, OrganizationId},
     proto::{
         self, CreateKeyRequest, KeyType, VerifyCode, VerifyKeyRequest, VerifyKeyResponse,
         key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
     },
     store::{PoolConfig, Store},
 };
-use sqlx::{Connection, MySqlConnection};
+use sqlx::{Connection, MySqlConnection, Row, SqliteConnection};
 use tonic::{Code, Request, Status, transport::Channel};
 
 pub const TOKEN: &str = "test-admin-token";
@@ -162,10 +171,26 @@ pub async fn spawn_app_with(backend: Backend, extra: &[&str]) -> TestApp {
     start_on(db, extra).await
 }
 
+/// Starts keygate in process on `db` with [`serve_args`]`(db, extra)`, without
+/// connecting to it: for a TLS listener, a second instance on one database, or a
+/// start that must fail. Every in-process keygate of the tests starts here.
+pub async fn start_app(db: &TestDb, extra: &[&str]) -> Result<App, AppError> {
+    start_app_on_clock(db, extra, Arc::new(ManualClock::default())).await
+}
+
+/// As [`start_app`], on a clock the test holds.
+pub async fn start_app_on_clock(
+    db: &TestDb,
+    extra: &[&str],
+    clock: SharedClock,
+) -> Result<App, AppError> {
+    App::build(serve_args(db, extra), clock).await
+}
+
 /// Starts keygate on an existing test database.
 pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
     let clock = Arc::new(ManualClock::default());
-    let app = App::build(serve_args(&db, extra), Arc::clone(&clock) as SharedClock)
+    let app = start_app_on_clock(&db, extra, Arc::clone(&clock) as SharedClock)
         .await
         .expect("keygate starts");
     let channel = connect(app.addr()).await;
@@ -368,6 +393,127 @@ impl TestApp {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The database under the store: plain SQL for what the store's API does not
+// offer (and must not: these reads exist for tests only).
+
+/// A direct connection to a test database, either back end.
+#[derive(Debug)]
+pub enum RawDb {
+    MySql(MySqlConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl RawDb {
+    pub async fn connect(db: &TestDb) -> Self {
+        if db.url.starts_with("mysql://") {
+            Self::MySql(MySqlConnection::connect(&db.url).await.expect("connect"))
+        } else {
+            Self::Sqlite(SqliteConnection::connect(&db.url).await.expect("connect"))
+        }
+    }
+
+    /// Every non-NULL column of every row of `table` that reads as bytes (its
+    /// text and blob columns).
+    async fn bytes_of(&mut self, table: &str) -> Vec<Vec<u8>> {
+        let sql = format!("SELECT * FROM {table}");
+        let mut out = Vec::new();
+        macro_rules! collect {
+            ($conn:expr) => {
+                for row in sqlx::query(&sql)
+                    .fetch_all(&mut *$conn)
+                    .await
+                    .expect("read table")
+                {
+                    for i in 0..row.len() {
+                        if let Ok(Some(b)) = row.try_get::<Option<Vec<u8>>, _>(i) {
+                            out.push(b);
+                        }
+                    }
+                }
+            };
+        }
+        match self {
+            Self::MySql(c) => collect!(c),
+            Self::Sqlite(c) => collect!(c),
+        }
+        out
+    }
+
+    /// `(organization, id)` of the key stored with `hash`, if any.
+    pub async fn key_of_hash(&mut self, hash: &SecretHash) -> Option<(OrganizationId, KeyId)> {
+        let sql = "SELECT organization_id, id FROM api_keys WHERE secret_hash = ?";
+        let row: Option<(Vec<u8>, Vec<u8>)> = match self {
+            Self::MySql(c) => sqlx::query_as(sql)
+                .bind(&hash.as_bytes()[..])
+                .fetch_optional(c)
+                .await
+                .expect("read by hash"),
+            Self::Sqlite(c) => sqlx::query_as(sql)
+                .bind(&hash.as_bytes()[..])
+                .fetch_optional(c)
+                .await
+                .expect("read by hash"),
+        };
+        row.map(|(org, id)| {
+            let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+            (
+                OrganizationId::parse(&text(org)).expect("a stored organization id"),
+                KeyId::parse(&text(id)).expect("a stored key id"),
+            )
+        })
+    }
+
+    pub async fn close(self) {
+        let _ = match self {
+            Self::MySql(c) => c.close().await,
+            Self::Sqlite(c) => c.close().await,
+        };
+    }
+}
+
+/// Every text and blob column of both tables (keys and events), for tests that
+/// prove a secret is stored nowhere or that a refused request changed nothing.
+pub async fn dump_all_text(db: &TestDb) -> Vec<Vec<u8>> {
+    let mut conn = RawDb::connect(db).await;
+    let mut out = conn.bytes_of("api_keys").await;
+    out.extend(conn.bytes_of("key_events").await);
+    out.extend(conn.bytes_of("org_event_seq").await);
+    conn.close().await;
+    out
+}
+
+/// The key a secret hashes to, found by its hash with plain SQL on `raw` and
+/// then read through the store's API.
+pub async fn find_by_hash(store: &Store, raw: &mut RawDb, hash: &SecretHash) -> Option<KeyRecord> {
+    let (org, id) = raw.key_of_hash(hash).await?;
+    Some(
+        store
+            .get_key(&org, &id)
+            .await
+            .expect("read")
+            .expect("the key found by its hash is there"),
+    )
+}
+
+/// A connection holding `LOCK TABLES api_keys WRITE` on a MariaDB/MySQL test
+/// database: every read of the table waits until [`unlock`].
+pub async fn lock_keys_table(db: &TestDb) -> MySqlConnection {
+    let mut conn = MySqlConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("LOCK TABLES api_keys WRITE")
+        .execute(&mut conn)
+        .await
+        .expect("lock");
+    conn
+}
+
+pub async fn unlock(conn: &mut MySqlConnection) {
+    sqlx::query("UNLOCK TABLES")
+        .execute(conn)
+        .await
+        .expect("unlock");
+}
+
 /// Polls `check` until it holds or `timeout` passes; for effects that happen in
 /// the background (usage flushes), never for timing claims.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
@@ -386,12 +532,14 @@ where
 }
 
 /// Runs each named `async fn(Backend)` of the enclosing module once on SQLite and
-/// once on MariaDB/MySQL: the same test code for both stores.
+/// once on MariaDB/MySQL: the same test code for both stores. Attributes before
+/// a name (`#[ignore = "…"]`) go on both of its tests.
 #[macro_export]
 macro_rules! store_tests {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         mod sqlite {
             $(
+                $(#[$attr])*
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Backend::Sqlite).await;
@@ -400,6 +548,7 @@ macro_rules! store_tests {
         }
         mod mariadb {
             $(
+                $(#[$attr])*
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::support::Backend::MySql).await;
@@ -407,37 +556,4 @@ macro_rules! store_tests {
             )*
         }
     };
-}
-
-/// Every text and blob value of keygate's tables, read with plain SQL: for tests
-/// that prove a secret is stored nowhere.
-pub async fn dump_all_text(db: &TestDb) -> Vec<Vec<u8>> {
-    use sqlx::{Row, SqliteConnection};
-    let tables = ["api_keys", "key_events", "org_event_seq"];
-    let mut out = Vec::new();
-    macro_rules! dump {
-        ($conn:expr) => {
-            for table in tables {
-                let rows = sqlx::query(&format!("SELECT * FROM {table}"))
-                    .fetch_all(&mut $conn)
-                    .await
-                    .expect("read a table");
-                for row in rows {
-                    for i in 0..row.len() {
-                        if let Ok(Some(b)) = row.try_get::<Option<Vec<u8>>, _>(i) {
-                            out.push(b);
-                        }
-                    }
-                }
-            }
-        };
-    }
-    if db.url.starts_with("sqlite:") {
-        let mut conn = SqliteConnection::connect(&db.url).await.expect("connect");
-        dump!(conn);
-    } else {
-        let mut conn = MySqlConnection::connect(&db.url).await.expect("connect");
-        dump!(conn);
-    }
-    out
 }

@@ -4,12 +4,7 @@
 //! Every certificate is generated here, per test, into a temporary directory that
 //! is removed afterwards: no key is ever committed.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use keygate::{
@@ -152,9 +147,7 @@ fn new_leaf(
 
 async fn start(db: &TestDb, flags: &[String]) -> App {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    App::start(serve_args(db, &flags))
-        .await
-        .expect("keygate starts")
+    start_app(db, &flags).await.expect("keygate starts")
 }
 
 /// A TLS channel to `addr` that trusts `ca_cert` (and expects the name
@@ -463,17 +456,10 @@ fn tls_flags_come_in_pairs() {
 /// its key stops the binary at once with a message naming the missing flag.
 #[test]
 fn tls_variables_come_in_pairs_too() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("KEYGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
+    let out = keygate_command()
         .arg("serve")
         .env("KEYGATE_TLS_CERT", "/nonexistent/server.crt")
         .env("KEYGATE_DATABASE_URL", "sqlite://keygate-never-created.db")
-        .stdin(Stdio::null())
         .output()
         .expect("run keygate");
     assert!(!out.status.success());
@@ -520,7 +506,7 @@ async fn bad_tls_files_fail_the_start_clearly() {
     ];
     for (flags, names) in cases {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let err = App::start(serve_args(&db, &flags))
+        let err = start_app(&db, &flags)
             .await
             .expect_err("a bad TLS file must stop the start");
         assert!(matches!(err, AppError::Tls(_)), "{err:?}");
@@ -535,15 +521,13 @@ async fn bad_tls_files_fail_the_start_clearly() {
 /// and fails in plaintext with a message that points at `--tls-ca`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_check_speaks_tls_and_mtls() {
-    const BIN: &str = env!("CARGO_BIN_EXE_keygate");
     let pki = Pki::generate();
     std::fs::write(pki.path("client.crt"), &pki.client.cert).expect("write");
     std::fs::write(pki.path("client.key"), &pki.client.key).expect("write");
     let health = |addr: SocketAddr, flags: &[String]| {
-        let out = std::process::Command::new(BIN)
+        let out = keygate_command()
             .args(["health", "--addr", &addr.to_string()])
             .args(flags)
-            .env_remove("KEYGATE_LOG_FORMAT")
             .output()
             .expect("run keygate health");
         (

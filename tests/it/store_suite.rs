@@ -1,0 +1,845 @@
+//! The `Store` conformance suite, after quickwit's `metastore_test_suite`: what
+//! every back end of the store must do, tested at the `Store` level (no gRPC, no
+//! cache), each test run once on SQLite and once on MariaDB/MySQL.
+
+use std::collections::{HashMap, HashSet};
+
+use keygate::{
+    hostnames::AllowedHostnames,
+    keys::{KeyPrefix, Secret, SecretHash},
+    model::{
+        EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
+        OrganizationId, Owner, UserId,
+    },
+    scopes::ScopeSet,
+    store::{KeyFilter, PoolConfig, Store, StoreError, UsageDelta},
+};
+
+use crate::support::*;
+
+/// Keys per usage statement in `Store::add_usage`.
+const USAGE_CHUNK: usize = 1000;
+
+/// A migrated store on a database of the test's own.
+async fn fresh_store(backend: Backend) -> (TestDb, Store) {
+    let db = TestDb::create(backend).await;
+    let store = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    (db, store)
+}
+
+async fn finish(db: TestDb, store: Store) {
+    store.close().await;
+    db.drop_db().await;
+}
+
+fn org(s: &str) -> OrganizationId {
+    OrganizationId::parse(s).expect("organization id")
+}
+
+fn user(s: &str) -> UserId {
+    UserId::parse(s).expect("user id")
+}
+
+fn scopes(s: &[&str]) -> ScopeSet {
+    ScopeSet::parse(s.iter().copied()).expect("scopes")
+}
+
+/// A new key as CreateKey builds it (see `service::admin`), created at `now`.
+fn record(org_id: &str, owner: Owner, name: &str, now: Micros) -> KeyRecord {
+    let secret = Secret::generate(&KeyPrefix::default());
+    KeyRecord {
+        id: KeyId::generate(),
+        organization_id: org(org_id),
+        owner,
+        name: KeyName::parse(name).expect("name"),
+        scopes: scopes(&["links:read"]),
+        allowed_hostnames: AllowedHostnames::parse(["example.com"]).expect("hostnames"),
+        secret_hash: secret.hash(),
+        key_prefix: secret.key_prefix(),
+        last_four: secret.last_four(),
+        request_count: 0,
+        create_time: now,
+        update_time: now,
+        last_used_time: None,
+        revoke_time: None,
+        expire_time: Some(Micros(now.0 + 86_400_000_000)),
+        created_by: user("admin-1"),
+    }
+}
+
+fn bot(org_id: &str, name: &str) -> KeyRecord {
+    record(org_id, Owner::Bot, name, Micros::now())
+}
+
+fn user_key(org_id: &str, member: &str, name: &str) -> KeyRecord {
+    record(org_id, Owner::User(user(member)), name, Micros::now())
+}
+
+/// `KeyRecord` has no `PartialEq`; its Debug form shows every field.
+#[track_caller]
+fn assert_same(a: &KeyRecord, b: &KeyRecord) {
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}
+
+fn filter(org_id: &str) -> KeyFilter {
+    KeyFilter {
+        organization_id: org(org_id),
+        key_type: None,
+        user_id: None,
+        include_revoked: true,
+        after: None,
+        limit: 1000,
+    }
+}
+
+/// Every page of `f`, `limit` keys at a time, as ids; checks each page's size.
+async fn page_through(store: &Store, mut f: KeyFilter, limit: u32) -> Vec<KeyId> {
+    f.limit = limit;
+    f.after = None;
+    let mut ids = Vec::new();
+    loop {
+        let page = store.list_keys(&f).await.expect("list keys");
+        assert!(page.len() <= limit as usize, "a page of {}", page.len());
+        let Some(last) = page.last() else { break };
+        f.after = Some(last.id.clone());
+        let short = page.len() < limit as usize;
+        ids.extend(page.into_iter().map(|k| k.id));
+        if short {
+            // A short page is the last: the next is empty.
+            assert!(store.list_keys(&f).await.expect("list").is_empty());
+            break;
+        }
+    }
+    ids
+}
+
+async fn events(store: &Store, org_id: &str, key: Option<&KeyId>) -> Vec<KeyEvent> {
+    store
+        .list_events(&org(org_id), key, 0, 1000)
+        .await
+        .expect("list events")
+}
+
+/// `(id, action, key, actor)` of events, to compare in one assertion.
+fn summary(events: &[KeyEvent]) -> Vec<(u64, EventAction, String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.id,
+                e.action,
+                e.key_id.as_str().to_owned(),
+                e.actor_id.as_str().to_owned(),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+
+/// Create, get, update, revoke: each returns and stores what it says, each
+/// change writes its one event, and a key of another organization is not there.
+async fn a_key_round_trips_through_its_life_cycle(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let t0 = Micros::now();
+    let key = record("acme", Owner::Bot, "deploy", t0);
+    store.create_key(&key).await.expect("create");
+
+    let got = store
+        .get_key(&key.organization_id, &key.id)
+        .await
+        .expect("get")
+        .expect("the created key");
+    assert_same(&got, &key);
+    assert!(
+        store
+            .get_key(&org("globex"), &key.id)
+            .await
+            .expect("get")
+            .is_none(),
+        "another organization's key is not there"
+    );
+    assert!(
+        store
+            .get_key(&key.organization_id, &KeyId::generate())
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // Update: name and scopes change, the rest stays.
+    let t1 = Micros(t0.0 + 1_000);
+    let patch = KeyPatch {
+        name: Some(KeyName::parse("deploy v2").expect("name")),
+        scopes: Some(scopes(&["links:read", "links:write"])),
+        allowed_hostnames: None,
+        expire_time: Some(None),
+    };
+    let updater = user("admin-2");
+    let updated = store
+        .update_key(&key.organization_id, &key.id, &patch, &updater, t1)
+        .await
+        .expect("update");
+    let mut want = key.clone();
+    patch.apply(&mut want);
+    want.update_time = t1;
+    assert_same(&updated, &want);
+    let got = store
+        .get_key(&key.organization_id, &key.id)
+        .await
+        .expect("get")
+        .expect("key");
+    assert_same(&got, &want);
+    let missing = store
+        .update_key(
+            &key.organization_id,
+            &KeyId::generate(),
+            &patch,
+            &updater,
+            t1,
+        )
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+
+    // Revoke, then revoke again: the second changes nothing and writes no event.
+    let t2 = Micros(t1.0 + 1_000);
+    let revoker = user("admin-3");
+    let revoked = store
+        .revoke_key(&key.organization_id, &key.id, &revoker, t2)
+        .await
+        .expect("revoke");
+    want.revoke_time = Some(t2);
+    want.update_time = t2;
+    assert_same(&revoked, &want);
+    let again = store
+        .revoke_key(
+            &key.organization_id,
+            &key.id,
+            &user("admin-4"),
+            Micros(t2.0 + 1),
+        )
+        .await
+        .expect("revoking a revoked key");
+    assert_same(&again, &want);
+    let refused = store
+        .update_key(&key.organization_id, &key.id, &patch, &updater, t2)
+        .await;
+    assert!(matches!(refused, Err(StoreError::Revoked)), "{refused:?}");
+    let missing = store
+        .revoke_key(&key.organization_id, &KeyId::generate(), &revoker, t2)
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+
+    let trail = events(&store, "acme", Some(&key.id)).await;
+    let id = key.id.as_str().to_owned();
+    assert_eq!(
+        summary(&trail),
+        [
+            (1, EventAction::Created, id.clone(), "admin-1".to_owned()),
+            (2, EventAction::Updated, id.clone(), "admin-2".to_owned()),
+            (3, EventAction::Revoked, id, "admin-3".to_owned()),
+        ]
+    );
+    assert_eq!(
+        trail.iter().map(|e| e.time).collect::<Vec<_>>(),
+        [t0, t1, t2]
+    );
+    assert!(
+        trail
+            .iter()
+            .all(|e| e.organization_id == key.organization_id)
+    );
+    finish(db, store).await;
+}
+
+/// RemoveMember deletes every user key of the member in that organization,
+/// revoked ones included, each with a DELETED event, and returns their hashes;
+/// nobody else's keys are touched.
+async fn removing_a_member_deletes_their_user_keys_with_events(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let old = user_key("acme", "alice", "old");
+    store.create_key(&old).await.expect("create");
+    store
+        .revoke_key(
+            &old.organization_id,
+            &old.id,
+            &user("admin-1"),
+            Micros::now(),
+        )
+        .await
+        .expect("revoke");
+    let live = user_key("acme", "alice", "live");
+    let bobs = user_key("acme", "bob", "bob's");
+    let robot = bot("acme", "robot");
+    let elsewhere = user_key("globex", "alice", "alice at globex");
+    for k in [&live, &bobs, &robot, &elsewhere] {
+        store.create_key(k).await.expect("create");
+    }
+    let before = events(&store, "acme", None).await.len();
+    assert_eq!(before, 5, "4 creations and a revocation");
+
+    let now = Micros::now();
+    let mut hashes = store
+        .remove_member(&org("acme"), &user("alice"), &user("admin-9"), now)
+        .await
+        .expect("remove member");
+    hashes.sort_unstable();
+    let mut want = vec![old.secret_hash, live.secret_hash];
+    want.sort_unstable();
+    assert_eq!(hashes, want);
+
+    for gone in [&old, &live] {
+        assert!(
+            store
+                .get_key(&gone.organization_id, &gone.id)
+                .await
+                .expect("get")
+                .is_none()
+        );
+    }
+    for kept in [&bobs, &robot, &elsewhere] {
+        assert!(
+            store
+                .get_key(&kept.organization_id, &kept.id)
+                .await
+                .expect("get")
+                .is_some(),
+            "{} was kept",
+            kept.name.as_str()
+        );
+    }
+    let trail = events(&store, "acme", None).await;
+    let deleted: Vec<_> = trail[before..].to_vec();
+    assert_eq!(deleted.len(), 2);
+    assert_eq!(
+        deleted.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [6, 7],
+        "the organization's sequence goes on without a gap"
+    );
+    let deleted_keys: HashSet<&str> = deleted.iter().map(|e| e.key_id.as_str()).collect();
+    assert_eq!(
+        deleted_keys,
+        HashSet::from([old.id.as_str(), live.id.as_str()])
+    );
+    for e in &deleted {
+        assert_eq!(e.action, EventAction::Deleted);
+        assert_eq!(e.actor_id.as_str(), "admin-9");
+        assert_eq!(e.time, now);
+    }
+
+    // A member without keys: nothing deleted, no event.
+    let none = store
+        .remove_member(&org("acme"), &user("nobody"), &user("admin-9"), now)
+        .await
+        .expect("remove member");
+    assert!(none.is_empty());
+    assert_eq!(events(&store, "acme", None).await.len(), before + 2);
+    finish(db, store).await;
+}
+
+/// The unique index on live user keys: one per member and organization, none
+/// for bots, and a revoked key frees the slot. A refused create writes nothing.
+async fn one_live_user_key_per_member_and_organization(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let first = user_key("acme", "alice", "first");
+    store.create_key(&first).await.expect("create");
+    let second = user_key("acme", "alice", "second");
+    let refused = store.create_key(&second).await;
+    assert!(
+        matches!(refused, Err(StoreError::LiveUserKeyExists)),
+        "{refused:?}"
+    );
+    assert!(
+        store
+            .get_key(&second.organization_id, &second.id)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert_eq!(events(&store, "acme", None).await.len(), 1, "no event");
+
+    // Another member, another organization, and bots are not limited.
+    for k in [
+        user_key("acme", "bob", "bob's"),
+        user_key("globex", "alice", "alice at globex"),
+        bot("acme", "bot 1"),
+        bot("acme", "bot 2"),
+    ] {
+        store.create_key(&k).await.expect("create");
+    }
+
+    store
+        .revoke_key(
+            &first.organization_id,
+            &first.id,
+            &user("alice"),
+            Micros::now(),
+        )
+        .await
+        .expect("revoke");
+    let third = user_key("acme", "alice", "third");
+    store
+        .create_key(&third)
+        .await
+        .expect("a revoked key frees the slot");
+    let again = store.create_key(&user_key("acme", "alice", "fourth")).await;
+    assert!(
+        matches!(again, Err(StoreError::LiveUserKeyExists)),
+        "{again:?}"
+    );
+    // Removing the member frees it too.
+    store
+        .remove_member(
+            &org("acme"),
+            &user("alice"),
+            &user("admin-1"),
+            Micros::now(),
+        )
+        .await
+        .expect("remove member");
+    store
+        .create_key(&user_key("acme", "alice", "fifth"))
+        .await
+        .expect("after RemoveMember");
+    finish(db, store).await;
+}
+
+/// `list_keys` returns an organization's keys in id order, page by page after
+/// the last id, with the type, user and revoked filters applied before paging.
+async fn list_keys_pages_in_id_order_with_filters(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let mut all: Vec<KeyRecord> = Vec::new();
+    for i in 0..7 {
+        all.push(bot("acme", &format!("bot {i}")));
+    }
+    for m in ["alice", "bob", "carol", "dave"] {
+        all.push(user_key("acme", m, m));
+    }
+    for k in &all {
+        store.create_key(k).await.expect("create");
+        // Another organization's keys interleaved: never listed here.
+        store
+            .create_key(&bot("globex", "noise"))
+            .await
+            .expect("create");
+    }
+    let revoked: HashSet<KeyId> = [all[1].id.clone(), all[4].id.clone(), all[8].id.clone()].into();
+    for id in &revoked {
+        store
+            .revoke_key(&org("acme"), id, &user("admin-1"), Micros::now())
+            .await
+            .expect("revoke");
+    }
+    let ids = |keep: &dyn Fn(&KeyRecord) -> bool| {
+        let mut v: Vec<KeyId> = all
+            .iter()
+            .filter(|k| keep(k))
+            .map(|k| k.id.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let every = ids(&|_| true);
+    let live = ids(&|k| !revoked.contains(&k.id));
+    let bots = ids(&|k| k.owner == Owner::Bot);
+    let live_users = ids(&|k| k.owner != Owner::Bot && !revoked.contains(&k.id));
+    let bob = ids(&|k| k.owner.user_id().is_some_and(|u| u.as_str() == "bob"));
+
+    for limit in [1, 3, 4, 11, 1000] {
+        assert_eq!(
+            page_through(&store, filter("acme"), limit).await,
+            every,
+            "limit {limit}"
+        );
+        let f = KeyFilter {
+            include_revoked: false,
+            ..filter("acme")
+        };
+        assert_eq!(page_through(&store, f, limit).await, live, "limit {limit}");
+    }
+    let f = KeyFilter {
+        key_type: Some(KeyType::Bot),
+        ..filter("acme")
+    };
+    assert_eq!(page_through(&store, f, 2).await, bots);
+    let f = KeyFilter {
+        key_type: Some(KeyType::User),
+        include_revoked: false,
+        ..filter("acme")
+    };
+    assert_eq!(page_through(&store, f, 2).await, live_users);
+    let f = KeyFilter {
+        user_id: Some(user("bob")),
+        ..filter("acme")
+    };
+    assert_eq!(page_through(&store, f, 2).await, bob);
+    assert_eq!(bob.len(), 1);
+    let f = KeyFilter {
+        user_id: Some(user("bob")),
+        key_type: Some(KeyType::Bot),
+        ..filter("acme")
+    };
+    assert!(store.list_keys(&f).await.expect("list").is_empty());
+
+    // `after` an id that is not a key of the list still pages from there.
+    let f = KeyFilter {
+        after: Some(every[5].clone()),
+        limit: 3,
+        ..filter("acme")
+    };
+    let page: Vec<KeyId> = store
+        .list_keys(&f)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(page, every[6..9]);
+    assert!(
+        store
+            .list_keys(&filter("initech"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    finish(db, store).await;
+}
+
+/// Event ids count each organization's events on their own (1, 2, 3, … with
+/// no gaps), however the writes of two organizations interleave; `list_events`
+/// pages by them, for the organization or one key.
+async fn event_ids_count_each_organization_on_its_own(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let mut acme = Vec::new();
+    let mut globex = Vec::new();
+    for round in 0..4 {
+        let a = bot("acme", &format!("a{round}"));
+        store.create_key(&a).await.expect("create");
+        let g = bot("globex", &format!("g{round}"));
+        store.create_key(&g).await.expect("create");
+        let g2 = bot("globex", &format!("g{round}'"));
+        store.create_key(&g2).await.expect("create");
+        store
+            .revoke_key(&g.organization_id, &g.id, &user("admin-1"), Micros::now())
+            .await
+            .expect("revoke");
+        acme.push(a);
+        globex.extend([g, g2]);
+    }
+    let acme_events = events(&store, "acme", None).await;
+    let globex_events = events(&store, "globex", None).await;
+    assert_eq!(
+        acme_events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        (1..=4).collect::<Vec<u64>>()
+    );
+    assert_eq!(
+        globex_events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<u64>>()
+    );
+    assert!(
+        acme_events
+            .iter()
+            .zip(&acme)
+            .all(|(e, k)| e.key_id == k.id && e.action == EventAction::Created)
+    );
+    assert!(
+        globex_events
+            .iter()
+            .all(|e| e.organization_id == org("globex"))
+    );
+
+    // Pages of 5 after the last id seen.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .list_events(&org("globex"), None, after, 5)
+            .await
+            .expect("list events");
+        assert!(page.len() <= 5);
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        seen.extend(page.iter().map(|e| e.id));
+    }
+    assert_eq!(seen, (1..=12).collect::<Vec<u64>>());
+
+    // One key's events, with their organization's ids.
+    let first = &globex[0];
+    let trail = store
+        .list_events(&org("globex"), Some(&first.id), 0, 10)
+        .await
+        .expect("list events");
+    assert_eq!(
+        trail.iter().map(|e| (e.id, e.action)).collect::<Vec<_>>(),
+        [(1, EventAction::Created), (3, EventAction::Revoked)]
+    );
+    let later = store
+        .list_events(&org("globex"), Some(&first.id), 1, 10)
+        .await
+        .expect("list events");
+    assert_eq!(later.iter().map(|e| e.id).collect::<Vec<_>>(), [3]);
+    assert!(
+        store
+            .list_events(&org("acme"), Some(&first.id), 0, 10)
+            .await
+            .expect("list events")
+            .is_empty(),
+        "another organization's key has no events here"
+    );
+    finish(db, store).await;
+}
+
+/// `events_after` is the invalidation poll's read: every organization's events
+/// in global id order, after an id, at most `limit`, each with its key's hash
+/// and time; `last_event_id` is the newest id (0 for none).
+async fn events_after_reads_all_organizations_in_order(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    assert_eq!(store.last_event_id().await.expect("last id"), 0);
+    assert!(store.events_after(0, 10).await.expect("read").is_empty());
+
+    // (hash, time) of each event in the order written.
+    let mut written: Vec<(SecretHash, Micros)> = Vec::new();
+    for i in 0..5 {
+        let org_id = if i % 2 == 0 { "acme" } else { "globex" };
+        let k = bot(org_id, &format!("k{i}"));
+        store.create_key(&k).await.expect("create");
+        written.push((k.secret_hash, k.create_time));
+        if i % 2 == 1 {
+            let t = Micros::now();
+            store
+                .revoke_key(&k.organization_id, &k.id, &user("admin-1"), t)
+                .await
+                .expect("revoke");
+            written.push((k.secret_hash, t));
+        }
+    }
+    let all = store.events_after(0, 1000).await.expect("read");
+    assert_eq!(all.len(), written.len());
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "ascending ids: {:?}",
+        all.iter().map(|e| e.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        all.iter().map(|e| (e.1, e.2)).collect::<Vec<_>>(),
+        written,
+        "each event's hash and time, in the order written"
+    );
+    let last = all.last().expect("events").0;
+    assert_eq!(store.last_event_id().await.expect("last id"), last);
+
+    // Limits and `after`: pages of 2 read the same sequence.
+    assert_eq!(store.events_after(0, 2).await.expect("read"), all[..2]);
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(after, 2).await.expect("read");
+        assert!(page.len() <= 2);
+        let Some(l) = page.last() else { break };
+        after = l.0;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(
+        store.events_after(all[3].0, 1000).await.expect("read"),
+        all[4..]
+    );
+    assert!(
+        store
+            .events_after(last, 1000)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    finish(db, store).await;
+}
+
+/// Creates `n` bot keys of `org_id`, a few at a time.
+async fn create_many(store: &Store, org_id: &str, n: usize) -> Vec<KeyRecord> {
+    let keys: Vec<KeyRecord> = (0..n).map(|i| bot(org_id, &format!("k{i}"))).collect();
+    for batch in keys.chunks(8) {
+        let writes = batch.iter().map(|k| {
+            let store = store.clone();
+            let k = k.clone();
+            tokio::spawn(async move { store.create_key(&k).await })
+        });
+        for w in writes.collect::<Vec<_>>() {
+            w.await.expect("task").expect("create");
+        }
+    }
+    keys
+}
+
+/// More deltas than one usage statement takes (the chunk size is 1000): every
+/// one lands exactly, counts add up across calls, the last use only moves
+/// forward, and a delta for a key deleted meanwhile is dropped without failing
+/// the batch.
+async fn usage_beyond_one_chunk_lands_exactly(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let n = USAGE_CHUNK + 150;
+    let keys = create_many(&store, "acme", n).await;
+    let gone = user_key("acme", "leaver", "deleted before the flush");
+    store.create_key(&gone).await.expect("create");
+    store
+        .remove_member(
+            &org("acme"),
+            &user("leaver"),
+            &user("admin-1"),
+            Micros::now(),
+        )
+        .await
+        .expect("remove member");
+
+    let t0 = Micros::now().0;
+    let mut deltas: Vec<UsageDelta> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| UsageDelta {
+            key_id: k.id.clone(),
+            count: i as u64 + 1,
+            last_used: Micros(t0 + i as i64),
+        })
+        .collect();
+    // The deleted key's delta in the middle of the first chunk.
+    deltas.insert(
+        USAGE_CHUNK / 2,
+        UsageDelta {
+            key_id: gone.id.clone(),
+            count: 7,
+            last_used: Micros(t0),
+        },
+    );
+    assert!(deltas.len() > USAGE_CHUNK);
+    store.add_usage(&deltas).await.expect("add usage");
+
+    // A second flush: counts add, an older last use does not move it back.
+    let second: Vec<UsageDelta> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| UsageDelta {
+            key_id: k.id.clone(),
+            count: 2,
+            last_used: if i % 2 == 0 {
+                Micros(t0 - 1_000_000)
+            } else {
+                Micros(t0 + 1_000_000)
+            },
+        })
+        .collect();
+    store.add_usage(&second).await.expect("add usage");
+    store.add_usage(&[]).await.expect("an empty flush");
+
+    let stored: HashMap<KeyId, KeyRecord> = {
+        let mut all = HashMap::new();
+        let mut f = filter("acme");
+        loop {
+            let page = store.list_keys(&f).await.expect("list");
+            let Some(last) = page.last() else { break };
+            f.after = Some(last.id.clone());
+            all.extend(page.into_iter().map(|k| (k.id.clone(), k)));
+        }
+        all
+    };
+    assert_eq!(stored.len(), n, "the deleted key stays deleted");
+    let mut wrong = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let s = &stored[&k.id];
+        let count = i as u64 + 1 + 2;
+        let last = if i % 2 == 0 {
+            t0 + i as i64
+        } else {
+            t0 + 1_000_000
+        };
+        if s.request_count != count || s.last_used_time != Some(Micros(last)) {
+            wrong.push(format!(
+                "key {i}: {} uses, last {:?}; want {count}, {last}",
+                s.request_count, s.last_used_time
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {n} keys wrong:\n{}",
+        wrong.len(),
+        wrong[..wrong.len().min(10)].join("\n")
+    );
+    finish(db, store).await;
+}
+
+/// The verify path's read: each stored key once however often its hash is
+/// asked for, unknown hashes ignored, revoked keys returned as revoked and
+/// deleted keys not at all.
+async fn find_by_hashes_returns_each_stored_key_once(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let a = bot("acme", "a");
+    let b = user_key("acme", "bob", "b");
+    let c = bot("globex", "c");
+    let revoked = bot("acme", "revoked");
+    let deleted = user_key("acme", "leaver", "deleted");
+    for k in [&a, &b, &c, &revoked, &deleted] {
+        store.create_key(k).await.expect("create");
+    }
+    let t = Micros::now();
+    store
+        .revoke_key(&revoked.organization_id, &revoked.id, &user("admin-1"), t)
+        .await
+        .expect("revoke");
+    store
+        .remove_member(&org("acme"), &user("leaver"), &user("admin-1"), t)
+        .await
+        .expect("remove member");
+    let unknown = || Secret::generate(&KeyPrefix::default()).hash();
+
+    let asked = [
+        a.secret_hash,
+        a.secret_hash,
+        unknown(),
+        b.secret_hash,
+        c.secret_hash,
+        revoked.secret_hash,
+        deleted.secret_hash,
+        b.secret_hash,
+        unknown(),
+        a.secret_hash,
+    ];
+    let found = store.find_by_hashes(&asked).await.expect("read");
+    let by_hash: HashMap<SecretHash, &KeyRecord> =
+        found.iter().map(|k| (k.secret_hash, k)).collect();
+    assert_eq!(found.len(), 4, "each stored key once");
+    assert_eq!(by_hash.len(), 4);
+    for k in [&a, &b, &c] {
+        assert_same(by_hash[&k.secret_hash], k);
+    }
+    assert_eq!(by_hash[&revoked.secret_hash].revoke_time, Some(t));
+    assert!(!by_hash.contains_key(&deleted.secret_hash));
+
+    assert!(store.find_by_hashes(&[]).await.expect("read").is_empty());
+    assert!(
+        store
+            .find_by_hashes(&[unknown(), unknown()])
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let one = store
+        .find_by_hashes(&[c.secret_hash; 3])
+        .await
+        .expect("read");
+    assert_eq!(one.len(), 1);
+    assert_same(&one[0], &c);
+    finish(db, store).await;
+}
+
+crate::store_tests!(
+    a_key_round_trips_through_its_life_cycle,
+    removing_a_member_deletes_their_user_keys_with_events,
+    one_live_user_key_per_member_and_organization,
+    list_keys_pages_in_id_order_with_filters,
+    event_ids_count_each_organization_on_its_own,
+    events_after_reads_all_organizations_in_order,
+    usage_beyond_one_chunk_lands_exactly,
+    find_by_hashes_returns_each_stored_key_once,
+);
