@@ -145,17 +145,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_stay_small_however_bad_the_request() {
-        let mut v = Violations::default();
-        for i in 0..10_000 {
-            v.add(format!("update_mask.paths[{i}]"), "x".repeat(100_000));
-        }
-        let text = v.to_string();
-        assert!(text.len() < 2_500, "{}", text.len());
-        assert!(text.contains("and 9990 more"), "{text}");
-    }
-
-    #[test]
     fn short_values_are_kept_whole() {
         assert_eq!(bounded("name"), "name");
         assert_eq!(bounded("é".repeat(300)).chars().count(), MAX_ECHO + 1);

@@ -184,7 +184,7 @@ async fn a_read_racing_a_revocation_never_resurrects_the_key() {
     use keygate::{
         cache::{CacheConfig, KeyCache, Lookup},
         keys::{KeyPrefix, Secret},
-        model::{KeyId, KeyName, KeyRecord, Micros, OrganizationId, Owner, UserId},
+        model::Micros,
         store::{PoolConfig, Store},
     };
 
@@ -204,24 +204,7 @@ async fn a_read_racing_a_revocation_never_resurrects_the_key() {
     let secret = Secret::generate(&KeyPrefix::default());
     let hash = secret.hash();
     let now = Micros::now();
-    let key = KeyRecord {
-        id: KeyId::generate(),
-        organization_id: OrganizationId::parse("acme").expect("org"),
-        owner: Owner::Bot,
-        name: KeyName::parse("raced").expect("name"),
-        scopes: keygate::scopes::ScopeSet::parse(["links:read"]).expect("scopes"),
-        allowed_hostnames: keygate::hostnames::AllowedHostnames::default(),
-        secret_hash: hash,
-        key_prefix: secret.key_prefix(),
-        last_four: secret.last_four(),
-        request_count: 0,
-        create_time: now,
-        update_time: now,
-        last_used_time: None,
-        revoke_time: None,
-        expire_time: None,
-        created_by: UserId::parse("admin-1").expect("user"),
-    };
+    let key = bot_record("acme", "raced", &secret, now);
     store.create_key(&key).await.expect("create");
     let cache = KeyCache::new(&CacheConfig::default());
 

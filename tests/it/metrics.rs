@@ -4,13 +4,11 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use keygate::{
-    hostnames::AllowedHostnames,
     keys::{KeyPrefix, Secret},
-    model::{KeyId, KeyName, KeyRecord, Micros, OrganizationId, Owner, UserId},
+    model::{KeyId, Micros, OrganizationId},
     proto::{
         self, VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
     },
-    scopes::ScopeSet,
     store::{PoolConfig, Store},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,24 +85,7 @@ async fn counters_move_by_exactly_the_traffic_and_labels_stay_bounded() {
     store.migrate().await.expect("migrate");
     let secret = Secret::generate(&KeyPrefix::default());
     let now = Micros::now();
-    let seeded = KeyRecord {
-        id: KeyId::generate(),
-        organization_id: OrganizationId::parse(org).expect("org"),
-        owner: Owner::Bot,
-        name: KeyName::parse("m").expect("name"),
-        scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
-        allowed_hostnames: AllowedHostnames::default(),
-        secret_hash: secret.hash(),
-        key_prefix: secret.key_prefix(),
-        last_four: secret.last_four(),
-        request_count: 0,
-        create_time: now,
-        update_time: now,
-        last_used_time: None,
-        revoke_time: None,
-        expire_time: None,
-        created_by: UserId::parse("admin-1").expect("user"),
-    };
+    let seeded = bot_record(org, "m", &secret, now);
     store.create_key(&seeded).await.expect("create");
     let key_id = seeded.id.as_str().to_owned();
     let secret = secret.into_exposed();

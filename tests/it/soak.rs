@@ -757,13 +757,7 @@ async fn soak_with_store_restarts_loses_nothing() {
 /// usage flushes aborts its statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
-    use keygate::{
-        cache::CachedKey,
-        hostnames::AllowedHostnames,
-        model::{KeyName, KeyRecord, Micros, Owner, UserId},
-        scopes::ScopeSet,
-        usage::UsageRecorder,
-    };
+    use keygate::{cache::CachedKey, model::Micros, usage::UsageRecorder};
     use sqlx::{Connection, SqliteConnection};
 
     const KEYS: usize = 1001;
@@ -778,24 +772,7 @@ async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
     let mut entries = Vec::with_capacity(KEYS);
     for i in 0..KEYS {
         let secret = Secret::generate(&KeyPrefix::default());
-        let key = KeyRecord {
-            id: KeyId::generate(),
-            organization_id: org.clone(),
-            owner: Owner::Bot,
-            name: KeyName::parse(&format!("k{i}")).expect("name"),
-            scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
-            allowed_hostnames: AllowedHostnames::parse(Vec::<String>::new()).expect("none"),
-            secret_hash: secret.hash(),
-            key_prefix: secret.key_prefix(),
-            last_four: secret.last_four(),
-            request_count: 0,
-            create_time: now,
-            update_time: now,
-            last_used_time: None,
-            revoke_time: None,
-            expire_time: None,
-            created_by: UserId::parse("admin-1").expect("user"),
-        };
+        let key = bot_record(org.as_str(), &format!("k{i}"), &secret, now);
         store.create_key(&key).await.expect("create");
         ids.push(key.id.clone());
         entries.push(Arc::new(CachedKey::new(key)));

@@ -557,3 +557,33 @@ macro_rules! store_tests {
         }
     };
 }
+
+/// A key record as `CreateKey` would store it: a bot key of `org` named `name`
+/// with scope `links:read`, no hostnames and no expiry, created by `admin-1` at
+/// `now`; for tests that write to the store directly.
+pub fn bot_record(
+    org: &str,
+    name: &str,
+    secret: &keygate::keys::Secret,
+    now: keygate::model::Micros,
+) -> keygate::model::KeyRecord {
+    use keygate::model::{KeyId, KeyName, KeyRecord, OrganizationId, Owner, UserId};
+    KeyRecord {
+        id: KeyId::generate(),
+        organization_id: OrganizationId::parse(org).expect("org"),
+        owner: Owner::Bot,
+        name: KeyName::parse(name).expect("name"),
+        scopes: keygate::scopes::ScopeSet::parse(["links:read"]).expect("scopes"),
+        allowed_hostnames: keygate::hostnames::AllowedHostnames::default(),
+        secret_hash: secret.hash(),
+        key_prefix: secret.key_prefix(),
+        last_four: secret.last_four(),
+        request_count: 0,
+        create_time: now,
+        update_time: now,
+        last_used_time: None,
+        revoke_time: None,
+        expire_time: None,
+        created_by: UserId::parse("admin-1").expect("user"),
+    }
+}
