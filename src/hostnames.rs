@@ -24,6 +24,9 @@
 //! * Duplicates (after normalisation) are dropped, keeping the order of first
 //!   appearance. Overlapping patterns (`a.example.com` next to
 //!   `*.example.com`) are kept as written.
+//!
+//! Size: under 500 lines of code; the rest are the unit tests of every rule above,
+//! kept beside the rules they pin down.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -10,6 +10,9 @@
 //!
 //! This format is a published contract: secret scanners validate keys offline with it, so
 //! none of these constants may change without a new prefix scheme.
+//!
+//! Size: about 300 lines of code; the rest are its unit tests, with test vectors
+//! computed independently.
 
 use std::fmt;
 use std::str::FromStr;

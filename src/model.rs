@@ -1,5 +1,7 @@
 //! Domain types. Each one is parsed once at the edge (from a request, a flag or a
 //! database row) so the rest of keygate never sees an unchecked string.
+//!
+//! Size: about 350 lines of code, one small type after another; the rest are tests.
 
 use std::{fmt, sync::Arc, time::SystemTime};
 

@@ -4,6 +4,10 @@
 //! needs, so each operation is one body run against whichever pool is configured:
 //! `on_pool!` expands it once per driver, which keeps each expansion concrete
 //! (native driver types, no `Any` conversions, no higher-ranked executor bounds).
+//!
+//! Size: over 400 lines because it is every statement keygate runs, each with the
+//! transaction it belongs to; split by operation, the locking order each write
+//! relies on (the organization's event row first) would be spread over files.
 
 use std::sync::LazyLock;
 

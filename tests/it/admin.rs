@@ -1,4 +1,7 @@
 //! KeyAdmin: the contract's rules for creating, reading, changing and deleting keys.
+//!
+//! Size: one test per rule of KeyAdmin, each short; a file per RPC would repeat
+//! the setup helpers.
 
 use std::collections::HashSet;
 

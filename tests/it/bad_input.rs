@@ -9,6 +9,9 @@
 //! 1 ms-deadline rows (they must still change nothing); only the ignored test
 //! [`bad_input_known_deviations`] asserts the answer they should get, so that it
 //! fails until it is fixed.
+//!
+//! Size: one table of several hundred rows is the point of this file; splitting
+//! it would hide which request shapes are covered.
 
 use std::{fmt, time::Duration};
 

@@ -5,6 +5,8 @@
 //! `tests/python/requirements.txt` (which .ci/run installs); the other clients need
 //! what `clients/install-deps` installs. Without them these tests fail, they never
 //! skip.
+//!
+//! Size: five client languages, each a short test, plus the README-snippet check.
 
 use std::{
     ffi::OsStr,

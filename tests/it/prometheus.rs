@@ -19,6 +19,9 @@
 //!
 //! These tests fail, never skip, when prometheus or promtool is missing:
 //! `deploy/install-deps` installs them.
+//!
+//! Size: a private MariaDB, a real Prometheus and the dashboard check share their
+//! setup here.
 
 use std::{
     collections::BTreeSet,

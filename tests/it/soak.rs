@@ -10,6 +10,9 @@
 //!
 //! `KEYGATE_SOAK_SECONDS` sets the duration (default 5 s; `scripts/soak` runs
 //! the long version). One store fault is injected per started minute.
+//!
+//! Size: the soak's traffic generator, fault injector and final accounting belong
+//! together; each is documented where it starts.
 
 use std::{
     net::SocketAddr,

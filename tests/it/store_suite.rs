@@ -1,6 +1,9 @@
 //! The `Store` conformance suite, after quickwit's `metastore_test_suite`: what
 //! every back end of the store must do, tested at the `Store` level (no gRPC, no
 //! cache), each test run once on SQLite and once on MariaDB/MySQL.
+//!
+//! Size: the conformance suite is one list of behaviours every back end must have;
+//! kept whole so a new back end is checked against all of it at once.
 
 use std::collections::{HashMap, HashSet};
 

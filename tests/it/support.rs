@@ -3,6 +3,9 @@
 //! In process that is [`spawn_app`] (or [`start_app`] for an `App` alone); as a
 //! child process, the real binary, it is [`process::Process`] and
 //! [`spawn_process`]. No test starts keygate any other way.
+//!
+//! Size: the shared harness (databases, in-process and child-process keygate,
+//! clients, raw SQL reads); every test file leans on it.
 
 pub mod process;
 

@@ -3,6 +3,8 @@
 //!
 //! Every certificate is generated here, per test, into a temporary directory that
 //! is removed afterwards: no key is ever committed.
+//!
+//! Size: the throwaway PKI these tests need takes a third of the file.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
