@@ -50,26 +50,15 @@ fn scopes(s: &[&str]) -> ScopeSet {
     ScopeSet::parse(s.iter().copied()).expect("scopes")
 }
 
-/// A new key as CreateKey builds it (see `service::admin`), created at `now`.
+/// A new key as CreateKey builds it (see `services::keys`), created at `now`, with
+/// a hostname and an expiry so that every column round-trips.
 fn record(org_id: &str, owner: Owner, name: &str, now: Micros) -> KeyRecord {
     let secret = Secret::generate(&KeyPrefix::default());
     KeyRecord {
-        id: KeyId::generate(),
-        organization_id: org(org_id),
         owner,
-        name: KeyName::parse(name).expect("name"),
-        scopes: scopes(&["links:read"]),
         allowed_hostnames: AllowedHostnames::parse(["example.com"]).expect("hostnames"),
-        secret_hash: secret.hash(),
-        key_prefix: secret.key_prefix(),
-        last_four: secret.last_four(),
-        request_count: 0,
-        create_time: now,
-        update_time: now,
-        last_used_time: None,
-        revoke_time: None,
         expire_time: Some(Micros(now.0 + 86_400_000_000)),
-        created_by: user("admin-1"),
+        ..bot_record(org_id, name, &secret, now)
     }
 }
 
