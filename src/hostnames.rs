@@ -222,7 +222,10 @@ impl AllowedHostnames {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        // A set beside the list: de-duplication stays linear however many
+        // entries a request carries (the limit counts distinct ones).
         let mut out: Vec<HostnamePattern> = Vec::new();
+        let mut seen: std::collections::HashSet<HostnamePattern> = std::collections::HashSet::new();
         for (index, raw) in patterns.into_iter().enumerate() {
             let raw = raw.as_ref();
             let pattern =
@@ -232,7 +235,7 @@ impl AllowedHostnames {
                         value: quote_prefix(raw),
                         source,
                     })?;
-            if !out.contains(&pattern) {
+            if seen.insert(pattern.clone()) {
                 out.push(pattern);
             }
         }

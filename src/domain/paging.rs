@@ -63,7 +63,9 @@ impl TokenKind {
     fn tag(self) -> &'static str {
         match self {
             Self::Keys => "keys/v1:",
-            Self::Events => "events/v1:",
+            // v2: since event ids count per organization, a v1 token (a global
+            // id) would start the page at the wrong place; it is refused instead.
+            Self::Events => "events/v2:",
         }
     }
 }

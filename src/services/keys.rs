@@ -66,9 +66,13 @@ impl KeyService {
         }
     }
 
-    /// Runs one store operation within the store timeout: an operation that
-    /// waits on the store ends UNAVAILABLE in time, never at the request timeout.
-    /// A write given up here is rolled back unless its commit was already sent.
+    /// Runs one store read within the store timeout: a read that waits on the
+    /// store ends UNAVAILABLE in time, never at the request timeout. Writes are
+    /// not cut short here: one given up during its commit may still have
+    /// committed, and an UNAVAILABLE answer would invite a retry that duplicates
+    /// it. Their waits are bounded by the store itself (the pool's acquire
+    /// timeout, MySQL's lock-wait timeouts and SQLite's busy timeout, all set to
+    /// `--database-timeout`).
     async fn stored<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, Error> {
         tokio::time::timeout(self.store_timeout, op)
             .await
@@ -145,7 +149,7 @@ impl KeyService {
             expire_time: cmd.expire_time,
             created_by: actor.id.clone(),
         };
-        self.stored(self.store.create_key(&key)).await?;
+        self.store.create_key(&key).await?;
         // Someone may have presented this exact secret before it existed: the
         // negative cache must not keep answering NOT_FOUND.
         self.changed(
@@ -183,10 +187,8 @@ impl KeyService {
         let current = self.accessible(actor, &key).await?;
         let now = self.clock.now();
         let updated = self
-            .stored(
-                self.store
-                    .update_key(&key.organization_id, &key.id, &patch, &actor.id, now),
-            )
+            .store
+            .update_key(&key.organization_id, &key.id, &patch, &actor.id, now)
             .await?;
         self.changed(
             actor,
@@ -202,10 +204,8 @@ impl KeyService {
         self.accessible(actor, &key).await?;
         let now = self.clock.now();
         let revoked = self
-            .stored(
-                self.store
-                    .revoke_key(&key.organization_id, &key.id, &actor.id, now),
-            )
+            .store
+            .revoke_key(&key.organization_id, &key.id, &actor.id, now)
             .await?;
         self.changed(
             actor,
@@ -221,10 +221,8 @@ impl KeyService {
         policy::require_admin(actor, "only admins remove members")?;
         let now = self.clock.now();
         let hashes = self
-            .stored(
-                self.store
-                    .remove_member(&cmd.organization_id, &cmd.user_id, &actor.id, now),
-            )
+            .store
+            .remove_member(&cmd.organization_id, &cmd.user_id, &actor.id, now)
             .await?;
         self.changed(
             actor,

@@ -85,6 +85,17 @@ macro_rules! reserve_event_ids {
     }};
 }
 
+/// The first statement of every write transaction: a write on the organization's
+/// event-sequence row that reserves nothing. Every writer of an organization takes
+/// that row before any key row, so two of them can never hold each other's rows
+/// (no deadlock between, say, a RevokeKey and a RemoveMember), and in SQLite the
+/// transaction holds the write lock before it reads anything.
+macro_rules! lock_organization {
+    ($tx:expr, $d:expr, $org:expr) => {{
+        let _ = reserve_event_ids!($tx, $d, $org, 0);
+    }};
+}
+
 /// Writes one event of `$e` (an [`Event`]) in transaction `$tx`, with the next
 /// id of its organization: the only place an event is inserted.
 macro_rules! record_event {
@@ -171,6 +182,7 @@ impl Store {
         );
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
+            lock_organization!(tx, d, key.organization_id.as_str());
             let inserted = sqlx::query(&sql)
                 .bind(key.id.as_str())
                 .bind(key.organization_id.as_str())
@@ -302,6 +314,7 @@ impl Store {
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
+            lock_organization!(tx, d, org.as_str());
             sqlx::query(update)
                 .bind(now.0)
                 .bind(patch.name.as_ref().map(KeyName::as_str))
@@ -353,6 +366,7 @@ impl Store {
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
+            lock_organization!(tx, d, org.as_str());
             let revoked = sqlx::query(revoke)
                 .bind(now.0)
                 .bind(now.0)
@@ -402,9 +416,7 @@ impl Store {
         let user_type = KeyType::User.as_i64();
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
-            // A write first, reserving nothing: it takes SQLite's write lock before
-            // anything is read, and serializes this organization's event writers.
-            let _ = reserve_event_ids!(tx, d, org.as_str(), 0);
+            lock_organization!(tx, d, org.as_str());
             let rows: Vec<DeletedRow> = sqlx::query_as(select)
                 .bind(org.as_str())
                 .bind(user.as_str())

@@ -1400,24 +1400,30 @@ fn table(s: &Seed) -> Vec<Row> {
     }
     for (label, list_token, events_token) in [
         (
-            "of the other list",
+            // Issued before event ids counted per organization: refused, not misread.
+            "from before per-organization event ids",
+            token(b"keys/v0:00000000-0000-7000-8000-000000000000"),
             token(b"events/v1:1"),
+        ),
+        (
+            "of the other list",
+            token(b"events/v2:1"),
             token(b"keys/v1:00000000-0000-7000-8000-000000000000"),
         ),
         (
             "whose position is no id",
             token(b"keys/v1:acme"),
-            token(b"events/v1:acme"),
+            token(b"events/v2:acme"),
         ),
         (
             "whose position is negative",
             token(b"keys/v1:-1"),
-            token(b"events/v1:-1"),
+            token(b"events/v2:-1"),
         ),
         (
             "whose position overflows",
             token(format!("keys/v1:{}", s.bot.id.to_uppercase()).as_bytes()),
-            token(b"events/v1:99999999999999999999999"),
+            token(b"events/v2:99999999999999999999999"),
         ),
     ] {
         let what = format!("page_token {label}");
