@@ -86,8 +86,7 @@ pub enum HostnameError {
     /// public suffix below it.
     #[error(
         "a wildcard must not cover a public suffix, a single label or a domain with \
-         public suffixes below it (such as \"*.com\", \"*.co.uk\", \"*.github.io\" \
-         or \"*.aivencloud.com\")"
+         public suffixes below it (such as \"*.co.uk\" or \"*.github.io\")"
     )]
     PublicSuffixWildcard,
     /// A wildcard whose suffix is an IPv4 address.
