@@ -1,9 +1,10 @@
 //! The bench's own use of the database: re-creating the bench database before a
 //! run, and the bare-SQL baselines (`select-id`, `select-hash`) that keygate's
-//! uncached verify path is compared with. keygate's store keeps its pool and its
-//! SQL private, so what the baselines must share with it is mirrored here.
+//! uncached verify path is compared with. The baselines read the store's own
+//! column list (`keygate::store::KEY_COLUMNS`); the store keeps its pool private,
+//! so its pool settings are mirrored here.
 
-use std::str::FromStr;
+use std::{str::FromStr, sync::LazyLock};
 
 use sqlx::{
     ConnectOptions, Connection,
@@ -12,26 +13,21 @@ use sqlx::{
 
 use crate::BoxError;
 
-/// The columns keygate's store reads for one key, in its order. A copy of
-/// `key_columns!` in the service crate's `src/store/sql.rs`, which is private
-/// there: keep the two in step, or the baseline reads another row than keygate.
-macro_rules! key_columns {
-    () => {
-        "id, organization_id, key_type, user_id, name, scopes, \
-         allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
-         update_time, last_used_time, revoke_time, expire_time, created_by"
-    };
-}
-
-/// One key by primary key: the cheapest read of the row keygate reads.
-pub(crate) const SELECT_BY_ID: &str =
-    concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = ?");
-/// One key by its secret's hash: the store's `find_by_hash` statement.
-pub(crate) const SELECT_BY_HASH: &str = concat!(
-    "SELECT ",
-    key_columns!(),
-    " FROM api_keys WHERE secret_hash = ?"
-);
+/// One key by primary key: the cheapest read of the row keygate reads (the
+/// store's own column list, so the baseline reads exactly what keygate reads).
+pub(crate) static SELECT_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM api_keys WHERE id = ?",
+        keygate::store::KEY_COLUMNS
+    )
+});
+/// One key by its secret's hash, unbatched: the verify path's read for one miss.
+pub(crate) static SELECT_BY_HASH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM api_keys WHERE secret_hash = ?",
+        keygate::store::KEY_COLUMNS
+    )
+});
 
 /// The driver's options for `--database-url`. Like keygate, the bench accepts
 /// `mariadb://` as a courtesy: the driver only knows `mysql://`.

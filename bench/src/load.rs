@@ -99,7 +99,7 @@ impl Target {
                 Err(e) => Outcome::Error(e.to_string()),
             },
             Target::ById { pool, ids, cursor } => {
-                let q = sqlx::query(SELECT_BY_ID).bind(next(ids, cursor).as_str());
+                let q = sqlx::query(SELECT_BY_ID.as_str()).bind(next(ids, cursor).as_str());
                 row_outcome(q.fetch_optional(&*pool).await)
             }
             Target::ByHash {
@@ -107,7 +107,8 @@ impl Target {
                 hashes,
                 cursor,
             } => {
-                let q = sqlx::query(SELECT_BY_HASH).bind(&next(hashes, cursor).as_bytes()[..]);
+                let q =
+                    sqlx::query(SELECT_BY_HASH.as_str()).bind(&next(hashes, cursor).as_bytes()[..]);
                 row_outcome(q.fetch_optional(&*pool).await)
             }
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::{MySqlPool, SqlitePool};
 
-pub use sql::{KeyFilter, MAX_HASHES_PER_READ, UsageDelta};
+pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ, UsageDelta};
 
 /// Failures of the store, as the service layer needs to tell them apart.
 #[derive(Debug, thiserror::Error)]

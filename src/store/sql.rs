@@ -42,7 +42,9 @@ macro_rules! on_pool {
     };
 }
 
-const KEY_COLUMNS: &str = key_columns!();
+/// The columns of `api_keys` keygate reads for a key, in the order `rows::KeyRow`
+/// names them; public so that the bench's baseline reads the same row.
+pub const KEY_COLUMNS: &str = key_columns!();
 const SELECT_KEY: &str = concat!(
     "SELECT ",
     key_columns!(),
