@@ -22,6 +22,7 @@ use moka::sync::Cache;
 use crate::{
     hostnames::AllowedHostnames,
     keys::SecretHash,
+    limits::{Quota, RateLimits},
     metrics::CacheMetrics,
     model::{KeyId, KeyRecord, Micros},
     proto,
@@ -40,6 +41,8 @@ pub struct CachedKey {
     pub allowed_hostnames: AllowedHostnames,
     pub revoke_time: Option<Micros>,
     pub expire_time: Option<Micros>,
+    pub rate_limits: RateLimits,
+    pub quota: Option<Quota>,
     /// Verifications since the last usage flush (see `usage`).
     pub(crate) usage: Usage,
 }
@@ -66,6 +69,8 @@ impl CachedKey {
             allowed_hostnames: record.allowed_hostnames,
             revoke_time: record.revoke_time,
             expire_time: record.expire_time,
+            rate_limits: record.rate_limits,
+            quota: record.quota,
             usage: Usage::default(),
         }
     }

@@ -153,6 +153,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "1s")]
     pub usage_flush_interval: humantime::Duration,
 
+    /// `redis://host:port/db`: share rate-limit counters across instances
+    /// through this Redis; without it each instance counts alone.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL")]
+    pub rate_limit_redis_url: Option<String>,
+
     /// Tokio worker threads; defaults to the number of cores.
     #[arg(long, env = "KEYGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,

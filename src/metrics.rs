@@ -141,6 +141,26 @@ fn describe() {
         Unit::Count,
         "Most connections the store pool may open (--database-max-connections)"
     );
+    describe_counter!(
+        "keygate_rate_limit_redis_round_trips_total",
+        Unit::Count,
+        "Calls to Redis for shared rate-limit credits (--rate-limit-redis-url), by result: ok or error"
+    );
+    describe_gauge!(
+        "keygate_rate_limit_redis_up",
+        Unit::Count,
+        "1 while Redis answers for shared rate limits, 0 while this instance counts alone because it does not"
+    );
+    describe_counter!(
+        "keygate_quota_lease_round_trips_total",
+        Unit::Count,
+        "Store round trips for quota credits, by operation (take or return) and result (ok, exhausted or error)"
+    );
+    describe_gauge!(
+        "keygate_quota_leased_credits",
+        Unit::Count,
+        "Quota credits this instance has taken from the store and not yet spent or given back"
+    );
     describe_gauge!(
         "keygate_build_info",
         Unit::Count,
@@ -198,6 +218,8 @@ fn code_label(code: VerifyCode) -> &'static str {
         VerifyCode::Expired => "expired",
         VerifyCode::OrganizationMismatch => "organization_mismatch",
         VerifyCode::HostnameBlocked => "hostname_blocked",
+        VerifyCode::RateLimited => "rate_limited",
+        VerifyCode::QuotaExceeded => "quota_exceeded",
         VerifyCode::InsufficientScope => "insufficient_scope",
     }
 }
@@ -206,7 +228,7 @@ fn code_label(code: VerifyCode) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct VerifyMetrics {
     /// Indexed by `VerifyCode as usize`.
-    by_code: [Counter; 10],
+    by_code: [Counter; 12],
     rpc_errors: Counter,
     duration: Histogram,
 }
@@ -225,6 +247,8 @@ impl VerifyMetrics {
             VerifyCode::OrganizationMismatch,
             VerifyCode::HostnameBlocked,
             VerifyCode::InsufficientScope,
+            VerifyCode::RateLimited,
+            VerifyCode::QuotaExceeded,
         ];
         Self {
             by_code: codes.map(|c| counter!("keygate_verify_total", "code" => code_label(c))),

@@ -5,7 +5,12 @@
 
 use std::{fmt, sync::Arc, time::SystemTime};
 
-use crate::{hostnames::AllowedHostnames, keys::SecretHash, scopes::ScopeSet};
+use crate::{
+    hostnames::AllowedHostnames,
+    keys::SecretHash,
+    limits::{Quota, RateLimits},
+    scopes::ScopeSet,
+};
 
 /// Why a value was refused; the service layer names the field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,7 +163,7 @@ impl TryFrom<i64> for KeyType {
 
 /// Microseconds since the Unix epoch: the one time representation in the store,
 /// identical on MySQL and SQLite and free of time-zone settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Micros(pub i64);
 
 impl Micros {
@@ -247,9 +252,27 @@ pub struct KeyRecord {
     pub revoke_time: Option<Micros>,
     pub expire_time: Option<Micros>,
     pub created_by: UserId,
+    pub rate_limits: RateLimits,
+    pub quota: Option<Quota>,
+    /// Credits taken in the quota period that starts at `quota_period_start`,
+    /// spent or leased by an instance (see `services::quota`); a row whose period
+    /// has ended has used nothing of the current one.
+    pub quota_used: u64,
+    pub quota_period_start: Micros,
 }
 
 impl KeyRecord {
+    /// The quota's use in the period `now` lies in, and when that period ends.
+    pub fn quota_usage(&self, now: Micros) -> Option<(u64, Option<Micros>)> {
+        let quota = self.quota?;
+        let used = if quota.period.start(now) == self.quota_period_start {
+            self.quota_used
+        } else {
+            0
+        };
+        Some((used, quota.period.next_start(now)))
+    }
+
     /// Whether an actor may see and change this key: admins any key of their
     /// organization, members only their own user keys.
     pub fn is_accessible_by(&self, actor: &Actor) -> bool {
@@ -276,6 +299,10 @@ impl KeyRecord {
             revoke_time: None,
             expire_time: None,
             created_by: UserId::parse("admin").expect("user"),
+            rate_limits: RateLimits::default(),
+            quota: None,
+            quota_used: 0,
+            quota_period_start: Micros(0),
         }
     }
 }
@@ -288,6 +315,10 @@ pub struct KeyPatch {
     pub allowed_hostnames: Option<AllowedHostnames>,
     /// `Some(None)` removes the expiry.
     pub expire_time: Option<Option<Micros>>,
+    /// An empty set removes every rate limit.
+    pub rate_limits: Option<RateLimits>,
+    /// `Some(None)` removes the quota.
+    pub quota: Option<Option<Quota>>,
 }
 
 impl KeyPatch {
@@ -303,6 +334,12 @@ impl KeyPatch {
         }
         if let Some(expire) = self.expire_time {
             key.expire_time = expire;
+        }
+        if let Some(limits) = &self.rate_limits {
+            key.rate_limits = limits.clone();
+        }
+        if let Some(quota) = self.quota {
+            key.quota = quota;
         }
     }
 }

@@ -35,7 +35,9 @@ use crate::{
     lookup::Lookups,
     proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
     scopes::ScopeCatalog,
-    services::{KeyService, Verifier},
+    services::{
+        KeyService, Verifier, limiter::RateLimiter, quota::Quotas, shared_limits::SharedLimits,
+    },
     store::{PoolConfig, Store},
     usage::UsageRecorder,
 };
@@ -67,6 +69,8 @@ pub enum AppError {
     Tls(String),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("--rate-limit-redis-url: {0}")]
+    Redis(String),
 }
 
 /// Opens the store named by the database flags and brings its schema up to date.
@@ -102,6 +106,7 @@ struct Services {
     keys: KeyService,
     verifier: Verifier,
     usage: Arc<UsageRecorder>,
+    quotas: Arc<Quotas>,
     cache: Arc<KeyCache>,
 }
 
@@ -125,6 +130,19 @@ impl Services {
             negative_ttl: args.negative_cache_ttl.into(),
         }));
         let usage = Arc::new(UsageRecorder::default());
+        let shared_limits = args
+            .rate_limit_redis_url
+            .as_deref()
+            .map(SharedLimits::new)
+            .transpose()
+            // The URL may hold a password: name the problem, not the URL.
+            .map_err(|e| AppError::Redis(format!("not a usable Redis URL ({:?})", e.kind())))?;
+        // Rate-limit state is kept for as many keys as the key cache holds.
+        let rate_limits = Arc::new(RateLimiter::new(args.cache_capacity.max(1), shared_limits));
+        let quotas = Arc::new(Quotas::new(
+            store.clone(),
+            args.database.database_timeout.into(),
+        ));
         // Fewer reads than pool connections: under load misses queue behind
         // them and are read together, and admin writes, the usage flush and the
         // invalidation poll keep connections of their own.
@@ -147,9 +165,12 @@ impl Services {
                 lookups,
                 Arc::clone(&cache),
                 Arc::clone(&usage),
+                rate_limits,
+                Arc::clone(&quotas),
                 Arc::clone(clock),
             ),
             usage,
+            quotas,
             cache,
         })
     }
@@ -177,7 +198,8 @@ impl App {
         let services = Services::build(&args, &store, &clock, &tasks)?;
         let (health, health_service) = tonic_health::server::health_reporter();
         let metrics_addr =
-            start_background(&args, &store, &services, health, &tasks, &stop_tasks).await?;
+            start_background(&args, &store, &clock, &services, health, &tasks, &stop_tasks)
+                .await?;
 
         let tls = load_tls(&args)?;
         let stop_servers = CancellationToken::new();
@@ -261,6 +283,7 @@ impl App {
 async fn start_background(
     args: &ServeArgs,
     store: &Store,
+    clock: &SharedClock,
     services: &Services,
     health: tonic_health::server::HealthReporter,
     tasks: &TaskTracker,
@@ -273,6 +296,9 @@ async fn start_background(
         args.usage_flush_interval.into(),
         stop.clone(),
     ));
+    // After the servers have drained, so no call spends credits meanwhile; the
+    // last sweep gives every unspent credit back before the store closes.
+    tasks.spawn(Arc::clone(&services.quotas).run(Arc::clone(clock), stop.clone()));
     tasks.spawn(health::watch_store_health(
         store.clone(),
         health,

@@ -10,6 +10,7 @@ use super::{
 use crate::{
     hostnames::{AllowedHostnames, HostnamePattern, HostnamesError},
     keys::contains_secret,
+    limits::{LimitName, MAX_RATE_LIMITS, Quota, QuotaPeriod, RateLimit, RateLimits},
     model::{KeyId, KeyName, KeyPatch, KeyType, Micros, OrganizationId, UserId},
     proto,
     scopes::{ScopeCatalog, ScopeSet, ScopeSetError, parse_scope},
@@ -98,6 +99,97 @@ fn expiry(ts: Option<&prost_types::Timestamp>, now: Micros) -> Result<Option<Mic
     Ok(Some(t))
 }
 
+/// Every bad rate limit is named by its index and field (within the cap).
+fn rate_limits(list: &[proto::RateLimit]) -> Result<RateLimits, Violations> {
+    if list.len() > MAX_RATE_LIMITS {
+        return Err(Violations::one(
+            "rate_limits",
+            format!("at most {MAX_RATE_LIMITS} rate limits per key, got {}", list.len()),
+        ));
+    }
+    let mut v = Violations::default();
+    let mut parsed = Vec::with_capacity(list.len());
+    for (i, l) in list.iter().enumerate() {
+        let name = match LimitName::parse(&l.name) {
+            Ok(n) if list[..i].iter().any(|o| o.name == l.name) => {
+                v.add(
+                    format!("rate_limits[{i}].name"),
+                    format!("{:?} is used by an earlier rate limit; names must be unique", l.name),
+                );
+                Some(n)
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                v.add(format!("rate_limits[{i}].name"), e.to_string());
+                None
+            }
+        };
+        if let Some(e) = RateLimit::limit_invalid(l.limit) {
+            v.add(format!("rate_limits[{i}].limit"), e.to_string());
+        }
+        let window = match &l.window {
+            None => {
+                v.add(format!("rate_limits[{i}].window"), "is required");
+                None
+            }
+            Some(d) => match window(d) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    v.add(format!("rate_limits[{i}].window"), e.to_string());
+                    None
+                }
+            },
+        };
+        if let (Some(name), Some(window)) = (name, window) {
+            parsed.push(RateLimit {
+                name,
+                limit: l.limit,
+                window,
+            });
+        }
+    }
+    v.into_result()?;
+    RateLimits::new(parsed).map_err(|e| Violations::one("rate_limits", e.to_string()))
+}
+
+/// A window as microseconds, refused unless it is 1 s to 30 days in whole milliseconds.
+fn window(d: &prost_types::Duration) -> Result<Micros, crate::model::Invalid> {
+    use crate::model::Invalid;
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(Invalid("must be from 1s to 30 days"));
+    }
+    if d.nanos % 1_000_000 != 0 {
+        return Err(Invalid("must be a whole number of milliseconds"));
+    }
+    let micros = d
+        .seconds
+        .checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(i64::from(d.nanos / 1_000)))
+        .ok_or(Invalid("must be from 1s to 30 days"))?;
+    let w = Micros(micros);
+    RateLimit::window_invalid(w).map_or(Ok(w), Err)
+}
+
+/// An unset quota is none; a set one needs a limit and a period.
+fn quota(q: Option<&proto::Quota>) -> Result<Option<Quota>, Violations> {
+    let Some(q) = q else { return Ok(None) };
+    let limit = match Quota::limit_invalid(q.limit) {
+        Some(e) => Err(Violations::one("quota.limit", e.to_string())),
+        None => Ok(q.limit),
+    };
+    let period = match proto::QuotaPeriod::try_from(q.period) {
+        Ok(proto::QuotaPeriod::Day) => Ok(QuotaPeriod::Day),
+        Ok(proto::QuotaPeriod::Month) => Ok(QuotaPeriod::Month),
+        Ok(proto::QuotaPeriod::Total) => Ok(QuotaPeriod::Total),
+        _ => Err(Violations::one(
+            "quota.period",
+            "must be QUOTA_PERIOD_DAY, QUOTA_PERIOD_MONTH or QUOTA_PERIOD_TOTAL",
+        )),
+    };
+    let (limit, period) = (limit, period).all()?;
+    Ok(Some(Quota { limit, period }))
+}
+
 fn page_size(n: i32) -> Result<u32, Violations> {
     field("page_size", paging::page_size(n))
 }
@@ -127,6 +219,8 @@ pub struct CreateKey {
     pub scopes: ScopeSet,
     pub allowed_hostnames: AllowedHostnames,
     pub expire_time: Option<Micros>,
+    pub rate_limits: RateLimits,
+    pub quota: Option<Quota>,
 }
 
 impl CreateKey {
@@ -139,13 +233,24 @@ impl CreateKey {
                 "must be KEY_TYPE_USER or KEY_TYPE_BOT",
             )),
         };
-        let (organization_id, key_type, name, scopes, allowed_hostnames, expire_time) = (
+        let (
+            organization_id,
+            key_type,
+            name,
+            scopes,
+            allowed_hostnames,
+            expire_time,
+            rate_limits,
+            quota,
+        ) = (
             organization(&req.organization_id),
             key_type,
             name(&req.name),
             scopes(&req.scopes, cx.catalog),
             hostnames(&req.allowed_hostnames),
             expiry(req.expire_time.as_ref(), cx.now),
+            rate_limits(&req.rate_limits),
+            quota(req.quota.as_ref()),
         )
             .all()?;
         Ok(Self {
@@ -155,6 +260,8 @@ impl CreateKey {
             scopes,
             allowed_hostnames,
             expire_time,
+            rate_limits,
+            quota,
         })
     }
 }
@@ -236,7 +343,7 @@ impl UpdateKey {
         if paths.is_empty() {
             return Err(Violations::one(
                 "update_mask",
-                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time)",
+                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time, rate_limits, quota)",
             ));
         }
         let mut patch = KeyPatch::default();
@@ -256,10 +363,14 @@ impl UpdateKey {
                 "expire_time" => take(
                     expiry(req.expire_time.as_ref(), cx.now).map(|e| patch.expire_time = Some(e)),
                 ),
+                "rate_limits" => {
+                    take(rate_limits(&req.rate_limits).map(|l| patch.rate_limits = Some(l)));
+                }
+                "quota" => take(quota(req.quota.as_ref()).map(|q| patch.quota = Some(q))),
                 _ => take(Err(Violations::one(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "unknown path {path:?}: expected name, scopes, allowed_hostnames or expire_time"
+                        "unknown path {path:?}: expected name, scopes, allowed_hostnames, expire_time, rate_limits or quota"
                     ),
                 ))),
             }

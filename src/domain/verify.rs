@@ -23,6 +23,8 @@ pub enum Code {
     OrganizationMismatch,
     HostnameBlocked,
     InsufficientScope,
+    RateLimited,
+    QuotaExceeded,
 }
 
 /// What a caller asks of a presented key, borrowed from its request: the verify
@@ -36,7 +38,13 @@ pub struct Verification<'a> {
     pub referer: &'a str,
     /// Only a key of this organization passes, when set.
     pub organization_id: Option<&'a str>,
+    /// Rate-limit calls and quota credits this call consumes; 0 asks whether a
+    /// call of cost 1 would pass and consumes nothing.
+    pub cost: u32,
 }
+
+/// The most one call may consume.
+pub const MAX_COST: u32 = 1_000;
 
 impl<'a> Verification<'a> {
     /// The caller's own mistakes come first: a malformed required scope or
@@ -47,7 +55,15 @@ impl<'a> Verification<'a> {
         origin: &'a str,
         referer: &'a str,
         organization_id: &'a str,
+        cost: Option<u32>,
     ) -> Result<Self, Violations> {
+        let cost = cost.unwrap_or(1);
+        if cost > MAX_COST {
+            return Err(Violations::one(
+                "cost",
+                format!("must be at most {MAX_COST}, got {cost}"),
+            ));
+        }
         if let Some((i, e)) = required_scopes
             .iter()
             .enumerate()
@@ -70,6 +86,7 @@ impl<'a> Verification<'a> {
             origin,
             referer,
             organization_id,
+            cost,
         })
     }
 
@@ -83,7 +100,8 @@ impl<'a> Verification<'a> {
     }
 }
 
-/// The checks of the contract's table that follow a successful lookup, in order,
+/// The checks of the contract's table that follow a successful lookup, in order
+/// up to the usage limits (which need state: `services::verifier` applies them),
 /// with the missing scopes (each once, in the order asked) when that is the answer.
 /// Expiry is read against `now` on every call, never cached.
 pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<String>) {

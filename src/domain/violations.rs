@@ -139,6 +139,7 @@ all_tuple!(A a, B b, C c, D d);
 all_tuple!(A a, B b, C c, D d, E e);
 all_tuple!(A a, B b, C c, D d, E e, F f);
 all_tuple!(A a, B b, C c, D d, E e, F f, G g);
+all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h);
 
 #[cfg(test)]
 mod tests {

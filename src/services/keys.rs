@@ -16,7 +16,7 @@ use crate::{
         policy,
     },
     keys::{KeyPrefix, Secret, SecretHash},
-    model::{Actor, KeyEvent, KeyId, KeyRecord, OrganizationId, UserId},
+    model::{Actor, KeyEvent, KeyId, KeyRecord, Micros, OrganizationId, UserId},
     scopes::ScopeCatalog,
     store::{KeyFilter, Store, StoreError},
 };
@@ -148,6 +148,10 @@ impl KeyService {
             revoke_time: None,
             expire_time: cmd.expire_time,
             created_by: actor.id.clone(),
+            rate_limits: cmd.rate_limits,
+            quota: cmd.quota,
+            quota_used: 0,
+            quota_period_start: cmd.quota.map_or(Micros(0), |q| q.period.start(now)),
         };
         self.store.create_key(&key).await?;
         // Someone may have presented this exact secret before it existed: the

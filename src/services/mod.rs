@@ -2,6 +2,9 @@
 //! rules need at run time (store, cache, usage, clock).
 
 pub mod keys;
+pub mod limiter;
+pub mod quota;
+pub mod shared_limits;
 mod store_errors;
 pub mod verifier;
 

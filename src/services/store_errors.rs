@@ -12,7 +12,10 @@ impl From<StoreError> for Error {
 impl From<&StoreError> for Error {
     fn from(e: &StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Closed => {
+            StoreError::Unavailable(_)
+            | StoreError::Timeout(_)
+            | StoreError::Closed
+            | StoreError::Contended => {
                 tracing::warn!(error = %e, "store unavailable");
                 Self::Unavailable
             }

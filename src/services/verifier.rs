@@ -1,7 +1,8 @@
 //! The verifier: a parsed [`Verification`] in, an [`Outcome`] out, whatever the
 //! transport. It finds the key (cache, then a coalesced store read), applies the
-//! contract's checks (`domain::verify`) and counts usage; it never waits on a
-//! write.
+//! contract's checks (`domain::verify`), then the key's usage limits (rate limits,
+//! then quota: a call refused by either consumes nothing), and counts usage. It
+//! never waits on a usage write; a quota may wait on the store for credits.
 
 use std::sync::Arc;
 
@@ -14,6 +15,11 @@ use crate::{
     },
     keys::SecretHash,
     lookup::Lookups,
+    model::Micros,
+    services::{
+        limiter::{LimitStatus, RateLimiter},
+        quota::Quotas,
+    },
     usage::UsageRecorder,
 };
 
@@ -23,6 +29,13 @@ pub struct Outcome {
     pub code: Code,
     pub key: Option<Arc<CachedKey>>,
     pub missing_scopes: Vec<String>,
+    /// The key's rate limit with the fewest calls left (or the exceeded one),
+    /// when it has rate limits and the checks reached them.
+    pub rate_limit: Option<LimitStatus>,
+    /// The key's quota, when it has one and the checks reached it.
+    pub quota: Option<LimitStatus>,
+    /// With `RateLimited` and `QuotaExceeded`, unless the quota never resets.
+    pub retry_after: Option<Micros>,
 }
 
 impl Outcome {
@@ -31,6 +44,9 @@ impl Outcome {
             code,
             key: None,
             missing_scopes: Vec::new(),
+            rate_limit: None,
+            quota: None,
+            retry_after: None,
         }
     }
 }
@@ -40,6 +56,8 @@ pub struct Verifier {
     lookups: Lookups,
     cache: Arc<KeyCache>,
     usage: Arc<UsageRecorder>,
+    rate_limits: Arc<RateLimiter>,
+    quotas: Arc<Quotas>,
     clock: SharedClock,
 }
 
@@ -48,12 +66,16 @@ impl Verifier {
         lookups: Lookups,
         cache: Arc<KeyCache>,
         usage: Arc<UsageRecorder>,
+        rate_limits: Arc<RateLimiter>,
+        quotas: Arc<Quotas>,
         clock: SharedClock,
     ) -> Self {
         Self {
             lookups,
             cache,
             usage,
+            rate_limits,
+            quotas,
             clock,
         }
     }
@@ -71,12 +93,55 @@ impl Verifier {
         let now = self.clock.now();
         self.usage.record(&key, now);
         let (code, missing_scopes) = check(&key, v, now);
-        tracing::debug!(key_id = %key.id, ?code, "verified");
-        Ok(Outcome {
+        let mut outcome = Outcome {
             code,
-            key: Some(key),
+            key: None,
             missing_scopes,
-        })
+            rate_limit: None,
+            quota: None,
+            retry_after: None,
+        };
+        if code == Code::Valid {
+            self.limit(&key, v.cost, now, &mut outcome).await?;
+        }
+        tracing::debug!(key_id = %key.id, code = ?outcome.code, "verified");
+        outcome.key = Some(key);
+        Ok(outcome)
+    }
+
+    /// The usage limits, after every other check: rate limits first (all of
+    /// them), then the quota. A call the quota refuses gives its rate-limit
+    /// calls back, so a refused call consumes nothing anywhere.
+    async fn limit(
+        &self,
+        key: &CachedKey,
+        cost: u32,
+        now: Micros,
+        outcome: &mut Outcome,
+    ) -> Result<(), Error> {
+        if let Some(rate) = self.rate_limits.check(key, cost, now).await {
+            outcome.rate_limit = Some(rate.status);
+            if !rate.allowed {
+                outcome.code = Code::RateLimited;
+                outcome.retry_after = Some(rate.retry_after);
+                return Ok(());
+            }
+        }
+        let Some(quota) = key.quota else {
+            return Ok(());
+        };
+        let spent = self.quotas.spend(key, quota, cost, now).await;
+        let refused = !spent.as_ref().is_ok_and(|q| q.allowed);
+        if refused && outcome.rate_limit.is_some() {
+            self.rate_limits.give_back(key, cost);
+        }
+        let decision = spent?;
+        if !decision.allowed {
+            outcome.code = Code::QuotaExceeded;
+            outcome.retry_after = decision.status.reset.map(|r| Micros(r.0 - now.0));
+        }
+        outcome.quota = Some(decision.status);
+        Ok(())
     }
 
     async fn lookup(&self, hash: SecretHash) -> Result<Option<Arc<CachedKey>>, Error> {

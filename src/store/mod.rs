@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::{MySqlPool, SqlitePool};
 
-pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ, UsageDelta};
+pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ, QuotaTake, UsageDelta};
 
 /// Failures of the store, as the service layer needs to tell them apart.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,10 @@ pub enum StoreError {
     /// The store did not answer within the configured time (`--database-timeout`).
     #[error("the store did not answer within {0:?}")]
     Timeout(Duration),
+    /// Other writers kept changing a row this write is conditional on; worth
+    /// another try later.
+    #[error("the row kept changing under this write")]
+    Contended,
     /// keygate is shutting down and no longer reads the store.
     #[error("the store is closed")]
     Closed,

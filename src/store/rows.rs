@@ -9,6 +9,7 @@ use super::StoreError;
 use crate::{
     hostnames::AllowedHostnames,
     keys::SecretHash,
+    limits::{Quota, QuotaPeriod, RateLimits},
     model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyRecord, KeyType, Micros, OrganizationId, Owner,
         UserId,
@@ -21,7 +22,8 @@ macro_rules! key_columns {
     () => {
         "id, organization_id, key_type, user_id, name, scopes, \
          allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
-         update_time, last_used_time, revoke_time, expire_time, created_by"
+         update_time, last_used_time, revoke_time, expire_time, created_by, rate_limits, \
+         quota_limit, quota_period, quota_used, quota_period_start"
     };
 }
 pub(super) use key_columns;
@@ -45,6 +47,11 @@ pub(super) struct KeyRow {
     revoke_time: Option<i64>,
     expire_time: Option<i64>,
     created_by: Vec<u8>,
+    rate_limits: Vec<u8>,
+    quota_limit: Option<i64>,
+    quota_period: Option<i64>,
+    quota_used: i64,
+    quota_period_start: i64,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -110,6 +117,17 @@ impl TryFrom<KeyRow> for KeyRecord {
         };
         let scopes = text(r.scopes, T, "scopes")?;
         let hosts = text(r.allowed_hostnames, T, "allowed_hostnames")?;
+        let quota = match (r.quota_limit, r.quota_period) {
+            (None, None) => None,
+            (Some(limit), Some(period)) => Some(Quota {
+                limit: u64::try_from(limit)
+                    .ok()
+                    .filter(|l| Quota::limit_invalid(*l).is_none())
+                    .ok_or_else(|| corrupt(T, "quota_limit"))?,
+                period: QuotaPeriod::try_from(period).map_err(|_| corrupt(T, "quota_period"))?,
+            }),
+            _ => return Err(corrupt(T, "quota_limit does not match quota_period")),
+        };
         Ok(Self {
             id: parsed(r.id, T, "id", KeyId::parse)?,
             organization_id: parsed(
@@ -134,6 +152,10 @@ impl TryFrom<KeyRow> for KeyRecord {
             revoke_time: r.revoke_time.map(Micros),
             expire_time: r.expire_time.map(Micros),
             created_by: parsed(r.created_by, T, "created_by", UserId::parse)?,
+            rate_limits: parsed(r.rate_limits, T, "rate_limits", RateLimits::decode)?,
+            quota,
+            quota_used: u64::try_from(r.quota_used).map_err(|_| corrupt(T, "quota_used"))?,
+            quota_period_start: Micros(r.quota_period_start),
         })
     }
 }

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     keys::SecretHash,
+    limits::RateLimits,
     model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
         OrganizationId, UserId,
@@ -147,6 +148,17 @@ pub struct KeyFilter {
     pub limit: u32,
 }
 
+/// What [`Store::take_quota`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaTake {
+    /// `credits` are this instance's to spend; `used` counts them.
+    Taken { credits: u64, used: u64, limit: u64 },
+    /// Fewer credits are left than were needed.
+    Exhausted { used: u64, limit: u64 },
+    /// The key has no quota (any more), or no row.
+    NoQuota,
+}
+
 /// Usage accumulated in memory for one key since the last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
@@ -180,7 +192,7 @@ impl Store {
     pub async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO api_keys ({KEY_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
@@ -203,6 +215,11 @@ impl Store {
                 .bind(None::<i64>)
                 .bind(key.expire_time.map(|t| t.0))
                 .bind(key.created_by.as_str())
+                .bind(key.rate_limits.encode())
+                .bind(key.quota.map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX)))
+                .bind(key.quota.map(|q| q.period.as_i64()))
+                .bind(i64::try_from(key.quota_used).unwrap_or(i64::MAX))
+                .bind(key.quota_period_start.0)
                 .execute(&mut *tx)
                 .await;
             match inserted {
@@ -307,13 +324,36 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         // The write comes first so that SQLite takes its write lock at once instead
         // of failing to upgrade a read transaction under contention.
+        //
+        // A quota keeps its use while its period stays the same, and starts the
+        // current period from zero when the period changes or the quota is new.
+        // MySQL assigns left to right and later terms see earlier ones, so
+        // `quota_period` is assigned last: every term reads the old period on both
+        // back ends.
         let update = "UPDATE api_keys SET update_time = ?, \
             name = COALESCE(?, name), scopes = COALESCE(?, scopes), \
             allowed_hostnames = COALESCE(?, allowed_hostnames), \
-            expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END \
+            expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END, \
+            rate_limits = COALESCE(?, rate_limits), \
+            quota_used = CASE WHEN ? = 0 THEN quota_used WHEN ? = 2 THEN 0 \
+                WHEN quota_period IS NULL OR quota_period <> ? THEN 0 ELSE quota_used END, \
+            quota_period_start = CASE WHEN ? = 0 THEN quota_period_start WHEN ? = 2 THEN 0 \
+                WHEN quota_period IS NULL OR quota_period <> ? THEN ? ELSE quota_period_start END, \
+            quota_limit = CASE WHEN ? = 0 THEN quota_limit ELSE ? END, \
+            quota_period = CASE WHEN ? = 0 THEN quota_period ELSE ? END \
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
         let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
+        let rate_limits = patch.rate_limits.as_ref().map(RateLimits::encode);
+        // 0: unchanged, 1: set, 2: removed.
+        let (mode, quota) = match patch.quota {
+            None => (0_i64, None),
+            Some(None) => (2, None),
+            Some(Some(q)) => (1, Some(q)),
+        };
+        let period = quota.map(|q| q.period.as_i64());
+        let period_start = quota.map_or(0, |q| q.period.start(now).0);
+        let limit = quota.map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX));
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             lock_organization!(tx, d, org.as_str());
@@ -324,6 +364,18 @@ impl Store {
                 .bind(hosts.as_deref())
                 .bind(i64::from(patch.expire_time.is_some()))
                 .bind(patch.expire_time.flatten().map(|t| t.0))
+                .bind(rate_limits.as_deref())
+                .bind(mode)
+                .bind(mode)
+                .bind(period)
+                .bind(mode)
+                .bind(mode)
+                .bind(period)
+                .bind(period_start)
+                .bind(mode)
+                .bind(limit)
+                .bind(mode)
+                .bind(period)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -532,6 +584,97 @@ impl Store {
                 q.execute(&mut *tx).await?;
             }
             tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Takes up to `want` credits, and at least `need`, of a key's quota in the
+    /// period that starts at `period`: the only way a credit is handed out. The
+    /// conditional `UPDATE` is what makes quotas exact across instances: two
+    /// instances racing for the last credits cannot both get them, whatever their
+    /// caches say. A row still in an earlier period is moved to this one first.
+    pub async fn take_quota(
+        &self,
+        id: &KeyId,
+        period: Micros,
+        need: u64,
+        want: u64,
+    ) -> Result<QuotaTake, StoreError> {
+        let read = "SELECT quota_limit, quota_used, quota_period_start FROM api_keys WHERE id = ?";
+        let roll = "UPDATE api_keys SET quota_used = 0, quota_period_start = ? \
+            WHERE id = ? AND quota_period_start = ?";
+        let take = "UPDATE api_keys SET quota_used = quota_used + ? \
+            WHERE id = ? AND quota_period_start = ? AND quota_used + ? <= quota_limit";
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        // Each retry follows another instance's successful write, so this ends;
+        // the bound only keeps a pathological race from spinning.
+        for _ in 0..16 {
+            let row: Option<(Option<i64>, i64, i64)> = on_pool!(self, |p, _d| {
+                sqlx::query_as(read).bind(id.as_str()).fetch_optional(p).await?
+            });
+            let Some((Some(limit), used, start)) = row else {
+                return Ok(QuotaTake::NoQuota);
+            };
+            let limit = u64::try_from(limit).map_err(|_| corrupt("api_keys", "quota_limit"))?;
+            let used = u64::try_from(used).map_err(|_| corrupt("api_keys", "quota_used"))?;
+            if start < period.0 {
+                on_pool!(self, |p, _d| {
+                    sqlx::query(roll)
+                        .bind(period.0)
+                        .bind(id.as_str())
+                        .bind(start)
+                        .execute(p)
+                        .await?;
+                });
+                continue;
+            }
+            let available = limit.saturating_sub(used);
+            if start > period.0 || available < need.max(1) {
+                // A row in a later period than our clock's: another instance's
+                // clock is ahead; spend nothing until ours catches up.
+                return Ok(QuotaTake::Exhausted { used, limit });
+            }
+            let n = want.clamp(need.max(1), available);
+            let taken = on_pool!(self, |p, _d| {
+                sqlx::query(take)
+                    .bind(as_i64(n))
+                    .bind(id.as_str())
+                    .bind(period.0)
+                    .bind(as_i64(n))
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+            });
+            if taken == 1 {
+                return Ok(QuotaTake::Taken {
+                    credits: n,
+                    used: used + n,
+                    limit,
+                });
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// Gives back credits taken by [`Store::take_quota`] and not spent, unless
+    /// the period has moved on (then they are gone with it).
+    pub async fn return_quota(
+        &self,
+        id: &KeyId,
+        period: Micros,
+        credits: u64,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE api_keys SET quota_used = quota_used - ? \
+            WHERE id = ? AND quota_period_start = ? AND quota_used >= ?";
+        let n = i64::try_from(credits).unwrap_or(i64::MAX);
+        on_pool!(self, |p, _d| {
+            sqlx::query(sql)
+                .bind(n)
+                .bind(id.as_str())
+                .bind(period.0)
+                .bind(n)
+                .execute(p)
+                .await?;
         });
         Ok(())
     }

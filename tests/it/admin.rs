@@ -588,6 +588,7 @@ async fn update_applies_the_mask(backend: Backend) {
         allowed_hostnames: vec![],
         expire_time: None,
         update_mask: None,
+        ..Default::default()
     };
 
     assert_bad_field(c.update_key(admin(base())).await, "update_mask");

@@ -430,6 +430,7 @@ fn table(s: &Seed) -> Vec<Row> {
         allowed_hostnames: vec!["other.example".into()],
         expire_time: in_an_hour(),
         update_mask: mask(paths),
+        ..Default::default()
     };
     let revoke = || RevokeKeyRequest {
         organization_id: acme.clone(),

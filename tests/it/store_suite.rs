@@ -169,6 +169,7 @@ async fn a_key_round_trips_through_its_life_cycle(backend: Backend) {
         scopes: Some(scopes(&["links:read", "links:write"])),
         allowed_hostnames: None,
         expire_time: Some(None),
+        ..KeyPatch::default()
     };
     let updater = user("admin-2");
     let updated = store

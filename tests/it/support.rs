@@ -588,5 +588,9 @@ pub fn bot_record(
         revoke_time: None,
         expire_time: None,
         created_by: UserId::parse("admin-1").expect("user"),
+        rate_limits: keygate::limits::RateLimits::default(),
+        quota: None,
+        quota_used: 0,
+        quota_period_start: keygate::model::Micros(0),
     }
 }

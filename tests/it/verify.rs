@@ -81,6 +81,7 @@ async fn every_row_of_the_check_order_table(backend: Backend) {
         origin: "https://app.example.com".into(),
         referer: String::new(),
         organization_id: "acme".into(),
+        cost: None,
     };
     let resp = check(valid.clone()).await;
     assert!(resp.valid, "{resp:?}");

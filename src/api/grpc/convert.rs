@@ -2,7 +2,8 @@
 //! parsing in `admin` and `verify`, field by field, so errors can name the field.
 
 use crate::{
-    model::{EventAction, KeyEvent, KeyRecord, KeyType},
+    limits::QuotaPeriod,
+    model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
     proto,
 };
 
@@ -11,6 +12,16 @@ impl From<KeyType> for proto::KeyType {
         match t {
             KeyType::User => Self::User,
             KeyType::Bot => Self::Bot,
+        }
+    }
+}
+
+impl From<QuotaPeriod> for proto::QuotaPeriod {
+    fn from(p: QuotaPeriod) -> Self {
+        match p {
+            QuotaPeriod::Day => Self::Day,
+            QuotaPeriod::Month => Self::Month,
+            QuotaPeriod::Total => Self::Total,
         }
     }
 }
@@ -50,6 +61,27 @@ impl From<&KeyRecord> for proto::ApiKey {
             revoke_time: k.revoke_time.map(|t| t.to_timestamp()),
             expire_time: k.expire_time.map(|t| t.to_timestamp()),
             created_by: k.created_by.as_str().to_owned(),
+            rate_limits: k
+                .rate_limits
+                .iter()
+                .map(|l| proto::RateLimit {
+                    name: l.name.as_str().to_owned(),
+                    limit: l.limit,
+                    window: Some(prost_types::Duration {
+                        seconds: l.window.0 / 1_000_000,
+                        nanos: i32::try_from(l.window.0 % 1_000_000 * 1_000).unwrap_or(0),
+                    }),
+                })
+                .collect(),
+            quota: k.quota.map(|q| proto::Quota {
+                limit: q.limit,
+                period: proto::QuotaPeriod::from(q.period).into(),
+            }),
+            // Read at the time of the answer: a period that has ended shows 0.
+            quota_usage: k.quota_usage(Micros::now()).map(|(used, reset)| proto::QuotaUsage {
+                used,
+                reset_time: reset.map(Micros::to_timestamp),
+            }),
         }
     }
 }

@@ -10,7 +10,8 @@ use crate::{
     domain::verify::{Code, Verification},
     metrics::VerifyMetrics,
     proto::{self, VerifyCode, key_verify_server::KeyVerify},
-    services::{Outcome, Verifier},
+    model::Micros,
+    services::{Outcome, Verifier, limiter::LimitStatus},
 };
 
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub fn verify_code(code: Code) -> VerifyCode {
         Code::OrganizationMismatch => VerifyCode::OrganizationMismatch,
         Code::HostnameBlocked => VerifyCode::HostnameBlocked,
         Code::InsufficientScope => VerifyCode::InsufficientScope,
+        Code::RateLimited => VerifyCode::RateLimited,
+        Code::QuotaExceeded => VerifyCode::QuotaExceeded,
     }
 }
 
@@ -52,6 +55,25 @@ fn response(outcome: Outcome) -> proto::VerifyKeyResponse {
             .as_deref()
             .map(crate::cache::CachedKey::verified),
         missing_scopes: outcome.missing_scopes,
+        rate_limit: outcome.rate_limit.map(limit_status),
+        quota: outcome.quota.map(limit_status),
+        retry_after: outcome.retry_after.map(duration),
+    }
+}
+
+fn limit_status(s: LimitStatus) -> proto::LimitStatus {
+    proto::LimitStatus {
+        name: s.name,
+        limit: s.limit,
+        remaining: s.remaining,
+        reset_time: s.reset.map(Micros::to_timestamp),
+    }
+}
+
+fn duration(d: Micros) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.0.div_euclid(1_000_000),
+        nanos: i32::try_from(d.0.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
     }
 }
 
@@ -69,6 +91,7 @@ impl KeyVerify for VerifyApi {
             &req.origin,
             &req.referer,
             &req.organization_id,
+            req.cost,
         ) {
             Ok(v) => self.verifier.verify(&v).await.map_err(Status::from),
             Err(violations) => Err(Status::from(violations)),

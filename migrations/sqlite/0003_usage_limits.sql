@@ -1,0 +1,10 @@
+-- Usage limits (rate limits and quotas). Rate limits are read with the key and
+-- counted in memory (or Redis), so they are one column; a quota's use is counted
+-- here, the one place every instance agrees on: `quota_used` holds the credits
+-- taken (spent or leased by an instance) in the period that starts at
+-- `quota_period_start` (microseconds; 0 for a quota that never resets).
+ALTER TABLE api_keys ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN quota_limit INTEGER NULL;
+ALTER TABLE api_keys ADD COLUMN quota_period INTEGER NULL;
+ALTER TABLE api_keys ADD COLUMN quota_used INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE api_keys ADD COLUMN quota_period_start INTEGER NOT NULL DEFAULT 0;

@@ -1,0 +1,329 @@
+//! Rate limits on the verify path (DESIGN §8). Each instance keeps one bucket
+//! per limit of every key it has seen recently (the arithmetic is in
+//! `crate::limits`); with `--rate-limit-redis-url` the fleet shares buckets in
+//! Redis through `super::shared_limits`.
+//!
+//! The local state is bounded whatever the number of keys: a moka cache of at
+//! most `capacity` keys, each entry forgotten once its longest window has passed
+//! without a call (an empty bucket is the same as no bucket). Size pressure
+//! evicts the least-used keys first; an evicted key starts again from an empty
+//! bucket, so the capacity must exceed the number of keys with limits that are
+//! busy at once (documented in docs/LIMITS.md).
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use moka::{Expiry, sync::Cache};
+
+use super::shared_limits::{SharedLimits, SharedReply};
+use crate::{
+    cache::CachedKey,
+    limits::{Bucket, Gauge, MAX_WINDOW, RateLimit, RateLimits},
+    model::{KeyId, Micros},
+};
+
+/// Where a key stands against one of its limits after a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitStatus {
+    pub name: String,
+    pub limit: u64,
+    pub remaining: u64,
+    /// When the full limit is available again; `None` for a quota that never resets.
+    pub reset: Option<Micros>,
+}
+
+/// The rate limits' answer to one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    /// The exceeded limit when refused, else the one with the fewest calls left.
+    pub status: LimitStatus,
+    pub retry_after: Micros,
+}
+
+/// One key's buckets, in the order of its limits.
+#[derive(Debug)]
+struct KeyBuckets {
+    limits: RateLimits,
+    buckets: Vec<Bucket>,
+    /// Credits leased from the shared buckets and not yet spent (Redis only).
+    lease: Lease,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Lease {
+    credits: u64,
+    until: Micros,
+    /// Fleet-wide calls left when the lease was granted, for answers.
+    remaining: u64,
+}
+
+impl KeyBuckets {
+    fn new(limits: &RateLimits) -> Self {
+        Self {
+            limits: limits.clone(),
+            buckets: vec![Bucket::default(); limits.len()],
+            lease: Lease::default(),
+        }
+    }
+
+    /// Follows a change of the key's limits: a bucket whose limit keeps its name
+    /// keeps the calls it holds (rescaled); a new limit starts empty.
+    fn follow(&mut self, limits: &RateLimits, now: Micros) {
+        if &self.limits == limits {
+            return;
+        }
+        let buckets = limits
+            .iter()
+            .map(|l| {
+                self.limits
+                    .iter()
+                    .zip(&self.buckets)
+                    .find(|(old, _)| old.name == l.name)
+                    .map_or_else(Bucket::default, |(old, b)| {
+                        let mut b = *b;
+                        b.rescale(old, l, now);
+                        b
+                    })
+            })
+            .collect();
+        self.limits = limits.clone();
+        self.buckets = buckets;
+        self.lease = Lease::default();
+    }
+
+    /// Every limit's gauge for `cost`; the answer's limit is the first refused
+    /// one, or the one with the fewest calls left.
+    fn gauge(&self, cost: u32, now: Micros) -> (bool, usize, Gauge) {
+        let mut pick: Option<(usize, Gauge)> = None;
+        for (i, (l, b)) in self.limits.iter().zip(&self.buckets).enumerate() {
+            let g = b.gauge(l, cost, now);
+            let better = match pick {
+                None => true,
+                Some((_, p)) if !p.allowed => false,
+                Some((_, p)) => !g.allowed || g.remaining < p.remaining,
+            };
+            if better {
+                pick = Some((i, g));
+            }
+            let _ = l;
+        }
+        let (i, g) = pick.unwrap_or((
+            0,
+            Gauge {
+                allowed: true,
+                remaining: 0,
+                reset: now,
+                retry_after: Micros(0),
+            },
+        ));
+        (g.allowed, i, g)
+    }
+
+    fn take(&mut self, cost: u32, now: Micros) {
+        for (l, b) in self.limits.iter().zip(self.buckets.iter_mut()) {
+            b.take(l, cost, now);
+        }
+    }
+
+    fn status(&self, i: usize, g: &Gauge) -> LimitStatus {
+        let l: Option<&RateLimit> = self.limits.iter().nth(i);
+        LimitStatus {
+            name: l.map(|l| l.name.as_str().to_owned()).unwrap_or_default(),
+            limit: l.map_or(0, |l| l.limit),
+            remaining: g.remaining,
+            reset: Some(g.reset),
+        }
+    }
+}
+
+type Entry = Arc<Mutex<KeyBuckets>>;
+
+/// Forgets a key's buckets once its longest window has passed since the last call.
+struct IdleForLongestWindow;
+
+impl IdleForLongestWindow {
+    fn of(entry: &Entry) -> Option<Duration> {
+        let longest = lock(entry)
+            .limits
+            .iter()
+            .map(|l| l.window)
+            .max()
+            .unwrap_or(MAX_WINDOW);
+        Some(Duration::from_micros(u64::try_from(longest.0).unwrap_or(0)))
+    }
+}
+
+impl Expiry<KeyId, Entry> for IdleForLongestWindow {
+    fn expire_after_create(&self, _: &KeyId, entry: &Entry, _: Instant) -> Option<Duration> {
+        Self::of(entry)
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &KeyId,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Self::of(entry)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    local: Cache<KeyId, Entry>,
+    shared: Option<SharedLimits>,
+}
+
+impl RateLimiter {
+    pub fn new(capacity: u64, shared: Option<SharedLimits>) -> Self {
+        Self {
+            local: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(IdleForLongestWindow)
+                .build(),
+            shared,
+        }
+    }
+
+    fn entry(&self, key: &CachedKey) -> Entry {
+        self.local
+            .get_with_by_ref(&key.id, || Arc::new(Mutex::new(KeyBuckets::new(&key.rate_limits))))
+    }
+
+    /// Checks every rate limit of `key` for a call of `cost` (0: would one call
+    /// pass) and, when all pass and `cost` > 0, counts the call in each. A refused
+    /// call counts nowhere. `None` when the key has no rate limits.
+    pub async fn check(&self, key: &CachedKey, cost: u32, now: Micros) -> Option<RateDecision> {
+        if key.rate_limits.is_empty() {
+            return None;
+        }
+        let entry = self.entry(key);
+        let lease_needed = {
+            let mut b = lock(&entry);
+            b.follow(&key.rate_limits, now);
+            let (allowed, i, g) = b.gauge(cost, now);
+            // This instance's own calls already exceed a limit: so does the
+            // fleet's, and no shared state can change that answer.
+            if !allowed || self.shared.is_none() {
+                if allowed && cost > 0 {
+                    b.take(cost, now);
+                }
+                return Some(RateDecision {
+                    allowed,
+                    status: b.status(i, &g),
+                    retry_after: g.retry_after,
+                });
+            }
+            let lease = b.lease;
+            if lease.until > now && lease.credits >= u64::from(cost.max(1)) {
+                // Credits already leased from the fleet: a certain local answer.
+                if cost > 0 {
+                    b.lease.credits -= u64::from(cost);
+                    b.take(cost, now);
+                }
+                let mut status = b.status(i, &g);
+                status.remaining = lease.remaining + b.lease.credits;
+                return Some(RateDecision {
+                    allowed: true,
+                    status,
+                    retry_after: Micros(0),
+                });
+            }
+            b.lease = Lease::default();
+            true
+        };
+        debug_assert!(lease_needed);
+        let shared = self.shared.as_ref()?;
+        let want = if cost == 0 {
+            0
+        } else {
+            shared.lease_size(&key.rate_limits).max(u64::from(cost))
+        };
+        let reply = shared
+            .lease(&key.id, &key.rate_limits, u64::from(cost.max(1)), want, now)
+            .await;
+        let mut b = lock(&entry);
+        b.follow(&key.rate_limits, now);
+        let (_, i, g) = b.gauge(cost, now);
+        match reply {
+            // Redis is unreachable: count alone, as without Redis (the metric
+            // and the log line are `shared_limits`' business).
+            None => {
+                let (allowed, i, g) = b.gauge(cost, now);
+                if allowed && cost > 0 {
+                    b.take(cost, now);
+                }
+                Some(RateDecision {
+                    allowed,
+                    status: b.status(i, &g),
+                    retry_after: g.retry_after,
+                })
+            }
+            Some(SharedReply::Granted {
+                credits,
+                remaining,
+                reset,
+                index,
+            }) => {
+                if cost > 0 {
+                    b.take(cost, now);
+                    b.lease = Lease {
+                        credits: credits - u64::from(cost),
+                        until: Micros(now.0 + shared.lease_lifetime(&key.rate_limits).0),
+                        remaining,
+                    };
+                }
+                let mut status = b.status(index, &g);
+                status.remaining = remaining + b.lease.credits;
+                status.reset = Some(reset);
+                let _ = i;
+                Some(RateDecision {
+                    allowed: true,
+                    status,
+                    retry_after: Micros(0),
+                })
+            }
+            Some(SharedReply::Refused {
+                index,
+                retry_after,
+                reset,
+            }) => {
+                let mut status = b.status(index, &g);
+                status.remaining = 0;
+                status.reset = Some(reset);
+                Some(RateDecision {
+                    allowed: false,
+                    status,
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    /// Gives back a call counted by [`RateLimiter::check`] whose verification was
+    /// then refused by its quota: a refused call consumes nothing.
+    pub fn give_back(&self, key: &CachedKey, cost: u32) {
+        if cost == 0 {
+            return;
+        }
+        if let Some(entry) = self.local.get(&key.id) {
+            let mut b = lock(&entry);
+            for (l, bucket) in b.limits.clone().iter().zip(b.buckets.iter_mut()) {
+                bucket.give_back(l, cost);
+            }
+            if self.shared.is_some() {
+                // Back into the lease, which is where it came from.
+                b.lease.credits += u64::from(cost);
+            }
+        }
+    }
+}
