@@ -140,7 +140,8 @@ impl RateLimits {
             let limit: u64 = limit.parse().map_err(|_| BAD)?;
             let ms: i64 = ms.parse().map_err(|_| BAD)?;
             let window = Micros(ms.checked_mul(1_000).ok_or(BAD)?);
-            if RateLimit::limit_invalid(limit).is_some() || RateLimit::window_invalid(window).is_some()
+            if RateLimit::limit_invalid(limit).is_some()
+                || RateLimit::window_invalid(window).is_some()
             {
                 return Err(BAD);
             }
@@ -278,7 +279,8 @@ impl Bucket {
         } else {
             level
         };
-        let to_micros = |units: u128| Micros(i64::try_from(units.div_ceil(rate)).unwrap_or(i64::MAX));
+        let to_micros =
+            |units: u128| Micros(i64::try_from(units.div_ceil(rate)).unwrap_or(i64::MAX));
         Gauge {
             allowed,
             remaining: u64::try_from((size - after.min(size)) / window).unwrap_or(u64::MAX),
@@ -436,17 +438,26 @@ mod tests {
         // 2026-11-30T23:59:59.999999Z and the next microsecond.
         let last = Micros(1_796_083_199_999_999);
         let next = Micros(last.0 + 1);
-        assert_eq!(QuotaPeriod::Day.start(last), Micros(1_796_083_199_999_999 - 86_399_999_999));
+        assert_eq!(
+            QuotaPeriod::Day.start(last),
+            Micros(1_796_083_199_999_999 - 86_399_999_999)
+        );
         assert_eq!(QuotaPeriod::Day.next_start(last), Some(next));
         assert_eq!(QuotaPeriod::Month.start(next), next, "2026-12-01");
         assert_eq!(QuotaPeriod::Month.next_start(last), Some(next));
         // 2026-11-01T00:00:00Z
-        assert_eq!(QuotaPeriod::Month.start(last), Micros(1_793_491_200 * MICROS_PER_SECOND));
+        assert_eq!(
+            QuotaPeriod::Month.start(last),
+            Micros(1_793_491_200 * MICROS_PER_SECOND)
+        );
         assert_eq!(QuotaPeriod::Total.start(last), Micros(0));
         assert_eq!(QuotaPeriod::Total.next_start(last), None);
         // 2028-02-29 is in February of a leap year; March starts 2028-03-01.
         let leap = Micros(1_835_395_200 * MICROS_PER_SECOND);
-        assert_eq!(QuotaPeriod::Month.next_start(leap), Some(Micros(1_835_481_600 * MICROS_PER_SECOND)));
+        assert_eq!(
+            QuotaPeriod::Month.next_start(leap),
+            Some(Micros(1_835_481_600 * MICROS_PER_SECOND))
+        );
     }
 
     #[test]
@@ -466,15 +477,32 @@ mod tests {
 
     #[test]
     fn stored_rate_limits_round_trip_and_bad_ones_are_refused() {
-        let limits = RateLimits::new(vec![limit(5, 1), RateLimit {
-            name: LimitName::parse("daily").expect("name"),
-            limit: 1_000,
-            window: Micros(86_400_000_000),
-        }])
+        let limits = RateLimits::new(vec![
+            limit(5, 1),
+            RateLimit {
+                name: LimitName::parse("daily").expect("name"),
+                limit: 1_000,
+                window: Micros(86_400_000_000),
+            },
+        ])
         .expect("limits");
-        assert_eq!(RateLimits::decode(&limits.encode()).expect("round trip"), limits);
-        assert_eq!(RateLimits::decode("").expect("empty"), RateLimits::default());
-        for bad in ["x", "a:1", "a:0:1000", "a:1:999", "A:1:1000", "a:1:1000:2", "a:1:1000 a:2:1000"] {
+        assert_eq!(
+            RateLimits::decode(&limits.encode()).expect("round trip"),
+            limits
+        );
+        assert_eq!(
+            RateLimits::decode("").expect("empty"),
+            RateLimits::default()
+        );
+        for bad in [
+            "x",
+            "a:1",
+            "a:0:1000",
+            "a:1:999",
+            "A:1:1000",
+            "a:1:1000:2",
+            "a:1:1000 a:2:1000",
+        ] {
             assert!(RateLimits::decode(bad).is_err(), "{bad}");
         }
     }

@@ -262,15 +262,27 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// The quota's use in the period `now` lies in, and when that period ends.
-    pub fn quota_usage(&self, now: Micros) -> Option<(u64, Option<Micros>)> {
+    /// The record as of `now`: a quota whose stored period has ended has used
+    /// nothing of the current one (the row itself moves on at its next use).
+    pub fn as_of(mut self, now: Micros) -> Self {
+        if let Some(q) = self.quota {
+            let start = q.period.start(now);
+            if start != self.quota_period_start {
+                self.quota_used = 0;
+                self.quota_period_start = start;
+            }
+        }
+        self
+    }
+
+    /// The quota's use in its stored period, and when that period ends; read
+    /// through [`KeyRecord::as_of`] first to see the current period.
+    pub fn quota_usage(&self) -> Option<(u64, Option<Micros>)> {
         let quota = self.quota?;
-        let used = if quota.period.start(now) == self.quota_period_start {
-            self.quota_used
-        } else {
-            0
-        };
-        Some((used, quota.period.next_start(now)))
+        Some((
+            self.quota_used,
+            quota.period.next_start(self.quota_period_start),
+        ))
     }
 
     /// Whether an actor may see and change this key: admins any key of their

@@ -197,9 +197,16 @@ impl App {
         let stop_tasks = CancellationToken::new();
         let services = Services::build(&args, &store, &clock, &tasks)?;
         let (health, health_service) = tonic_health::server::health_reporter();
-        let metrics_addr =
-            start_background(&args, &store, &clock, &services, health, &tasks, &stop_tasks)
-                .await?;
+        let metrics_addr = start_background(
+            &args,
+            &store,
+            &clock,
+            &services,
+            health,
+            &tasks,
+            &stop_tasks,
+        )
+        .await?;
 
         let tls = load_tls(&args)?;
         let stop_servers = CancellationToken::new();

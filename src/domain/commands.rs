@@ -104,7 +104,10 @@ fn rate_limits(list: &[proto::RateLimit]) -> Result<RateLimits, Violations> {
     if list.len() > MAX_RATE_LIMITS {
         return Err(Violations::one(
             "rate_limits",
-            format!("at most {MAX_RATE_LIMITS} rate limits per key, got {}", list.len()),
+            format!(
+                "at most {MAX_RATE_LIMITS} rate limits per key, got {}",
+                list.len()
+            ),
         ));
     }
     let mut v = Violations::default();
@@ -114,7 +117,10 @@ fn rate_limits(list: &[proto::RateLimit]) -> Result<RateLimits, Violations> {
             Ok(n) if list[..i].iter().any(|o| o.name == l.name) => {
                 v.add(
                     format!("rate_limits[{i}].name"),
-                    format!("{:?} is used by an earlier rate limit; names must be unique", l.name),
+                    format!(
+                        "{:?} is used by an earlier rate limit; names must be unique",
+                        l.name
+                    ),
                 );
                 Some(n)
             }

@@ -166,7 +166,8 @@ impl KeyService {
     }
 
     pub async fn get(&self, actor: &Actor, key: KeyRef) -> Result<KeyRecord, Error> {
-        self.accessible(actor, &key).await
+        let record = self.accessible(actor, &key).await?;
+        Ok(record.as_of(self.clock.now()))
     }
 
     pub async fn list(&self, actor: &Actor, cmd: ListKeys) -> Result<Page<KeyRecord>, Error> {
@@ -180,7 +181,13 @@ impl KeyService {
             after: cmd.after,
             limit: cmd.page_size + 1,
         };
-        let rows = self.stored(self.store.list_keys(&filter)).await?;
+        let now = self.clock.now();
+        let rows: Vec<KeyRecord> = self
+            .stored(self.store.list_keys(&filter))
+            .await?
+            .into_iter()
+            .map(|k| k.as_of(now))
+            .collect();
         Ok(Page::cut(rows, cmd.page_size, TokenKind::Keys, |k| {
             k.id.as_str().to_owned()
         }))
@@ -200,7 +207,7 @@ impl KeyService {
             &[current.secret_hash],
             Change::Key(&key.id, "updated"),
         );
-        Ok(updated)
+        Ok(updated.as_of(now))
     }
 
     /// Revoking a revoked key succeeds and keeps the first revoke time.
@@ -217,7 +224,7 @@ impl KeyService {
             &[revoked.secret_hash],
             Change::Key(&key.id, "revoked"),
         );
-        Ok(revoked)
+        Ok(revoked.as_of(now))
     }
 
     /// Deletes every user key of a member; returns how many.

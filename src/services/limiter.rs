@@ -108,7 +108,6 @@ impl KeyBuckets {
             if better {
                 pick = Some((i, g));
             }
-            let _ = l;
         }
         let (i, g) = pick.unwrap_or((
             0,
@@ -195,8 +194,9 @@ impl RateLimiter {
     }
 
     fn entry(&self, key: &CachedKey) -> Entry {
-        self.local
-            .get_with_by_ref(&key.id, || Arc::new(Mutex::new(KeyBuckets::new(&key.rate_limits))))
+        self.local.get_with_by_ref(&key.id, || {
+            Arc::new(Mutex::new(KeyBuckets::new(&key.rate_limits)))
+        })
     }
 
     /// Checks every rate limit of `key` for a call of `cost` (0: would one call
@@ -207,7 +207,7 @@ impl RateLimiter {
             return None;
         }
         let entry = self.entry(key);
-        let lease_needed = {
+        {
             let mut b = lock(&entry);
             b.follow(&key.rate_limits, now);
             let (allowed, i, g) = b.gauge(cost, now);
@@ -238,10 +238,7 @@ impl RateLimiter {
                     retry_after: Micros(0),
                 });
             }
-            b.lease = Lease::default();
-            true
-        };
-        debug_assert!(lease_needed);
+        }
         let shared = self.shared.as_ref()?;
         let want = if cost == 0 {
             0
@@ -253,7 +250,7 @@ impl RateLimiter {
             .await;
         let mut b = lock(&entry);
         b.follow(&key.rate_limits, now);
-        let (_, i, g) = b.gauge(cost, now);
+        let (_, _, g) = b.gauge(cost, now);
         match reply {
             // Redis is unreachable: count alone, as without Redis (the metric
             // and the log line are `shared_limits`' business).
@@ -276,8 +273,15 @@ impl RateLimiter {
             }) => {
                 if cost > 0 {
                     b.take(cost, now);
+                    // Concurrent calls of this instance may have leased too:
+                    // their unexpired credits add up rather than being dropped.
+                    let left = if b.lease.until > now {
+                        b.lease.credits
+                    } else {
+                        0
+                    };
                     b.lease = Lease {
-                        credits: credits - u64::from(cost),
+                        credits: left + credits.saturating_sub(u64::from(cost)),
                         until: Micros(now.0 + shared.lease_lifetime(&key.rate_limits).0),
                         remaining,
                     };
@@ -285,7 +289,6 @@ impl RateLimiter {
                 let mut status = b.status(index, &g);
                 status.remaining = remaining + b.lease.credits;
                 status.reset = Some(reset);
-                let _ = i;
                 Some(RateDecision {
                     allowed: true,
                     status,

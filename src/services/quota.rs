@@ -88,12 +88,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Quotas {
     pub fn new(store: Store, timeout: Duration) -> Self {
-        let take = |result: &'static str| {
-            counter!("keygate_quota_lease_round_trips_total", "operation" => "take", "result" => result)
-        };
-        let give = |result: &'static str| {
-            counter!("keygate_quota_lease_round_trips_total", "operation" => "return", "result" => result)
-        };
+        let take = |result: &'static str| counter!("keygate_quota_lease_round_trips_total", "operation" => "take", "result" => result);
+        let give = |result: &'static str| counter!("keygate_quota_lease_round_trips_total", "operation" => "return", "result" => result);
         Self {
             store,
             timeout,
@@ -161,7 +157,11 @@ impl Quotas {
             status: LimitStatus {
                 name: "quota".into(),
                 limit: quota.limit,
-                remaining: if allowed { remaining } else { lease.credits.min(remaining) },
+                remaining: if allowed {
+                    remaining
+                } else {
+                    lease.credits.min(remaining)
+                },
                 reset: quota.period.next_start(now),
             },
         })

@@ -181,7 +181,10 @@ impl SharedLimits {
         now: Micros,
     ) -> Option<SharedReply> {
         if self.down.load(Ordering::Relaxed) {
-            let until = *self.down_until.lock().unwrap_or_else(PoisonError::into_inner);
+            let until = *self
+                .down_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if until.is_some_and(|t| Instant::now() < t) {
                 return None;
             }
@@ -242,8 +245,10 @@ impl SharedLimits {
 
     fn failed(&self, error: &str) {
         self.metrics.errors.increment(1);
-        *self.down_until.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Instant::now() + RETRY_AFTER);
+        *self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + RETRY_AFTER);
         if !self.down.swap(true, Ordering::Relaxed) {
             self.metrics.up.set(0.0);
             tracing::warn!(

@@ -216,7 +216,10 @@ impl Store {
                 .bind(key.expire_time.map(|t| t.0))
                 .bind(key.created_by.as_str())
                 .bind(key.rate_limits.encode())
-                .bind(key.quota.map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX)))
+                .bind(
+                    key.quota
+                        .map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX)),
+                )
                 .bind(key.quota.map(|q| q.period.as_i64()))
                 .bind(i64::try_from(key.quota_used).unwrap_or(i64::MAX))
                 .bind(key.quota_period_start.0)
@@ -610,7 +613,10 @@ impl Store {
         // the bound only keeps a pathological race from spinning.
         for _ in 0..16 {
             let row: Option<(Option<i64>, i64, i64)> = on_pool!(self, |p, _d| {
-                sqlx::query_as(read).bind(id.as_str()).fetch_optional(p).await?
+                sqlx::query_as(read)
+                    .bind(id.as_str())
+                    .fetch_optional(p)
+                    .await?
             });
             let Some((Some(limit), used, start)) = row else {
                 return Ok(QuotaTake::NoQuota);

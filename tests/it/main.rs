@@ -20,4 +20,5 @@ mod soak;
 mod store_suite;
 mod support;
 mod tls;
+mod usage_limits;
 mod verify;

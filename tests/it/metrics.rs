@@ -17,7 +17,7 @@ use tonic::Request;
 use crate::support::*;
 
 /// Prometheus text as `name{sorted labels}` → value.
-async fn scrape(addr: std::net::SocketAddr) -> (String, BTreeMap<String, f64>) {
+pub(crate) async fn scrape(addr: std::net::SocketAddr) -> (String, BTreeMap<String, f64>) {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to /metrics");

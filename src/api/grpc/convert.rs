@@ -77,8 +77,7 @@ impl From<&KeyRecord> for proto::ApiKey {
                 limit: q.limit,
                 period: proto::QuotaPeriod::from(q.period).into(),
             }),
-            // Read at the time of the answer: a period that has ended shows 0.
-            quota_usage: k.quota_usage(Micros::now()).map(|(used, reset)| proto::QuotaUsage {
+            quota_usage: k.quota_usage().map(|(used, reset)| proto::QuotaUsage {
                 used,
                 reset_time: reset.map(Micros::to_timestamp),
             }),

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     domain::verify::{Code, Verification},
     metrics::VerifyMetrics,
-    proto::{self, VerifyCode, key_verify_server::KeyVerify},
     model::Micros,
+    proto::{self, VerifyCode, key_verify_server::KeyVerify},
     services::{Outcome, Verifier, limiter::LimitStatus},
 };
 
