@@ -20,6 +20,8 @@
 //! | `select-id`        | this process: `SELECT <all columns> FROM api_keys WHERE id = ?` through an sqlx pool like keygate's |
 //! | `select-hash`      | the same row `WHERE secret_hash = ?` (what keygate's store actually runs) |
 //! | `select-id-noping` | as `select-id`, but the pool does not ping a connection before handing it out |
+//! | `one-key`          | `VerifyKey`, always the same seeded key, which has no usage limits     |
+//! | `one-key-limited`  | `VerifyKey`, always one key with a rate limit and a quota it never reaches (every call counted in both; quota credits leased from the store) |
 //!
 //! Reading the output:
 //! - Every scenario is a closed loop of `--concurrency` tasks, each sending one
@@ -33,8 +35,8 @@
 //!   the bottleneck, not keygate. `other` is every other process: before each
 //!   scenario the bench waits (`--max-idle-wait`) for it to fall below a third
 //!   of a core, and a round where it is high anyway was disturbed.
-//! - The ratios `cached / health` and `uncached / select-id` are taken over the
-//!   same run; `unknown` reaches the store on every call (each key is fresh), so
+//! - The ratios `cached / health`, `uncached / select-id` and
+//!   `one-key-limited / one-key` are taken over the same run; `unknown` reaches the store on every call (each key is fresh), so
 //!   it is store-bound like `uncached`.
 //! - The cached instance gets `--cache-ttl` (default 1h) so that keys warmed at
 //!   the start stay cached for the whole run; with keygate's default of 60 s,
@@ -136,6 +138,8 @@ enum Scenario {
     SelectId,
     SelectHash,
     SelectIdNoping,
+    OneKey,
+    OneKeyLimited,
 }
 
 impl Scenario {
@@ -149,6 +153,8 @@ impl Scenario {
             Self::SelectId => "select-id",
             Self::SelectHash => "select-hash",
             Self::SelectIdNoping => "select-id-noping",
+            Self::OneKey => "one-key",
+            Self::OneKeyLimited => "one-key-limited",
         }
     }
 }

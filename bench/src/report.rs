@@ -54,6 +54,13 @@ pub(crate) fn print_ratios(results: &BTreeMap<Scenario, Phase>) {
             verdict(u / b >= 0.70)
         );
     }
+    if let (Some(l), Some(o)) = (rps(Scenario::OneKeyLimited), rps(Scenario::OneKey)) {
+        println!(
+            "  one-key-limited / one-key rps = {:.3} (target >= 0.90: {})",
+            l / o,
+            verdict(l / o >= 0.90)
+        );
+    }
     for base in [Scenario::SelectHash, Scenario::SelectIdNoping] {
         if let (Some(u), Some(b)) = (rps(Scenario::Uncached), rps(base)) {
             println!(

@@ -14,8 +14,8 @@ use std::{
 use keygate::{
     keys::{KeyPrefix, Secret, SecretHash, parse_token},
     proto::{
-        CreateKeyRequest, KeyType, VerifyCode, key_admin_client::KeyAdminClient,
-        key_verify_client::KeyVerifyClient,
+        CreateKeyRequest, KeyType, Quota, QuotaPeriod, RateLimit, VerifyCode,
+        key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
     },
 };
 use sqlx::mysql::MySqlPool;
@@ -30,6 +30,27 @@ use crate::{
     load::{REQUIRED_SCOPE, Target, Until, run_load},
     procfs::memory_mib,
 };
+
+/// The rate limit and quota of the `one-key-limited` key: counted on every call,
+/// never reached in a run.
+fn limited_request() -> Request<CreateKeyRequest> {
+    let mut req = admin_request(0);
+    let body = req.get_mut();
+    body.name = "bench limited key".into();
+    body.rate_limits = vec![RateLimit {
+        name: "per_second".into(),
+        limit: 1_000_000_000,
+        window: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    }];
+    body.quota = Some(Quota {
+        limit: 1_000_000_000_000,
+        period: QuotaPeriod::Total.into(),
+    });
+    req
+}
 
 /// The seeded keys, index-aligned.
 pub(crate) struct Seeded {
@@ -129,6 +150,9 @@ pub(crate) struct Workload {
     pub(crate) unknown_cursor: Arc<AtomicUsize>,
     pub(crate) pool: MySqlPool,
     pub(crate) pool_noping: MySqlPool,
+    /// One seeded key without limits, and one key with them.
+    one_key: Arc<[String]>,
+    one_key_limited: Arc<[String]>,
 }
 
 impl Workload {
@@ -184,6 +208,13 @@ impl Workload {
                 ids: Arc::clone(&self.seeded.ids),
                 cursor: fresh(),
             }],
+            Scenario::OneKey => verify(&self.cached, &self.one_key, fresh(), VerifyCode::Valid),
+            Scenario::OneKeyLimited => verify(
+                &self.cached,
+                &self.one_key_limited,
+                fresh(),
+                VerifyCode::Valid,
+            ),
             Scenario::SelectHash => vec![Target::ByHash {
                 pool: self.pool.clone(),
                 hashes: Arc::clone(&self.seeded.hashes),
@@ -239,6 +270,11 @@ pub(crate) async fn prepare(
         args.keys, args.seed_concurrency
     );
     let seeded = seed(&cached_ch, args.keys, args.seed_concurrency).await?;
+    let limited = KeyAdminClient::new(cached_ch[0].clone())
+        .create_key(limited_request())
+        .await?
+        .into_inner()
+        .secret;
     memory.push(("after seeding", memory_mib(cached.pid())));
 
     let t = Instant::now();
@@ -251,7 +287,10 @@ pub(crate) async fn prepare(
         unknown.len(),
         t.elapsed().as_secs_f64()
     );
+    let one_key: Arc<[String]> = seeded.secrets.iter().take(1).cloned().collect();
     let work = Workload {
+        one_key,
+        one_key_limited: Arc::from(vec![limited]),
         cached: cached_ch,
         uncached: uncached_ch,
         malformed: seeded.secrets.iter().map(|s| break_checksum(s)).collect(),
@@ -279,6 +318,15 @@ pub(crate) async fn prepare(
         "verified every key once on the cached instance in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    let (tally, _) = run_load(
+        &work.targets(Scenario::OneKeyLimited),
+        1,
+        Until::Calls(Arc::new(AtomicUsize::new(0)), 1),
+    )
+    .await?;
+    if tally.errors + tally.unexpected > 0 {
+        return Err(format!("warming the limited key: {:?}", tally.first_error).into());
+    }
     memory.push(("after warming the cache", memory_mib(cached.pid())));
     Ok((cached, uncached, work))
 }
