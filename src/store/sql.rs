@@ -606,9 +606,6 @@ impl Store {
         let read = "SELECT quota_limit, quota_used, quota_period_start FROM api_keys WHERE id = ?";
         let roll = "UPDATE api_keys SET quota_used = 0, quota_period_start = ? \
             WHERE id = ? AND quota_period_start = ?";
-        let take = "UPDATE api_keys SET quota_used = quota_used + ? \
-            WHERE id = ? AND quota_period_start = ? AND quota_used + ? <= quota_limit";
-        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         // Each retry follows another instance's successful write, so this ends;
         // the bound only keeps a pathological race from spinning.
         for _ in 0..16 {
@@ -641,17 +638,7 @@ impl Store {
                 return Ok(QuotaTake::Exhausted { used, limit });
             }
             let n = want.clamp(need.max(1), available);
-            let taken = on_pool!(self, |p, _d| {
-                sqlx::query(take)
-                    .bind(as_i64(n))
-                    .bind(id.as_str())
-                    .bind(period.0)
-                    .bind(as_i64(n))
-                    .execute(p)
-                    .await?
-                    .rows_affected()
-            });
-            if taken == 1 {
+            if self.try_take_quota(id, period, n).await? {
                 return Ok(QuotaTake::Taken {
                     credits: n,
                     used: used + n,
@@ -660,6 +647,31 @@ impl Store {
             }
         }
         Err(StoreError::Contended)
+    }
+
+    /// The conditional write under [`Store::take_quota`]: takes exactly `n`
+    /// credits if the row is in `period` and has `n` left, whatever the caller
+    /// read before. `false` changes nothing.
+    pub async fn try_take_quota(
+        &self,
+        id: &KeyId,
+        period: Micros,
+        n: u64,
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE api_keys SET quota_used = quota_used + ? \
+            WHERE id = ? AND quota_period_start = ? AND quota_used + ? <= quota_limit";
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let taken = on_pool!(self, |p, _d| {
+            sqlx::query(sql)
+                .bind(n)
+                .bind(id.as_str())
+                .bind(period.0)
+                .bind(n)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(taken == 1)
     }
 
     /// Gives back credits taken by [`Store::take_quota`] and not spent, unless

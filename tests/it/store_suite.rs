@@ -10,12 +10,13 @@ use std::collections::{HashMap, HashSet};
 use keygate::{
     hostnames::AllowedHostnames,
     keys::{KeyPrefix, Secret, SecretHash},
+    limits::{Quota, QuotaPeriod},
     model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
         OrganizationId, Owner, UserId,
     },
     scopes::ScopeSet,
-    store::{KeyFilter, PoolConfig, Store, StoreError, UsageDelta},
+    store::{KeyFilter, PoolConfig, QuotaTake, Store, StoreError, UsageDelta},
 };
 
 use crate::support::*;
@@ -826,7 +827,108 @@ async fn find_by_hashes_returns_each_stored_key_once(backend: Backend) {
     finish(db, store).await;
 }
 
+/// Quota credits: handed out only by the conditional write, never beyond the
+/// limit whatever the caller read; a row of an ended period moves to the new
+/// one; credits given back count again only within their period.
+async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let day = Micros(1_796_083_200_000_000); // 2026-12-01T00:00:00Z
+    let next_day = Micros(day.0 + 86_400_000_000);
+    let key = KeyRecord {
+        quota: Some(Quota {
+            limit: 10,
+            period: QuotaPeriod::Day,
+        }),
+        quota_period_start: day,
+        ..bot("quota", "metered")
+    };
+    store.create_key(&key).await.expect("create");
+    let used = || async {
+        let k = store
+            .get_key(&key.organization_id, &key.id)
+            .await
+            .expect("read")
+            .expect("key");
+        (k.quota_used, k.quota_period_start)
+    };
+
+    assert!(store.try_take_quota(&key.id, day, 8).await.expect("take"));
+    // A caller that read "10 left" before the 8 were taken asks for 3: refused.
+    assert!(!store.try_take_quota(&key.id, day, 3).await.expect("take"));
+    assert!(
+        !store
+            .try_take_quota(&key.id, next_day, 1)
+            .await
+            .expect("take"),
+        "other period"
+    );
+    assert_eq!(used().await, (8, day));
+    assert_eq!(
+        store.take_quota(&key.id, day, 1, 5).await.expect("take"),
+        QuotaTake::Taken {
+            credits: 2,
+            used: 10,
+            limit: 10
+        },
+        "as many as are left, at least what is needed"
+    );
+    assert_eq!(
+        store.take_quota(&key.id, day, 1, 1).await.expect("take"),
+        QuotaTake::Exhausted {
+            used: 10,
+            limit: 10
+        }
+    );
+    store.return_quota(&key.id, day, 4).await.expect("return");
+    assert_eq!(used().await, (6, day));
+    assert_eq!(
+        store.take_quota(&key.id, day, 5, 5).await.expect("take"),
+        QuotaTake::Exhausted { used: 6, limit: 10 },
+        "fewer left than needed: nothing taken"
+    );
+    assert_eq!(used().await, (6, day));
+
+    // The next day: the row moves on, and the old day's credits are gone with it.
+    assert_eq!(
+        store
+            .take_quota(&key.id, next_day, 1, 3)
+            .await
+            .expect("take"),
+        QuotaTake::Taken {
+            credits: 3,
+            used: 3,
+            limit: 10
+        }
+    );
+    store.return_quota(&key.id, day, 2).await.expect("return");
+    assert_eq!(
+        used().await,
+        (3, next_day),
+        "a return for an ended period changes nothing"
+    );
+    // A clock behind the row's period spends nothing.
+    assert!(matches!(
+        store.take_quota(&key.id, day, 1, 1).await.expect("take"),
+        QuotaTake::Exhausted { .. }
+    ));
+
+    let plain = bot("quota", "unmetered");
+    store.create_key(&plain).await.expect("create");
+    assert_eq!(
+        store.take_quota(&plain.id, day, 1, 1).await.expect("take"),
+        QuotaTake::NoQuota
+    );
+    assert!(
+        !store
+            .try_take_quota(&plain.id, Micros(0), 1)
+            .await
+            .expect("take")
+    );
+    finish(db, store).await;
+}
+
 crate::store_tests!(
+    quota_credits_are_handed_out_by_a_conditional_write,
     a_key_round_trips_through_its_life_cycle,
     removing_a_member_deletes_their_user_keys_with_events,
     one_live_user_key_per_member_and_organization,
