@@ -13,6 +13,7 @@ use keygate::{
     },
     hostnames::AllowedHostnames,
     keys::parse_token,
+    limits::RateLimits,
     model::{KeyId, KeyName, Micros, OrganizationId, UserId},
     proto::{
         CreateKeyRequest, GetKeyRequest, KeyType, ListKeyEventsRequest, ListKeysRequest,
@@ -101,6 +102,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(OrganizationId::parse(&m.organization_id).is_ok());
             assert!(ScopeSet::parse(&m.scopes).is_ok());
             assert!(AllowedHostnames::parse(&m.allowed_hostnames).is_ok());
+            // Limits survive their stored form, whatever came in.
+            assert_eq!(RateLimits::decode(&cmd.rate_limits.encode()).as_ref(), Ok(&cmd.rate_limits));
+            assert!(cmd.rate_limits.len() <= 8);
+            assert_eq!(cmd.quota.is_some(), m.quota.is_some());
         }
         org(&m.organization_id);
         key_type(m.r#type);
@@ -134,6 +139,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(!paths.is_empty());
             assert_eq!(cmd.patch.name.is_some(), paths.iter().any(|p| p == "name"));
             assert_eq!(cmd.patch.scopes.is_some(), paths.iter().any(|p| p == "scopes"));
+            assert_eq!(cmd.patch.rate_limits.is_some(), paths.iter().any(|p| p == "rate_limits"));
+            assert_eq!(cmd.patch.quota.is_some(), paths.iter().any(|p| p == "quota"));
         }
         org(&m.organization_id);
         key_id(&m.id);
@@ -168,8 +175,9 @@ fuzz_target!(|data: &[u8]| {
         round_trip(&m);
         let scopes_ok = m.required_scopes.iter().all(|s| parse_scope(s).is_ok());
         let org_ok = m.organization_id.is_empty() || OrganizationId::parse(&m.organization_id).is_ok();
-        let parsed = Verification::new(&m.key, &m.required_scopes, &m.origin, &m.referer, &m.organization_id);
-        assert_eq!(parsed.is_ok(), scopes_ok && org_ok);
+        let cost_ok = m.cost.is_none_or(|c| c <= 1_000);
+        let parsed = Verification::new(&m.key, &m.required_scopes, &m.origin, &m.referer, &m.organization_id, m.cost);
+        assert_eq!(parsed.is_ok(), scopes_ok && org_ok && cost_ok);
         if let Ok(v) = parsed {
             assert_eq!(v.presented().is_ok(), parse_token(&m.key).is_ok());
         }
