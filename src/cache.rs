@@ -43,6 +43,9 @@ pub struct CachedKey {
     pub expire_time: Option<Micros>,
     pub rate_limits: RateLimits,
     pub quota: Option<Quota>,
+    /// Whose rate-limit buckets and quota this key spends: its own, or its
+    /// replacement's while it is in the grace period of a rotation.
+    pub limits_id: KeyId,
     /// Verifications since the last usage flush (see `usage`).
     pub(crate) usage: Usage,
 }
@@ -61,7 +64,18 @@ impl CachedKey {
             name: record.name.as_str().to_owned(),
             scopes: Vec::new(),
             expire_time: record.expire_time.map(|t| t.to_timestamp()),
+            rotated_to_id: record
+                .rotated_to_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
         };
+        // A key in the grace period of its rotation spends its replacement's
+        // limits: the two keys never hold two quotas or two bursts at once.
+        let limits_id = record
+            .rotated_to_id
+            .clone()
+            .unwrap_or_else(|| record.id.clone());
         Self {
             id: record.id,
             verified,
@@ -71,6 +85,7 @@ impl CachedKey {
             expire_time: record.expire_time,
             rate_limits: record.rate_limits,
             quota: record.quota,
+            limits_id,
             usage: Usage::default(),
         }
     }

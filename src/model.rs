@@ -259,6 +259,10 @@ pub struct KeyRecord {
     /// has ended has used nothing of the current one.
     pub quota_used: u64,
     pub quota_period_start: Micros,
+    /// The key that replaced this one, set by a rotation.
+    pub rotated_to_id: Option<KeyId>,
+    /// The key this one replaced.
+    pub rotated_from_id: Option<KeyId>,
 }
 
 impl KeyRecord {
@@ -315,6 +319,8 @@ impl KeyRecord {
             quota: None,
             quota_used: 0,
             quota_period_start: Micros(0),
+            rotated_to_id: None,
+            rotated_from_id: None,
         }
     }
 }
@@ -363,6 +369,8 @@ pub enum EventAction {
     Updated,
     Revoked,
     Deleted,
+    Rotated,
+    Leaked,
 }
 
 impl EventAction {
@@ -372,6 +380,8 @@ impl EventAction {
             Self::Updated => 2,
             Self::Revoked => 3,
             Self::Deleted => 4,
+            Self::Rotated => 5,
+            Self::Leaked => 6,
         }
     }
 }
@@ -386,6 +396,8 @@ impl TryFrom<i64> for EventAction {
             2 => Ok(Self::Updated),
             3 => Ok(Self::Revoked),
             4 => Ok(Self::Deleted),
+            5 => Ok(Self::Rotated),
+            6 => Ok(Self::Leaked),
             _ => Err(Invalid("not an event action")),
         }
     }

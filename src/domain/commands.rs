@@ -385,6 +385,45 @@ impl UpdateKey {
     }
 }
 
+/// The longest grace period of a rotation: 7 days.
+pub const MAX_GRACE: Micros = Micros(7 * 86_400 * 1_000_000);
+
+#[derive(Debug, Clone)]
+pub struct RotateKey {
+    pub key: KeyRef,
+    /// `None`: revoke the old key at once; otherwise how long it keeps verifying.
+    pub grace: Option<Micros>,
+}
+
+impl RotateKey {
+    pub fn parse(req: &proto::RotateKeyRequest) -> Result<Self, Violations> {
+        let grace = match &req.grace_period {
+            None => Ok(None),
+            Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(None),
+            Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Violations::one(
+                "grace_period",
+                "must not be negative: 0 revokes the old key at once",
+            )),
+            Some(d) => {
+                let micros = d
+                    .seconds
+                    .saturating_mul(1_000_000)
+                    .saturating_add(i64::from(d.nanos / 1_000));
+                if !(1_000_000..=MAX_GRACE.0).contains(&micros) {
+                    Err(Violations::one(
+                        "grace_period",
+                        "must be 0 (revoke the old key at once) or from 1s to 7 days",
+                    ))
+                } else {
+                    Ok(Some(Micros(micros)))
+                }
+            }
+        };
+        let (key, grace) = (KeyRef::parse(&req.organization_id, &req.id), grace).all()?;
+        Ok(Self { key, grace })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RemoveMember {
     pub organization_id: OrganizationId,

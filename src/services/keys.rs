@@ -11,7 +11,9 @@ use crate::{
     clock::SharedClock,
     domain::{
         Error,
-        commands::{Context, CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, UpdateKey},
+        commands::{
+            Context, CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey, UpdateKey,
+        },
         paging::{Page, TokenKind},
         policy,
     },
@@ -152,6 +154,8 @@ impl KeyService {
             quota: cmd.quota,
             quota_used: 0,
             quota_period_start: cmd.quota.map_or(Micros(0), |q| q.period.start(now)),
+            rotated_to_id: None,
+            rotated_from_id: None,
         };
         self.store.create_key(&key).await?;
         // Someone may have presented this exact secret before it existed: the
@@ -208,6 +212,48 @@ impl KeyService {
             Change::Key(&key.id, "updated"),
         );
         Ok(updated.as_of(now))
+    }
+
+    /// Replaces a key with a new one that copies its settings; returns the new
+    /// key, its secret (here and nowhere else) and the old key after the change.
+    pub async fn rotate(
+        &self,
+        actor: &Actor,
+        cmd: RotateKey,
+    ) -> Result<(KeyRecord, Secret, KeyRecord), Error> {
+        let old = self.accessible(actor, &cmd.key).await?;
+        let now = self.clock.now();
+        let secret = Secret::generate(&self.prefix);
+        let new = KeyRecord {
+            id: KeyId::generate(),
+            secret_hash: secret.hash(),
+            key_prefix: secret.key_prefix(),
+            last_four: secret.last_four(),
+            request_count: 0,
+            create_time: now,
+            update_time: now,
+            last_used_time: None,
+            revoke_time: None,
+            created_by: actor.id.clone(),
+            // Set from the locked row in the store's transaction.
+            quota_used: 0,
+            quota_period_start: old.quota.map_or(Micros(0), |q| q.period.start(now)),
+            rotated_to_id: None,
+            rotated_from_id: Some(old.id.clone()),
+            ..old.clone()
+        };
+        let grace_until = cmd.grace.map(|g| Micros(now.0.saturating_add(g.0)));
+        let (previous, new) = self
+            .store
+            .rotate_key(&old.id, &new, grace_until, now)
+            .await?;
+        self.changed(
+            actor,
+            &old.organization_id,
+            &[old.secret_hash, new.secret_hash],
+            Change::Key(&old.id, "rotated"),
+        );
+        Ok((new.as_of(now), secret, previous.as_of(now)))
     }
 
     /// Revoking a revoked key succeeds and keeps the first revoke time.

@@ -194,7 +194,7 @@ impl RateLimiter {
     }
 
     fn entry(&self, key: &CachedKey) -> Entry {
-        self.local.get_with_by_ref(&key.id, || {
+        self.local.get_with_by_ref(&key.limits_id, || {
             Arc::new(Mutex::new(KeyBuckets::new(&key.rate_limits)))
         })
     }
@@ -246,7 +246,13 @@ impl RateLimiter {
             shared.lease_size(&key.rate_limits).max(u64::from(cost))
         };
         let reply = shared
-            .lease(&key.id, &key.rate_limits, u64::from(cost.max(1)), want, now)
+            .lease(
+                &key.limits_id,
+                &key.rate_limits,
+                u64::from(cost.max(1)),
+                want,
+                now,
+            )
             .await;
         let mut b = lock(&entry);
         b.follow(&key.rate_limits, now);
@@ -318,7 +324,7 @@ impl RateLimiter {
         if cost == 0 {
             return;
         }
-        if let Some(entry) = self.local.get(&key.id) {
+        if let Some(entry) = self.local.get(&key.limits_id) {
             let mut b = lock(&entry);
             for (l, bucket) in b.limits.clone().iter().zip(b.buckets.iter_mut()) {
                 bucket.give_back(l, cost);

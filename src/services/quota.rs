@@ -121,7 +121,7 @@ impl Quotas {
     ) -> Result<QuotaDecision, Error> {
         let period = quota.period.start(now);
         let need = u64::from(cost.max(1));
-        let entry = self.lease(&key.id);
+        let entry = self.lease(&key.limits_id);
         let mut lease = entry.lock().await;
         if lease.period != period {
             // Credits of an ended period are gone with it (the store agrees).
@@ -139,7 +139,8 @@ impl Quotas {
                 .exhausted
                 .is_some_and(|(at, limit)| limit == quota.limit && now.0 < at.0 + EXHAUSTED_FOR.0);
             if !believed_exhausted {
-                self.take(&key.id, &mut lease, need, quota, now).await?;
+                self.take(&key.limits_id, &mut lease, need, quota, now)
+                    .await?;
             }
         }
         let allowed = lease.credits >= need;

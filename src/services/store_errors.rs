@@ -23,6 +23,7 @@ impl From<&StoreError> for Error {
             StoreError::Revoked => {
                 Self::FailedPrecondition("the key is revoked and cannot be updated")
             }
+            StoreError::Precondition(why) => Self::FailedPrecondition(why),
             StoreError::LiveUserKeyExists => Self::AlreadyExists(
                 "this user already has a live user key in this organization; revoke it first",
             ),

@@ -39,6 +39,9 @@ pub enum StoreError {
     NotFound,
     #[error("key is revoked")]
     Revoked,
+    /// The key is not in a state the operation applies to; the text says why.
+    #[error("{0}")]
+    Precondition(&'static str),
     /// A row that keygate cannot have written; someone edited the database by hand.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },

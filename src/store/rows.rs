@@ -23,7 +23,7 @@ macro_rules! key_columns {
         "id, organization_id, key_type, user_id, name, scopes, \
          allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
          update_time, last_used_time, revoke_time, expire_time, created_by, rate_limits, \
-         quota_limit, quota_period, quota_used, quota_period_start"
+         quota_limit, quota_period, quota_used, quota_period_start, rotated_to_id, rotated_from_id"
     };
 }
 pub(super) use key_columns;
@@ -52,6 +52,8 @@ pub(super) struct KeyRow {
     quota_period: Option<i64>,
     quota_used: i64,
     quota_period_start: i64,
+    rotated_to_id: Option<Vec<u8>>,
+    rotated_from_id: Option<Vec<u8>>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -156,6 +158,14 @@ impl TryFrom<KeyRow> for KeyRecord {
             quota,
             quota_used: u64::try_from(r.quota_used).map_err(|_| corrupt(T, "quota_used"))?,
             quota_period_start: Micros(r.quota_period_start),
+            rotated_to_id: r
+                .rotated_to_id
+                .map(|id| parsed(id, T, "rotated_to_id", KeyId::parse))
+                .transpose()?,
+            rotated_from_id: r
+                .rotated_from_id
+                .map(|id| parsed(id, T, "rotated_from_id", KeyId::parse))
+                .transpose()?,
         })
     }
 }

@@ -122,6 +122,50 @@ macro_rules! record_event {
     }};
 }
 
+/// Inserts `$key` (a `&KeyRecord`) in transaction `$tx`; evaluates to the
+/// statement's result, so that the caller can tell a unique-index refusal apart.
+macro_rules! insert_key {
+    ($tx:expr, $key:expr) => {{
+        let key: &KeyRecord = $key;
+        sqlx::query(INSERT_KEY)
+            .bind(key.id.as_str())
+            .bind(key.organization_id.as_str())
+            .bind(key.owner.key_type().as_i64())
+            .bind(key.owner.user_id().map(UserId::as_str))
+            .bind(key.name.as_str())
+            .bind(join(key.scopes.iter()))
+            .bind(join(key.allowed_hostnames.to_vec()))
+            .bind(&key.secret_hash.as_bytes()[..])
+            .bind(&key.key_prefix)
+            .bind(&key.last_four)
+            .bind(0_i64)
+            .bind(key.create_time.0)
+            .bind(key.update_time.0)
+            .bind(None::<i64>)
+            .bind(None::<i64>)
+            .bind(key.expire_time.map(|t| t.0))
+            .bind(key.created_by.as_str())
+            .bind(key.rate_limits.encode())
+            .bind(
+                key.quota
+                    .map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX)),
+            )
+            .bind(key.quota.map(|q| q.period.as_i64()))
+            .bind(i64::try_from(key.quota_used).unwrap_or(i64::MAX))
+            .bind(key.quota_period_start.0)
+            .bind(key.rotated_to_id.as_ref().map(KeyId::as_str))
+            .bind(key.rotated_from_id.as_ref().map(KeyId::as_str))
+            .execute(&mut *$tx)
+            .await
+    }};
+}
+
+const INSERT_KEY: &str = concat!(
+    "INSERT INTO api_keys (",
+    key_columns!(),
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
+
 /// An event to record, borrowed from the change it belongs to.
 struct Event<'a> {
     key_id: &'a KeyId,
@@ -190,41 +234,10 @@ fn is_live_user_conflict(e: &sqlx::Error) -> bool {
 impl Store {
     /// Inserts a new key and its `CREATED` event in one transaction.
     pub async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             lock_organization!(tx, d, key.organization_id.as_str());
-            let inserted = sqlx::query(&sql)
-                .bind(key.id.as_str())
-                .bind(key.organization_id.as_str())
-                .bind(key.owner.key_type().as_i64())
-                .bind(key.owner.user_id().map(UserId::as_str))
-                .bind(key.name.as_str())
-                .bind(join(key.scopes.iter()))
-                .bind(join(key.allowed_hostnames.to_vec()))
-                .bind(&key.secret_hash.as_bytes()[..])
-                .bind(&key.key_prefix)
-                .bind(&key.last_four)
-                .bind(0_i64)
-                .bind(key.create_time.0)
-                .bind(key.update_time.0)
-                .bind(None::<i64>)
-                .bind(None::<i64>)
-                .bind(key.expire_time.map(|t| t.0))
-                .bind(key.created_by.as_str())
-                .bind(key.rate_limits.encode())
-                .bind(
-                    key.quota
-                        .map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX)),
-                )
-                .bind(key.quota.map(|q| q.period.as_i64()))
-                .bind(i64::try_from(key.quota_used).unwrap_or(i64::MAX))
-                .bind(key.quota_period_start.0)
-                .execute(&mut *tx)
-                .await;
+            let inserted = insert_key!(tx, key);
             match inserted {
                 Err(e) if is_live_user_conflict(&e) => return Err(StoreError::LiveUserKeyExists),
                 other => other?,
@@ -408,6 +421,112 @@ impl Store {
             );
             tx.commit().await?;
             Ok(key)
+        })
+    }
+
+    /// Replaces a live key with `new` in one transaction: the old key names its
+    /// replacement and is revoked (`grace_until` `None`) or expires at
+    /// `grace_until` (never later than its own expiry); the new key starts with
+    /// the old key's quota use in the current period. Events `ROTATED` (and
+    /// `REVOKED`) on the old key, `CREATED` on the new one. Returns the old key
+    /// as it is now and the new key as stored.
+    pub async fn rotate_key(
+        &self,
+        old_id: &KeyId,
+        new: &KeyRecord,
+        grace_until: Option<Micros>,
+        now: Micros,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+        let org = &new.organization_id;
+        let actor = &new.created_by;
+        // The old key stops counting as its owner's live user key here (the
+        // generated `live_user_id` leaves rotated keys out), before the new one
+        // is inserted.
+        let retire = "UPDATE api_keys SET rotated_to_id = ?, update_time = ?, \
+            revoke_time = CASE WHEN ? = 1 THEN ? ELSE revoke_time END, \
+            expire_time = CASE WHEN ? = 1 THEN expire_time \
+                WHEN expire_time IS NULL OR expire_time > ? THEN ? ELSE expire_time END \
+            WHERE organization_id = ? AND id = ? AND revoke_time IS NULL AND rotated_to_id IS NULL";
+        let revoke_now = i64::from(grace_until.is_none());
+        let until = grace_until.map_or(0, |t| t.0);
+        on_pool!(self, |p, d| {
+            let mut tx = p.begin().await?;
+            lock_organization!(tx, d, org.as_str());
+            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
+                .bind(org.as_str())
+                .bind(old_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let old = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            if old.revoke_time.is_some() {
+                return Err(StoreError::Precondition(
+                    "the key is revoked and cannot be rotated",
+                ));
+            }
+            if old.rotated_to_id.is_some() {
+                return Err(StoreError::Precondition(
+                    "the key was already rotated; rotate its replacement instead",
+                ));
+            }
+            if old.expire_time.is_some_and(|t| t <= now) {
+                return Err(StoreError::Precondition(
+                    "the key has expired and cannot be rotated",
+                ));
+            }
+            sqlx::query(retire)
+                .bind(new.id.as_str())
+                .bind(now.0)
+                .bind(revoke_now)
+                .bind(now.0)
+                .bind(revoke_now)
+                .bind(until)
+                .bind(until)
+                .bind(org.as_str())
+                .bind(old_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            // Rotation never hands out fresh credits: the replacement has used
+            // what the old key used in this period.
+            let mut new = new.clone();
+            if let (Some(q), Some(old_q)) = (new.quota, old.quota) {
+                let start = q.period.start(now);
+                if old_q.period == q.period && old.quota_period_start == start {
+                    new.quota_used = old.quota_used;
+                }
+                new.quota_period_start = start;
+            }
+            match insert_key!(tx, &new) {
+                Err(e) if is_live_user_conflict(&e) => return Err(StoreError::LiveUserKeyExists),
+                other => other?,
+            };
+            fn event<'a>(
+                key: &'a KeyRecord,
+                action: EventAction,
+                actor: &'a UserId,
+                time: Micros,
+            ) -> Event<'a> {
+                Event {
+                    key_id: &key.id,
+                    org: &key.organization_id,
+                    action,
+                    actor,
+                    time,
+                    hash: &key.secret_hash,
+                }
+            }
+            record_event!(tx, d, event(&old, EventAction::Rotated, actor, now));
+            if grace_until.is_none() {
+                record_event!(tx, d, event(&old, EventAction::Revoked, actor, now));
+            }
+            record_event!(tx, d, event(&new, EventAction::Created, actor, now));
+            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
+                .bind(org.as_str())
+                .bind(old_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let old = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            tx.commit().await?;
+            Ok((old, new))
         })
     }
 

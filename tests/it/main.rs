@@ -15,6 +15,7 @@ mod private_db;
 mod prometheus;
 mod properties;
 mod review;
+mod rotation;
 mod security;
 mod soak;
 mod store_suite;

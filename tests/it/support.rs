@@ -592,5 +592,7 @@ pub fn bot_record(
         quota: None,
         quota_used: 0,
         quota_period_start: keygate::model::Micros(0),
+        rotated_to_id: None,
+        rotated_from_id: None,
     }
 }

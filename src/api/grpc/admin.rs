@@ -6,7 +6,9 @@ use tonic::{Request, Response, Status};
 
 use super::auth::AdminTokens;
 use crate::{
-    domain::commands::{CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, UpdateKey},
+    domain::commands::{
+        CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey, UpdateKey,
+    },
     model::Actor,
     proto::{self, key_admin_server::KeyAdmin},
     services::KeyService,
@@ -104,6 +106,19 @@ impl KeyAdmin for AdminApi {
             .await?;
         Ok(Response::new(proto::RemoveMemberResponse {
             deleted_key_count: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<proto::RotateKeyRequest>,
+    ) -> Result<Response<proto::RotateKeyResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let (key, secret, previous) = self.keys.rotate(&actor, RotateKey::parse(&req)?).await?;
+        Ok(Response::new(proto::RotateKeyResponse {
+            key: Some((&key).into()),
+            secret: secret.into_exposed(),
+            previous_key: Some((&previous).into()),
         }))
     }
 

@@ -33,6 +33,8 @@ impl From<EventAction> for proto::KeyEventAction {
             EventAction::Updated => Self::Updated,
             EventAction::Revoked => Self::Revoked,
             EventAction::Deleted => Self::Deleted,
+            EventAction::Rotated => Self::Rotated,
+            EventAction::Leaked => Self::Leaked,
         }
     }
 }
@@ -81,6 +83,16 @@ impl From<&KeyRecord> for proto::ApiKey {
                 used,
                 reset_time: reset.map(Micros::to_timestamp),
             }),
+            rotated_to_id: k
+                .rotated_to_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
+            rotated_from_id: k
+                .rotated_from_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 }
