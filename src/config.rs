@@ -153,6 +153,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "1s")]
     pub usage_flush_interval: humantime::Duration,
 
+    /// HTTP listener for leak reports (`POST /v1/leaks/github`); off by default.
+    #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// GitHub's secret-scanning public keys (`{"public_keys": [...]}` JSON), to
+    /// check the signature of leak reports; needs `--http-listen`.
+    #[arg(long, env = "KEYGATE_LEAK_REPORT_KEYS", requires = "http_listen")]
+    pub leak_report_keys: Option<PathBuf>,
+
     /// `redis://host:port/db`: share rate-limit counters across instances
     /// through this Redis; without it each instance counts alone.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL")]

@@ -169,6 +169,21 @@ impl SecretHash {
     pub fn from_slice(b: &[u8]) -> Option<SecretHash> {
         <[u8; 32]>::try_from(b).ok().map(SecretHash)
     }
+
+    /// The SHA-256 of any string, key-shaped or not (leak reports answer with
+    /// the hash of every token they name).
+    pub fn of(s: &str) -> SecretHash {
+        hash_str(s)
+    }
+
+    /// Lower-case hex, as `sha256sum` prints it.
+    pub fn to_hex(&self) -> String {
+        use fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+    }
 }
 
 impl fmt::Debug for SecretHash {

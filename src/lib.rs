@@ -10,6 +10,7 @@ pub mod domain;
 pub mod hostnames;
 pub mod invalidation;
 pub mod keys;
+pub mod leaks;
 pub mod limits;
 pub mod logging;
 pub mod lookup;

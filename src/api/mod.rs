@@ -3,3 +3,4 @@
 //! the product lives here.
 
 pub mod grpc;
+pub mod http;

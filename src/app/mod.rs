@@ -27,11 +27,15 @@ pub use health::check_health;
 use transport::{Limits, bind, load_tls, server_builder};
 
 use crate::{
-    api::grpc::{AdminApi, AdminTokens, VerifyApi, observe::ObserveAdminLayer},
+    api::{
+        grpc::{AdminApi, AdminTokens, VerifyApi, observe::ObserveAdminLayer},
+        http::{HttpConfig, leaks::LeakRoute},
+    },
     cache::{CacheConfig, KeyCache},
     clock::{SharedClock, SystemClock},
     config::{DatabaseArgs, ServeArgs},
     invalidation::Poller,
+    leaks::LeakKeys,
     lookup::Lookups,
     proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
     scopes::ScopeCatalog,
@@ -71,6 +75,10 @@ pub enum AppError {
     Join(#[from] tokio::task::JoinError),
     #[error("--rate-limit-redis-url: {0}")]
     Redis(String),
+    #[error("HTTP server failed: {0}")]
+    Http(String),
+    #[error("--leak-report-keys: {0}")]
+    LeakKeys(#[from] crate::leaks::KeysFileError),
 }
 
 /// Opens the store named by the database flags and brings its schema up to date.
@@ -90,6 +98,8 @@ pub struct App {
     addr: SocketAddr,
     /// Where KeyAdmin is served when it has a listener of its own.
     admin_addr: Option<SocketAddr>,
+    /// Where the HTTP routes are served (`--http-listen`).
+    http_addr: Option<SocketAddr>,
     generated_token: Option<String>,
     metrics_addr: SocketAddr,
     /// Stops the gRPC servers; background tasks are stopped after they have
@@ -213,6 +223,7 @@ impl App {
         let Serving {
             addr,
             admin_addr,
+            http_addr,
             servers,
         } = serve(
             &args,
@@ -225,6 +236,7 @@ impl App {
         tracing::info!(
             %addr,
             admin_addr = admin_addr.map(tracing::field::display),
+            http_addr = http_addr.map(tracing::field::display),
             %metrics_addr,
             tls = tls.is_some(),
             mtls = args.tls_client_ca.is_some(),
@@ -234,6 +246,7 @@ impl App {
         Ok(Self {
             addr,
             admin_addr,
+            http_addr,
             generated_token,
             metrics_addr,
             stop_servers,
@@ -258,6 +271,12 @@ impl App {
     /// actually bound, useful with port 0); otherwise KeyAdmin is on [`App::addr`].
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where the HTTP routes are served (the address actually bound), when
+    /// `--http-listen` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The admin token generated because none was configured.
@@ -321,10 +340,11 @@ async fn start_background(
     Ok(metrics_addr)
 }
 
-/// The gRPC servers running, and where.
+/// The servers running, and where.
 struct Serving {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     servers: Vec<JoinHandle<Result<(), AppError>>>,
 }
 
@@ -338,6 +358,7 @@ fn serve(
     health_service: HealthServer<impl Health>,
     stop: &CancellationToken,
 ) -> Result<Serving, AppError> {
+    let http_keys = services.keys.clone();
     let verify = KeyVerifyServer::new(VerifyApi::new(services.verifier))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Counting and logging wrap the whole service, so no RPC is left out.
@@ -364,6 +385,28 @@ fn serve(
     let (incoming, addr) = bind(args.listen)?;
     let admin_listener = args.admin_listen.map(bind).transpose()?;
     let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
+    let http = match args.http_listen {
+        None => None,
+        Some(http_listen) => {
+            let leaks = args
+                .leak_report_keys
+                .as_deref()
+                .map(LeakKeys::load)
+                .transpose()?
+                .map(|keys| Arc::new(LeakRoute::new(keys, http_keys)));
+            let config = HttpConfig {
+                leaks,
+                request_timeout: args.request_timeout.into(),
+            };
+            let listener = std::net::TcpListener::bind(http_listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| AppError::Listen {
+                    addr: http_listen,
+                    source,
+                })?;
+            Some((listener, config))
+        }
+    };
 
     // With an admin listener of its own, KeyAdmin is not routed on the main
     // one at all (calls there get UNIMPLEMENTED), so a network policy on the
@@ -393,6 +436,23 @@ fn serve(
             async move { serve.await.map_err(AppError::from) },
         ));
     }
+    let mut http_addr = None;
+    if let Some((listener, config)) = http {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|source| AppError::Listen {
+                addr: args.http_listen.unwrap_or(addr),
+                source,
+            })?;
+        http_addr = listener.local_addr().ok();
+        let stop = stop.clone();
+        let app = crate::api::http::router(config);
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .map_err(|e| AppError::Http(e.to_string()))
+        }));
+    }
     let serve = main.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
     servers.push(tokio::spawn(
         async move { serve.await.map_err(AppError::from) },
@@ -400,6 +460,7 @@ fn serve(
     Ok(Serving {
         addr,
         admin_addr,
+        http_addr,
         servers,
     })
 }

@@ -4,7 +4,7 @@
 //! [`KeyService::changed`] and nowhere else, so no new operation can forget the
 //! invalidation that makes a revocation take effect at once.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
     cache::KeyCache,
@@ -17,10 +17,11 @@ use crate::{
         paging::{Page, TokenKind},
         policy,
     },
-    keys::{KeyPrefix, Secret, SecretHash},
+    keys::{KeyPrefix, Secret, SecretHash, parse_token},
+    leaks::{Label, ReportedToken, TOKEN_TYPE, Verdict},
     model::{Actor, KeyEvent, KeyId, KeyRecord, Micros, OrganizationId, UserId},
     scopes::ScopeCatalog,
-    store::{KeyFilter, Store, StoreError},
+    store::{KeyFilter, MAX_HASHES_PER_READ, Store, StoreError},
 };
 
 /// What a change did, for its log line.
@@ -254,6 +255,63 @@ impl KeyService {
             Change::Key(&old.id, "rotated"),
         );
         Ok((new.as_of(now), secret, previous.as_of(now)))
+    }
+
+    /// Revokes every live key a (verified) leak report names, each with events
+    /// `LEAKED` and `REVOKED` by `actor`, and answers each token in order. A
+    /// token that is not a keygate key, or names no key, is a false positive; so
+    /// is a key revoked already (nothing left to do).
+    pub async fn report_leaks(
+        &self,
+        actor: &Actor,
+        tokens: &[ReportedToken],
+    ) -> Result<Vec<Verdict>, Error> {
+        let hashes: Vec<Option<SecretHash>> =
+            tokens.iter().map(|t| parse_token(&t.token).ok()).collect();
+        let wanted: Vec<SecretHash> = hashes.iter().flatten().copied().collect();
+        let mut found = HashMap::new();
+        for chunk in wanted.chunks(MAX_HASHES_PER_READ) {
+            for key in self.stored(self.store.find_by_hashes(chunk)).await? {
+                found.insert(key.secret_hash, key);
+            }
+        }
+        let now = self.clock.now();
+        let mut labels: HashMap<SecretHash, Label> = HashMap::new();
+        for hash in &wanted {
+            if labels.contains_key(hash) {
+                continue;
+            }
+            let label = match found.get(hash) {
+                Some(key) if key.revoke_time.is_none() => {
+                    let revoked = self
+                        .store
+                        .revoke_leaked(&key.organization_id, &key.id, &actor.id, now)
+                        .await?;
+                    if revoked {
+                        self.changed(
+                            actor,
+                            &key.organization_id,
+                            &[key.secret_hash],
+                            Change::Key(&key.id, "revoked as leaked"),
+                        );
+                    }
+                    Label::TruePositive
+                }
+                _ => Label::FalsePositive,
+            };
+            labels.insert(*hash, label);
+        }
+        Ok(tokens
+            .iter()
+            .zip(&hashes)
+            .map(|(t, hash)| Verdict {
+                token_hash: hash.unwrap_or_else(|| SecretHash::of(&t.token)).to_hex(),
+                token_type: TOKEN_TYPE,
+                label: hash
+                    .and_then(|h| labels.get(&h).copied())
+                    .unwrap_or(Label::FalsePositive),
+            })
+            .collect())
     }
 
     /// Revoking a revoked key succeeds and keeps the first revoke time.

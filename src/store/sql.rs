@@ -538,6 +538,35 @@ impl Store {
         actor: &UserId,
         now: Micros,
     ) -> Result<KeyRecord, StoreError> {
+        self.revoke(org, id, actor, now, false).await
+    }
+
+    /// Revokes a key reported as leaked: events `LEAKED` then `REVOKED`, in one
+    /// transaction with the change. Returns whether this call revoked it (a
+    /// key already revoked changes nothing and writes no event).
+    pub async fn revoke_leaked(
+        &self,
+        org: &OrganizationId,
+        id: &KeyId,
+        actor: &UserId,
+        now: Micros,
+    ) -> Result<bool, StoreError> {
+        let before = self.get_key(org, id).await?.ok_or(StoreError::NotFound)?;
+        if before.revoke_time.is_some() {
+            return Ok(false);
+        }
+        let after = self.revoke(org, id, actor, now, true).await?;
+        Ok(after.revoke_time == Some(now))
+    }
+
+    async fn revoke(
+        &self,
+        org: &OrganizationId,
+        id: &KeyId,
+        actor: &UserId,
+        now: Micros,
+        leaked: bool,
+    ) -> Result<KeyRecord, StoreError> {
         let revoke = "UPDATE api_keys SET revoke_time = ?, update_time = ? \
             WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
         on_pool!(self, |p, d| {
@@ -557,6 +586,20 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let key = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            if revoked > 0 && leaked {
+                record_event!(
+                    tx,
+                    d,
+                    Event {
+                        key_id: id,
+                        org,
+                        action: EventAction::Leaked,
+                        actor,
+                        time: now,
+                        hash: &key.secret_hash,
+                    }
+                );
+            }
             if revoked > 0 {
                 record_event!(
                     tx,

@@ -1,0 +1,99 @@
+//! `POST /v1/leaks/github`: GitHub's secret scanning partner endpoint. The
+//! signature over the raw body is checked before anything is parsed; a report
+//! that fails it gets 401 and changes nothing. Tokens are never logged: a
+//! report's tokens may be live keys.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+
+use super::error;
+use crate::{
+    domain::Error,
+    leaks::{LeakKeys, MAX_BODY_BYTES, parse_report},
+    model::{Actor, Role, UserId},
+    services::KeyService,
+};
+
+/// The actor of every change a leak report makes, in events and logs.
+pub const ACTOR: &str = "secret-scanning";
+
+#[derive(Debug)]
+pub struct LeakRoute {
+    keys: LeakKeys,
+    service: KeyService,
+    actor: Actor,
+}
+
+impl LeakRoute {
+    pub fn new(keys: LeakKeys, service: KeyService) -> Self {
+        Self {
+            keys,
+            service,
+            actor: Actor {
+                id: UserId::parse(ACTOR).unwrap_or_else(|_| unreachable!("a valid user id")),
+                role: Role::Admin,
+            },
+        }
+    }
+}
+
+pub fn routes(route: Arc<LeakRoute>) -> Router {
+    Router::new()
+        .route("/v1/leaks/github", post(report))
+        // Larger bodies are refused with 413 before the signature is checked.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(route)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn report(State(route): State<Arc<LeakRoute>>, headers: HeaderMap, body: Bytes) -> Response {
+    let signed = route.keys.verify(
+        header(&headers, "github-public-key-identifier"),
+        header(&headers, "github-public-key-signature"),
+        &body,
+    );
+    if let Err(e) = signed {
+        tracing::warn!(reason = %e, bytes = body.len(), "leak report refused");
+        return error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    let tokens = match parse_report(&body) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    match route.service.report_leaks(&route.actor, &tokens).await {
+        Ok(verdicts) => {
+            let revoked = verdicts
+                .iter()
+                .filter(|v| v.label == crate::leaks::Label::TruePositive)
+                .count();
+            tracing::info!(tokens = tokens.len(), revoked, "leak report handled");
+            let body = serde_json::to_string(&verdicts).unwrap_or_else(|_| "[]".into());
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        // GitHub retries a report that fails: nothing is lost by answering 503.
+        Err(Error::Unavailable) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is unavailable; retry later",
+        ),
+        Err(e) => {
+            tracing::error!(error = ?e, "leak report failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
