@@ -162,6 +162,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_LEAK_REPORT_KEYS", requires = "http_listen")]
     pub leak_report_keys: Option<PathBuf>,
 
+    /// Endpoints every key event is POSTed to, comma-separated (signed with
+    /// `--webhook-secret`).
+    #[arg(long, env = "KEYGATE_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+
+    /// `whsec_<base64>`: the Standard Webhooks signing secret.
+    #[arg(long, env = "KEYGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
     /// `redis://host:port/db`: share rate-limit counters across instances
     /// through this Redis; without it each instance counts alone.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL")]

@@ -22,3 +22,4 @@ pub mod scopes;
 pub mod services;
 pub mod store;
 pub mod usage;
+pub mod webhooks;

@@ -161,6 +161,16 @@ fn describe() {
         Unit::Count,
         "Quota credits this instance has taken from the store and not yet spent or given back"
     );
+    describe_counter!(
+        "keygate_webhook_deliveries_total",
+        Unit::Count,
+        "Webhook POSTs by result: delivered (2xx), failed_attempt (retried later) or given_up (no attempt succeeded in 24 hours)"
+    );
+    describe_gauge!(
+        "keygate_webhook_oldest_undelivered_seconds",
+        Unit::Seconds,
+        "Age of the oldest event an endpoint has not received yet (0 when none is waiting)"
+    );
     describe_gauge!(
         "keygate_build_info",
         Unit::Count,

@@ -44,6 +44,7 @@ use crate::{
     },
     store::{PoolConfig, Store},
     usage::UsageRecorder,
+    webhooks::delivery::Webhooks,
 };
 
 /// The largest request keygate decodes; a legitimate one is a few KiB at most.
@@ -75,6 +76,8 @@ pub enum AppError {
     Join(#[from] tokio::task::JoinError),
     #[error("--rate-limit-redis-url: {0}")]
     Redis(String),
+    #[error("{0}")]
+    Webhooks(#[from] crate::webhooks::delivery::WebhookConfigError),
     #[error("HTTP server failed: {0}")]
     Http(String),
     #[error("--leak-report-keys: {0}")]
@@ -118,6 +121,7 @@ struct Services {
     usage: Arc<UsageRecorder>,
     quotas: Arc<Quotas>,
     cache: Arc<KeyCache>,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 impl Services {
@@ -149,6 +153,18 @@ impl Services {
             .map_err(|e| AppError::Redis(format!("not a usable Redis URL ({:?})", e.kind())))?;
         // Rate-limit state is kept for as many keys as the key cache holds.
         let rate_limits = Arc::new(RateLimiter::new(args.cache_capacity.max(1), shared_limits));
+        // Checked before anything starts: a bad URL or secret stops the start.
+        let webhooks = (!args.webhook_url.is_empty())
+            .then(|| {
+                Webhooks::new(
+                    store.clone(),
+                    &args.webhook_url,
+                    args.webhook_secret.as_deref(),
+                    Arc::clone(clock),
+                )
+            })
+            .transpose()?
+            .map(Arc::new);
         let quotas = Arc::new(Quotas::new(
             store.clone(),
             args.database.database_timeout.into(),
@@ -182,6 +198,7 @@ impl Services {
             usage,
             quotas,
             cache,
+            webhooks,
         })
     }
 }
@@ -325,6 +342,9 @@ async fn start_background(
     // After the servers have drained, so no call spends credits meanwhile; the
     // last sweep gives every unspent credit back before the store closes.
     tasks.spawn(Arc::clone(&services.quotas).run(Arc::clone(clock), stop.clone()));
+    if let Some(webhooks) = &services.webhooks {
+        tasks.spawn(Arc::clone(webhooks).run(stop.clone()));
+    }
     tasks.spawn(health::watch_store_health(
         store.clone(),
         health,

@@ -6,6 +6,7 @@
 
 mod dialect;
 mod mysql;
+mod outbox;
 mod rows;
 mod sql;
 mod sqlite;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use sqlx::{MySqlPool, SqlitePool};
 
+pub use outbox::Delivery;
 pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ, QuotaTake, UsageDelta};
 
 /// Failures of the store, as the service layer needs to tell them apart.

@@ -16,6 +16,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     usage_update,
     bump_event_seq: "INSERT INTO org_event_seq (organization_id, last_seq) VALUES (?, ?) \
         ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
+    insert_ignore: "INSERT IGNORE",
 };
 
 /// MySQL 8 and MariaDB agree on a multi-table UPDATE over a UNION ALL derived

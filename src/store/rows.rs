@@ -66,19 +66,22 @@ pub(super) struct EventRow {
     event_time: i64,
 }
 
+/// An event due for a webhook delivery, with its delivery's attempts so far.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DeliveryRow {
+    id: i64,
+    attempts: i64,
+    #[sqlx(flatten)]
+    event: EventRow,
+    key_snapshot: Option<Vec<u8>>,
+}
+
 /// What the invalidation poll reads of an event.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct ChangeRow {
     id: i64,
     secret_hash: Vec<u8>,
     event_time: i64,
-}
-
-/// A key to delete with its member: its id for the event, its hash for caches.
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct DeletedRow {
-    id: Vec<u8>,
-    secret_hash: Vec<u8>,
 }
 
 pub(super) fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
@@ -191,6 +194,23 @@ impl TryFrom<EventRow> for KeyEvent {
     }
 }
 
+impl TryFrom<DeliveryRow> for super::Delivery {
+    type Error = StoreError;
+
+    fn try_from(r: DeliveryRow) -> Result<Self, StoreError> {
+        const T: &str = "key_events";
+        Ok(Self {
+            event_id: u64::try_from(r.id).map_err(|_| corrupt(T, "id"))?,
+            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            event: KeyEvent::try_from(r.event)?,
+            key_json: r
+                .key_snapshot
+                .map(|b| text(b, T, "key_snapshot"))
+                .transpose()?,
+        })
+    }
+}
+
 impl TryFrom<ChangeRow> for (u64, SecretHash, Micros) {
     type Error = StoreError;
 
@@ -200,18 +220,6 @@ impl TryFrom<ChangeRow> for (u64, SecretHash, Micros) {
             u64::try_from(r.id).map_err(|_| corrupt(T, "id"))?,
             hash(&r.secret_hash, T)?,
             Micros(r.event_time),
-        ))
-    }
-}
-
-impl TryFrom<DeletedRow> for (KeyId, SecretHash) {
-    type Error = StoreError;
-
-    fn try_from(r: DeletedRow) -> Result<Self, StoreError> {
-        const T: &str = "api_keys";
-        Ok((
-            parsed(r.id, T, "id", KeyId::parse)?,
-            hash(&r.secret_hash, T)?,
         ))
     }
 }

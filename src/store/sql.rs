@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 
 use super::{
     Pool, Store, StoreError, mysql,
-    rows::{ChangeRow, DeletedRow, EventRow, KeyRow, convert, corrupt, key_columns},
+    rows::{ChangeRow, EventRow, KeyRow, convert, corrupt, key_columns},
     sqlite,
 };
 use crate::{
@@ -42,6 +42,8 @@ macro_rules! on_pool {
         }
     };
 }
+
+pub(super) use on_pool;
 
 /// The columns of `api_keys` keygate reads for a key, in the order `rows::KeyRow`
 /// names them; public so that the bench's baseline reads the same row.
@@ -104,19 +106,21 @@ macro_rules! lock_organization {
 macro_rules! record_event {
     ($tx:expr, $d:expr, $e:expr) => {{
         let e: Event<'_> = $e;
-        let seq = reserve_event_ids!($tx, $d, e.org.as_str(), 1);
+        let seq = reserve_event_ids!($tx, $d, e.key.organization_id.as_str(), 1);
         sqlx::query(
             "INSERT INTO key_events \
-             (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq, \
+              key_snapshot) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(e.key_id.as_str())
-        .bind(e.org.as_str())
+        .bind(e.key.id.as_str())
+        .bind(e.key.organization_id.as_str())
         .bind(e.action.as_i64())
         .bind(e.actor.as_str())
         .bind(e.time.0)
-        .bind(&e.hash.as_bytes()[..])
+        .bind(&e.key.secret_hash.as_bytes()[..])
         .bind(seq)
+        .bind(crate::webhooks::payload::key_json(e.key).to_string())
         .execute(&mut *$tx)
         .await?;
     }};
@@ -168,13 +172,13 @@ const INSERT_KEY: &str = concat!(
 
 /// An event to record, borrowed from the change it belongs to.
 struct Event<'a> {
-    key_id: &'a KeyId,
-    org: &'a OrganizationId,
+    /// The key as this transaction leaves it: the event's key id, organization
+    /// and hash (which lets every instance drop the key from its cache, even
+    /// once its row is gone), and the snapshot webhooks carry.
+    key: &'a KeyRecord,
     action: EventAction,
     actor: &'a UserId,
     time: Micros,
-    /// Lets every instance drop the key from its cache, even once its row is gone.
-    hash: &'a SecretHash,
 }
 
 /// Keys per usage-flush statement: keeps the statement far below both back ends'
@@ -246,12 +250,10 @@ impl Store {
                 tx,
                 d,
                 Event {
-                    key_id: &key.id,
-                    org: &key.organization_id,
+                    key,
                     action: EventAction::Created,
                     actor: &key.created_by,
                     time: key.create_time,
-                    hash: &key.secret_hash,
                 }
             );
             tx.commit().await?;
@@ -411,12 +413,10 @@ impl Store {
                 tx,
                 d,
                 Event {
-                    key_id: id,
-                    org,
+                    key: &key,
                     action: EventAction::Updated,
                     actor,
                     time: now,
-                    hash: &key.secret_hash,
                 }
             );
             tx.commit().await?;
@@ -506,25 +506,23 @@ impl Store {
                 time: Micros,
             ) -> Event<'a> {
                 Event {
-                    key_id: &key.id,
-                    org: &key.organization_id,
+                    key,
                     action,
                     actor,
                     time,
-                    hash: &key.secret_hash,
                 }
             }
-            record_event!(tx, d, event(&old, EventAction::Rotated, actor, now));
-            if grace_until.is_none() {
-                record_event!(tx, d, event(&old, EventAction::Revoked, actor, now));
-            }
-            record_event!(tx, d, event(&new, EventAction::Created, actor, now));
             let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(old_id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
             let old = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            record_event!(tx, d, event(&old, EventAction::Rotated, actor, now));
+            if grace_until.is_none() {
+                record_event!(tx, d, event(&old, EventAction::Revoked, actor, now));
+            }
+            record_event!(tx, d, event(&new, EventAction::Created, actor, now));
             tx.commit().await?;
             Ok((old, new))
         })
@@ -591,12 +589,10 @@ impl Store {
                     tx,
                     d,
                     Event {
-                        key_id: id,
-                        org,
+                        key: &key,
                         action: EventAction::Leaked,
                         actor,
                         time: now,
-                        hash: &key.secret_hash,
                     }
                 );
             }
@@ -605,12 +601,10 @@ impl Store {
                     tx,
                     d,
                     Event {
-                        key_id: id,
-                        org,
+                        key: &key,
                         action: EventAction::Revoked,
                         actor,
                         time: now,
-                        hash: &key.secret_hash,
                     }
                 );
             }
@@ -628,32 +622,32 @@ impl Store {
         actor: &UserId,
         now: Micros,
     ) -> Result<Vec<SecretHash>, StoreError> {
-        let select = "SELECT id, secret_hash FROM api_keys \
-            WHERE organization_id = ? AND user_id = ? AND key_type = ?";
+        let select = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys \
+             WHERE organization_id = ? AND user_id = ? AND key_type = ?"
+        );
         let delete =
             "DELETE FROM api_keys WHERE organization_id = ? AND user_id = ? AND key_type = ?";
         let user_type = KeyType::User.as_i64();
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             lock_organization!(tx, d, org.as_str());
-            let rows: Vec<DeletedRow> = sqlx::query_as(select)
+            let rows: Vec<KeyRow> = sqlx::query_as(&select)
                 .bind(org.as_str())
                 .bind(user.as_str())
                 .bind(user_type)
                 .fetch_all(&mut *tx)
                 .await?;
-            let keys: Vec<(KeyId, SecretHash)> = convert(rows)?;
-            for (key_id, hash) in &keys {
+            let keys: Vec<KeyRecord> = convert(rows)?;
+            for key in &keys {
                 record_event!(
                     tx,
                     d,
                     Event {
-                        key_id,
-                        org,
+                        key,
                         action: EventAction::Deleted,
                         actor,
                         time: now,
-                        hash,
                     }
                 );
             }
@@ -671,7 +665,7 @@ impl Store {
                 ));
             }
             tx.commit().await?;
-            Ok(keys.into_iter().map(|(_, h)| h).collect())
+            Ok(keys.into_iter().map(|k| k.secret_hash).collect())
         })
     }
 

@@ -16,6 +16,7 @@ pub(super) const DIALECT: Dialect = Dialect {
     usage_update,
     bump_event_seq: "INSERT INTO org_event_seq (organization_id, last_seq) VALUES (?, ?) \
         ON CONFLICT (organization_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
+    insert_ignore: "INSERT OR IGNORE",
 };
 
 /// UPDATE … FROM a VALUES list (SQLite ≥ 3.33); VALUES is exempt from SQLite's

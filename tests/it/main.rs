@@ -24,3 +24,4 @@ mod support;
 mod tls;
 mod usage_limits;
 mod verify;
+mod webhooks;

@@ -443,6 +443,14 @@ impl RawDb {
         out
     }
 
+    /// The single integer a `SELECT COUNT(*) …` answers.
+    pub async fn count(&mut self, sql: &str) -> i64 {
+        match self {
+            Self::MySql(c) => sqlx::query_scalar(sql).fetch_one(c).await.expect("count"),
+            Self::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await.expect("count"),
+        }
+    }
+
     /// `(organization, id)` of the key stored with `hash`, if any.
     pub async fn key_of_hash(&mut self, hash: &SecretHash) -> Option<(OrganizationId, KeyId)> {
         let sql = "SELECT organization_id, id FROM api_keys WHERE secret_hash = ?";
