@@ -183,6 +183,30 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up `owner`'s leases on these deliveries without counting an
+    /// attempt: they are due again at once.
+    pub async fn webhook_release(
+        &self,
+        endpoint: &str,
+        event_ids: &[u64],
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE webhook_deliveries SET lease_until = 0 \
+            WHERE endpoint = ? AND event_id = ? AND lease_owner = ? AND state = 0";
+        for id in event_ids {
+            let id = i64::try_from(*id).map_err(|_| corrupt("webhook_deliveries", "event_id"))?;
+            on_pool!(self, |p, _d| {
+                sqlx::query(sql)
+                    .bind(endpoint)
+                    .bind(id)
+                    .bind(owner)
+                    .execute(p)
+                    .await?;
+            });
+        }
+        Ok(())
+    }
+
     /// When the oldest event `endpoint` has not received yet happened.
     pub async fn webhook_oldest_pending(
         &self,

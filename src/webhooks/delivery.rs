@@ -164,7 +164,7 @@ impl Webhooks {
                 continue;
             }
             for endpoint in &self.endpoints {
-                if let Err(e) = self.round(endpoint).await {
+                if let Err(e) = self.round(endpoint, &stop).await {
                     tracing::warn!(endpoint = %endpoint.url, error = %e, "webhook round failed; will retry");
                 }
             }
@@ -181,8 +181,15 @@ impl Webhooks {
         true
     }
 
-    /// New events into the outbox, then one batch of due deliveries.
-    async fn round(&self, endpoint: &Endpoint) -> Result<(), crate::store::StoreError> {
+    /// New events into the outbox, then one batch of due deliveries. On `stop`,
+    /// attempts still in flight are abandoned and their leases released, so a
+    /// hanging endpoint cannot hold up a shutdown and the next instance (or
+    /// this one restarted) retries them at once.
+    async fn round(
+        &self,
+        endpoint: &Endpoint,
+        stop: &CancellationToken,
+    ) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
         while self.store.webhook_fan_out(&endpoint.id, now, 500).await? == 500 {}
         let due = self
@@ -195,15 +202,26 @@ impl Webhooks {
                 BATCH,
             )
             .await?;
+        let mut pending: Vec<u64> = due.iter().map(|d| d.event_id).collect();
         let mut attempts = JoinSet::new();
         for delivery in due {
             let request = self.request(endpoint, &delivery);
             attempts.spawn(async move { (delivery, request.await) });
         }
-        while let Some(done) = attempts.join_next().await {
+        loop {
+            let done = tokio::select! {
+                done = attempts.join_next() => done,
+                () = stop.cancelled() => {
+                    attempts.abort_all();
+                    self.store.webhook_release(&endpoint.id, &pending, &self.owner).await?;
+                    return Ok(());
+                }
+            };
+            let Some(done) = done else { break };
             let Ok((delivery, result)) = done else {
                 continue;
             };
+            pending.retain(|id| *id != delivery.event_id);
             self.record(endpoint, &delivery, result).await?;
         }
         let oldest = self.store.webhook_oldest_pending(&endpoint.id).await?;

@@ -370,3 +370,53 @@ async fn two_instances_deliver_each_event_once() {
     b.shutdown().await.expect("stop b");
     a.stop().await;
 }
+
+/// An endpoint that accepts connections and never answers holds its requests
+/// open; meanwhile admin calls and verifications go on, since delivery runs on
+/// its own task and holds nothing they wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_blocks_neither_admin_calls_nor_verification() {
+    let held = Arc::new(AtomicUsize::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(|State(held): State<Arc<AtomicUsize>>| async move {
+                held.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<StatusCode>().await
+            }),
+        )
+        .with_state(Arc::clone(&held));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let flags = hook_flags(addr);
+    let app = spawn_app_with(Backend::Sqlite, &strs(&flags)).await;
+    let (_, first) = app
+        .create(admin(bot_key(ORG, "first", &["links:read"])))
+        .await;
+    eventually(
+        Duration::from_secs(30),
+        "a delivery held by the endpoint",
+        || async { held.load(Ordering::SeqCst) >= 1 },
+    )
+    .await;
+    for i in 0..10 {
+        let (_, secret) = app
+            .create(admin(bot_key(ORG, &format!("k{i}"), &["links:read"])))
+            .await;
+        assert_eq!(
+            app.verify_code(verify_req(&secret, &["links:read"])).await,
+            proto::VerifyCode::Valid
+        );
+    }
+    assert_eq!(
+        app.verify_code(verify_req(&first, &["links:read"])).await,
+        proto::VerifyCode::Valid
+    );
+    assert!(held.load(Ordering::SeqCst) >= 1, "still held");
+    app.stop().await;
+}
