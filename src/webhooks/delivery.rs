@@ -45,19 +45,29 @@ const GIVE_UP_AFTER: Micros = Micros(24 * 3_600_000_000);
 pub enum WebhookConfigError {
     #[error("--webhook-secret must be whsec_ followed by base64 (at least 16 bytes)")]
     Secret,
-    #[error("--webhook-url {0:?} is not an http:// or https:// URL")]
-    Url(String),
+    /// Named by position: a URL may hold a password, never echoed.
+    #[error("--webhook-url: entry {0} is not an http:// or https:// URL")]
+    Url(usize),
     #[error("--webhook-url needs --webhook-secret")]
     NoSecret,
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Endpoint {
     url: String,
+    /// The URL without credentials or query, for logs: a URL may carry a
+    /// password or a token, and no secret goes into a log line.
+    shown: String,
     /// SHA-256 of the URL: the endpoint's name in the store.
     id: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
 }
 
 #[derive(Debug)]
@@ -111,17 +121,25 @@ impl Webhooks {
     ) -> Result<Self, WebhookConfigError> {
         let signer = signer(secret.ok_or(WebhookConfigError::NoSecret)?)?;
         let mut endpoints = Vec::new();
-        for url in urls {
-            let parsed = url::Url::parse(url).map_err(|_| WebhookConfigError::Url(url.clone()))?;
+        for (i, url) in urls.iter().enumerate() {
+            let parsed = url::Url::parse(url).map_err(|_| WebhookConfigError::Url(i + 1))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                return Err(WebhookConfigError::Url(url.clone()));
+                return Err(WebhookConfigError::Url(i + 1));
             }
             let id = Sha256::digest(url.as_bytes())
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
+            let shown = format!(
+                "{}://{}{}{}",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or_default(),
+                parsed.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                parsed.path()
+            );
             endpoints.push(Endpoint {
                 url: url.clone(),
+                shown,
                 id,
             });
         }
@@ -165,7 +183,7 @@ impl Webhooks {
             }
             for endpoint in &self.endpoints {
                 if let Err(e) = self.round(endpoint, &stop).await {
-                    tracing::warn!(endpoint = %endpoint.url, error = %e, "webhook round failed; will retry");
+                    tracing::warn!(endpoint = %endpoint.shown, error = %e, "webhook round failed; will retry");
                 }
             }
         }
@@ -286,14 +304,14 @@ impl Webhooks {
             }
             Err(e) if now.0 - d.event.time.0 > GIVE_UP_AFTER.0 => {
                 self.metrics.given_up.increment(1);
-                tracing::error!(endpoint = %endpoint.url, event_id = d.event_id, error = %e,
+                tracing::error!(endpoint = %endpoint.shown, event_id = d.event_id, error = %e,
                     "webhook given up after 24 hours of failed attempts");
                 Err((None, e.as_str()))
             }
             Err(e) => {
                 self.metrics.failed.increment(1);
                 let retry = Micros(now.0 + backoff(d.attempts + 1).0);
-                tracing::warn!(endpoint = %endpoint.url, event_id = d.event_id, attempt = d.attempts + 1,
+                tracing::warn!(endpoint = %endpoint.shown, event_id = d.event_id, attempt = d.attempts + 1,
                     error = %e, "webhook attempt failed; will retry");
                 Err((Some(retry), e.as_str()))
             }
