@@ -110,7 +110,22 @@ impl CachedKey {
 pub struct Usage {
     pub(crate) count: AtomicU64,
     pub(crate) last_used: AtomicI64,
+    /// The same verifications by UTC hour and outcome, for the usage history:
+    /// two slots, by the hour's parity, so a flush (every second) always finds
+    /// the previous hour's counts in their own slot while the next hour fills
+    /// the other one. Fixed size: no allocation on the verify path.
+    pub(crate) hours: [HourSlot; 2],
 }
+
+/// Outcome counts of one UTC hour (`hour` is its start, in microseconds).
+#[derive(Debug, Default)]
+pub struct HourSlot {
+    pub(crate) hour: AtomicI64,
+    pub(crate) by_code: [AtomicU64; OUTCOMES],
+}
+
+/// Outcomes a verification that found its key can have (codes 1 and 5–11).
+pub const OUTCOMES: usize = 8;
 
 /// Sizes and lifetimes; a capacity of 0 disables that cache.
 #[derive(Debug, Clone)]

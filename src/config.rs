@@ -176,6 +176,19 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL")]
     pub rate_limit_redis_url: Option<String>,
 
+    /// How long hourly usage-history buckets are kept (daily ones: 400 days).
+    #[arg(long, env = "KEYGATE_USAGE_HISTORY_RETENTION", default_value = "35d")]
+    pub usage_history_retention: humantime::Duration,
+
+    /// How often old usage history is pruned (tests shorten it).
+    #[arg(
+        long,
+        env = "KEYGATE_USAGE_HISTORY_PRUNE_INTERVAL",
+        default_value = "60s",
+        hide = true
+    )]
+    pub usage_history_prune_interval: humantime::Duration,
+
     /// Tokio worker threads; defaults to the number of cores.
     #[arg(long, env = "KEYGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,

@@ -8,7 +8,7 @@
 //! of keys to flush. No map, no hashing, no key id copied on the request path.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::Duration,
 };
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::CachedKey,
+    domain::verify::Code,
     model::{KeyId, Micros},
     store::{Store, StoreError, UsageDelta},
 };
@@ -24,10 +25,15 @@ use crate::{
 /// Independent lists, so concurrent first uses of different keys rarely meet.
 const SHARDS: usize = 16;
 
-#[derive(Debug, Clone, Copy)]
+/// One microsecond-based UTC hour.
+const HOUR: i64 = 3_600_000_000;
+
+#[derive(Debug, Clone, Default)]
 struct Pending {
     count: u64,
     last_used: Micros,
+    /// `(hour start, VerifyCode number)` → verifications.
+    history: BTreeMap<(i64, i64), u64>,
 }
 
 impl Pending {
@@ -61,10 +67,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl UsageRecorder {
-    /// Counts one verification of a key; the hot path's only write.
-    pub fn record(&self, key: &Arc<CachedKey>, now: Micros) {
-        // `last_used` first: a flush that takes this count (Acquire on `count`)
-        // also sees this time.
+    /// Counts one verification of a key and its outcome; the hot path's only
+    /// write.
+    pub fn record(&self, key: &Arc<CachedKey>, now: Micros, code: Code) {
+        if let Some(i) = code.outcome_index() {
+            let hour = now.0.div_euclid(HOUR) * HOUR;
+            let slot = &key.usage.hours[usize::from(now.0.div_euclid(HOUR) % 2 != 0)];
+            if slot.hour.load(Ordering::Acquire) != hour {
+                // The first verification of this hour in this slot: what it
+                // held is two hours old and was taken by a flush long ago.
+                slot.hour.store(hour, Ordering::Release);
+            }
+            slot.by_code[i].fetch_add(1, Ordering::Relaxed);
+        }
+        // `last_used` and the outcome first: a flush that takes this count
+        // (Acquire on `count`) also sees them.
         key.usage.last_used.fetch_max(now.0, Ordering::Relaxed);
         if key.usage.count.fetch_add(1, Ordering::AcqRel) == 0 {
             // The first use since the last flush took this entry's count: list it.
@@ -87,22 +104,34 @@ impl UsageRecorder {
                 let last_used = Micros(key.usage.last_used.load(Ordering::Relaxed));
                 // With the cache off, or after an invalidation, one key can have
                 // several entries listed: their counts add up.
-                by_id
-                    .entry(key.id.clone())
-                    .or_insert(Pending {
-                        count: 0,
-                        last_used,
-                    })
-                    .add(count, last_used);
+                let pending = by_id.entry(key.id.clone()).or_insert(Pending {
+                    last_used,
+                    ..Pending::default()
+                });
+                pending.add(count, last_used);
+                for slot in &key.usage.hours {
+                    let hour = slot.hour.load(Ordering::Acquire);
+                    for (i, n) in slot.by_code.iter().enumerate() {
+                        let n = n.swap(0, Ordering::AcqRel);
+                        if let (true, Some(code)) = (n > 0, Code::from_outcome_index(i)) {
+                            *pending.history.entry((hour, code.number())).or_default() += n;
+                        }
+                    }
+                }
             }
         }
         by_id
             .into_iter()
-            .filter(|(_, p)| p.count > 0)
+            .filter(|(_, p)| p.count > 0 || !p.history.is_empty())
             .map(|(key_id, p)| UsageDelta {
                 key_id,
                 count: p.count,
                 last_used: p.last_used,
+                history: p
+                    .history
+                    .into_iter()
+                    .map(|((hour, code), n)| (Micros(hour), code, n))
+                    .collect(),
             })
             .collect()
     }
@@ -118,13 +147,14 @@ impl UsageRecorder {
             Err(e) => {
                 let mut retry = lock(&self.retry);
                 for d in batch {
-                    retry
-                        .entry(d.key_id)
-                        .or_insert(Pending {
-                            count: 0,
-                            last_used: d.last_used,
-                        })
-                        .add(d.count, d.last_used);
+                    let pending = retry.entry(d.key_id).or_insert(Pending {
+                        last_used: d.last_used,
+                        ..Pending::default()
+                    });
+                    pending.add(d.count, d.last_used);
+                    for (hour, code, n) in d.history {
+                        *pending.history.entry((hour.0, code)).or_default() += n;
+                    }
                 }
                 Err(e)
             }
@@ -156,6 +186,44 @@ impl UsageRecorder {
         }
         if let Err(e) = self.flush(&store).await {
             tracing::error!(error = %e, "final usage flush failed; these counts are lost");
+        }
+    }
+}
+
+/// Daily buckets are kept this long (DESIGN §14).
+const DAILY_RETENTION: i64 = 400 * 24 * HOUR;
+
+/// Deletes usage history past its retention every `interval` until `stop`:
+/// hourly buckets older than `retention`, daily ones older than 400 days, a
+/// thousand rows per statement so that no prune holds a lock for long.
+pub async fn prune_history(
+    store: Store,
+    clock: crate::clock::SharedClock,
+    retention: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let now = clock.now().0;
+        for (daily, keep) in [(false, retention), (true, DAILY_RETENTION)] {
+            let before = Micros(now.saturating_sub(keep));
+            loop {
+                match store.prune_usage_history(daily, before).await {
+                    Ok(n) if n >= 1000 && !stop.is_cancelled() => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "usage history prune failed; will retry");
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -194,12 +262,12 @@ mod tests {
         let usage = UsageRecorder::default();
         let id = KeyId::generate();
         let key = entry(&id);
-        usage.record(&key, Micros(10));
-        usage.record(&key, Micros(30));
-        usage.record(&key, Micros(20));
+        usage.record(&key, Micros(10), Code::Valid);
+        usage.record(&key, Micros(30), Code::Valid);
+        usage.record(&key, Micros(20), Code::Valid);
         assert_eq!(totals(&usage.take())[&id], (3, Micros(30)));
         assert!(usage.take().is_empty(), "nothing new was counted");
-        usage.record(&key, Micros(40));
+        usage.record(&key, Micros(40), Code::Valid);
         assert_eq!(totals(&usage.take())[&id], (1, Micros(40)));
     }
 
@@ -209,11 +277,11 @@ mod tests {
         let usage = UsageRecorder::default();
         let id = KeyId::generate();
         let (a, b) = (entry(&id), entry(&id));
-        usage.record(&a, Micros(5));
-        usage.record(&b, Micros(7));
-        usage.record(&a, Micros(6));
+        usage.record(&a, Micros(5), Code::Valid);
+        usage.record(&b, Micros(7), Code::Valid);
+        usage.record(&a, Micros(6), Code::Valid);
         let other = KeyId::generate();
-        usage.record(&entry(&other), Micros(1));
+        usage.record(&entry(&other), Micros(1), Code::Valid);
         let t = totals(&usage.take());
         assert_eq!(t[&id], (3, Micros(7)));
         assert_eq!(t[&other], (1, Micros(1)));
@@ -233,7 +301,7 @@ mod tests {
                     s.spawn(move || {
                         for i in 0..EACH {
                             let k = &keys[usize::try_from((i + t) % 8).expect("small")];
-                            usage.record(k, Micros(i64::try_from(i).expect("small")));
+                            usage.record(k, Micros(i64::try_from(i).expect("small")), Code::Valid);
                         }
                     })
                 })

@@ -339,6 +339,13 @@ async fn start_background(
         args.usage_flush_interval.into(),
         stop.clone(),
     ));
+    tasks.spawn(crate::usage::prune_history(
+        store.clone(),
+        Arc::clone(clock),
+        args.usage_history_retention.into(),
+        args.usage_history_prune_interval.into(),
+        stop.clone(),
+    ));
     // After the servers have drained, so no call spends credits meanwhile; the
     // last sweep gives every unspent credit back before the store closes.
     tasks.spawn(Arc::clone(&services.quotas).run(Arc::clone(clock), stop.clone()));

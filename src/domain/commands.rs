@@ -385,6 +385,69 @@ impl UpdateKey {
     }
 }
 
+const HOUR_MICROS: i64 = 3_600_000_000;
+const DAY_MICROS: i64 = 24 * HOUR_MICROS;
+
+#[derive(Debug, Clone)]
+pub struct GetKeyUsage {
+    pub key: KeyRef,
+    /// Days rather than hours.
+    pub daily: bool,
+    /// Start of the first bucket that overlaps the range.
+    pub from: Micros,
+    /// End of the range (exclusive).
+    pub to: Micros,
+}
+
+impl GetKeyUsage {
+    pub fn parse(req: &proto::GetKeyUsageRequest) -> Result<Self, Violations> {
+        let daily = match proto::UsageGranularity::try_from(req.granularity) {
+            Ok(proto::UsageGranularity::Hour) => Ok(false),
+            Ok(proto::UsageGranularity::Day) => Ok(true),
+            _ => Err(Violations::one(
+                "granularity",
+                "must be USAGE_GRANULARITY_HOUR or USAGE_GRANULARITY_DAY",
+            )),
+        };
+        let time = |name: &'static str, ts: Option<&prost_types::Timestamp>| {
+            ts.ok_or_else(|| Violations::one(name, "is required"))
+                .and_then(|ts| field(name, Micros::from_timestamp(ts)))
+        };
+        let (key, daily, start, end) = (
+            KeyRef::parse(&req.organization_id, &req.id),
+            daily,
+            time("start_time", req.start_time.as_ref()),
+            time("end_time", req.end_time.as_ref()),
+        )
+            .all()?;
+        if end <= start {
+            return Err(Violations::one("end_time", "must be after start_time"));
+        }
+        let (size, max, what) = if daily {
+            (
+                DAY_MICROS,
+                400 * DAY_MICROS,
+                "at most 400 days of daily buckets per call",
+            )
+        } else {
+            (
+                HOUR_MICROS,
+                31 * DAY_MICROS,
+                "at most 31 days of hourly buckets per call",
+            )
+        };
+        if end.0 - start.0 > max {
+            return Err(Violations::one("end_time", what));
+        }
+        Ok(Self {
+            key,
+            daily,
+            from: Micros(start.0.div_euclid(size) * size),
+            to: end,
+        })
+    }
+}
+
 /// The longest grace period of a rotation: 7 days.
 pub const MAX_GRACE: Micros = Micros(7 * 86_400 * 1_000_000);
 

@@ -27,6 +27,51 @@ pub enum Code {
     QuotaExceeded,
 }
 
+impl Code {
+    /// The contract's `VerifyCode` number, as the usage history stores it.
+    pub fn number(self) -> i64 {
+        match self {
+            Self::Valid => 1,
+            Self::Missing => 2,
+            Self::Malformed => 3,
+            Self::NotFound => 4,
+            Self::Revoked => 5,
+            Self::Expired => 6,
+            Self::OrganizationMismatch => 7,
+            Self::HostnameBlocked => 8,
+            Self::InsufficientScope => 9,
+            Self::RateLimited => 10,
+            Self::QuotaExceeded => 11,
+        }
+    }
+
+    /// Position among the outcomes of a verification that found its key (the
+    /// ones the usage history counts); `None` for the others.
+    pub fn outcome_index(self) -> Option<usize> {
+        match self {
+            Self::Valid => Some(0),
+            Self::Missing | Self::Malformed | Self::NotFound => None,
+            other => usize::try_from(other.number() - 4).ok(),
+        }
+    }
+
+    /// The code at an outcome position (the inverse of `outcome_index`).
+    pub fn from_outcome_index(i: usize) -> Option<Self> {
+        [
+            Self::Valid,
+            Self::Revoked,
+            Self::Expired,
+            Self::OrganizationMismatch,
+            Self::HostnameBlocked,
+            Self::InsufficientScope,
+            Self::RateLimited,
+            Self::QuotaExceeded,
+        ]
+        .get(i)
+        .copied()
+    }
+}
+
 /// What a caller asks of a presented key, borrowed from its request: the verify
 /// path copies nothing it does not have to.
 #[derive(Debug, Clone, Copy)]

@@ -12,7 +12,8 @@ use crate::{
     domain::{
         Error,
         commands::{
-            Context, CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey, UpdateKey,
+            Context, CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember,
+            RotateKey, UpdateKey,
         },
         paging::{Page, TokenKind},
         policy,
@@ -312,6 +313,30 @@ impl KeyService {
                     .unwrap_or(Label::FalsePositive),
             })
             .collect())
+    }
+
+    /// A key's usage history: buckets oldest first, each with its start and its
+    /// `(VerifyCode number, count)` outcomes in code order, empty ones left out.
+    pub async fn usage(
+        &self,
+        actor: &Actor,
+        cmd: GetKeyUsage,
+    ) -> Result<Vec<(Micros, Vec<(i64, u64)>)>, Error> {
+        let key = self.accessible(actor, &cmd.key).await?;
+        let rows = self
+            .stored(
+                self.store
+                    .usage_history(&key.id, cmd.daily, cmd.from, cmd.to),
+            )
+            .await?;
+        let mut buckets: Vec<(Micros, Vec<(i64, u64)>)> = Vec::new();
+        for (start, code, n) in rows.into_iter().filter(|(_, _, n)| *n > 0) {
+            match buckets.last_mut() {
+                Some((s, outcomes)) if *s == start => outcomes.push((code, n)),
+                _ => buckets.push((start, vec![(code, n)])),
+            }
+        }
+        Ok(buckets)
     }
 
     /// Revoking a revoked key succeeds and keeps the first revoke time.

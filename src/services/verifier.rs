@@ -91,7 +91,6 @@ impl Verifier {
             return Ok(Outcome::without_key(Code::NotFound));
         };
         let now = self.clock.now();
-        self.usage.record(&key, now);
         let (code, missing_scopes) = check(&key, v, now);
         let mut outcome = Outcome {
             code,
@@ -104,6 +103,10 @@ impl Verifier {
         if code == Code::Valid {
             self.limit(&key, v.cost, now, &mut outcome).await?;
         }
+        // Every verification that found the key counts, with its outcome; a
+        // call that failed UNAVAILABLE (its quota could not be asked) is no
+        // verification and counts nowhere.
+        self.usage.record(&key, now, outcome.code);
         tracing::debug!(key_id = %key.id, code = ?outcome.code, "verified");
         outcome.key = Some(key);
         Ok(outcome)

@@ -12,4 +12,10 @@ pub(super) struct Dialect {
     pub bump_event_seq: &'static str,
     /// `INSERT` that skips rows whose key exists (`INSERT IGNORE` / `INSERT OR IGNORE`).
     pub insert_ignore: &'static str,
+    /// Ends an `INSERT INTO usage_… (key_id, bucket_start, code, count) VALUES …`
+    /// so that an existing bucket row adds the count.
+    pub history_upsert: &'static str,
+    /// Deletes up to 1000 rows of table `{t}` whose `bucket_start` is before the
+    /// bound parameter.
+    pub prune_history: fn(table: &str) -> String,
 }

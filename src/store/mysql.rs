@@ -17,6 +17,8 @@ pub(super) const DIALECT: Dialect = Dialect {
     bump_event_seq: "INSERT INTO org_event_seq (organization_id, last_seq) VALUES (?, ?) \
         ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
     insert_ignore: "INSERT IGNORE",
+    history_upsert: " ON DUPLICATE KEY UPDATE count = count + VALUES(count)",
+    prune_history: |t| format!("DELETE FROM {t} WHERE bucket_start < ? LIMIT 1000"),
 };
 
 /// MySQL 8 and MariaDB agree on a multi-table UPDATE over a UNION ALL derived

@@ -213,6 +213,28 @@ pub struct UsageDelta {
     pub key_id: KeyId,
     pub count: u64,
     pub last_used: Micros,
+    /// Verifications by `(UTC hour start, VerifyCode number)`.
+    pub history: Vec<(Micros, i64, u64)>,
+}
+
+const DAY: i64 = 86_400_000_000;
+
+/// Rows for the hourly and daily history tables from a flush's deltas:
+/// `((key, bucket start, code), count)`, one per bucket and code.
+type HistoryRow<'a> = ((&'a KeyId, i64, i64), u64);
+
+fn history_rows(deltas: &[UsageDelta]) -> (Vec<HistoryRow<'_>>, Vec<HistoryRow<'_>>) {
+    let mut hours = Vec::new();
+    let mut days: std::collections::BTreeMap<(&KeyId, i64, i64), u64> = Default::default();
+    for d in deltas {
+        for (hour, code, n) in &d.history {
+            hours.push(((&d.key_id, hour.0, *code), *n));
+            *days
+                .entry((&d.key_id, hour.0.div_euclid(DAY) * DAY, *code))
+                .or_default() += n;
+        }
+    }
+    (hours, days.into_iter().collect())
 }
 
 /// Lists are stored space-separated: neither scopes nor hostnames can contain a space.
@@ -658,6 +680,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            for key in &keys {
+                for table in ["usage_hourly", "usage_daily"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE key_id = ?"))
+                        .bind(key.id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
             if usize::try_from(deleted).ok() != Some(keys.len()) {
                 return Err(corrupt(
                     "api_keys",
@@ -731,7 +761,8 @@ impl Store {
             // All chunks or none: the caller re-adds the whole batch when this fails,
             // so a failure half-way must not leave the first chunks counted.
             let mut tx = p.begin().await?;
-            for chunk in deltas.chunks(USAGE_CHUNK) {
+            let counted: Vec<&UsageDelta> = deltas.iter().filter(|u| u.count > 0).collect();
+            for chunk in counted.chunks(USAGE_CHUNK) {
                 let sql = (d.usage_update)(chunk.len());
                 let mut q = sqlx::query(&sql);
                 for u in chunk {
@@ -741,6 +772,27 @@ impl Store {
                         .bind(u.last_used.0);
                 }
                 q.execute(&mut *tx).await?;
+            }
+            // The history in the same transaction: its totals never drift from
+            // `request_count`, whatever fails.
+            let (hours, days) = history_rows(deltas);
+            for (table, rows) in [("usage_hourly", hours), ("usage_daily", days)] {
+                for chunk in rows.chunks(USAGE_CHUNK) {
+                    let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+                    let sql = format!(
+                        "INSERT INTO {table} (key_id, bucket_start, code, count) VALUES {values}{}",
+                        d.history_upsert
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for ((key, start, code), n) in chunk {
+                        q = q
+                            .bind(key.as_str())
+                            .bind(*start)
+                            .bind(*code)
+                            .bind(i64::try_from(*n).unwrap_or(i64::MAX));
+                    }
+                    q.execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
         });
@@ -851,6 +903,53 @@ impl Store {
                 .await?;
         });
         Ok(())
+    }
+
+    /// A key's history rows of `table` (`usage_hourly` or `usage_daily`) with
+    /// `from <= bucket_start < to`, as `(bucket start, code, count)`, in order.
+    pub async fn usage_history(
+        &self,
+        key: &KeyId,
+        daily: bool,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, i64, u64)>, StoreError> {
+        let table = if daily { "usage_daily" } else { "usage_hourly" };
+        let sql = format!(
+            "SELECT bucket_start, code, count FROM {table} \
+             WHERE key_id = ? AND bucket_start >= ? AND bucket_start < ? \
+             ORDER BY bucket_start, code"
+        );
+        let rows: Vec<(i64, i64, i64)> = on_pool!(self, |p, _d| {
+            sqlx::query_as(&sql)
+                .bind(key.as_str())
+                .bind(from.0)
+                .bind(to.0)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(start, code, n)| (Micros(start), code, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    /// Deletes up to 1000 history rows of `table` older than `before`; returns
+    /// how many. Small statements, so no prune holds a lock for long.
+    pub async fn prune_usage_history(
+        &self,
+        daily: bool,
+        before: Micros,
+    ) -> Result<u64, StoreError> {
+        let table = if daily { "usage_daily" } else { "usage_hourly" };
+        let n = on_pool!(self, |p, d| {
+            sqlx::query(&(d.prune_history)(table))
+                .bind(before.0)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n)
     }
 
     /// Whether the database answers; drives the health service.

@@ -22,6 +22,7 @@ mod soak;
 mod store_suite;
 mod support;
 mod tls;
+mod usage_history;
 mod usage_limits;
 mod verify;
 mod webhooks;

@@ -112,3 +112,93 @@ async fn cached_keys_survive_a_store_outage_and_keygate_recovers_by_itself() {
     .await;
     app.stop().await;
 }
+
+/// A quota and the webhook outbox through a store outage: the quota spends only
+/// credits already leased, then answers UNAVAILABLE (never VALID without a
+/// credit, never QUOTA_EXCEEDED for credits that exist); events written before
+/// the outage reach their endpoint after it, though every attempt before the
+/// outage failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_webhooks_ride_out_a_store_outage() {
+    use std::sync::atomic::Ordering;
+
+    use keygate::{
+        model::{KeyId, OrganizationId},
+        proto::{Quota, QuotaPeriod},
+    };
+
+    use crate::webhooks::{hook_flags, start_receiver, strs};
+
+    let mut server = PrivateMariaDb::start().await;
+    let db = TestDb::create_mysql_on(&server.url(), "outage2").await;
+    let (receiver, hook) = start_receiver(usize::MAX);
+    let mut flags = strs(&hook_flags(hook))
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    flags.extend(["--database-timeout".into(), "300ms".into()]);
+    let app = start_on(db, &strs(&flags)).await;
+    let mut req = bot_key("acme", "metered", &["links:read"]);
+    req.quota = Some(Quota {
+        limit: 1_000,
+        period: QuotaPeriod::Total.into(),
+    });
+    let (key, secret) = app.create(admin(req)).await;
+    app.create(admin(bot_key("acme", "other", &["links:read"])))
+        .await;
+    for _ in 0..30 {
+        assert_eq!(
+            app.verify_code(verify_req(&secret, &["links:read"])).await,
+            VerifyCode::Valid
+        );
+    }
+    let taken = app
+        .store
+        .get_key(
+            &OrganizationId::parse("acme").expect("org"),
+            &KeyId::parse(&key.id).expect("id"),
+        )
+        .await
+        .expect("read")
+        .expect("key")
+        .quota_used;
+    let leased = taken - 30;
+    assert!(
+        receiver.delivered().is_empty(),
+        "every attempt so far refused"
+    );
+
+    server.kill();
+    let mut valid = 0;
+    loop {
+        match app
+            .verify
+            .clone()
+            .verify_key(verify_req(&secret, &["links:read"]))
+            .await
+        {
+            Ok(r) => {
+                assert_eq!(
+                    r.into_inner().code(),
+                    VerifyCode::Valid,
+                    "only leased credits"
+                );
+                valid += 1;
+                assert!(valid <= leased, "spent {valid} of {leased} leased credits");
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                break;
+            }
+        }
+    }
+    assert_eq!(valid, leased, "every leased credit, then UNAVAILABLE");
+
+    receiver.fail.store(0, Ordering::SeqCst);
+    server.restart().await;
+    eventually(Duration::from_secs(30), "both events delivered", || async {
+        receiver.delivered().len() == 2
+    })
+    .await;
+    app.stop().await;
+}

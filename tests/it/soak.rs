@@ -797,7 +797,7 @@ async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
     // One verification of every key, then a flush that fails after 1000 rows.
     let usage = UsageRecorder::default();
     for entry in &entries {
-        usage.record(entry, Micros::now());
+        usage.record(entry, Micros::now(), keygate::domain::verify::Code::Valid);
     }
     assert!(usage.flush(&store).await.is_err(), "the injected failure");
     sqlx::query("DROP TRIGGER usage_probe_fail")

@@ -688,6 +688,7 @@ async fn usage_beyond_one_chunk_lands_exactly(backend: Backend) {
         .expect("remove member");
 
     let t0 = Micros::now().0;
+    let hour = t0.div_euclid(3_600_000_000) * 3_600_000_000;
     let mut deltas: Vec<UsageDelta> = keys
         .iter()
         .enumerate()
@@ -695,6 +696,7 @@ async fn usage_beyond_one_chunk_lands_exactly(backend: Backend) {
             key_id: k.id.clone(),
             count: i as u64 + 1,
             last_used: Micros(t0 + i as i64),
+            history: vec![(Micros(hour), 1, i as u64 + 1)],
         })
         .collect();
     // The deleted key's delta in the middle of the first chunk.
@@ -704,6 +706,7 @@ async fn usage_beyond_one_chunk_lands_exactly(backend: Backend) {
             key_id: gone.id.clone(),
             count: 7,
             last_used: Micros(t0),
+            history: Vec::new(),
         },
     );
     assert!(deltas.len() > USAGE_CHUNK);
@@ -716,6 +719,8 @@ async fn usage_beyond_one_chunk_lands_exactly(backend: Backend) {
         .map(|(i, k)| UsageDelta {
             key_id: k.id.clone(),
             count: 2,
+            // One more in the same hour, one the next hour with another code.
+            history: vec![(Micros(hour), 1, 1), (Micros(hour + 3_600_000_000), 5, 1)],
             last_used: if i % 2 == 0 {
                 Micros(t0 - 1_000_000)
             } else {
@@ -760,6 +765,28 @@ async fn usage_beyond_one_chunk_lands_exactly(backend: Backend) {
         wrong.len(),
         wrong[..wrong.len().min(10)].join("\n")
     );
+    // The history went with the counts, past the first chunk too, hours added
+    // up into their day.
+    let (from, to) = (Micros(hour - 86_400_000_000), Micros(hour + 86_400_000_000));
+    for i in [0, USAGE_CHUNK + 5] {
+        let hours = store
+            .usage_history(&keys[i].id, false, from, to)
+            .await
+            .expect("hours");
+        assert_eq!(
+            hours,
+            [
+                (Micros(hour), 1, i as u64 + 2),
+                (Micros(hour + 3_600_000_000), 5, 1)
+            ]
+        );
+        let days = store
+            .usage_history(&keys[i].id, true, from, to)
+            .await
+            .expect("days");
+        let total: u64 = days.iter().map(|(_, _, n)| n).sum();
+        assert_eq!(total, i as u64 + 1 + 2, "days add up to request_count");
+    }
     finish(db, store).await;
 }
 

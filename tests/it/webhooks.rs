@@ -53,7 +53,7 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     id: String,
     signed: bool,
     answered: u16,
@@ -61,10 +61,10 @@ struct Received {
 }
 
 #[derive(Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     got: Mutex<Vec<Received>>,
     /// Requests still to refuse with 503.
-    fail: AtomicUsize,
+    pub(crate) fail: AtomicUsize,
 }
 
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -122,7 +122,7 @@ fn serve_receiver(listener: std::net::TcpListener, r: Arc<Receiver>) {
     });
 }
 
-fn start_receiver(fail_first: usize) -> (Arc<Receiver>, SocketAddr) {
+pub(crate) fn start_receiver(fail_first: usize) -> (Arc<Receiver>, SocketAddr) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let r = Arc::new(Receiver {
@@ -139,7 +139,7 @@ impl Receiver {
     }
 
     /// Bodies of the accepted deliveries, by webhook id.
-    fn delivered(&self) -> BTreeMap<String, Vec<Value>> {
+    pub(crate) fn delivered(&self) -> BTreeMap<String, Vec<Value>> {
         let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for r in self.all().into_iter().filter(|r| r.answered == 204) {
             out.entry(r.id).or_default().push(r.body);
@@ -155,7 +155,7 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
     n
 }
 
-fn hook_flags(addr: SocketAddr) -> Vec<String> {
+pub(crate) fn hook_flags(addr: SocketAddr) -> Vec<String> {
     vec![
         "--webhook-url".into(),
         format!("http://{addr}/hook"),
@@ -164,7 +164,7 @@ fn hook_flags(addr: SocketAddr) -> Vec<String> {
     ]
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
+pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::auth::AdminTokens;
 use crate::{
     domain::commands::{
-        CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey, UpdateKey,
+        CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey, UpdateKey,
     },
     model::Actor,
     proto::{self, key_admin_server::KeyAdmin},
@@ -119,6 +119,30 @@ impl KeyAdmin for AdminApi {
             key: Some((&key).into()),
             secret: secret.into_exposed(),
             previous_key: Some((&previous).into()),
+        }))
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<proto::GetKeyUsageRequest>,
+    ) -> Result<Response<proto::GetKeyUsageResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let buckets = self.keys.usage(&actor, GetKeyUsage::parse(&req)?).await?;
+        Ok(Response::new(proto::GetKeyUsageResponse {
+            buckets: buckets
+                .into_iter()
+                .map(|(start, outcomes)| proto::UsageBucket {
+                    start_time: Some(start.to_timestamp()),
+                    total: outcomes.iter().map(|(_, n)| n).sum(),
+                    outcomes: outcomes
+                        .into_iter()
+                        .map(|(code, count)| proto::OutcomeCount {
+                            code: i32::try_from(code).unwrap_or_default(),
+                            count,
+                        })
+                        .collect(),
+                })
+                .collect(),
         }))
     }
 
