@@ -3,9 +3,17 @@
 //! instances' batches add up in the database (`request_count = request_count + n`),
 //! so counts stay exact.
 //!
-//! A verification costs two atomic operations on its own cache entry, plus,
-//! on the key's first use since the last flush only, a push onto a short list
-//! of keys to flush. No map, no hashing, no key id copied on the request path.
+//! A verification costs three atomic operations on its own cache entry (four on
+//! the first call of an hour), plus, on the key's first use since the last
+//! flush only, a push onto a short list of keys to flush. No map, no hashing,
+//! no key id copied on the request path.
+//!
+//! The usage history (`GetKeyUsage`) rides on the same counters: each entry
+//! counts its outcomes per UTC hour in two slots, by the hour's parity, and a
+//! flush writes them in the same transaction as `request_count`, so the two
+//! never drift apart. A call in the very microsecond its slot moves to a new
+//! hour, racing a flush that is reading that slot, can be filed under the
+//! neighbouring hour; it is never lost or counted twice.
 
 use std::{
     collections::{BTreeMap, HashMap},
