@@ -164,7 +164,12 @@ pub struct ServeArgs {
 
     /// Endpoints every key event is POSTed to, comma-separated (signed with
     /// `--webhook-secret`).
-    #[arg(long, env = "KEYGATE_WEBHOOK_URL", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KEYGATE_WEBHOOK_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub webhook_url: Vec<String>,
 
     /// `whsec_<base64>`: the Standard Webhooks signing secret.
@@ -173,7 +178,7 @@ pub struct ServeArgs {
 
     /// `redis://host:port/db`: share rate-limit counters across instances
     /// through this Redis; without it each instance counts alone.
-    #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL")]
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL", hide_env_values = true)]
     pub rate_limit_redis_url: Option<String>,
 
     /// How long hourly usage-history buckets are kept (daily ones: 400 days).

@@ -1,15 +1,11 @@
 -- Webhooks: the event table becomes an outbox. Each event keeps the key as its
 -- transaction left it (JSON, never the secret), so a delivery shows the key as
 -- of its event even after later changes or a deletion. Delivery state is one
--- row per event and endpoint (the SHA-256 of its URL); each endpoint's cursor
--- says up to which event rows were made, so events written before an endpoint
--- was configured are not replayed to it.
+-- row per event and endpoint (the SHA-256 of its URL without credentials),
+-- written by the event's own transaction for the endpoints configured then: a
+-- true outbox, and events from before an endpoint was configured are not
+-- replayed to it.
 ALTER TABLE key_events ADD COLUMN key_snapshot TEXT NULL;
-
-CREATE TABLE webhook_cursors (
-    endpoint      TEXT    NOT NULL PRIMARY KEY,
-    last_event_id INTEGER NOT NULL
-) STRICT;
 
 CREATE TABLE webhook_deliveries (
     endpoint          TEXT    NOT NULL,

@@ -222,6 +222,10 @@ impl App {
 
         let tasks = TaskTracker::new();
         let stop_tasks = CancellationToken::new();
+        // Every event this instance writes is queued for its webhook endpoints
+        // in the event's own transaction.
+        let store = store
+            .with_webhook_endpoints(crate::webhooks::delivery::endpoint_ids(&args.webhook_url)?);
         let services = Services::build(&args, &store, &clock, &tasks)?;
         let (health, health_service) = tonic_health::server::health_reporter();
         let metrics_addr = start_background(

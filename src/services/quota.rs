@@ -38,6 +38,11 @@ pub const IDLE: Micros = Micros(2_000_000);
 const EXHAUSTED_FOR: Micros = Micros(1_000_000);
 /// Largest lease: 1000 credits, and at most a twentieth of the limit.
 const MAX_LEASE: u64 = 1_000;
+/// After a failed take, how long calls beyond the leased credits fail at once.
+const STORE_DOWN_FOR: Micros = Micros(1_000_000);
+/// The longest the final give-back on shutdown may take: with the store down,
+/// the credits are lost for the period instead of holding up the exit.
+const FINAL_GIVE_BACK: Duration = Duration::from_secs(5);
 /// How often idle leases are looked for.
 const SWEEP: Duration = Duration::from_millis(500);
 
@@ -62,6 +67,9 @@ struct Lease {
     last_use: Micros,
     /// "No credits left" as of this time, for this limit.
     exhausted: Option<(Micros, u64)>,
+    /// The store failed a take for this key; until then calls beyond the
+    /// leased credits fail at once.
+    store_down_until: Option<Micros>,
 }
 
 #[derive(Debug)]
@@ -135,6 +143,11 @@ impl Quotas {
         lease.limit = quota.limit;
         lease.last_use = now;
         if lease.credits < need {
+            if lease.store_down_until.is_some_and(|t| now.0 < t.0) {
+                // The store just failed this key: answer at once rather than
+                // queue every call behind another timeout.
+                return Err(Error::Unavailable);
+            }
             let believed_exhausted = lease
                 .exhausted
                 .is_some_and(|(at, limit)| limit == quota.limit && now.0 < at.0 + EXHAUSTED_FOR.0);
@@ -198,6 +211,7 @@ impl Quotas {
                 self.metrics.leased.increment(credits as f64);
                 lease.credits += credits;
                 lease.used = used;
+                lease.store_down_until = None;
                 lease.last_take = Some(now);
                 lease.exhausted = None;
                 Ok(())
@@ -217,6 +231,7 @@ impl Quotas {
             }
             Err(e) => {
                 self.metrics.take_error.increment(1);
+                lease.store_down_until = Some(Micros(now.0 + STORE_DOWN_FOR.0));
                 tracing::warn!(key_id = %id, error = %e, "could not take quota credits from the store");
                 Err(Error::from(&e))
             }
@@ -251,9 +266,15 @@ impl Quotas {
                         lease.credits = 0;
                     }
                     Err(e) => {
+                        // The return may have committed all the same (a timeout
+                        // says nothing about that); returning again could hand
+                        // the credits out twice. They are dropped: at worst
+                        // lost for the period, never granted twice.
                         self.metrics.return_error.increment(1);
-                        tracing::warn!(key_id = %id, error = %e, "could not give quota credits back; will retry");
-                        continue;
+                        self.metrics.leased.decrement(lease.credits as f64);
+                        tracing::warn!(key_id = %id, error = %e, credits = lease.credits,
+                            "could not give quota credits back; they are lost for this period");
+                        lease.credits = 0;
                     }
                 }
             }
@@ -282,6 +303,13 @@ impl Quotas {
             let now = clock.now();
             self.give_back(Some(Micros(now.0 - IDLE.0))).await;
         }
-        self.give_back(None).await;
+        if tokio::time::timeout(FINAL_GIVE_BACK, self.give_back(None))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "quota credits not given back before shutdown; they are lost for this period"
+            );
+        }
     }
 }

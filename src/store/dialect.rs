@@ -10,8 +10,6 @@ pub(super) struct Dialect {
     /// Adds `n` (bound second) to an organization's (bound first) event sequence,
     /// creating its row at `n`.
     pub bump_event_seq: &'static str,
-    /// `INSERT` that skips rows whose key exists (`INSERT IGNORE` / `INSERT OR IGNORE`).
-    pub insert_ignore: &'static str,
     /// Ends an `INSERT INTO usage_… (key_id, bucket_start, code, count) VALUES …`
     /// so that an existing bucket row adds the count.
     pub history_upsert: &'static str,

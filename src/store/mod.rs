@@ -126,9 +126,20 @@ enum Pool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Webhook endpoints (their ids) that every event written through this
+    /// handle is queued for, in the event's own transaction.
+    webhook_endpoints: std::sync::Arc<[String]>,
 }
 
 impl Store {
+    /// This store, queueing every event it writes for these webhook endpoints
+    /// (in the event's transaction: a true outbox, which no commit order can
+    /// make skip an event). Every instance must be given the same endpoints.
+    pub fn with_webhook_endpoints(mut self, endpoints: Vec<String>) -> Self {
+        self.webhook_endpoints = endpoints.into();
+        self
+    }
+
     /// Connects to `mysql://…` or `sqlite://…` (the SQLite file is created if missing).
     /// Does not run migrations: see [`Store::migrate`].
     pub async fn connect(url: &str, config: &PoolConfig) -> Result<Self, StoreError> {
@@ -139,7 +150,10 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            webhook_endpoints: std::sync::Arc::from(Vec::new()),
+        })
     }
 
     /// Applies the migrations embedded in the binary.

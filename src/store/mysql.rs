@@ -16,7 +16,6 @@ pub(super) const DIALECT: Dialect = Dialect {
     usage_update,
     bump_event_seq: "INSERT INTO org_event_seq (organization_id, last_seq) VALUES (?, ?) \
         ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
-    insert_ignore: "INSERT IGNORE",
     history_upsert: " ON DUPLICATE KEY UPDATE count = count + VALUES(count)",
     prune_history: |t| format!("DELETE FROM {t} WHERE bucket_start < ? LIMIT 1000"),
 };

@@ -1,7 +1,8 @@
 //! The webhook outbox: which events each endpoint still has to receive, and
-//! who is delivering them. Events are written by the key's own transaction
-//! (`sql.rs`); here, rows of `webhook_deliveries` are made for them per
-//! endpoint, leased by one instance at a time with a conditional `UPDATE`
+//! who is delivering them. An event's delivery rows (one per endpoint) are
+//! written by the event's own transaction (`record_event!` in `sql.rs`), so no
+//! commit order can skip one; here they are leased by one instance at a time
+//! with a conditional `UPDATE`
 //! (portable to SQLite and MySQL alike, unlike `SKIP LOCKED`), and marked
 //! delivered, retried or given up. A lease that runs out (its instance
 //! crashed) makes the row deliverable again: at least once, and a duplicate
@@ -28,72 +29,6 @@ pub struct Delivery {
 }
 
 impl Store {
-    /// Starts `endpoint`'s cursor at the newest event, unless it has one: a
-    /// newly configured endpoint receives what happens from now on, not the
-    /// whole history.
-    pub async fn webhook_cursor_init(&self, endpoint: &str) -> Result<(), StoreError> {
-        on_pool!(self, |p, d| {
-            let sql = format!(
-                "{} INTO webhook_cursors (endpoint, last_event_id) \
-                 SELECT ?, COALESCE(MAX(id), 0) FROM key_events",
-                d.insert_ignore
-            );
-            sqlx::query(&sql).bind(endpoint).execute(p).await?;
-        });
-        Ok(())
-    }
-
-    /// Makes delivery rows for up to `limit` events past `endpoint`'s cursor
-    /// and moves the cursor, in one transaction; returns how many. Instances
-    /// doing this at once make each row once (primary key, insert-ignore).
-    pub async fn webhook_fan_out(
-        &self,
-        endpoint: &str,
-        now: Micros,
-        limit: u32,
-    ) -> Result<usize, StoreError> {
-        on_pool!(self, |p, d| {
-            let mut tx = p.begin().await?;
-            let cursor: Option<i64> =
-                sqlx::query_scalar("SELECT last_event_id FROM webhook_cursors WHERE endpoint = ?")
-                    .bind(endpoint)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some(cursor) = cursor else {
-                return Ok(0);
-            };
-            let ids: Vec<i64> =
-                sqlx::query_scalar("SELECT id FROM key_events WHERE id > ? ORDER BY id LIMIT ?")
-                    .bind(cursor)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let Some(last) = ids.last().copied() else {
-                return Ok(0);
-            };
-            let values = vec!["(?, ?, ?)"; ids.len()].join(", ");
-            let sql = format!(
-                "{} INTO webhook_deliveries (endpoint, event_id, next_attempt_time) VALUES {values}",
-                d.insert_ignore
-            );
-            let mut q = sqlx::query(&sql);
-            for id in &ids {
-                q = q.bind(endpoint).bind(*id).bind(now.0);
-            }
-            q.execute(&mut *tx).await?;
-            sqlx::query(
-                "UPDATE webhook_cursors SET last_event_id = ? WHERE endpoint = ? AND last_event_id < ?",
-            )
-            .bind(last)
-            .bind(endpoint)
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(ids.len())
-        })
-    }
-
     /// Leases up to `limit` deliveries of `endpoint` that are due, to `owner`
     /// until `lease_until`, oldest event first.
     pub async fn webhook_claim(
@@ -107,8 +42,11 @@ impl Store {
         let due = "SELECT event_id FROM webhook_deliveries \
             WHERE endpoint = ? AND state = 0 AND next_attempt_time <= ? AND lease_until <= ? \
             ORDER BY event_id LIMIT ?";
+        // Due and unleased again at the moment of the lease: another instance
+        // may have tried and rescheduled it since the first read.
         let lease = "UPDATE webhook_deliveries SET lease_until = ?, lease_owner = ? \
-            WHERE endpoint = ? AND event_id = ? AND state = 0 AND lease_until <= ?";
+            WHERE endpoint = ? AND event_id = ? AND state = 0 AND lease_until <= ? \
+            AND next_attempt_time <= ?";
         let load = "SELECT e.id, d.attempts, e.org_seq, e.key_id, e.organization_id, e.action, \
             e.actor_id, e.event_time, e.key_snapshot \
             FROM webhook_deliveries d JOIN key_events e ON e.id = d.event_id \
@@ -128,6 +66,7 @@ impl Store {
                     .bind(owner)
                     .bind(endpoint)
                     .bind(id)
+                    .bind(now.0)
                     .bind(now.0)
                     .execute(p)
                     .await?

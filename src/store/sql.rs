@@ -104,7 +104,7 @@ macro_rules! lock_organization {
 /// Writes one event of `$e` (an [`Event`]) in transaction `$tx`, with the next
 /// id of its organization: the only place an event is inserted.
 macro_rules! record_event {
-    ($tx:expr, $d:expr, $e:expr) => {{
+    ($store:expr, $tx:expr, $d:expr, $e:expr) => {{
         let e: Event<'_> = $e;
         let seq = reserve_event_ids!($tx, $d, e.key.organization_id.as_str(), 1);
         sqlx::query(
@@ -123,6 +123,18 @@ macro_rules! record_event {
         .bind(crate::webhooks::payload::key_json(e.key).to_string())
         .execute(&mut *$tx)
         .await?;
+        for endpoint in $store.webhook_endpoints.iter() {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (endpoint, event_id, next_attempt_time) \
+                 SELECT ?, id, ? FROM key_events WHERE organization_id = ? AND org_seq = ?",
+            )
+            .bind(endpoint)
+            .bind(e.time.0)
+            .bind(e.key.organization_id.as_str())
+            .bind(seq)
+            .execute(&mut *$tx)
+            .await?;
+        }
     }};
 }
 
@@ -269,6 +281,7 @@ impl Store {
                 other => other?,
             };
             record_event!(
+                self,
                 tx,
                 d,
                 Event {
@@ -432,6 +445,7 @@ impl Store {
                 return Err(StoreError::Revoked);
             }
             record_event!(
+                self,
                 tx,
                 d,
                 Event {
@@ -464,7 +478,12 @@ impl Store {
         // The old key stops counting as its owner's live user key here (the
         // generated `live_user_id` leaves rotated keys out), before the new one
         // is inserted.
+        // The old row's quota is used up: an instance whose cache still spends
+        // the old key's own quota (until the invalidation reaches it) gets no
+        // credit there, which would otherwise be a second copy of the credits
+        // the replacement inherits.
         let retire = "UPDATE api_keys SET rotated_to_id = ?, update_time = ?, \
+            quota_used = COALESCE(quota_limit, quota_used), \
             revoke_time = CASE WHEN ? = 1 THEN ? ELSE revoke_time END, \
             expire_time = CASE WHEN ? = 1 THEN expire_time \
                 WHEN expire_time IS NULL OR expire_time > ? THEN ? ELSE expire_time END \
@@ -474,6 +493,15 @@ impl Store {
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             lock_organization!(tx, d, org.as_str());
+            // Quota takes do not lock the organization: lock the row itself, so
+            // that the use read below is the use the replacement inherits.
+            sqlx::query(
+                "UPDATE api_keys SET quota_used = quota_used WHERE organization_id = ? AND id = ?",
+            )
+            .bind(org.as_str())
+            .bind(old_id.as_str())
+            .execute(&mut *tx)
+            .await?;
             let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
                 .bind(org.as_str())
                 .bind(old_id.as_str())
@@ -540,11 +568,11 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let old = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
-            record_event!(tx, d, event(&old, EventAction::Rotated, actor, now));
+            record_event!(self, tx, d, event(&old, EventAction::Rotated, actor, now));
             if grace_until.is_none() {
-                record_event!(tx, d, event(&old, EventAction::Revoked, actor, now));
+                record_event!(self, tx, d, event(&old, EventAction::Revoked, actor, now));
             }
-            record_event!(tx, d, event(&new, EventAction::Created, actor, now));
+            record_event!(self, tx, d, event(&new, EventAction::Created, actor, now));
             tx.commit().await?;
             Ok((old, new))
         })
@@ -608,6 +636,7 @@ impl Store {
             let key = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
             if revoked > 0 && leaked {
                 record_event!(
+                    self,
                     tx,
                     d,
                     Event {
@@ -620,6 +649,7 @@ impl Store {
             }
             if revoked > 0 {
                 record_event!(
+                    self,
                     tx,
                     d,
                     Event {
@@ -663,6 +693,7 @@ impl Store {
             let keys: Vec<KeyRecord> = convert(rows)?;
             for key in &keys {
                 record_event!(
+                    self,
                     tx,
                     d,
                     Event {

@@ -16,7 +16,6 @@ pub(super) const DIALECT: Dialect = Dialect {
     usage_update,
     bump_event_seq: "INSERT INTO org_event_seq (organization_id, last_seq) VALUES (?, ?) \
         ON CONFLICT (organization_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
-    insert_ignore: "INSERT OR IGNORE",
     history_upsert: " ON CONFLICT (key_id, bucket_start, code) DO UPDATE SET count = count + excluded.count",
     // SQLite's DELETE takes no LIMIT unless compiled to; a rowid subquery does.
     prune_history: |t| {

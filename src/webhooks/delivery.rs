@@ -98,6 +98,46 @@ impl std::fmt::Debug for Webhooks {
     }
 }
 
+/// The configured URLs, checked, each with its log form and store id.
+fn endpoints(urls: &[String]) -> Result<Vec<Endpoint>, WebhookConfigError> {
+    let mut endpoints = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let parsed = url::Url::parse(url).map_err(|_| WebhookConfigError::Url(i + 1))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(WebhookConfigError::Url(i + 1));
+        }
+        let shown = format!(
+            "{}://{}{}{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default(),
+            parsed.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            parsed.path()
+        );
+        endpoints.push(Endpoint {
+            url: url.clone(),
+            id: endpoint_id(&shown),
+            shown,
+        });
+    }
+    Ok(endpoints)
+}
+
+/// The store ids of `urls`, for `Store::with_webhook_endpoints`: every event is
+/// queued for these in its own transaction.
+pub fn endpoint_ids(urls: &[String]) -> Result<Vec<String>, WebhookConfigError> {
+    Ok(endpoints(urls)?.into_iter().map(|e| e.id).collect())
+}
+
+/// An endpoint's name in the store: the SHA-256 of its URL without credentials
+/// or query, so that no credential reaches the database, and a changed
+/// password does not orphan the deliveries still due.
+fn endpoint_id(shown: &str) -> String {
+    Sha256::digest(shown.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Checks a `whsec_<base64>` secret; the secret itself is never echoed.
 pub fn signer(secret: &str) -> Result<Webhook, WebhookConfigError> {
     use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -120,29 +160,7 @@ impl Webhooks {
         clock: SharedClock,
     ) -> Result<Self, WebhookConfigError> {
         let signer = signer(secret.ok_or(WebhookConfigError::NoSecret)?)?;
-        let mut endpoints = Vec::new();
-        for (i, url) in urls.iter().enumerate() {
-            let parsed = url::Url::parse(url).map_err(|_| WebhookConfigError::Url(i + 1))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                return Err(WebhookConfigError::Url(i + 1));
-            }
-            let id = Sha256::digest(url.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let shown = format!(
-                "{}://{}{}{}",
-                parsed.scheme(),
-                parsed.host_str().unwrap_or_default(),
-                parsed.port().map(|p| format!(":{p}")).unwrap_or_default(),
-                parsed.path()
-            );
-            endpoints.push(Endpoint {
-                url: url.clone(),
-                shown,
-                id,
-            });
-        }
+        let endpoints = endpoints(urls)?;
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
@@ -171,35 +189,30 @@ impl Webhooks {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut started = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
-            if !started {
-                started = self.start().await;
-                continue;
-            }
             for endpoint in &self.endpoints {
-                if let Err(e) = self.round(endpoint, &stop).await {
+                // A store that stops answering must not hold up a shutdown:
+                // after `stop`, a round gets two seconds to release its leases
+                // (unreleased ones run out by themselves).
+                let round = tokio::select! {
+                    r = self.round(endpoint, &stop) => r,
+                    () = async {
+                        stop.cancelled().await;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    } => return,
+                };
+                if let Err(e) = round {
                     tracing::warn!(endpoint = %endpoint.shown, error = %e, "webhook round failed; will retry");
                 }
             }
         }
     }
 
-    async fn start(&self) -> bool {
-        for endpoint in &self.endpoints {
-            if let Err(e) = self.store.webhook_cursor_init(&endpoint.id).await {
-                tracing::warn!(error = %e, "cannot start webhook delivery yet; will retry");
-                return false;
-            }
-        }
-        true
-    }
-
-    /// New events into the outbox, then one batch of due deliveries. On `stop`,
+    /// One batch of due deliveries. On `stop`,
     /// attempts still in flight are abandoned and their leases released, so a
     /// hanging endpoint cannot hold up a shutdown and the next instance (or
     /// this one restarted) retries them at once.
@@ -209,7 +222,6 @@ impl Webhooks {
         stop: &CancellationToken,
     ) -> Result<(), crate::store::StoreError> {
         let now = self.clock.now();
-        while self.store.webhook_fan_out(&endpoint.id, now, 500).await? == 500 {}
         let due = self
             .store
             .webhook_claim(
