@@ -271,3 +271,48 @@ async fn rotation_never_hands_out_fresh_credits(b: Backend) {
     }
     app.stop().await;
 }
+
+/// Another instance whose cache still holds the old key (its invalidation poll
+/// is an hour away) spends the old key's own quota row: the rotation used that
+/// row up, so the two keys together never pass more than the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_instance_gets_no_second_copy_of_the_credits() {
+    let a = spawn_app(Backend::MySql).await;
+    let b = start_app(&a.db, &["--invalidation-interval", "1h"])
+        .await
+        .expect("second instance");
+    let b_verify = proto::key_verify_client::KeyVerifyClient::new(connect(b.addr()).await);
+    let mut req = bot_key(ORG, "metered", &["links:read"]);
+    req.quota = Some(Quota {
+        limit: 10,
+        period: QuotaPeriod::Total.into(),
+    });
+    let (old, old_secret) = a.create(admin(req)).await;
+    let on_b = |secret: String| {
+        let client = b_verify.clone();
+        async move {
+            client
+                .clone()
+                .verify_key(verify_req(&secret, &["links:read"]))
+                .await
+                .expect("answer")
+                .into_inner()
+                .code()
+        }
+    };
+    // B caches the old key (and leases its first credit).
+    assert_eq!(on_b(old_secret.clone()).await, VerifyCode::Valid);
+    let (_, secret, _) = rotated(&a, admin(rotate(&old.id, Some(3_600)))).await;
+    let mut valid = 1;
+    for _ in 0..15 {
+        if on_b(old_secret.clone()).await == VerifyCode::Valid {
+            valid += 1;
+        }
+        if a.verify_code(verify_req(&secret, &["links:read"])).await == VerifyCode::Valid {
+            valid += 1;
+        }
+    }
+    assert!(valid <= 10, "{valid} calls passed a quota of 10");
+    b.shutdown().await.expect("stop b");
+    a.stop().await;
+}
