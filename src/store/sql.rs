@@ -53,6 +53,19 @@ const SELECT_KEY: &str = concat!(
     key_columns!(),
     " FROM api_keys WHERE organization_id = ? AND id = ?"
 );
+/// The key `$id` of organization `$org` as transaction `$tx` sees it; a row
+/// that is not there is `NotFound`.
+macro_rules! read_key {
+    ($tx:expr, $org:expr, $id:expr) => {{
+        let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
+            .bind($org)
+            .bind($id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?
+    }};
+}
+
 /// The most hashes one verify-path read asks for.
 pub const MAX_HASHES_PER_READ: usize = 64;
 
@@ -435,12 +448,7 @@ impl Store {
                 .await?;
             // Read back in the same transaction: a live row is now locked by our
             // update, so "revoked" here means the update did not apply.
-            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
-                .bind(org.as_str())
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let key = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            let key = read_key!(tx, org.as_str(), id.as_str());
             if key.revoke_time.is_some() {
                 return Err(StoreError::Revoked);
             }
@@ -502,12 +510,7 @@ impl Store {
             .bind(old_id.as_str())
             .execute(&mut *tx)
             .await?;
-            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
-                .bind(org.as_str())
-                .bind(old_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let old = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            let old = read_key!(tx, org.as_str(), old_id.as_str());
             if old.revoke_time.is_some() {
                 return Err(StoreError::Precondition(
                     "the key is revoked and cannot be rotated",
@@ -562,12 +565,7 @@ impl Store {
                     time,
                 }
             }
-            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
-                .bind(org.as_str())
-                .bind(old_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let old = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            let old = read_key!(tx, org.as_str(), old_id.as_str());
             record_event!(self, tx, d, event(&old, EventAction::Rotated, actor, now));
             if grace_until.is_none() {
                 record_event!(self, tx, d, event(&old, EventAction::Revoked, actor, now));
@@ -628,12 +626,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let row: Option<KeyRow> = sqlx::query_as(SELECT_KEY)
-                .bind(org.as_str())
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let key = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
+            let key = read_key!(tx, org.as_str(), id.as_str());
             if revoked > 0 && leaked {
                 record_event!(
                     self,

@@ -97,6 +97,40 @@ fn duration_micros(d: &prost_types::Duration) -> i64 {
     d.seconds * 1_000_000 + i64::from(d.nanos / 1_000)
 }
 
+/// `tasks` concurrent callers on each client, `calls` calls each with `secret`;
+/// every answer must be VALID or `refused`. Returns how many were VALID.
+async fn hammer(
+    clients: &[KeyVerifyClient<tonic::transport::Channel>],
+    secret: &str,
+    tasks: usize,
+    calls: usize,
+    refused: VerifyCode,
+) -> u64 {
+    let valid = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for client in clients {
+        for _ in 0..tasks {
+            let (client, secret, valid) = (client.clone(), secret.to_owned(), Arc::clone(&valid));
+            set.spawn(async move {
+                for _ in 0..calls {
+                    let r = client.clone().verify_key(call(&secret, None)).await;
+                    match r.expect("answer").into_inner().code() {
+                        VerifyCode::Valid => {
+                            valid.fetch_add(1, Ordering::Relaxed);
+                        }
+                        code if code == refused => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            });
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("caller");
+    }
+    valid.load(Ordering::Relaxed)
+}
+
 async fn keys_of(app: &TestApp) -> Vec<proto::ApiKey> {
     app.admin
         .clone()
@@ -565,28 +599,8 @@ async fn two_instances_hammering_a_quota_of_60_pass_exactly_60() {
         a.verify.clone(),
         KeyVerifyClient::new(connect(b.addr()).await),
     ];
-    let valid = Arc::new(AtomicU64::new(0));
-    let mut set = JoinSet::new();
-    for i in 0..16 {
-        let client = clients[i % 2].clone();
-        let (secret, valid) = (secret.clone(), Arc::clone(&valid));
-        set.spawn(async move {
-            for _ in 0..20 {
-                let r = client.clone().verify_key(call(&secret, None)).await;
-                match r.expect("answer").into_inner().code() {
-                    VerifyCode::Valid => {
-                        valid.fetch_add(1, Ordering::Relaxed);
-                    }
-                    VerifyCode::QuotaExceeded => {}
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r.expect("caller");
-    }
-    assert_eq!(valid.load(Ordering::Relaxed), 60);
+    let valid = hammer(&clients, &secret, 8, 20, VerifyCode::QuotaExceeded).await;
+    assert_eq!(valid, 60);
     b.shutdown().await.expect("stop b");
     a.stop().await;
 }
@@ -609,32 +623,8 @@ async fn a_sigkilled_instance_holding_a_lease_never_over_grants() {
         .into_inner();
     let (id, secret) = (created.key.expect("key").id, created.secret);
 
-    let hammer = |addr, calls: usize| {
-        let secret = secret.clone();
-        async move {
-            let client = KeyVerifyClient::new(connect(addr).await);
-            let mut set = JoinSet::new();
-            for _ in 0..8 {
-                let (client, secret) = (client.clone(), secret.clone());
-                set.spawn(async move {
-                    let mut valid = 0_u64;
-                    for _ in 0..calls {
-                        let r = client.clone().verify_key(call(&secret, None)).await;
-                        if r.expect("answer").into_inner().code() == VerifyCode::Valid {
-                            valid += 1;
-                        }
-                    }
-                    valid
-                });
-            }
-            let mut valid = 0;
-            while let Some(r) = set.join_next().await {
-                valid += r.expect("caller");
-            }
-            valid
-        }
-    };
-    let before = hammer(first.addr, 15).await;
+    let first_client = [KeyVerifyClient::new(connect(first.addr).await)];
+    let before = hammer(&first_client, &secret, 8, 15, VerifyCode::QuotaExceeded).await;
     assert_eq!(before, 120, "under the quota every call passes");
     let store = keygate::store::Store::connect(&db.url, &Default::default())
         .await
@@ -651,7 +641,8 @@ async fn a_sigkilled_instance_holding_a_lease_never_over_grants() {
     drop(first); // SIGKILL: no shutdown, the lease is never given back.
 
     let second = spawn_process_on(&db, &[]);
-    let after = hammer(second.addr, 60).await;
+    let second_client = [KeyVerifyClient::new(connect(second.addr).await)];
+    let after = hammer(&second_client, &secret, 8, 60, VerifyCode::QuotaExceeded).await;
     let lost = taken - before;
     assert_eq!(before + after, LIMIT - lost, "never more than the limit");
     assert!(lost <= LIMIT / 20, "at most one open lease lost: {lost}");
@@ -678,33 +669,19 @@ async fn burst(instances: usize, limit: u64, per_instance: usize, redis: bool) -
         clients.push(KeyVerifyClient::new(connect(app.addr()).await));
         apps.push(app);
     }
-    let valid = Arc::new(AtomicU64::new(0));
-    let mut set = JoinSet::new();
-    for client in clients {
-        for _ in 0..4 {
-            let (client, secret, valid) = (client.clone(), secret.clone(), Arc::clone(&valid));
-            set.spawn(async move {
-                for _ in 0..per_instance / 4 {
-                    let r = client.clone().verify_key(call(&secret, None)).await;
-                    match r.expect("answer").into_inner().code() {
-                        VerifyCode::Valid => {
-                            valid.fetch_add(1, Ordering::Relaxed);
-                        }
-                        VerifyCode::RateLimited => {}
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
-            });
-        }
-    }
-    while let Some(r) = set.join_next().await {
-        r.expect("caller");
-    }
+    let valid = hammer(
+        &clients,
+        &secret,
+        4,
+        per_instance / 4,
+        VerifyCode::RateLimited,
+    )
+    .await;
     for app in apps {
         app.shutdown().await.expect("stop");
     }
     a.stop().await;
-    valid.load(Ordering::Relaxed)
+    valid
 }
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
