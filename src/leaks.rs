@@ -17,6 +17,8 @@ use serde::Deserialize;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Most tokens one report may name.
 pub const MAX_TOKENS: usize = 10_000;
+/// The actor of every change a leak report makes, in events and logs.
+pub const ACTOR: &str = "secret-scanning";
 /// The `token_type` keygate registers with GitHub and answers with.
 pub const TOKEN_TYPE: &str = "keygate_api_key";
 

@@ -187,6 +187,14 @@ impl Micros {
         Ok(Self(ts.seconds * 1_000_000 + i64::from(ts.nanos / 1_000)))
     }
 
+    /// As a `google.protobuf.Duration` (a length of time, not a point in it).
+    pub fn to_duration(self) -> prost_types::Duration {
+        prost_types::Duration {
+            seconds: self.0.div_euclid(1_000_000),
+            nanos: i32::try_from(self.0.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
+        }
+    }
+
     pub fn to_timestamp(self) -> prost_types::Timestamp {
         prost_types::Timestamp {
             seconds: self.0.div_euclid(1_000_000),

@@ -96,7 +96,7 @@ impl KeyBuckets {
 
     /// Every limit's gauge for `cost`; the answer's limit is the first refused
     /// one, or the one with the fewest calls left.
-    fn gauge(&self, cost: u32, now: Micros) -> (bool, usize, Gauge) {
+    fn gauge(&self, cost: u32, now: Micros) -> (usize, Gauge) {
         let mut pick: Option<(usize, Gauge)> = None;
         for (i, (l, b)) in self.limits.iter().zip(&self.buckets).enumerate() {
             let g = b.gauge(l, cost, now);
@@ -109,7 +109,7 @@ impl KeyBuckets {
                 pick = Some((i, g));
             }
         }
-        let (i, g) = pick.unwrap_or((
+        pick.unwrap_or((
             0,
             Gauge {
                 allowed: true,
@@ -117,8 +117,21 @@ impl KeyBuckets {
                 reset: now,
                 retry_after: Micros(0),
             },
-        ));
-        (g.allowed, i, g)
+        ))
+    }
+
+    /// This instance's own answer: every limit checked, the call counted in
+    /// each when all of them take it.
+    fn decide(&mut self, cost: u32, now: Micros) -> RateDecision {
+        let (i, g) = self.gauge(cost, now);
+        if g.allowed && cost > 0 {
+            self.take(cost, now);
+        }
+        RateDecision {
+            allowed: g.allowed,
+            status: self.status(i, g.remaining, g.reset),
+            retry_after: g.retry_after,
+        }
     }
 
     fn take(&mut self, cost: u32, now: Micros) {
@@ -127,13 +140,13 @@ impl KeyBuckets {
         }
     }
 
-    fn status(&self, i: usize, g: &Gauge) -> LimitStatus {
+    fn status(&self, i: usize, remaining: u64, reset: Micros) -> LimitStatus {
         let l: Option<&RateLimit> = self.limits.iter().nth(i);
         LimitStatus {
             name: l.map(|l| l.name.as_str().to_owned()).unwrap_or_default(),
             limit: l.map_or(0, |l| l.limit),
-            remaining: g.remaining,
-            reset: Some(g.reset),
+            remaining,
+            reset: Some(reset),
         }
     }
 }
@@ -210,18 +223,11 @@ impl RateLimiter {
         {
             let mut b = lock(&entry);
             b.follow(&key.rate_limits, now);
-            let (allowed, i, g) = b.gauge(cost, now);
+            let (i, g) = b.gauge(cost, now);
             // This instance's own calls already exceed a limit: so does the
             // fleet's, and no shared state can change that answer.
-            if !allowed || self.shared.is_none() {
-                if allowed && cost > 0 {
-                    b.take(cost, now);
-                }
-                return Some(RateDecision {
-                    allowed,
-                    status: b.status(i, &g),
-                    retry_after: g.retry_after,
-                });
+            if !g.allowed || self.shared.is_none() {
+                return Some(b.decide(cost, now));
             }
             let lease = b.lease;
             if lease.until > now && lease.credits >= u64::from(cost.max(1)) {
@@ -230,11 +236,10 @@ impl RateLimiter {
                     b.lease.credits -= u64::from(cost);
                     b.take(cost, now);
                 }
-                let mut status = b.status(i, &g);
-                status.remaining = lease.remaining + b.lease.credits;
+                let remaining = lease.remaining + b.lease.credits;
                 return Some(RateDecision {
                     allowed: true,
-                    status,
+                    status: b.status(i, remaining, g.reset),
                     retry_after: Micros(0),
                 });
             }
@@ -256,21 +261,10 @@ impl RateLimiter {
             .await;
         let mut b = lock(&entry);
         b.follow(&key.rate_limits, now);
-        let (_, _, g) = b.gauge(cost, now);
         match reply {
             // Redis is unreachable: count alone, as without Redis (the metric
             // and the log line are `shared_limits`' business).
-            None => {
-                let (allowed, i, g) = b.gauge(cost, now);
-                if allowed && cost > 0 {
-                    b.take(cost, now);
-                }
-                Some(RateDecision {
-                    allowed,
-                    status: b.status(i, &g),
-                    retry_after: g.retry_after,
-                })
-            }
+            None => Some(b.decide(cost, now)),
             Some(SharedReply::Granted {
                 credits,
                 remaining,
@@ -292,12 +286,10 @@ impl RateLimiter {
                         remaining,
                     };
                 }
-                let mut status = b.status(index, &g);
-                status.remaining = remaining + b.lease.credits;
-                status.reset = Some(reset);
+                let remaining = remaining + b.lease.credits;
                 Some(RateDecision {
                     allowed: true,
-                    status,
+                    status: b.status(index, remaining, reset),
                     retry_after: Micros(0),
                 })
             }
@@ -305,16 +297,11 @@ impl RateLimiter {
                 index,
                 retry_after,
                 reset,
-            }) => {
-                let mut status = b.status(index, &g);
-                status.remaining = 0;
-                status.reset = Some(reset);
-                Some(RateDecision {
-                    allowed: false,
-                    status,
-                    retry_after,
-                })
-            }
+            }) => Some(RateDecision {
+                allowed: false,
+                status: b.status(index, 0, reset),
+                retry_after,
+            }),
         }
     }
 

@@ -14,7 +14,6 @@ use std::{
 
 use metrics::{Counter, Gauge, counter, gauge};
 use rand::Rng as _;
-use sha2::{Digest, Sha256};
 use standardwebhooks::Webhook;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -132,10 +131,7 @@ pub fn endpoint_ids(urls: &[String]) -> Result<Vec<String>, WebhookConfigError> 
 /// or query, so that no credential reaches the database, and a changed
 /// password does not orphan the deliveries still due.
 fn endpoint_id(shown: &str) -> String {
-    Sha256::digest(shown.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::keys::SecretHash::of(shown).to_hex()
 }
 
 /// Checks a `whsec_<base64>` secret; the secret itself is never echoed.

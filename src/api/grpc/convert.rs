@@ -69,10 +69,7 @@ impl From<&KeyRecord> for proto::ApiKey {
                 .map(|l| proto::RateLimit {
                     name: l.name.as_str().to_owned(),
                     limit: l.limit,
-                    window: Some(prost_types::Duration {
-                        seconds: l.window.0 / 1_000_000,
-                        nanos: i32::try_from(l.window.0 % 1_000_000 * 1_000).unwrap_or(0),
-                    }),
+                    window: Some(l.window.to_duration()),
                 })
                 .collect(),
             quota: k.quota.map(|q| proto::Quota {

@@ -57,7 +57,7 @@ fn response(outcome: Outcome) -> proto::VerifyKeyResponse {
         missing_scopes: outcome.missing_scopes,
         rate_limit: outcome.rate_limit.map(limit_status),
         quota: outcome.quota.map(limit_status),
-        retry_after: outcome.retry_after.map(duration),
+        retry_after: outcome.retry_after.map(Micros::to_duration),
     }
 }
 
@@ -67,13 +67,6 @@ fn limit_status(s: LimitStatus) -> proto::LimitStatus {
         limit: s.limit,
         remaining: s.remaining,
         reset_time: s.reset.map(Micros::to_timestamp),
-    }
-}
-
-fn duration(d: Micros) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.0.div_euclid(1_000_000),
-        nanos: i32::try_from(d.0.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
     }
 }
 

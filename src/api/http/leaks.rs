@@ -18,30 +18,18 @@ use super::error;
 use crate::{
     domain::Error,
     leaks::{LeakKeys, MAX_BODY_BYTES, parse_report},
-    model::{Actor, Role, UserId},
     services::KeyService,
 };
-
-/// The actor of every change a leak report makes, in events and logs.
-pub const ACTOR: &str = "secret-scanning";
 
 #[derive(Debug)]
 pub struct LeakRoute {
     keys: LeakKeys,
     service: KeyService,
-    actor: Actor,
 }
 
 impl LeakRoute {
     pub fn new(keys: LeakKeys, service: KeyService) -> Self {
-        Self {
-            keys,
-            service,
-            actor: Actor {
-                id: UserId::parse(ACTOR).unwrap_or_else(|_| unreachable!("a valid user id")),
-                role: Role::Admin,
-            },
-        }
+        Self { keys, service }
     }
 }
 
@@ -71,7 +59,7 @@ async fn report(State(route): State<Arc<LeakRoute>>, headers: HeaderMap, body: B
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    match route.service.report_leaks(&route.actor, &tokens).await {
+    match route.service.report_leaks(&tokens).await {
         Ok(verdicts) => {
             let revoked = verdicts
                 .iter()
