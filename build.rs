@@ -26,5 +26,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
+
+    // Envoy's ext_authz API: only a descriptor set, for reflection (the Rust
+    // types come from the envoy-types crate). See proto/vendor/README.md.
+    let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path()?)
+        .arg("-Iproto/vendor")
+        .arg(format!("-I{}", protoc_bin_vendored::include_path()?.display()))
+        .arg("--include_imports")
+        .arg(format!(
+            "--descriptor_set_out={}",
+            out.join("envoy_authz_descriptor.bin").display()
+        ))
+        .arg("envoy/service/auth/v3/external_auth.proto")
+        .status()?;
+    if !status.success() {
+        return Err(format!("protoc failed on proto/vendor: {status}").into());
+    }
+    println!("cargo:rerun-if-changed=proto/vendor");
     Ok(())
 }

@@ -94,6 +94,11 @@ impl CachedKey {
         &self.verified.organization_id
     }
 
+    /// The answer's fields, without the scopes (which stay in `scopes`).
+    pub fn verified_fields(&self) -> &proto::VerifiedKey {
+        &self.verified
+    }
+
     /// The key as a verification answer shows it.
     pub fn verified(&self) -> proto::VerifiedKey {
         proto::VerifiedKey {

@@ -153,9 +153,16 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "1s")]
     pub usage_flush_interval: humantime::Duration,
 
-    /// HTTP listener for leak reports (`POST /v1/leaks/github`); off by default.
+    /// HTTP listener for forward auth (`/v1/authorize`: nginx, Traefik, Caddy)
+    /// and leak reports (`POST /v1/leaks/github`); off by default.
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+
+    /// TOML route policy: the scopes each method and path needs when keygate
+    /// authorizes requests for a proxy (Envoy ext_authz, `/v1/authorize`).
+    /// Without it every route needs only a valid key.
+    #[arg(long, env = "KEYGATE_ROUTE_POLICY")]
+    pub route_policy: Option<PathBuf>,
 
     /// GitHub's secret-scanning public keys (`{"public_keys": [...]}` JSON), to
     /// check the signature of leak reports; needs `--http-listen`.

@@ -234,17 +234,19 @@ fn code_label(code: VerifyCode) -> &'static str {
     }
 }
 
-/// The verify path's instruments, registered once.
+/// The verify path's instruments for one entry point (`grpc` for `VerifyKey`,
+/// `ext_authz` for Envoy, `http` for forward auth), registered once.
 #[derive(Debug, Clone)]
 pub struct VerifyMetrics {
     /// Indexed by `VerifyCode as usize`.
     by_code: [Counter; 12],
     rpc_errors: Counter,
+    route_not_allowed: Counter,
     duration: Histogram,
 }
 
 impl VerifyMetrics {
-    pub fn new() -> Self {
+    pub fn new(entry_point: &'static str) -> Self {
         handle();
         let codes = [
             VerifyCode::Unspecified,
@@ -260,10 +262,14 @@ impl VerifyMetrics {
             VerifyCode::RateLimited,
             VerifyCode::QuotaExceeded,
         ];
+        let verify_total = |code: &'static str| {
+            counter!("keygate_verify_total", "code" => code, "entry_point" => entry_point)
+        };
         Self {
-            by_code: codes.map(|c| counter!("keygate_verify_total", "code" => code_label(c))),
-            rpc_errors: counter!("keygate_verify_total", "code" => "rpc_error"),
-            duration: histogram!(VERIFY_SECONDS),
+            by_code: codes.map(|c| verify_total(code_label(c))),
+            rpc_errors: verify_total("rpc_error"),
+            route_not_allowed: verify_total("route_not_allowed"),
+            duration: histogram!(VERIFY_SECONDS, "entry_point" => entry_point),
         }
     }
 
@@ -274,13 +280,14 @@ impl VerifyMetrics {
         }
         self.duration.record(elapsed.as_secs_f64());
     }
-}
 
-impl Default for VerifyMetrics {
-    fn default() -> Self {
-        Self::new()
+    /// A proxied request no route of the policy allows (its key was not checked).
+    pub fn observe_route_not_allowed(&self, elapsed: Duration) {
+        self.route_not_allowed.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
     }
 }
+
 
 /// Cache instruments, shared by the positive and negative caches.
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::ServerTlsConfig;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 pub use health::check_health;
@@ -28,8 +29,9 @@ use transport::{Limits, bind, load_tls, server_builder};
 
 use crate::{
     api::{
+        envoy::EnvoyApi,
         grpc::{AdminApi, AdminTokens, VerifyApi, observe::ObserveAdminLayer},
-        http::{HttpConfig, leaks::LeakRoute},
+        http::{HttpConfig, authorize::AuthorizeRoute, leaks::LeakRoute},
     },
     cache::{CacheConfig, KeyCache},
     clock::{SharedClock, SystemClock},
@@ -39,8 +41,9 @@ use crate::{
     lookup::Lookups,
     proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
     scopes::ScopeCatalog,
+    domain::routes::RoutePolicy,
     services::{
-        KeyService, Verifier, limiter::RateLimiter, quota::Quotas, shared_limits::SharedLimits,
+        KeyService, Verifier, authorizer::Authorizer, limiter::RateLimiter, quota::Quotas, shared_limits::SharedLimits,
     },
     store::{PoolConfig, Store},
     usage::UsageRecorder,
@@ -49,6 +52,10 @@ use crate::{
 
 /// The largest request keygate decodes; a legitimate one is a few KiB at most.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The largest Envoy check request keygate decodes: it carries the client's
+/// headers (Envoy allows 60 KiB of them by default) and the request's attributes.
+pub const ENVOY_MAX_MESSAGE_BYTES: usize = 128 * 1024;
 
 /// Why keygate could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +89,8 @@ pub enum AppError {
     Http(String),
     #[error("--leak-report-keys: {0}")]
     LeakKeys(#[from] crate::leaks::KeysFileError),
+    #[error("--route-policy: {0}")]
+    RoutePolicy(#[from] crate::domain::routes::PolicyError),
 }
 
 /// Opens the store named by the database flags and brings its schema up to date.
@@ -118,6 +127,8 @@ pub struct App {
 struct Services {
     keys: KeyService,
     verifier: Verifier,
+    /// The verifier behind the route policy, for Envoy and forward auth.
+    authorizer: Authorizer,
     usage: Arc<UsageRecorder>,
     quotas: Arc<Quotas>,
     cache: Arc<KeyCache>,
@@ -178,7 +189,24 @@ impl Services {
             args.database.database_timeout.into(),
             tasks,
         );
+        let verifier = Verifier::new(
+            lookups,
+            Arc::clone(&cache),
+            Arc::clone(&usage),
+            rate_limits,
+            Arc::clone(&quotas),
+            Arc::clone(clock),
+        );
+        // Checked before anything starts: a bad policy stops the start.
+        let policy = args
+            .route_policy
+            .as_deref()
+            .map(RoutePolicy::load)
+            .transpose()?
+            .map(Arc::new);
         Ok(Self {
+            authorizer: Authorizer::new(verifier.clone(), policy),
+            verifier,
             keys: KeyService::new(
                 store.clone(),
                 Arc::clone(&cache),
@@ -186,14 +214,6 @@ impl Services {
                 catalog,
                 Arc::clone(clock),
                 args.database.database_timeout.into(),
-            ),
-            verifier: Verifier::new(
-                lookups,
-                Arc::clone(&cache),
-                Arc::clone(&usage),
-                rate_limits,
-                Arc::clone(&quotas),
-                Arc::clone(clock),
             ),
             usage,
             quotas,
@@ -392,6 +412,8 @@ fn serve(
     let http_keys = services.keys.clone();
     let verify = KeyVerifyServer::new(VerifyApi::new(services.verifier))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let envoy = AuthorizationServer::new(EnvoyApi::new(services.authorizer.clone()))
+        .max_decoding_message_size(ENVOY_MAX_MESSAGE_BYTES);
     // Counting and logging wrap the whole service, so no RPC is left out.
     let admin = tower::ServiceBuilder::new()
         .layer(ObserveAdminLayer)
@@ -405,6 +427,7 @@ fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // Lets grpcurl decode the google.rpc.BadRequest details of our errors.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::ENVOY_AUTHZ_DESCRIPTOR_SET)
     };
     let limits = Limits {
         per_connection: args.max_concurrent_requests_per_connection,
@@ -426,6 +449,7 @@ fn serve(
                 .transpose()?
                 .map(|keys| Arc::new(LeakRoute::new(keys, http_keys)));
             let config = HttpConfig {
+                authorize: AuthorizeRoute::new(services.authorizer.clone()),
                 leaks,
                 request_timeout: args.request_timeout.into(),
             };
@@ -459,6 +483,7 @@ fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(verify)
+        .add_service(envoy)
         .add_optional_service(shared_admin);
     if let Some((router, admin_incoming)) = separate_admin {
         let serve =

@@ -1,6 +1,7 @@
 //! The domain's entry points, shared by every transport: each owns what its
 //! rules need at run time (store, cache, usage, clock).
 
+pub mod authorizer;
 pub mod keys;
 pub mod limiter;
 pub mod quota;

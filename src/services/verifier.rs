@@ -80,6 +80,11 @@ impl Verifier {
         }
     }
 
+    /// The verifier's clock: what "now" is for the limits' reset times.
+    pub fn now(&self) -> Micros {
+        self.clock.now()
+    }
+
     /// A denial is an outcome; an error is only the store being unreachable for
     /// a key that is not cached (never NOT_FOUND for what may exist).
     pub async fn verify(&self, v: &Verification<'_>) -> Result<Outcome, Error> {

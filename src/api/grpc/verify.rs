@@ -24,7 +24,7 @@ impl VerifyApi {
     pub fn new(verifier: Verifier) -> Self {
         Self {
             verifier,
-            metrics: VerifyMetrics::new(),
+            metrics: VerifyMetrics::new("grpc"),
         }
     }
 }

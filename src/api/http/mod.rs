@@ -1,8 +1,9 @@
-//! The HTTP listener (`--http-listen`): GitHub's leak reports today, forward
-//! auth later. Plain axum on hyper, with the same discipline as the gRPC side:
-//! a body limit per route and a deadline on every request, so a slow or huge
-//! request costs a bounded amount.
+//! The HTTP listener (`--http-listen`): forward auth (`/v1/authorize`) and
+//! GitHub's leak reports. Plain axum on hyper, with the same discipline as the
+//! gRPC side: a body limit per route, a cap on the headers and a deadline on
+//! every request, so a slow or huge request costs a bounded amount.
 
+pub mod authorize;
 pub mod leaks;
 
 use std::{sync::Arc, time::Duration};
@@ -18,6 +19,7 @@ use axum::{
 /// What the HTTP routes need.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
+    pub authorize: authorize::AuthorizeRoute,
     pub leaks: Option<Arc<leaks::LeakRoute>>,
     pub request_timeout: Duration,
 }
@@ -33,13 +35,34 @@ pub fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+/// The most header bytes (names and values) a request may carry, as on the
+/// gRPC side (HTTP/2's usual 16 KiB header list): a forward-auth request is a
+/// client's request replayed, and no legitimate one comes near it.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("the request's headers exceed {MAX_HEADER_BYTES} bytes"),
+        );
+    }
+    next.run(req).await
+}
+
 /// The routes; a route whose feature is not configured is absent (404).
 pub fn router(config: HttpConfig) -> Router {
-    let mut router = Router::new();
+    let mut router = authorize::routes(config.authorize);
     if let Some(leaks) = config.leaks {
         router = router.merge(leaks::routes(leaks));
     }
     let timeout = config.request_timeout;
+    let router = router.layer(middleware::from_fn(limit_headers));
     // Outermost: the deadline covers reading the body too, so a client that
     // trickles its request is cut off like one that never finishes.
     router.layer(middleware::from_fn(

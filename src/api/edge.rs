@@ -1,0 +1,226 @@
+//! What Envoy ext_authz and HTTP forward auth share: where a proxied request
+//! carries its key, and the answer's HTTP shape (status, headers, JSON body).
+//! Each transport reads its own request into an `EdgeRequest` and writes an
+//! [`Answer`] in its own types; the mapping from outcome to status lives here
+//! once, so the two can never disagree.
+
+use crate::{
+    api::grpc::verify::verify_code,
+    cache::CachedKey,
+    domain::{Error, verify::Code},
+    metrics::VerifyMetrics,
+    model::Micros,
+    proto::KeyType,
+    services::{Outcome, authorizer::Decision, limiter::LimitStatus},
+};
+
+pub const AUTHORIZATION: &str = "authorization";
+pub const API_KEY: &str = "x-api-key";
+/// Every header keygate sets toward the upstream starts with this; a client's
+/// own `x-keygate-*` headers are never let through.
+pub const IDENTITY_PREFIX: &str = "x-keygate-";
+pub const KEY_ID: &str = "x-keygate-key-id";
+pub const ORGANIZATION_ID: &str = "x-keygate-organization-id";
+pub const KEY_TYPE: &str = "x-keygate-key-type";
+pub const USER_ID: &str = "x-keygate-user-id";
+pub const CODE: &str = "x-keygate-code";
+
+/// Where a request's key was, so the transport can keep it from the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialHeader {
+    /// `Authorization: Bearer <key>`.
+    Authorization,
+    /// `X-Api-Key: <key>`.
+    ApiKey,
+}
+
+/// The presented key: `Authorization: Bearer <key>` (scheme in any case),
+/// else `X-Api-Key`; empty (MISSING) with neither. An `Authorization` header of
+/// another scheme (Basic, …) belongs to the upstream and is left alone.
+pub fn credential<'a>(
+    authorization: Option<&'a str>,
+    api_key: Option<&'a str>,
+) -> (&'a str, Option<CredentialHeader>) {
+    if let Some(value) = authorization {
+        let value = value.trim();
+        let (scheme, rest) = value
+            .split_once(|c: char| c == ' ' || c == '\t')
+            .unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return (rest.trim(), Some(CredentialHeader::Authorization));
+        }
+    }
+    match api_key {
+        Some(key) => (key.trim(), Some(CredentialHeader::ApiKey)),
+        None => ("", None),
+    }
+}
+
+/// The answer to a proxied request, in HTTP terms.
+#[derive(Debug)]
+pub struct Answer {
+    /// 200, 401, 403, 429 or 503.
+    pub status: u16,
+    /// `VERIFY_CODE_*`, `ROUTE_NOT_ALLOWED` or `UNAVAILABLE`.
+    pub code: &'static str,
+    pub message: String,
+    /// For the client: `x-keygate-code`, `WWW-Authenticate`, `Retry-After`,
+    /// `RateLimit-*`.
+    pub headers: Vec<(&'static str, String)>,
+    /// For the upstream, when allowed: who is calling.
+    pub identity: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    pub fn allowed(&self) -> bool {
+        self.status == 200
+    }
+
+    /// `{"code": "...", "message": "..."}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "code": self.code, "message": self.message }).to_string()
+    }
+
+    /// The key was not cached and the store cannot be reached.
+    pub fn unavailable() -> Self {
+        Self {
+            status: 503,
+            code: "UNAVAILABLE",
+            message: "the key store is unavailable; retry later".into(),
+            headers: vec![(CODE, "UNAVAILABLE".into())],
+            identity: Vec::new(),
+        }
+    }
+
+    pub fn from_decision(decision: &Decision, now: Micros) -> Self {
+        match decision {
+            Decision::RouteNotAllowed(why) => Self {
+                status: 403,
+                code: "ROUTE_NOT_ALLOWED",
+                message: why.clone(),
+                headers: vec![(CODE, "ROUTE_NOT_ALLOWED".into())],
+                identity: Vec::new(),
+            },
+            Decision::Verified(outcome) => Self::from_outcome(outcome, now),
+        }
+    }
+
+    fn from_outcome(outcome: &Outcome, now: Micros) -> Self {
+        let code = verify_code(outcome.code).as_str_name();
+        let status = match outcome.code {
+            Code::Valid => 200,
+            Code::Missing | Code::Malformed | Code::NotFound | Code::Revoked | Code::Expired => 401,
+            Code::OrganizationMismatch | Code::HostnameBlocked | Code::InsufficientScope => 403,
+            Code::RateLimited | Code::QuotaExceeded => 429,
+        };
+        let mut headers = vec![(CODE, code.to_owned())];
+        if status == 401 {
+            headers.push(("www-authenticate", "Bearer realm=\"keygate\"".into()));
+        }
+        if let Some(after) = outcome.retry_after {
+            headers.push(("retry-after", ceil_seconds(after.0).max(1).to_string()));
+        }
+        // The limit closest to refusing says how much is left.
+        if let Some(limit) = outcome.rate_limit.as_ref().or(outcome.quota.as_ref()) {
+            rate_limit_headers(limit, now, &mut headers);
+        }
+        let identity = match (&outcome.key, status) {
+            (Some(key), 200) => identity(key),
+            _ => Vec::new(),
+        };
+        Self {
+            status,
+            code,
+            message: message(outcome),
+            headers,
+            identity,
+        }
+    }
+}
+
+/// Counts a proxied request as `VerifyKey` calls are counted, under its entry point.
+pub fn observe(metrics: &VerifyMetrics, decision: &Result<Decision, Error>, elapsed: std::time::Duration) {
+    match decision {
+        Ok(Decision::Verified(o)) => metrics.observe(Some(verify_code(o.code)), elapsed),
+        Ok(Decision::RouteNotAllowed(_)) => metrics.observe_route_not_allowed(elapsed),
+        Err(_) => metrics.observe(None, elapsed),
+    }
+}
+
+fn rate_limit_headers(limit: &LimitStatus, now: Micros, out: &mut Vec<(&'static str, String)>) {
+    out.push(("ratelimit-limit", limit.limit.to_string()));
+    out.push(("ratelimit-remaining", limit.remaining.to_string()));
+    if let Some(reset) = limit.reset {
+        out.push(("ratelimit-reset", ceil_seconds(reset.0 - now.0).to_string()));
+    }
+}
+
+/// Whole seconds, rounded up: a client told 0 too early retries too early.
+fn ceil_seconds(micros: i64) -> i64 {
+    (micros.max(0) + 999_999) / 1_000_000
+}
+
+fn identity(key: &CachedKey) -> Vec<(&'static str, String)> {
+    let v = key.verified_fields();
+    let mut out = vec![
+        (KEY_ID, v.id.clone()),
+        (ORGANIZATION_ID, v.organization_id.clone()),
+    ];
+    if v.r#type == KeyType::Bot as i32 {
+        out.push((KEY_TYPE, "bot".into()));
+    } else {
+        out.push((KEY_TYPE, "user".into()));
+        out.push((USER_ID, v.user_id.clone()));
+    }
+    out
+}
+
+fn message(outcome: &Outcome) -> String {
+    match outcome.code {
+        Code::Valid => "the key is valid".into(),
+        Code::Missing => "no key: send Authorization: Bearer <key> or X-Api-Key: <key>".into(),
+        Code::Malformed => "the key is malformed".into(),
+        Code::NotFound => "the key does not exist".into(),
+        Code::Revoked => "the key is revoked".into(),
+        Code::Expired => "the key has expired".into(),
+        Code::OrganizationMismatch => "the key belongs to another organization".into(),
+        Code::HostnameBlocked => "the key may not be used from this origin".into(),
+        Code::InsufficientScope => {
+            format!(
+                "the key lacks the scopes {}",
+                outcome.missing_scopes.join(" ")
+            )
+        }
+        Code::RateLimited => match &outcome.rate_limit {
+            Some(l) if !l.name.is_empty() => format!("the key's rate limit {:?} is exceeded", l.name),
+            _ => "the key's rate limit is exceeded".into(),
+        },
+        Code::QuotaExceeded => "the key's quota is used up".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_in_any_case_then_x_api_key() {
+        use CredentialHeader::*;
+        assert_eq!(credential(Some("Bearer k1"), Some("k2")), ("k1", Some(Authorization)));
+        assert_eq!(credential(Some("bEaReR   k1 "), None), ("k1", Some(Authorization)));
+        assert_eq!(credential(Some("Basic dXNlcg=="), Some("k2")), ("k2", Some(ApiKey)));
+        assert_eq!(credential(Some("Basic dXNlcg=="), None), ("", None));
+        assert_eq!(credential(Some("Bearer"), Some("k2")), ("", Some(Authorization)));
+        assert_eq!(credential(Some("Bearerk1"), None), ("", None));
+        assert_eq!(credential(None, Some(" k2 ")), ("k2", Some(ApiKey)));
+        assert_eq!(credential(None, None), ("", None));
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_seconds(1), 1);
+        assert_eq!(ceil_seconds(1_000_000), 1);
+        assert_eq!(ceil_seconds(1_000_001), 2);
+        assert_eq!(ceil_seconds(-5), 0);
+    }
+}

@@ -1,0 +1,100 @@
+//! `/v1/authorize`: forward auth for nginx `auth_request`, Traefik `ForwardAuth`
+//! and Caddy `forward_auth`. The proxy sends the client's headers and says
+//! which request it holds (`X-Original-Method`/`X-Original-URI` from nginx,
+//! `X-Forwarded-Method`/`X-Forwarded-Uri` from Traefik and Caddy); keygate
+//! answers 200 with the caller's identity, or the same denial Envoy would get.
+
+use std::time::Instant;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+
+use crate::{
+    api::edge::{self, Answer},
+    domain::Error,
+    metrics::VerifyMetrics,
+    services::authorizer::{Authorizer, EdgeRequest},
+};
+
+#[derive(Debug, Clone)]
+pub struct AuthorizeRoute {
+    authorizer: Authorizer,
+    metrics: VerifyMetrics,
+}
+
+impl AuthorizeRoute {
+    pub fn new(authorizer: Authorizer) -> Self {
+        Self {
+            authorizer,
+            metrics: VerifyMetrics::new("http"),
+        }
+    }
+}
+
+pub fn routes(route: AuthorizeRoute) -> Router {
+    // Any method: Traefik and Caddy repeat the client's, nginx sends GET.
+    Router::new()
+        .route("/v1/authorize", any(authorize))
+        .with_state(route)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The first of `names` the proxy sent.
+fn first<'a>(headers: &'a HeaderMap, names: [&str; 2]) -> Option<&'a str> {
+    names.into_iter().find_map(|n| header(headers, n))
+}
+
+async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> Response {
+    let start = Instant::now();
+    let (key, _) = edge::credential(
+        header(&headers, edge::AUTHORIZATION),
+        header(&headers, edge::API_KEY),
+    );
+    let request = EdgeRequest {
+        // Never the subrequest's own method: nginx always sends GET, so a
+        // proxy that did not say would have every request look like a read.
+        method: first(&headers, ["x-original-method", "x-forwarded-method"]).unwrap_or_default(),
+        path: first(&headers, ["x-original-uri", "x-forwarded-uri"]),
+        key,
+        origin: header(&headers, "origin").unwrap_or_default(),
+        referer: header(&headers, "referer").unwrap_or_default(),
+        extra_scopes: "",
+        organization_id: "",
+    };
+    let decision = route.authorizer.authorize(&request).await;
+    edge::observe(&route.metrics, &decision, start.elapsed());
+    let answer = match decision {
+        Ok(decision) => Answer::from_decision(&decision, route.authorizer.now()),
+        Err(Error::Unavailable) => Answer::unavailable(),
+        Err(e) => {
+            tracing::error!(error = ?e, "forward auth failed");
+            return super::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    respond(answer)
+}
+
+fn respond(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::FORBIDDEN);
+    let body = answer.body();
+    let mut response = (status, body).into_response();
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in answer.headers.into_iter().chain(answer.identity) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
