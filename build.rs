@@ -31,7 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // types come from the envoy-types crate). See proto/vendor/README.md.
     let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path()?)
         .arg("-Iproto/vendor")
-        .arg(format!("-I{}", protoc_bin_vendored::include_path()?.display()))
+        .arg(format!(
+            "-I{}",
+            protoc_bin_vendored::include_path()?.display()
+        ))
         .arg("--include_imports")
         .arg(format!(
             "--descriptor_set_out={}",

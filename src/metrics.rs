@@ -262,9 +262,7 @@ impl VerifyMetrics {
             VerifyCode::RateLimited,
             VerifyCode::QuotaExceeded,
         ];
-        let verify_total = |code: &'static str| {
-            counter!("keygate_verify_total", "code" => code, "entry_point" => entry_point)
-        };
+        let verify_total = |code: &'static str| counter!("keygate_verify_total", "code" => code, "entry_point" => entry_point);
         Self {
             by_code: codes.map(|c| verify_total(code_label(c))),
             rpc_errors: verify_total("rpc_error"),
@@ -287,7 +285,6 @@ impl VerifyMetrics {
         self.duration.record(elapsed.as_secs_f64());
     }
 }
-
 
 /// Cache instruments, shared by the positive and negative caches.
 #[derive(Debug, Clone)]

@@ -44,7 +44,7 @@ pub fn credential<'a>(
     if let Some(value) = authorization {
         let value = value.trim();
         let (scheme, rest) = value
-            .split_once(|c: char| c == ' ' || c == '\t')
+            .split_once([' ', '\t'])
             .unwrap_or((value, ""));
         if scheme.eq_ignore_ascii_case("bearer") {
             return (rest.trim(), Some(CredentialHeader::Authorization));
@@ -139,7 +139,11 @@ impl Answer {
 }
 
 /// Counts a proxied request as `VerifyKey` calls are counted, under its entry point.
-pub fn observe(metrics: &VerifyMetrics, decision: &Result<Decision, Error>, elapsed: std::time::Duration) {
+pub fn observe(
+    metrics: &VerifyMetrics,
+    decision: &Result<Decision, Error>,
+    elapsed: std::time::Duration,
+) {
     match decision {
         Ok(Decision::Verified(o)) => metrics.observe(Some(verify_code(o.code)), elapsed),
         Ok(Decision::RouteNotAllowed(_)) => metrics.observe_route_not_allowed(elapsed),
@@ -192,7 +196,9 @@ fn message(outcome: &Outcome) -> String {
             )
         }
         Code::RateLimited => match &outcome.rate_limit {
-            Some(l) if !l.name.is_empty() => format!("the key's rate limit {:?} is exceeded", l.name),
+            Some(l) if !l.name.is_empty() => {
+                format!("the key's rate limit {:?} is exceeded", l.name)
+            }
             _ => "the key's rate limit is exceeded".into(),
         },
         Code::QuotaExceeded => "the key's quota is used up".into(),
@@ -206,11 +212,23 @@ mod tests {
     #[test]
     fn bearer_in_any_case_then_x_api_key() {
         use CredentialHeader::*;
-        assert_eq!(credential(Some("Bearer k1"), Some("k2")), ("k1", Some(Authorization)));
-        assert_eq!(credential(Some("bEaReR   k1 "), None), ("k1", Some(Authorization)));
-        assert_eq!(credential(Some("Basic dXNlcg=="), Some("k2")), ("k2", Some(ApiKey)));
+        assert_eq!(
+            credential(Some("Bearer k1"), Some("k2")),
+            ("k1", Some(Authorization))
+        );
+        assert_eq!(
+            credential(Some("bEaReR   k1 "), None),
+            ("k1", Some(Authorization))
+        );
+        assert_eq!(
+            credential(Some("Basic dXNlcg=="), Some("k2")),
+            ("k2", Some(ApiKey))
+        );
         assert_eq!(credential(Some("Basic dXNlcg=="), None), ("", None));
-        assert_eq!(credential(Some("Bearer"), Some("k2")), ("", Some(Authorization)));
+        assert_eq!(
+            credential(Some("Bearer"), Some("k2")),
+            ("", Some(Authorization))
+        );
         assert_eq!(credential(Some("Bearerk1"), None), ("", None));
         assert_eq!(credential(None, Some(" k2 ")), ("k2", Some(ApiKey)));
         assert_eq!(credential(None, None), ("", None));

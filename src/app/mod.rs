@@ -18,10 +18,10 @@ mod transport;
 
 use std::{net::SocketAddr, sync::Arc};
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::ServerTlsConfig;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 pub use health::check_health;
@@ -36,14 +36,15 @@ use crate::{
     cache::{CacheConfig, KeyCache},
     clock::{SharedClock, SystemClock},
     config::{DatabaseArgs, ServeArgs},
+    domain::routes::RoutePolicy,
     invalidation::Poller,
     leaks::LeakKeys,
     lookup::Lookups,
     proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
     scopes::ScopeCatalog,
-    domain::routes::RoutePolicy,
     services::{
-        KeyService, Verifier, authorizer::Authorizer, limiter::RateLimiter, quota::Quotas, shared_limits::SharedLimits,
+        KeyService, Verifier, authorizer::Authorizer, limiter::RateLimiter, quota::Quotas,
+        shared_limits::SharedLimits,
     },
     store::{PoolConfig, Store},
     usage::UsageRecorder,

@@ -25,7 +25,9 @@ pub enum PathError {
     BadEscape,
     #[error("the path is not UTF-8 once decoded")]
     NotUtf8,
-    #[error("a path segment holds an encoded /, a \\, a control character or a second level of encoding")]
+    #[error(
+        "a path segment holds an encoded /, a \\, a control character or a second level of encoding"
+    )]
     Ambiguous,
     #[error("the path climbs above the root with ..")]
     AboveRoot,
@@ -309,7 +311,11 @@ fn parse_pattern(path: &str) -> Result<(Vec<Pattern>, bool), String> {
             "**" if i + 1 == parts.len() => any_rest = true,
             "**" => return Err(format!("{path:?}: ** may only end a path, as /**")),
             "*" => segments.push(Pattern::Any),
-            "" => return Err(format!("{path:?} has an empty segment (// or a trailing /)")),
+            "" => {
+                return Err(format!(
+                    "{path:?} has an empty segment (// or a trailing /)"
+                ));
+            }
             "." | ".." => return Err(format!("{path:?} has a {part} segment")),
             p if p.contains('*') => {
                 return Err(format!(
@@ -396,7 +402,9 @@ scopes = ["analytics:read", "links:read"]
 
     fn required(policy: &RoutePolicy, method: &str, path: &str) -> Option<Vec<String>> {
         let path = NormalPath::parse(path).ok()?;
-        policy.required_scopes(method, &path).map(<[String]>::to_vec)
+        policy
+            .required_scopes(method, &path)
+            .map(<[String]>::to_vec)
     }
 
     #[test]
@@ -455,7 +463,10 @@ scopes = ["analytics:read", "links:read"]
             ("/a?b", "without %"),
         ] {
             let e = error(&format!("[[route]]\npath = {path:?}\nscopes = []\n"));
-            assert!(e.starts_with("line 2: path:") && e.contains(why), "{path}: {e}");
+            assert!(
+                e.starts_with("line 2: path:") && e.contains(why),
+                "{path}: {e}"
+            );
         }
     }
 

@@ -104,15 +104,8 @@ impl Authorizer {
                 ))
             })?;
         }
-        let v = Verification::new(
-            r.key,
-            &scopes,
-            r.origin,
-            r.referer,
-            r.organization_id,
-            None,
-        )
-        .map_err(Error::Invalid)?;
+        let v = Verification::new(r.key, &scopes, r.origin, r.referer, r.organization_id, None)
+            .map_err(Error::Invalid)?;
         Ok(Decision::Verified(self.verifier.verify(&v).await?))
     }
 }

@@ -150,6 +150,7 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         "keygate.v1.KeyAdmin",
         "keygate.v1.KeyVerify",
         "grpc.health.v1.Health",
+        "envoy.service.auth.v3.Authorization",
     ] {
         assert!(services.iter().any(|x| x == s), "{s} in {services:?}");
     }

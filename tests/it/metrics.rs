@@ -177,14 +177,38 @@ async fn counters_move_by_exactly_the_traffic_and_labels_stay_bounded() {
     let (text, after) = scrape(metrics).await;
     let mut wrong = Vec::new();
     for (series, exactly) in [
-        (r#"keygate_verify_total{code="valid"}"#, 2.0),
-        (r#"keygate_verify_total{code="insufficient_scope"}"#, 1.0),
-        (r#"keygate_verify_total{code="malformed"}"#, 1.0),
-        (r#"keygate_verify_total{code="not_found"}"#, 1.0),
-        (r#"keygate_verify_total{code="rpc_error"}"#, 1.0),
-        (r#"keygate_verify_total{code="revoked"}"#, 0.0),
-        (r#"keygate_verify_total{code="missing"}"#, 0.0),
-        ("keygate_verify_duration_seconds_count", 6.0),
+        (
+            r#"keygate_verify_total{code="valid",entry_point="grpc"}"#,
+            2.0,
+        ),
+        (
+            r#"keygate_verify_total{code="insufficient_scope",entry_point="grpc"}"#,
+            1.0,
+        ),
+        (
+            r#"keygate_verify_total{code="malformed",entry_point="grpc"}"#,
+            1.0,
+        ),
+        (
+            r#"keygate_verify_total{code="not_found",entry_point="grpc"}"#,
+            1.0,
+        ),
+        (
+            r#"keygate_verify_total{code="rpc_error",entry_point="grpc"}"#,
+            1.0,
+        ),
+        (
+            r#"keygate_verify_total{code="revoked",entry_point="grpc"}"#,
+            0.0,
+        ),
+        (
+            r#"keygate_verify_total{code="missing",entry_point="grpc"}"#,
+            0.0,
+        ),
+        (
+            r#"keygate_verify_duration_seconds_count{entry_point="grpc"}"#,
+            6.0,
+        ),
         (r#"keygate_cache_hits_total{cache="keys"}"#, 2.0),
         (r#"keygate_cache_hits_total{cache="unknown_keys"}"#, 0.0),
         ("keygate_cache_misses_total", 2.0),
