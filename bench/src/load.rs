@@ -10,6 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use envoy_types::{
+    ext_authz::v3::pb::CheckRequest,
+    pb::envoy::service::auth::v3::{
+        AttributeContext, attribute_context::HttpRequest, attribute_context::Request as Attr,
+        authorization_client::AuthorizationClient,
+    },
+};
 use hdrhistogram::Histogram;
 use keygate::{
     keys::SecretHash,
@@ -51,6 +58,42 @@ pub(crate) enum Target {
         hashes: Arc<[SecretHash]>,
         cursor: Arc<AtomicUsize>,
     },
+    Check {
+        client: AuthorizationClient<Channel>,
+        keys: Arc<[String]>,
+        cursor: Arc<AtomicUsize>,
+    },
+    Forward {
+        client: reqwest::Client,
+        url: Arc<str>,
+        keys: Arc<[String]>,
+        cursor: Arc<AtomicUsize>,
+    },
+}
+
+/// What Envoy sends for `GET /api/links` with a key, the scope coming from the
+/// route's `context_extensions` (what `VerifyKey` gets as `required_scopes`).
+fn check_request(key: &str) -> CheckRequest {
+    let http = HttpRequest {
+        method: "GET".into(),
+        path: "/api/links".into(),
+        headers: [("authorization".to_owned(), format!("Bearer {key}"))].into(),
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Attr {
+                http: Some(http),
+                ..Default::default()
+            }),
+            context_extensions: [(
+                "keygate_required_scopes".to_owned(),
+                REQUIRED_SCOPE.to_owned(),
+            )]
+            .into(),
+            ..Default::default()
+        }),
+    }
 }
 
 enum Outcome {
@@ -110,6 +153,38 @@ impl Target {
                 let q =
                     sqlx::query(SELECT_BY_HASH.as_str()).bind(&next(hashes, cursor).as_bytes()[..]);
                 row_outcome(q.fetch_optional(&*pool).await)
+            }
+            Target::Check {
+                client,
+                keys,
+                cursor,
+            } => match client
+                .check(check_request(next::<String>(keys, cursor)))
+                .await
+            {
+                Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0) => Outcome::Ok,
+                Ok(_) => Outcome::Unexpected,
+                Err(e) => Outcome::Error(e.to_string()),
+            },
+            Target::Forward {
+                client,
+                url,
+                keys,
+                cursor,
+            } => {
+                let key = next::<String>(keys, cursor);
+                let sent = client
+                    .get(&**url)
+                    .header("x-original-method", "GET")
+                    .header("x-original-uri", "/api/links")
+                    .header("authorization", format!("Bearer {key}"))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 200 => Outcome::Ok,
+                    Ok(_) => Outcome::Unexpected,
+                    Err(e) => Outcome::Error(e.to_string()),
+                }
             }
         }
     }

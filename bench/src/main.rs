@@ -22,6 +22,8 @@
 //! | `select-id-noping` | as `select-id`, but the pool does not ping a connection before handing it out |
 //! | `one-key`          | `VerifyKey`, always the same seeded key, which has no usage limits     |
 //! | `one-key-limited`  | `VerifyKey`, always one key with a rate limit and a quota it never reaches (every call counted in both; quota credits leased from the store) |
+//! | `ext-authz`        | Envoy's `Authorization/Check` on the cached instance: a seeded key (round-robin) as `Authorization: Bearer`, `GET /api/links`, `links:read` from `context_extensions` |
+//! | `forward-auth`     | `GET /v1/authorize` on the cached instance's `--http-listen` (HTTP/1.1 keep-alive, `--concurrency` connections), the same key and path as nginx would send |
 //!
 //! Reading the output:
 //! - Every scenario is a closed loop of `--concurrency` tasks, each sending one
@@ -35,8 +37,9 @@
 //!   the bottleneck, not keygate. `other` is every other process: before each
 //!   scenario the bench waits (`--max-idle-wait`) for it to fall below a third
 //!   of a core, and a round where it is high anyway was disturbed.
-//! - The ratios `cached / health`, `uncached / select-id` and
-//!   `one-key-limited / one-key` are taken over the same run; `unknown` reaches the store on every call (each key is fresh), so
+//! - The ratios `cached / health`, `uncached / select-id`,
+//!   `one-key-limited / one-key`, `ext-authz / cached` and `forward-auth / cached`
+//!   are taken over the same run; `unknown` reaches the store on every call (each key is fresh), so
 //!   it is store-bound like `uncached`.
 //! - The cached instance gets `--cache-ttl` (default 1h) so that keys warmed at
 //!   the start stay cached for the whole run; with keygate's default of 60 s,
@@ -140,6 +143,8 @@ enum Scenario {
     SelectIdNoping,
     OneKey,
     OneKeyLimited,
+    ExtAuthz,
+    ForwardAuth,
 }
 
 impl Scenario {
@@ -155,6 +160,8 @@ impl Scenario {
             Self::SelectIdNoping => "select-id-noping",
             Self::OneKey => "one-key",
             Self::OneKeyLimited => "one-key-limited",
+            Self::ExtAuthz => "ext-authz",
+            Self::ForwardAuth => "forward-auth",
         }
     }
 }

@@ -61,6 +61,18 @@ pub(crate) fn print_ratios(results: &BTreeMap<Scenario, Phase>) {
             verdict(l / o >= 0.90)
         );
     }
+    for (edge, name) in [
+        (Scenario::ExtAuthz, "ext-authz"),
+        (Scenario::ForwardAuth, "forward-auth"),
+    ] {
+        if let (Some(e), Some(c)) = (rps(edge), rps(Scenario::Cached)) {
+            println!(
+                "  {name} / cached rps = {:.3} (target >= 0.90: {})",
+                e / c,
+                verdict(e / c >= 0.90)
+            );
+        }
+    }
     for base in [Scenario::SelectHash, Scenario::SelectIdNoping] {
         if let (Some(u), Some(b)) = (rps(Scenario::Uncached), rps(base)) {
             println!(

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keygate::{
     keys::{KeyPrefix, Secret, SecretHash, parse_token},
     proto::{
@@ -153,6 +154,9 @@ pub(crate) struct Workload {
     /// One seeded key without limits, and one key with them.
     one_key: Arc<[String]>,
     one_key_limited: Arc<[String]>,
+    /// `/v1/authorize` on the cached instance.
+    authorize_url: Arc<str>,
+    http: reqwest::Client,
 }
 
 impl Workload {
@@ -215,6 +219,21 @@ impl Workload {
                 fresh(),
                 VerifyCode::Valid,
             ),
+            Scenario::ExtAuthz => self
+                .cached
+                .iter()
+                .map(|ch| Target::Check {
+                    client: AuthorizationClient::new(ch.clone()),
+                    keys: Arc::clone(&self.seeded.secrets),
+                    cursor: fresh(),
+                })
+                .collect(),
+            Scenario::ForwardAuth => vec![Target::Forward {
+                client: self.http.clone(),
+                url: Arc::clone(&self.authorize_url),
+                keys: Arc::clone(&self.seeded.secrets),
+                cursor: fresh(),
+            }],
             Scenario::SelectHash => vec![Target::ByHash {
                 pool: self.pool.clone(),
                 hashes: Arc::clone(&self.seeded.hashes),
@@ -242,10 +261,16 @@ pub(crate) async fn prepare(
     eprintln!("re-creating the database");
     recreate_database(url).await?;
     // One after the other: both would otherwise race to run the migrations.
+    let http_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut cached = Instance::spawn(
         args,
         "cached",
-        &["--cache-ttl", &args.cache_ttl.to_string()],
+        &[
+            "--cache-ttl",
+            &args.cache_ttl.to_string(),
+            "--http-listen",
+            &http_addr.to_string(),
+        ],
     )?;
     cached.wait_ready().await?;
     let mut uncached = Instance::spawn(
@@ -289,6 +314,11 @@ pub(crate) async fn prepare(
     );
     let one_key: Arc<[String]> = seeded.secrets.iter().take(1).cloned().collect();
     let work = Workload {
+        authorize_url: Arc::from(format!("http://{http_addr}/v1/authorize")),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency)
+            .tcp_nodelay(true)
+            .build()?,
         one_key,
         one_key_limited: Arc::from(vec![limited]),
         cached: cached_ch,

@@ -43,9 +43,7 @@ pub fn credential<'a>(
 ) -> (&'a str, Option<CredentialHeader>) {
     if let Some(value) = authorization {
         let value = value.trim();
-        let (scheme, rest) = value
-            .split_once([' ', '\t'])
-            .unwrap_or((value, ""));
+        let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
         if scheme.eq_ignore_ascii_case("bearer") {
             return (rest.trim(), Some(CredentialHeader::Authorization));
         }
