@@ -153,6 +153,17 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "1s")]
     pub usage_flush_interval: humantime::Duration,
 
+    /// Usage rows written per second at most (key rows and usage-history rows);
+    /// counts above it wait in memory, oldest first, and are all written on
+    /// shutdown.
+    #[arg(
+        long,
+        env = "KEYGATE_USAGE_WRITE_BUDGET",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub usage_write_budget: u32,
+
     /// HTTP listener for forward auth (`/v1/authorize`: nginx, Traefik, Caddy)
     /// and leak reports (`POST /v1/leaks/github`); off by default.
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]

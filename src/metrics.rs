@@ -372,6 +372,12 @@ pub fn usage_flush(keys: usize, ok: bool) {
     }
 }
 
+/// Keys whose usage counts wait for the write budget, and the oldest one's wait.
+pub fn usage_pending(keys: usize, oldest: Duration) {
+    gauge!("keygate_usage_pending_keys").set(keys as f64);
+    gauge!("keygate_usage_oldest_pending_seconds").set(oldest.as_secs_f64());
+}
+
 /// How long after a change another instance's cache dropped it.
 pub fn invalidation_lag(lag: Duration) {
     histogram!(INVALIDATION_LAG).record(lag.as_secs_f64());

@@ -14,11 +14,18 @@
 //! never drift apart. A call in the very microsecond its slot moves to a new
 //! hour, racing a flush that is reading that slot, can be filed under the
 //! neighbouring hour; it is never lost or counted twice.
+//!
+//! The store's load is bounded by a write budget (`--usage-write-budget`, rows
+//! per second): a flush writes the keys that have waited longest, up to its
+//! share of the budget, and the rest wait in memory, exact, in a backlog kept
+//! oldest first. A key's counts are one `api_keys` row and up to two history
+//! rows per outcome and hour; all of them count against the budget. On
+//! shutdown everything is written, whatever the budget.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex, PoisonError, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio_util::sync::CancellationToken;
@@ -36,18 +43,106 @@ const SHARDS: usize = 16;
 /// One microsecond-based UTC hour.
 const HOUR: i64 = 3_600_000_000;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Pending {
     count: u64,
     last_used: Micros,
     /// `(hour start, VerifyCode number)` → verifications.
     history: BTreeMap<(i64, i64), u64>,
+    /// When these counts first waited: the backlog's order.
+    since: Instant,
 }
 
 impl Pending {
+    fn new(since: Instant) -> Self {
+        Self {
+            count: 0,
+            last_used: Micros(0),
+            history: BTreeMap::new(),
+            since,
+        }
+    }
+
     fn add(&mut self, count: u64, last_used: Micros) {
         self.count += count;
         self.last_used = self.last_used.max(last_used);
+    }
+
+    fn merge(&mut self, other: Pending) {
+        self.add(other.count, other.last_used);
+        self.since = self.since.min(other.since);
+        for (k, n) in other.history {
+            *self.history.entry(k).or_default() += n;
+        }
+    }
+
+    /// Rows its write touches: the key's row, and an hourly and a daily row
+    /// per outcome and hour (fewer when two hours share a day).
+    fn rows(&self) -> usize {
+        usize::from(self.count > 0) + 2 * self.history.len()
+    }
+}
+
+/// Counts waiting to be written, oldest first. `order` may name a key twice, or
+/// one already written: an entry counts only while `by_id` holds the key.
+#[derive(Debug, Default)]
+struct Backlog {
+    by_id: HashMap<KeyId, Pending>,
+    order: VecDeque<KeyId>,
+}
+
+impl Backlog {
+    fn add(&mut self, key_id: KeyId, pending: Pending, front: bool) {
+        match self.by_id.get_mut(&key_id) {
+            Some(have) => {
+                let older = pending.since < have.since;
+                have.merge(pending);
+                if older && front {
+                    self.order.push_front(key_id);
+                }
+            }
+            None => {
+                if front {
+                    self.order.push_front(key_id.clone());
+                } else {
+                    self.order.push_back(key_id.clone());
+                }
+                self.by_id.insert(key_id, pending);
+            }
+        }
+    }
+
+    /// The oldest keys, as many as fit in `rows` (at least one, so a key
+    /// with more history than a whole flush's share still moves).
+    fn take(&mut self, rows: usize) -> Vec<(KeyId, Pending)> {
+        let mut out = Vec::new();
+        let mut used = 0;
+        while let Some(id) = self.order.front() {
+            let Some(p) = self.by_id.get(id) else {
+                self.order.pop_front();
+                continue;
+            };
+            if !out.is_empty() && used + p.rows() > rows {
+                break;
+            }
+            used += p.rows();
+            let id = self.order.pop_front().expect("a front");
+            let p = self.by_id.remove(&id).expect("present");
+            out.push((id, p));
+        }
+        out
+    }
+
+    fn oldest(&mut self) -> Option<Instant> {
+        while let Some(id) = self.order.front() {
+            match self.by_id.get(id) {
+                Some(p) => return Some(p.since),
+                None => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        None
     }
 }
 
@@ -56,16 +151,21 @@ pub struct UsageRecorder {
     /// Entries counted since the last flush. An entry stays alive here even
     /// if the cache drops it meanwhile, so nothing it counted is lost.
     dirty: [Mutex<Vec<Arc<CachedKey>>>; SHARDS],
-    /// Counts of a failed flush, written with the next one.
-    retry: Mutex<HashMap<KeyId, Pending>>,
+    /// Counts taken from the entries and not written yet: over the budget, or
+    /// from a flush that failed.
+    backlog: Mutex<Backlog>,
+    /// Rows one flush may write: the budget's share of a flush interval.
+    rows_per_flush: usize,
+    /// Rows a second at most, whatever the interval.
+    budget: usize,
+    /// Flushes of the last second: when each started writing, and its rows.
+    recent: Mutex<VecDeque<(Instant, usize)>>,
 }
 
 impl Default for UsageRecorder {
+    /// No budget: every flush writes everything.
     fn default() -> Self {
-        Self {
-            dirty: std::array::from_fn(|_| Mutex::new(Vec::new())),
-            retry: Mutex::new(HashMap::new()),
-        }
+        Self::with_rows_per_flush(usize::MAX)
     }
 }
 
@@ -75,6 +175,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl UsageRecorder {
+    /// At most `budget` rows a second, flushing every `interval`.
+    pub fn new(budget: u32, interval: Duration) -> Self {
+        let share = (f64::from(budget) * interval.as_secs_f64()).floor();
+        Self {
+            // At least one row per flush, or nothing would ever move.
+            rows_per_flush: (share as usize).max(1),
+            budget: budget as usize,
+            ..Self::with_rows_per_flush(usize::MAX)
+        }
+    }
+
+    fn with_rows_per_flush(rows_per_flush: usize) -> Self {
+        Self {
+            dirty: std::array::from_fn(|_| Mutex::new(Vec::new())),
+            backlog: Mutex::new(Backlog::default()),
+            rows_per_flush,
+            budget: usize::MAX,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// What this flush may write: its share, less what the flushes of the last
+    /// second wrote, so no second (by when writes start) exceeds the budget
+    /// even when a slow flush delays the next tick's.
+    fn allowance(&self, now: Instant) -> usize {
+        let mut recent = lock(&self.recent);
+        while recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1))
+        {
+            recent.pop_front();
+        }
+        let spent: usize = recent.iter().map(|(_, rows)| rows).sum();
+        self.rows_per_flush.min(self.budget.saturating_sub(spent))
+    }
+
+    /// Keys whose counts wait to be written, and how long the oldest has waited.
+    pub fn pending(&self) -> (usize, Duration) {
+        let mut backlog = lock(&self.backlog);
+        let age = backlog.oldest().map_or(Duration::ZERO, |t| t.elapsed());
+        (backlog.by_id.len(), age)
+    }
+
     /// Counts one verification of a key and its outcome; the hot path's only
     /// write.
     pub fn record(&self, key: &Arc<CachedKey>, now: Micros, code: Code) {
@@ -99,9 +242,11 @@ impl UsageRecorder {
         }
     }
 
-    /// Takes everything counted so far, one delta per key.
-    fn take(&self) -> Vec<UsageDelta> {
-        let mut by_id = std::mem::take(&mut *lock(&self.retry));
+    /// Moves everything counted so far into the backlog, then takes the oldest
+    /// keys that fit in `rows`.
+    fn take(&self, rows: usize) -> Vec<(KeyId, Pending)> {
+        let now = Instant::now();
+        let mut backlog = lock(&self.backlog);
         for shard in &self.dirty {
             // Swapped out under the lock, drained outside it: verifications that
             // list a key meanwhile go to the fresh list, for the next flush.
@@ -112,10 +257,7 @@ impl UsageRecorder {
                 let last_used = Micros(key.usage.last_used.load(Ordering::Relaxed));
                 // With the cache off, or after an invalidation, one key can have
                 // several entries listed: their counts add up.
-                let pending = by_id.entry(key.id.clone()).or_insert(Pending {
-                    last_used,
-                    ..Pending::default()
-                });
+                let mut pending = Pending::new(now);
                 pending.add(count, last_used);
                 for slot in &key.usage.hours {
                     let hour = slot.hour.load(Ordering::Acquire);
@@ -126,43 +268,61 @@ impl UsageRecorder {
                         }
                     }
                 }
+                if pending.count > 0 || !pending.history.is_empty() {
+                    backlog.add(key.id.clone(), pending, false);
+                }
             }
         }
-        by_id
-            .into_iter()
-            .filter(|(_, p)| p.count > 0 || !p.history.is_empty())
+        backlog.take(rows)
+    }
+
+    /// Writes the oldest counts the budget allows; on failure they go back to
+    /// the front of the backlog, for the next flush.
+    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
+        let now = Instant::now();
+        let rows = self.allowance(now);
+        if rows == 0 {
+            return Ok(0);
+        }
+        let taken = self.take(rows);
+        let written: usize = taken.iter().map(|(_, p)| p.rows()).sum();
+        lock(&self.recent).push_back((now, written));
+        self.write(store, taken).await
+    }
+
+    /// Writes everything, whatever the budget: for shutdown.
+    pub async fn flush_all(&self, store: &Store) -> Result<usize, StoreError> {
+        self.flush_rows(store, usize::MAX).await
+    }
+
+    async fn flush_rows(&self, store: &Store, rows: usize) -> Result<usize, StoreError> {
+        self.write(store, self.take(rows)).await
+    }
+
+    async fn write(&self, store: &Store, taken: Vec<(KeyId, Pending)>) -> Result<usize, StoreError> {
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<UsageDelta> = taken
+            .iter()
             .map(|(key_id, p)| UsageDelta {
-                key_id,
+                key_id: key_id.clone(),
                 count: p.count,
                 last_used: p.last_used,
                 history: p
                     .history
-                    .into_iter()
-                    .map(|((hour, code), n)| (Micros(hour), code, n))
+                    .iter()
+                    .map(|(&(hour, code), &n)| (Micros(hour), code, n))
                     .collect(),
             })
-            .collect()
-    }
-
-    /// Writes what was counted; on failure the counts are kept for the next flush.
-    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
-        let batch = self.take();
-        if batch.is_empty() {
-            return Ok(0);
-        }
+            .collect();
         match store.add_usage(&batch).await {
             Ok(()) => Ok(batch.len()),
             Err(e) => {
-                let mut retry = lock(&self.retry);
-                for d in batch {
-                    let pending = retry.entry(d.key_id).or_insert(Pending {
-                        last_used: d.last_used,
-                        ..Pending::default()
-                    });
-                    pending.add(d.count, d.last_used);
-                    for (hour, code, n) in d.history {
-                        *pending.history.entry((hour.0, code)).or_default() += n;
-                    }
+                let mut backlog = lock(&self.backlog);
+                // Back in front, oldest first: pushed newest first.
+                for (key_id, pending) in taken.into_iter().rev() {
+                    backlog.add(key_id, pending, true);
                 }
                 Err(e)
             }
@@ -191,8 +351,10 @@ impl UsageRecorder {
                     tracing::warn!(error = %e, "usage flush failed; will retry");
                 }
             }
+            let (keys, age) = self.pending();
+            crate::metrics::usage_pending(keys, age);
         }
-        if let Err(e) = self.flush(&store).await {
+        if let Err(e) = self.flush_all(&store).await {
             tracing::error!(error = %e, "final usage flush failed; these counts are lost");
         }
     }
@@ -253,16 +415,79 @@ mod tests {
         )))
     }
 
-    fn totals(deltas: &[UsageDelta]) -> HashMap<KeyId, (u64, Micros)> {
+    fn totals(taken: &[(KeyId, Pending)]) -> HashMap<KeyId, (u64, Micros)> {
         let mut out = HashMap::new();
-        for d in deltas {
+        for (id, p) in taken {
             assert!(
-                out.insert(d.key_id.clone(), (d.count, d.last_used))
-                    .is_none(),
+                out.insert(id.clone(), (p.count, p.last_used)).is_none(),
                 "one delta per key"
             );
         }
         out
+    }
+
+    #[test]
+    fn over_the_budget_the_oldest_keys_go_first_and_nothing_is_lost() {
+        // Each key below is one verification: its row and two history rows.
+        let usage = UsageRecorder::with_rows_per_flush(6);
+        let ids: Vec<KeyId> = (0..5).map(|_| KeyId::generate()).collect();
+        let keys: Vec<_> = ids.iter().map(entry).collect();
+        for k in &keys[..3] {
+            usage.record(k, Micros(1), Code::Valid);
+        }
+        let first = usage.take(6);
+        assert_eq!(first.len(), 2, "two keys of three rows fit in six");
+        assert_eq!(usage.pending().0, 1);
+        let waiting = ids[..3]
+            .iter()
+            .find(|id| first.iter().all(|(taken, _)| taken != *id))
+            .expect("one key waits")
+            .clone();
+        let waiting_key = &keys[ids.iter().position(|id| *id == waiting).expect("known")];
+        // Newer keys, and a newer use of the waiting one, queue behind it.
+        usage.record(&keys[3], Micros(2), Code::Valid);
+        usage.record(waiting_key, Micros(3), Code::Valid);
+        usage.record(&keys[4], Micros(4), Code::Valid);
+        let second = usage.take(6);
+        assert_eq!(second.len(), 2);
+        assert_eq!(second[0].0, waiting, "the oldest first");
+        assert_eq!(totals(&second)[&waiting], (2, Micros(3)), "both uses, once");
+        let third = usage.take(6);
+        assert_eq!(third.len(), 1);
+        assert_eq!(usage.pending().0, 0);
+        let mut all: Vec<KeyId> = [first, second, third]
+            .iter()
+            .flatten()
+            .map(|(id, _)| id.clone())
+            .collect();
+        all.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut expected = ids.clone();
+        expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(all, expected, "every key once");
+        // A key with more rows than a whole flush's share still moves.
+        usage.record(&keys[0], Micros(5), Code::Valid);
+        assert_eq!(usage.take(1).len(), 1);
+    }
+
+    #[test]
+    fn no_second_holds_more_than_the_budget() {
+        let usage = UsageRecorder::new(10, Duration::from_millis(250));
+        let t = Instant::now();
+        assert_eq!(usage.allowance(t), 2, "a quarter second's share");
+        lock(&usage.recent).push_back((t, 2));
+        lock(&usage.recent).push_back((t, 7));
+        assert_eq!(usage.allowance(t + Duration::from_millis(500)), 1);
+        lock(&usage.recent).push_back((t + Duration::from_millis(500), 1));
+        assert_eq!(usage.allowance(t + Duration::from_millis(999)), 0);
+        assert_eq!(usage.allowance(t + Duration::from_secs(1)), 2, "the first two left the window");
+    }
+
+    #[test]
+    fn the_budget_is_the_flush_interval_s_share() {
+        let rows = |b, ms| UsageRecorder::new(b, Duration::from_millis(ms)).rows_per_flush;
+        assert_eq!(rows(5000, 1000), 5000);
+        assert_eq!(rows(200, 250), 50);
+        assert_eq!(rows(1, 250), 1, "never zero");
     }
 
     #[test]
@@ -273,10 +498,10 @@ mod tests {
         usage.record(&key, Micros(10), Code::Valid);
         usage.record(&key, Micros(30), Code::Valid);
         usage.record(&key, Micros(20), Code::Valid);
-        assert_eq!(totals(&usage.take())[&id], (3, Micros(30)));
-        assert!(usage.take().is_empty(), "nothing new was counted");
+        assert_eq!(totals(&usage.take(usize::MAX))[&id], (3, Micros(30)));
+        assert!(usage.take(usize::MAX).is_empty(), "nothing new was counted");
         usage.record(&key, Micros(40), Code::Valid);
-        assert_eq!(totals(&usage.take())[&id], (1, Micros(40)));
+        assert_eq!(totals(&usage.take(usize::MAX))[&id], (1, Micros(40)));
     }
 
     #[test]
@@ -290,7 +515,7 @@ mod tests {
         usage.record(&a, Micros(6), Code::Valid);
         let other = KeyId::generate();
         usage.record(&entry(&other), Micros(1), Code::Valid);
-        let t = totals(&usage.take());
+        let t = totals(&usage.take(usize::MAX));
         assert_eq!(t[&id], (3, Micros(7)));
         assert_eq!(t[&other], (1, Micros(1)));
     }
@@ -315,10 +540,10 @@ mod tests {
                 })
                 .collect();
             while workers.iter().any(|w| !w.is_finished()) {
-                taken += usage.take().iter().map(|d| d.count).sum::<u64>();
+                taken += usage.take(usize::MAX).iter().map(|(_, p)| p.count).sum::<u64>();
             }
         });
-        taken += usage.take().iter().map(|d| d.count).sum::<u64>();
+        taken += usage.take(usize::MAX).iter().map(|(_, p)| p.count).sum::<u64>();
         assert_eq!(taken, THREADS * EACH);
     }
 }

@@ -104,10 +104,14 @@ fn allowed(http: &HttpRequest, answer: Answer, from: Option<CredentialHeader>) -
         })
         .map(str::to_ascii_lowercase)
         .collect();
-    match from {
-        Some(CredentialHeader::Authorization) => remove.push(edge::AUTHORIZATION.into()),
-        Some(CredentialHeader::ApiKey) => remove.push(edge::API_KEY.into()),
-        None => {}
+    // X-Api-Key is keygate's own header: whatever it holds, never passed on.
+    // Authorization only when it carried the key (another scheme is the
+    // upstream's business).
+    if from == Some(CredentialHeader::Authorization) {
+        remove.push(edge::AUTHORIZATION.into());
+    }
+    if header(http, edge::API_KEY).is_some() {
+        remove.push(edge::API_KEY.into());
     }
     let response_headers_to_add = answer
         .headers

@@ -155,7 +155,10 @@ impl Services {
             negative_capacity: args.negative_cache_capacity,
             negative_ttl: args.negative_cache_ttl.into(),
         }));
-        let usage = Arc::new(UsageRecorder::default());
+        let usage = Arc::new(UsageRecorder::new(
+            args.usage_write_budget,
+            args.usage_flush_interval.into(),
+        ));
         let shared_limits = args
             .rate_limit_redis_url
             .as_deref()

@@ -262,7 +262,7 @@ async fn envoy_allows_with_the_identity_and_keeps_the_secret_and_forgeries_out(b
     assert_eq!(ok.set, expected);
     let mut removed = ok.removed.clone();
     removed.sort();
-    assert_eq!(removed, ["authorization", "x-keygate-role"], "{ok:?}");
+    assert_eq!(removed, ["authorization", "x-api-key", "x-keygate-role"], "{ok:?}");
     assert!(ok.to_client.is_empty(), "no limits, no RateLimit headers");
 
     // A bot key has no user: a forged user id is removed, not passed on.
@@ -492,6 +492,37 @@ async fn each_denial_family_has_its_status_headers_and_body(b: Backend) {
         .expect("answers");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-keygate-key-id"], reader.id.as_str());
+    // Traefik and Caddy pass a client's own X-Original-URI through beside the
+    // X-Forwarded-Uri they set: two different answers are refused, whichever
+    // the client hoped would be read.
+    for (client_sets, proxy_sets) in [
+        (("x-original-uri", "/api/links"), ("x-forwarded-uri", "/api/admin")),
+        (("x-original-method", "GET"), ("x-forwarded-method", "DELETE")),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(&edge.http)
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/api/links")
+            .header(client_sets.0, client_sets.1)
+            .header(proxy_sets.0, proxy_sets.1)
+            .header("authorization", &reader_auth)
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(resp.status(), 403, "{client_sets:?} {proxy_sets:?}");
+        assert_eq!(resp.headers()["x-keygate-code"], "ROUTE_NOT_ALLOWED");
+    }
+    // The same header twice is as ambiguous.
+    let resp = reqwest::Client::new()
+        .get(&edge.http)
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/api/links")
+        .header("x-original-uri", "/api/admin")
+        .header("authorization", &reader_auth)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status(), 403);
     edge.app.stop().await;
 }
 

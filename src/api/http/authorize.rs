@@ -18,7 +18,7 @@ use crate::{
     api::edge::{self, Answer},
     domain::Error,
     metrics::VerifyMetrics,
-    services::authorizer::{Authorizer, EdgeRequest},
+    services::authorizer::{Authorizer, Decision, EdgeRequest},
 };
 
 #[derive(Debug, Clone)]
@@ -47,9 +47,25 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The first of `names` the proxy sent.
-fn first<'a>(headers: &'a HeaderMap, names: [&str; 2]) -> Option<&'a str> {
-    names.into_iter().find_map(|n| header(headers, n))
+/// What the proxy says about the original request, under nginx's name or
+/// Traefik's and Caddy's. Each proxy sets its own and may pass the other
+/// through from the client, so two different values, or one header sent
+/// twice, mean a client is trying to choose what is checked: `Err`.
+fn original<'a>(headers: &'a HeaderMap, names: [&str; 2]) -> Result<Option<&'a str>, ()> {
+    let mut found: Option<&str> = None;
+    for name in names {
+        for value in headers.get_all(name) {
+            let value = value.to_str().map_err(|_| ())?;
+            match found {
+                Some(have) if have != value => return Err(()),
+                _ => found = Some(value),
+            }
+        }
+        if headers.get_all(name).iter().count() > 1 {
+            return Err(());
+        }
+    }
+    Ok(found)
 }
 
 async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> Response {
@@ -58,11 +74,20 @@ async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> R
         header(&headers, edge::AUTHORIZATION),
         header(&headers, edge::API_KEY),
     );
+    let (Ok(method), Ok(path)) = (
+        original(&headers, ["x-original-method", "x-forwarded-method"]),
+        original(&headers, ["x-original-uri", "x-forwarded-uri"]),
+    ) else {
+        let decision =
+            Decision::RouteNotAllowed("the original method or URI is given twice, differently".into());
+        route.metrics.observe_route_not_allowed(start.elapsed());
+        return respond(Answer::from_decision(&decision, route.authorizer.now()));
+    };
     let request = EdgeRequest {
         // Never the subrequest's own method: nginx always sends GET, so a
         // proxy that did not say would have every request look like a read.
-        method: first(&headers, ["x-original-method", "x-forwarded-method"]).unwrap_or_default(),
-        path: first(&headers, ["x-original-uri", "x-forwarded-uri"]),
+        method: method.unwrap_or_default(),
+        path,
         key,
         origin: header(&headers, "origin").unwrap_or_default(),
         referer: header(&headers, "referer").unwrap_or_default(),
