@@ -21,6 +21,7 @@ mod review;
 mod rotation;
 mod security;
 mod soak;
+mod store_load;
 mod store_suite;
 mod support;
 mod tls;
