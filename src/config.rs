@@ -85,6 +85,12 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// `mysql://…` of a replica of `--database-url`: cache misses, the
+    /// invalidation poll and the forged-key filter read there; writes and admin
+    /// reads stay on the primary.
+    #[arg(long, env = "KEYGATE_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::KeyCache,
+    filter::KnownKeys,
     model::Micros,
+    replica::ReplicaState,
     store::{Store, StoreError},
 };
 
@@ -31,8 +33,15 @@ const START_WINDOW: u64 = 1000;
 
 #[derive(Debug)]
 pub struct Poller {
+    /// Where events are read: the replica when there is one.
     store: Store,
     cache: Arc<KeyCache>,
+    /// Every key an event names exists: the forged-key filter learns of keys
+    /// created on other instances here.
+    filter: Arc<KnownKeys>,
+    /// With a replica: the primary, sampled each poll to learn how far the
+    /// replica has come (see `crate::replica`).
+    primary: Option<(Store, Arc<ReplicaState>)>,
     /// Highest event id seen.
     high: u64,
     /// Ids below `high` not seen yet, with when they were first missed.
@@ -43,11 +52,18 @@ impl Poller {
     /// Starts a little before the newest event: this instance's cache begins
     /// empty, so only events still in flight can concern it; re-reading committed
     /// ones costs a few no-op invalidations.
-    pub async fn start(store: Store, cache: Arc<KeyCache>) -> Result<Self, StoreError> {
+    pub async fn start(
+        store: Store,
+        cache: Arc<KeyCache>,
+        filter: Arc<KnownKeys>,
+        primary: Option<(Store, Arc<ReplicaState>)>,
+    ) -> Result<Self, StoreError> {
         let high = store.last_event_id().await?.saturating_sub(START_WINDOW);
         Ok(Self {
             store,
             cache,
+            filter,
+            primary,
             high,
             gaps: BTreeMap::new(),
         })
@@ -55,6 +71,26 @@ impl Poller {
 
     /// One poll: reads every event not yet seen and invalidates its key.
     pub async fn poll_once(&mut self) -> Result<usize, StoreError> {
+        // Sampled before the replica is read: once every event up to this id
+        // has been seen there, the replica holds all the primary had now.
+        let sample = match &self.primary {
+            Some((primary, _)) => Some((Instant::now(), primary.last_event_id().await?)),
+            None => None,
+        };
+        let invalidated = self.read_events().await?;
+        if let (Some((at, newest)), Some((_, state))) = (sample, &self.primary) {
+            let seen_all_to = self.gaps.keys().next().map_or(self.high, |g| g - 1);
+            if seen_all_to >= newest {
+                state.synced(at);
+            }
+            if let Some(lag) = state.lag() {
+                crate::metrics::replica_lag(lag);
+            }
+        }
+        Ok(invalidated)
+    }
+
+    async fn read_events(&mut self) -> Result<usize, StoreError> {
         let now = Instant::now();
         self.gaps
             .retain(|_, since| now.duration_since(*since) < GAP_WAIT);
@@ -80,6 +116,7 @@ impl Poller {
                     continue;
                 }
                 self.cache.invalidate(hash);
+                self.filter.insert(hash);
                 crate::metrics::invalidation_lag(Duration::from_micros(
                     u64::try_from(wall.0 - time.0).unwrap_or(0),
                 ));

@@ -25,6 +25,7 @@ use crate::{
     keys::SecretHash,
     metrics::LookupMetrics,
     model::KeyRecord,
+    replica::ReplicaState,
     store::{MAX_HASHES_PER_READ, Store, StoreError},
 };
 
@@ -63,11 +64,22 @@ impl Lookups {
     ///
     /// The reader runs on `tasks` until every handle is dropped (the servers
     /// that hold them have stopped), so shutdown can wait for it.
-    pub fn start(store: Store, slots: usize, timeout: Duration, tasks: &TaskTracker) -> Self {
+    ///
+    /// With a `replica`, reads go there while it is known to hold this
+    /// instance's writes (see `crate::replica`); what it lacks is read again
+    /// from `store`, the primary, before it is called unknown.
+    pub fn start(
+        store: Store,
+        replica: Option<(Store, Arc<ReplicaState>)>,
+        slots: usize,
+        timeout: Duration,
+        tasks: &TaskTracker,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let counts = Arc::new(Counts::default());
         let reader = Reader {
             store,
+            replica,
             timeout,
             counts: Arc::clone(&counts),
             tasks: tasks.clone(),
@@ -116,7 +128,9 @@ impl Lookups {
 
 #[derive(Debug)]
 struct Reader {
+    /// The primary.
     store: Store,
+    replica: Option<(Store, Arc<ReplicaState>)>,
     /// A read runs in a task of its own, not in the caller's request future, so
     /// no request timeout ends it: without this bound, a store that stops
     /// answering (a lost network, not a refused one) would hold every slot.
@@ -160,9 +174,29 @@ impl Reader {
         }
     }
 
+    async fn read(&self, hashes: &[SecretHash]) -> Result<Vec<KeyRecord>, StoreError> {
+        let Some((replica, _)) = self.replica.as_ref().filter(|(_, s)| s.fresh()) else {
+            return self.store.find_by_hashes(hashes).await;
+        };
+        // A replica that fails is no reason to fail: the primary answers.
+        let Ok(mut found) = replica.find_by_hashes(hashes).await else {
+            return self.store.find_by_hashes(hashes).await;
+        };
+        let missing: Vec<SecretHash> = hashes
+            .iter()
+            .filter(|h| !found.iter().any(|r| r.secret_hash == **h))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            crate::metrics::replica_missing(missing.len());
+            found.extend(self.store.find_by_hashes(&missing).await?);
+        }
+        Ok(found)
+    }
+
     async fn answer(&self, batch: Vec<Waiter>) {
         let hashes: Vec<SecretHash> = batch.iter().map(|w| w.hash).collect();
-        let read = tokio::time::timeout(self.timeout, self.store.find_by_hashes(&hashes))
+        let read = tokio::time::timeout(self.timeout, self.read(&hashes))
             .await
             .unwrap_or(Err(StoreError::Timeout(self.timeout)));
         match read {

@@ -122,6 +122,41 @@ fn describe() {
         "Key hashes carried by the verify path's store reads"
     );
     describe_gauge!(
+        "keygate_usage_pending_keys",
+        Unit::Count,
+        "keys whose usage counts wait in memory for the write budget (--usage-write-budget)"
+    );
+    describe_gauge!(
+        "keygate_usage_oldest_pending_seconds",
+        Unit::Seconds,
+        "how long the oldest usage count waiting for the write budget has waited"
+    );
+    describe_gauge!(
+        "keygate_key_filter_keys",
+        Unit::Count,
+        "key hashes the forged-key filter was last loaded with"
+    );
+    describe_gauge!(
+        "keygate_key_filter_bytes",
+        Unit::Bytes,
+        "memory of the forged-key filter"
+    );
+    describe_counter!(
+        "keygate_key_filter_ruled_out_total",
+        Unit::Count,
+        "lookups of keys the forged-key filter ruled out: not_found without a store read, or bypassed to the store (a few a second)"
+    );
+    describe_gauge!(
+        "keygate_replica_lag_seconds",
+        Unit::Seconds,
+        "how far behind the primary the replica (--database-read-url) is known to be: time since the primary state it was last seen to hold"
+    );
+    describe_counter!(
+        "keygate_replica_missing_keys_total",
+        Unit::Count,
+        "keys the replica did not have, read again from the primary"
+    );
+    describe_gauge!(
         "keygate_store_up",
         Unit::Count,
         "1 when the store answered the last health ping (every second), 0 when it did not"
@@ -370,6 +405,29 @@ pub fn usage_flush(keys: usize, ok: bool) {
     if ok {
         counter!("keygate_usage_flushed_keys_total").increment(keys as u64);
     }
+}
+
+/// Keys the replica did not have, read again from the primary.
+pub fn replica_missing(keys: usize) {
+    counter!("keygate_replica_missing_keys_total").increment(keys as u64);
+}
+
+/// How far behind the replica is known to be.
+pub fn replica_lag(lag: Duration) {
+    gauge!("keygate_replica_lag_seconds").set(lag.as_secs_f64());
+}
+
+/// A lookup the forged-key filter ruled out: answered NOT_FOUND at once, or
+/// let through to the store by the bypass.
+pub fn filter_ruled_out(bypassed: bool) {
+    let outcome = if bypassed { "bypassed" } else { "not_found" };
+    counter!("keygate_key_filter_ruled_out_total", "outcome" => outcome).increment(1);
+}
+
+/// The forged-key filter was (re)loaded: its keys and its size.
+pub fn filter_loaded(keys: u64, bytes: usize) {
+    gauge!("keygate_key_filter_keys").set(keys as f64);
+    gauge!("keygate_key_filter_bytes").set(bytes as f64);
 }
 
 /// Keys whose usage counts wait for the write budget, and the oldest one's wait.

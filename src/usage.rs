@@ -299,7 +299,11 @@ impl UsageRecorder {
         self.write(store, self.take(rows)).await
     }
 
-    async fn write(&self, store: &Store, taken: Vec<(KeyId, Pending)>) -> Result<usize, StoreError> {
+    async fn write(
+        &self,
+        store: &Store,
+        taken: Vec<(KeyId, Pending)>,
+    ) -> Result<usize, StoreError> {
         if taken.is_empty() {
             return Ok(0);
         }
@@ -479,7 +483,11 @@ mod tests {
         assert_eq!(usage.allowance(t + Duration::from_millis(500)), 1);
         lock(&usage.recent).push_back((t + Duration::from_millis(500), 1));
         assert_eq!(usage.allowance(t + Duration::from_millis(999)), 0);
-        assert_eq!(usage.allowance(t + Duration::from_secs(1)), 2, "the first two left the window");
+        assert_eq!(
+            usage.allowance(t + Duration::from_secs(1)),
+            2,
+            "the first two left the window"
+        );
     }
 
     #[test]
@@ -540,10 +548,18 @@ mod tests {
                 })
                 .collect();
             while workers.iter().any(|w| !w.is_finished()) {
-                taken += usage.take(usize::MAX).iter().map(|(_, p)| p.count).sum::<u64>();
+                taken += usage
+                    .take(usize::MAX)
+                    .iter()
+                    .map(|(_, p)| p.count)
+                    .sum::<u64>();
             }
         });
-        taken += usage.take(usize::MAX).iter().map(|(_, p)| p.count).sum::<u64>();
+        taken += usage
+            .take(usize::MAX)
+            .iter()
+            .map(|(_, p)| p.count)
+            .sum::<u64>();
         assert_eq!(taken, THREADS * EACH);
     }
 }

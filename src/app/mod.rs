@@ -37,10 +37,12 @@ use crate::{
     clock::{SharedClock, SystemClock},
     config::{DatabaseArgs, ServeArgs},
     domain::routes::RoutePolicy,
+    filter::KnownKeys,
     invalidation::Poller,
     leaks::LeakKeys,
     lookup::Lookups,
     proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
+    replica::ReplicaState,
     scopes::ScopeCatalog,
     services::{
         KeyService, Verifier, authorizer::Authorizer, limiter::RateLimiter, quota::Quotas,
@@ -90,6 +92,8 @@ pub enum AppError {
     Http(String),
     #[error("--leak-report-keys: {0}")]
     LeakKeys(#[from] crate::leaks::KeysFileError),
+    #[error("cannot open the replica (--database-read-url): {0}")]
+    Replica(crate::store::StoreError),
     #[error("--route-policy: {0}")]
     RoutePolicy(#[from] crate::domain::routes::PolicyError),
 }
@@ -134,12 +138,27 @@ struct Services {
     quotas: Arc<Quotas>,
     cache: Arc<KeyCache>,
     webhooks: Option<Arc<Webhooks>>,
+    /// Every key hash, so forged keys cost no store read.
+    known: Arc<KnownKeys>,
+    replica: Option<Replica>,
+}
+
+/// Store reads a forged-key filter lets through a second for keys it rules
+/// out: enough for keys created on another instance a moment ago, too few to
+/// matter to the store during a flood.
+const FORGED_KEY_BYPASS_PER_SECOND: u32 = 10;
+
+/// `--database-read-url`: the replica and what this instance knows of its progress.
+struct Replica {
+    store: Store,
+    state: Arc<ReplicaState>,
 }
 
 impl Services {
     fn build(
         args: &ServeArgs,
         store: &Store,
+        replica: Option<Replica>,
         clock: &SharedClock,
         tasks: &TaskTracker,
     ) -> Result<Self, AppError> {
@@ -187,14 +206,18 @@ impl Services {
         // Fewer reads than pool connections: under load misses queue behind
         // them and are read together, and admin writes, the usage flush and the
         // invalidation poll keep connections of their own.
+        let known = Arc::new(KnownKeys::new(FORGED_KEY_BYPASS_PER_SECOND));
+        let replica_ref = replica.as_ref();
         let lookups = Lookups::start(
             store.clone(),
+            replica_ref.map(|r| (r.store.clone(), Arc::clone(&r.state))),
             usize::from(args.lookup_concurrency),
             args.database.database_timeout.into(),
             tasks,
         );
         let verifier = Verifier::new(
             lookups,
+            Arc::clone(&known),
             Arc::clone(&cache),
             Arc::clone(&usage),
             rate_limits,
@@ -218,7 +241,13 @@ impl Services {
                 catalog,
                 Arc::clone(clock),
                 args.database.database_timeout.into(),
+            )
+            .with_read_side(
+                Arc::clone(&known),
+                replica_ref.map(|r| Arc::clone(&r.state)),
             ),
+            known,
+            replica,
             usage,
             quotas,
             cache,
@@ -250,7 +279,22 @@ impl App {
         // in the event's own transaction.
         let store = store
             .with_webhook_endpoints(crate::webhooks::delivery::endpoint_ids(&args.webhook_url)?);
-        let services = Services::build(&args, &store, &clock, &tasks)?;
+        let replica = match &args.database_read_url {
+            None => None,
+            Some(url) => Some(Replica {
+                store: Store::connect(
+                    url,
+                    &PoolConfig {
+                        max_connections: args.database.database_max_connections,
+                        acquire_timeout: args.database.database_timeout.into(),
+                    },
+                )
+                .await
+                .map_err(AppError::Replica)?,
+                state: Arc::new(ReplicaState::default()),
+            }),
+        };
+        let services = Services::build(&args, &store, replica, &clock, &tasks)?;
         let (health, health_service) = tonic_health::server::health_reporter();
         let metrics_addr = start_background(
             &args,
@@ -360,7 +404,17 @@ async fn start_background(
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> Result<SocketAddr, AppError> {
-    let poller = Poller::start(store.clone(), Arc::clone(&services.cache)).await?;
+    // The verify path's reads: from the replica when there is one.
+    let replica = services.replica.as_ref();
+    let reads = replica.map_or_else(|| store.clone(), |r| r.store.clone());
+    let poller = Poller::start(
+        reads.clone(),
+        Arc::clone(&services.cache),
+        Arc::clone(&services.known),
+        replica.map(|r| (store.clone(), Arc::clone(&r.state))),
+    )
+    .await?;
+    tasks.spawn(Arc::clone(&services.known).run(reads, stop.clone()));
     tasks.spawn(poller.run(args.invalidation_interval.into(), stop.clone()));
     tasks.spawn(Arc::clone(&services.usage).run(
         store.clone(),

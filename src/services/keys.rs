@@ -18,9 +18,11 @@ use crate::{
         paging::{Page, TokenKind},
         policy,
     },
+    filter::KnownKeys,
     keys::{KeyPrefix, Secret, SecretHash, parse_token},
     leaks::{self, Label, ReportedToken, TOKEN_TYPE, Verdict},
     model::{Actor, KeyEvent, KeyId, KeyRecord, Micros, OrganizationId, Role, UserId},
+    replica::ReplicaState,
     scopes::ScopeCatalog,
     store::{KeyFilter, MAX_HASHES_PER_READ, Store, StoreError},
 };
@@ -41,6 +43,10 @@ pub struct KeyService {
     /// `--database-timeout`: the longest an operation waits on the store,
     /// whatever it waits for (a connection, a lock, a stalled network).
     store_timeout: Duration,
+    /// Learns every key this instance creates, at once.
+    filter: Arc<KnownKeys>,
+    /// Told of every write, so verify-path reads avoid a replica that lacks it.
+    replica: Option<Arc<ReplicaState>>,
 }
 
 impl KeyService {
@@ -53,6 +59,8 @@ impl KeyService {
         store_timeout: Duration,
     ) -> Self {
         Self {
+            filter: Arc::new(KnownKeys::new(0)),
+            replica: None,
             store,
             cache,
             prefix,
@@ -60,6 +68,18 @@ impl KeyService {
             clock,
             store_timeout,
         }
+    }
+
+    /// Who must hear of this service's writes on the verify path: the
+    /// forged-key filter, and the replica's progress when there is one.
+    pub fn with_read_side(
+        mut self,
+        filter: Arc<KnownKeys>,
+        replica: Option<Arc<ReplicaState>>,
+    ) -> Self {
+        self.filter = filter;
+        self.replica = replica;
+        self
     }
 
     /// What request parsing may consult: the catalog, and this service's time.
@@ -93,8 +113,12 @@ impl KeyService {
         hashes: &[SecretHash],
         what: Change<'_>,
     ) {
+        if let Some(replica) = &self.replica {
+            replica.wrote();
+        }
         for h in hashes {
             self.cache.invalidate(h);
+            self.filter.insert(h);
         }
         match what {
             Change::Key(key_id, action) => tracing::info!(

@@ -13,6 +13,7 @@ use crate::{
         Error,
         verify::{Code, Verification, check},
     },
+    filter::KnownKeys,
     keys::SecretHash,
     lookup::Lookups,
     model::Micros,
@@ -54,6 +55,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     lookups: Lookups,
+    filter: Arc<KnownKeys>,
     cache: Arc<KeyCache>,
     usage: Arc<UsageRecorder>,
     rate_limits: Arc<RateLimiter>,
@@ -64,6 +66,7 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(
         lookups: Lookups,
+        filter: Arc<KnownKeys>,
         cache: Arc<KeyCache>,
         usage: Arc<UsageRecorder>,
         rate_limits: Arc<RateLimiter>,
@@ -72,6 +75,7 @@ impl Verifier {
     ) -> Self {
         Self {
             lookups,
+            filter,
             cache,
             usage,
             rate_limits,
@@ -156,12 +160,18 @@ impl Verifier {
         match self.cache.get(&hash) {
             Lookup::Found(k) => Ok(Some(k)),
             Lookup::Unknown => Ok(None),
+            // A key the filter rules out is not in the store: no read. The
+            // ticket is dropped, so no unknown-key entry is cached either.
+            Lookup::Miss(_) if !self.filter.admits(&hash) => Ok(None),
             Lookup::Miss(ticket) => {
                 let record = self
                     .lookups
                     .find(hash)
                     .await
                     .map_err(|e| Error::from(&*e))?;
+                if record.is_some() {
+                    self.filter.insert(&hash);
+                }
                 Ok(self.cache.fill(ticket, hash, record))
             }
         }

@@ -771,6 +771,46 @@ impl Store {
         convert(rows)
     }
 
+    /// One page of every key's hash (revoked and expired keys too: they still
+    /// answer with their own code), in hash order after `after`: how the
+    /// forged-key filter is loaded without one huge read.
+    pub async fn key_hashes_after(
+        &self,
+        after: Option<&SecretHash>,
+        limit: u32,
+    ) -> Result<Vec<SecretHash>, StoreError> {
+        let rows: Vec<Vec<u8>> = on_pool!(self, |p, _d| match after {
+            None => {
+                sqlx::query_scalar("SELECT secret_hash FROM api_keys ORDER BY secret_hash LIMIT ?")
+                    .bind(i64::from(limit))
+                    .fetch_all(p)
+                    .await?
+            }
+            Some(after) => {
+                sqlx::query_scalar(
+                    "SELECT secret_hash FROM api_keys WHERE secret_hash > ? ORDER BY secret_hash LIMIT ?",
+                )
+                .bind(&after.as_bytes()[..])
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+            }
+        });
+        rows.iter()
+            .map(|b| SecretHash::from_slice(b).ok_or_else(|| corrupt("api_keys", "secret_hash")))
+            .collect()
+    }
+
+    /// How many keys there are, revoked ones included: the filter's size.
+    pub async fn key_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = on_pool!(self, |p, _d| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys"
+        )
+        .fetch_one(p)
+        .await?);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// The newest event id, 0 when there is none: where a new instance starts polling.
     pub async fn last_event_id(&self) -> Result<u64, StoreError> {
         let sql = "SELECT COALESCE(MAX(id), 0) FROM key_events";

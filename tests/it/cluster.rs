@@ -1,7 +1,7 @@
 //! Several instances on one database behave as one: changes made through one are
 //! seen by the others within the invalidation interval, and usage adds up exactly.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use keygate::{
     app::App,
@@ -305,9 +305,14 @@ async fn an_event_committed_out_of_order_still_invalidates() {
         .expect("store");
     store.migrate().await.expect("migrate");
     let cache = std::sync::Arc::new(KeyCache::new(&CacheConfig::default()));
-    let mut poller = Poller::start(store.clone(), cache.clone())
-        .await
-        .expect("poller");
+    let mut poller = Poller::start(
+        store.clone(),
+        cache.clone(),
+        Arc::new(keygate::filter::KnownKeys::new(10)),
+        None,
+    )
+    .await
+    .expect("poller");
     let insert = "INSERT INTO key_events \
                   (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq) \
                   VALUES ('00000000-0000-7000-8000-000000000000', ?, 3, 'x', 0, ?, 1)";

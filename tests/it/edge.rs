@@ -262,7 +262,11 @@ async fn envoy_allows_with_the_identity_and_keeps_the_secret_and_forgeries_out(b
     assert_eq!(ok.set, expected);
     let mut removed = ok.removed.clone();
     removed.sort();
-    assert_eq!(removed, ["authorization", "x-api-key", "x-keygate-role"], "{ok:?}");
+    assert_eq!(
+        removed,
+        ["authorization", "x-api-key", "x-keygate-role"],
+        "{ok:?}"
+    );
     assert!(ok.to_client.is_empty(), "no limits, no RateLimit headers");
 
     // A bot key has no user: a forged user id is removed, not passed on.
@@ -496,8 +500,14 @@ async fn each_denial_family_has_its_status_headers_and_body(b: Backend) {
     // X-Forwarded-Uri they set: two different answers are refused, whichever
     // the client hoped would be read.
     for (client_sets, proxy_sets) in [
-        (("x-original-uri", "/api/links"), ("x-forwarded-uri", "/api/admin")),
-        (("x-original-method", "GET"), ("x-forwarded-method", "DELETE")),
+        (
+            ("x-original-uri", "/api/links"),
+            ("x-forwarded-uri", "/api/admin"),
+        ),
+        (
+            ("x-original-method", "GET"),
+            ("x-forwarded-method", "DELETE"),
+        ),
     ] {
         let resp = reqwest::Client::new()
             .get(&edge.http)

@@ -138,7 +138,13 @@ async fn misses_queued_behind_a_busy_read_are_read_together() {
     )
     .await
     .expect("connect");
-    let lookups = Lookups::start(patient, 1, Duration::from_secs(60), &TaskTracker::new());
+    let lookups = Lookups::start(
+        patient,
+        None,
+        1,
+        Duration::from_secs(60),
+        &TaskTracker::new(),
+    );
 
     let mut locker = lock_keys_table(&app.db).await;
 
@@ -193,6 +199,7 @@ async fn a_read_the_store_does_not_answer_is_given_up_and_frees_its_slot() {
     let keys = seed(&app, 1).await;
     let lookups = Lookups::start(
         app.store.clone(),
+        None,
         1,
         Duration::from_millis(300),
         &TaskTracker::new(),
@@ -225,8 +232,28 @@ async fn a_stalled_store_answers_unavailable_within_the_store_timeout() {
     const STORE_TIMEOUT: Duration = Duration::from_secs(2);
     // The store timeout and a margin for a loaded machine.
     const BOUND: Duration = Duration::from_secs(4);
-    let app = spawn_app_with(
-        Backend::MySql,
+    // Keys that exist but are not cached: unknown ones would be answered by
+    // the forged-key filter without the store.
+    let db = TestDb::create(Backend::MySql).await;
+    let seed = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("seed store");
+    seed.migrate().await.expect("schema");
+    let mut secrets = Vec::new();
+    for i in 0..400 {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let record = bot_record(
+            "seeded",
+            &format!("s{i}"),
+            &secret,
+            keygate::model::Micros::now(),
+        );
+        seed.create_key(&record).await.expect("seeded");
+        secrets.push(secret.into_exposed());
+    }
+    seed.close().await;
+    let app = start_on(
+        db,
         &["--database-timeout", "2s", "--request-timeout", "60s"],
     )
     .await;
@@ -242,10 +269,11 @@ async fn a_stalled_store_answers_unavailable_within_the_store_timeout() {
     assert_code(write, tonic::Code::Unavailable);
     assert!(write_took < BOUND, "the write took {write_took:?}");
 
-    let calls: Vec<_> = (0..400)
-        .map(|_| {
+    let calls: Vec<_> = secrets
+        .iter()
+        .map(|key| {
             let mut client = app.verify.clone();
-            let key = Secret::generate(&KeyPrefix::default()).expose().to_owned();
+            let key = key.clone();
             tokio::spawn(async move {
                 let start = std::time::Instant::now();
                 let result = client.verify_key(verify_req(&key, &[])).await;

@@ -164,3 +164,225 @@ async fn usage_writes_stay_within_the_budget_and_every_count_arrives() {
     );
     db.drop_db().await;
 }
+
+fn forged_keys(n: usize) -> Vec<String> {
+    let prefix = keygate::keys::KeyPrefix::default();
+    (0..n)
+        .map(|_| keygate::keys::Secret::generate(&prefix).into_exposed())
+        .collect()
+}
+
+async fn metric(app: &keygate::app::App, name: &str) -> f64 {
+    let (_, metrics) = scrape(app.metrics_addr()).await;
+    metrics.get(name).copied().unwrap_or(0.0)
+}
+
+/// 20 000 forged, well-formed keys against one instance: the store sees at
+/// most 20 reads a second for them (the filter's bypass and false positives),
+/// counted by MariaDB's `Com_select` less the background reads (polls,
+/// health) measured just before; meanwhile a key created on another instance
+/// verifies there within a second. (keygate's own lookup counter is
+/// process-wide, shared with the tests running beside this one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_keys_barely_reaches_the_store() {
+    let server = PrivateMariaDb::start().await;
+    let db = TestDb::create_mysql_on(&server.url(), "flood").await;
+    let a = start_on(db, &[]).await;
+    let b = start_app(&a.db, &[]).await.expect("second instance");
+    let b_admin = proto::key_admin_client::KeyAdminClient::new(connect(b.addr()).await);
+    // The filter loads in milliseconds on a store this small; the idle
+    // measurement below gives it two seconds.
+    let mut counters = MySqlConnection::connect(&server.url())
+        .await
+        .expect("connect");
+    let selects = ["Com_select"];
+
+    // The background reads (polls, health) alone, over 2 s.
+    let idle_start = (Instant::now(), status(&mut counters, &selects).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = status(&mut counters, &selects).await - idle_start.1;
+    let idle_rate = idle as f64 / idle_start.0.elapsed().as_secs_f64();
+
+    let selects_before = status(&mut counters, &selects).await;
+    let started = Instant::now();
+    let forged = forged_keys(20_000);
+    let flood = {
+        let a_verify = a.verify.clone();
+        tokio::spawn(async move {
+            let app = TestAppVerify(a_verify);
+            app.verify_all(&forged, proto::VerifyCode::NotFound).await;
+        })
+    };
+    // Meanwhile, a key is made on the other instance and used here.
+    let fresh = b_admin
+        .clone()
+        .create_key(admin(bot_key(ORG, "fresh", &["links:read"])))
+        .await
+        .expect("created")
+        .into_inner()
+        .secret;
+    let created = Instant::now();
+    let mut verify = a.verify.clone();
+    loop {
+        let code = verify
+            .verify_key(VerifyKeyRequest {
+                key: fresh.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("answers")
+            .into_inner()
+            .code();
+        if code == proto::VerifyCode::Valid {
+            break;
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(1),
+            "a key from another instance still {code:?} after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh_after = created.elapsed();
+    flood.await.expect("flood");
+    let secs = started.elapsed().as_secs_f64();
+    let selects = status(&mut counters, &selects).await - selects_before;
+    let extra = selects as f64 - idle_rate * secs;
+    eprintln!(
+        "flood of 20000 in {secs:.1} s: {selects} SELECTs ({idle_rate:.1}/s idle), fresh key valid after {fresh_after:?}"
+    );
+    assert!(
+        extra <= 20.0 * secs,
+        "{selects} SELECTs in {secs:.1} s, {idle_rate:.1}/s of them background"
+    );
+    b.shutdown().await.expect("clean");
+    a.stop().await;
+}
+
+/// `verify_all` over a bare client.
+struct TestAppVerify(proto::key_verify_client::KeyVerifyClient<tonic::transport::Channel>);
+
+impl TestAppVerify {
+    async fn verify_all(&self, secrets: &[String], expect: proto::VerifyCode) {
+        let secrets: Arc<[String]> = secrets.into();
+        let mut tasks = JoinSet::new();
+        for t in 0..8 {
+            let (mut client, secrets) = (self.0.clone(), Arc::clone(&secrets));
+            tasks.spawn(async move {
+                for s in secrets.iter().skip(t).step_by(8) {
+                    let resp = client
+                        .verify_key(VerifyKeyRequest {
+                            key: s.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("verify answers")
+                        .into_inner();
+                    assert_eq!(resp.code(), expect);
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("task");
+        }
+    }
+}
+
+/// A MariaDB primary and a replica of it on loopback. Both instances read
+/// through the replica; with its SQL thread stopped, a revocation on one
+/// instance takes effect there at once (its reads go to the primary until the
+/// replica has the write), the other keeps its cached answer until the replica
+/// catches up and its poll brings the event, a key the replica lacks is read
+/// from the primary rather than NOT_FOUND, and the lag shows as a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_never_delays_a_revocation_on_the_instance_that_made_it() {
+    let (primary, replica) = PrivateMariaDb::primary_and_replica().await;
+    let db = TestDb::create_mysql_on(&primary.url(), "replica").await;
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    let read_url = format!("{}/{name}", replica.url());
+    let flags = [
+        "--database-read-url",
+        read_url.as_str(),
+        "--cache-ttl",
+        "1h",
+    ];
+    let a = start_on(db, &flags).await;
+    replica.wait_replica_caught_up(&primary).await;
+    let b = start_app(&a.db, &flags).await.expect("second instance");
+    let mut b_verify = proto::key_verify_client::KeyVerifyClient::new(connect(b.addr()).await);
+    let code_on =
+        |client: &mut proto::key_verify_client::KeyVerifyClient<tonic::transport::Channel>,
+         key: &str| {
+            let mut client = client.clone();
+            let key = key.to_owned();
+            async move {
+                client
+                    .verify_key(VerifyKeyRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("answers")
+                    .into_inner()
+                    .code()
+            }
+        };
+
+    let (key, secret) = a.create(admin(bot_key(ORG, "k", &["links:read"]))).await;
+    replica.wait_replica_caught_up(&primary).await;
+    let mut a_verify = a.verify.clone();
+    assert_eq!(
+        code_on(&mut a_verify, &secret).await,
+        proto::VerifyCode::Valid
+    );
+    assert_eq!(
+        code_on(&mut b_verify, &secret).await,
+        proto::VerifyCode::Valid
+    );
+
+    replica.stop_replica_sql_thread().await;
+    a.revoke(ORG, &key.id).await;
+    assert_eq!(
+        code_on(&mut a_verify, &secret).await,
+        proto::VerifyCode::Revoked,
+        "at once on the instance that revoked"
+    );
+    // A key the replica does not have yet is read from the primary.
+    let (_, newer) = a
+        .create(admin(bot_key(ORG, "newer", &["links:read"])))
+        .await;
+    assert_eq!(
+        code_on(&mut b_verify, &newer).await,
+        proto::VerifyCode::Valid
+    );
+    eventually(Duration::from_secs(10), "the lag to show", || async {
+        metric(&b, "keygate_replica_lag_seconds").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        code_on(&mut b_verify, &secret).await,
+        proto::VerifyCode::Valid,
+        "the other instance still holds its cached answer"
+    );
+
+    replica.start_replica_sql_thread().await;
+    replica.wait_replica_caught_up(&primary).await;
+    let caught_up = Instant::now();
+    eventually(Duration::from_secs(5), "the revocation to reach B", || {
+        let mut client = b_verify.clone();
+        let secret = secret.clone();
+        async move { code_on(&mut client, &secret).await == proto::VerifyCode::Revoked }
+    })
+    .await;
+    eprintln!(
+        "revocation on B {:?} after the replica caught up",
+        caught_up.elapsed()
+    );
+    assert!(metric(&b, "keygate_replica_lag_seconds").await < 1.0);
+    b.shutdown().await.expect("clean");
+    a.stop().await;
+}

@@ -78,8 +78,9 @@ async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> R
         original(&headers, ["x-original-method", "x-forwarded-method"]),
         original(&headers, ["x-original-uri", "x-forwarded-uri"]),
     ) else {
-        let decision =
-            Decision::RouteNotAllowed("the original method or URI is given twice, differently".into());
+        let decision = Decision::RouteNotAllowed(
+            "the original method or URI is given twice, differently".into(),
+        );
         route.metrics.observe_route_not_allowed(start.elapsed());
         return respond(Answer::from_decision(&decision, route.authorizer.now()));
     };
