@@ -73,8 +73,18 @@ impl Poller {
     pub async fn poll_once(&mut self) -> Result<usize, StoreError> {
         // Sampled before the replica is read: once every event up to this id
         // has been seen there, the replica holds all the primary had now.
+        // A primary that cannot be asked only leaves the replica's progress
+        // unknown (misses after a local write keep reading the primary, which
+        // then fail anyway): the replica's events are still applied.
         let sample = match &self.primary {
-            Some((primary, _)) => Some((Instant::now(), primary.last_event_id().await?)),
+            Some((primary, _)) => {
+                let at = Instant::now();
+                primary
+                    .last_event_id()
+                    .await
+                    .ok()
+                    .map(|newest| (at, newest))
+            }
             None => None,
         };
         let invalidated = self.read_events().await?;

@@ -85,3 +85,31 @@ pub(crate) async fn sql_pool(url: &str, size: u32, ping: bool) -> Result<MySqlPo
         .connect_with(options)
         .await?)
 }
+
+/// MariaDB/MySQL's server-wide statement and row counters, read before and
+/// after a scenario: what the store saw, to set beside the capacity model
+/// (`docs/CAPACITY.md`). Server-wide, so the bench database should be the
+/// server's only busy one.
+pub(crate) const STATUS: [&str; 5] = [
+    "Com_select",
+    "Com_update",
+    "Com_insert",
+    "Handler_update",
+    "Handler_write",
+];
+
+pub(crate) async fn status(pool: &MySqlPool) -> Result<[u64; 5], BoxError> {
+    let list = STATUS.map(|n| format!("'{n}'")).join(", ");
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ({list})"
+    ))
+    .fetch_all(pool)
+    .await?;
+    let mut out = [0u64; 5];
+    for (name, value) in rows {
+        if let Some(i) = STATUS.iter().position(|n| n.eq_ignore_ascii_case(&name)) {
+            out[i] = value.parse()?;
+        }
+    }
+    Ok(out)
+}

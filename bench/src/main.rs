@@ -198,14 +198,27 @@ async fn main() -> Result<(), BoxError> {
                 |d: humantime::Duration| Until::Deadline(Instant::now() + Duration::from(d));
             run_load(&targets, args.concurrency, deadline(args.warmup)).await?;
             let before = cpu.sample();
+            let store_before = database::status(&work.pool).await?;
             let (tally, elapsed) =
                 run_load(&targets, args.concurrency, deadline(args.duration)).await?;
+            let store_after = database::status(&work.pool).await?;
             let phase = Phase {
                 tally,
                 elapsed,
                 cpu: CpuWatch::percent(&before, &cpu.sample(), elapsed),
             };
             print_phase(s.name(), &phase, &cpu);
+            let per_second: Vec<String> = database::STATUS
+                .iter()
+                .zip(store_before.iter().zip(&store_after))
+                .map(|(name, (b, a))| {
+                    format!(
+                        "{name} {:.0}",
+                        a.saturating_sub(*b) as f64 / elapsed.as_secs_f64()
+                    )
+                })
+                .collect();
+            println!("    store per second: {}", per_second.join(", "));
             this_round.insert(s, phase);
         }
         print_ratios(&this_round);

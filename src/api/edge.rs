@@ -8,7 +8,7 @@ use crate::{
     api::grpc::verify::verify_code,
     cache::CachedKey,
     domain::{Error, verify::Code},
-    metrics::VerifyMetrics,
+    metrics::{Timer, VerifyMetrics},
     model::Micros,
     proto::KeyType,
     services::{Outcome, authorizer::Decision, limiter::LimitStatus},
@@ -137,15 +137,11 @@ impl Answer {
 }
 
 /// Counts a proxied request as `VerifyKey` calls are counted, under its entry point.
-pub fn observe(
-    metrics: &VerifyMetrics,
-    decision: &Result<Decision, Error>,
-    elapsed: std::time::Duration,
-) {
+pub fn observe(metrics: &VerifyMetrics, decision: &Result<Decision, Error>, timer: Timer) {
     match decision {
-        Ok(Decision::Verified(o)) => metrics.observe(Some(verify_code(o.code)), elapsed),
-        Ok(Decision::RouteNotAllowed(_)) => metrics.observe_route_not_allowed(elapsed),
-        Err(_) => metrics.observe(None, elapsed),
+        Ok(Decision::Verified(o)) => metrics.observe(Some(verify_code(o.code)), timer),
+        Ok(Decision::RouteNotAllowed(_)) => metrics.observe_route_not_allowed(timer),
+        Err(_) => metrics.observe(None, timer),
     }
 }
 

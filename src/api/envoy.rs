@@ -5,8 +5,6 @@
 //! `status_on_error` decide) or when the proxy's own configuration is wrong
 //! (INVALID_ARGUMENT: a bad `context_extensions` scope or organization).
 
-use std::time::Instant;
-
 use envoy_types::{
     ext_authz::v3::pb::{
         Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
@@ -167,11 +165,11 @@ impl Authorization for EnvoyApi {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let start = Instant::now();
+        let start = self.metrics.start();
         let check = request.into_inner();
         let attributes = check.attributes.unwrap_or_default();
         let Some(http) = attributes.request.and_then(|r| r.http) else {
-            self.metrics.observe(None, start.elapsed());
+            self.metrics.observe(None, start);
             return Err(Status::invalid_argument(
                 "attributes.request.http is required: keygate authorizes HTTP requests",
             ));
@@ -196,7 +194,7 @@ impl Authorization for EnvoyApi {
             organization_id: extension(ORGANIZATION_EXTENSION),
         };
         let decision = self.authorizer.authorize(&request).await;
-        edge::observe(&self.metrics, &decision, start.elapsed());
+        edge::observe(&self.metrics, &decision, start);
         let decision = decision.map_err(Status::from)?;
         let answer = Answer::from_decision(&decision, self.authorizer.now());
         let response = if answer.allowed() {

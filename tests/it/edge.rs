@@ -758,9 +758,12 @@ async fn oversized_headers_are_refused() {
     edge.app.stop().await;
 }
 
-/// A bad policy file stops the start, naming the file and the line.
+/// A bad policy file stops the start, naming the file and the line; the
+/// policies we ship parse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_policy_stops_the_start() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/edge/routes.toml");
+    keygate::domain::routes::RoutePolicy::load(&shipped).expect("deploy/edge/routes.toml parses");
     let db = TestDb::create(Backend::Sqlite).await;
     let path = policy_file("[[route]]\npath = \"/api/links\"\nscopes = [\"Links:read\"]\n");
     let err = start_app(&db, &["--route-policy", &path])

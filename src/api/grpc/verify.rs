@@ -2,8 +2,6 @@
 //! serve. A denial is an answer, not an error; errors are kept for the caller's
 //! own faults and for a store that cannot be reached.
 
-use std::time::Instant;
-
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -76,7 +74,7 @@ impl KeyVerify for VerifyApi {
         &self,
         request: Request<proto::VerifyKeyRequest>,
     ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
-        let start = Instant::now();
+        let start = self.metrics.start();
         let req = request.into_inner();
         let result = match Verification::new(
             &req.key,
@@ -90,7 +88,7 @@ impl KeyVerify for VerifyApi {
             Err(violations) => Err(Status::from(violations)),
         };
         let code = result.as_ref().ok().map(|o| verify_code(o.code));
-        self.metrics.observe(code, start.elapsed());
+        self.metrics.observe(code, start);
         result.map(|o| Response::new(response(o)))
     }
 }

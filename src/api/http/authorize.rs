@@ -4,8 +4,6 @@
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` from Traefik and Caddy); keygate
 //! answers 200 with the caller's identity, or the same denial Envoy would get.
 
-use std::time::Instant;
-
 use axum::{
     Router,
     extract::State,
@@ -69,7 +67,7 @@ fn original<'a>(headers: &'a HeaderMap, names: [&str; 2]) -> Result<Option<&'a s
 }
 
 async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> Response {
-    let start = Instant::now();
+    let start = route.metrics.start();
     let (key, _) = edge::credential(
         header(&headers, edge::AUTHORIZATION),
         header(&headers, edge::API_KEY),
@@ -81,7 +79,7 @@ async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> R
         let decision = Decision::RouteNotAllowed(
             "the original method or URI is given twice, differently".into(),
         );
-        route.metrics.observe_route_not_allowed(start.elapsed());
+        route.metrics.observe_route_not_allowed(start);
         return respond(Answer::from_decision(&decision, route.authorizer.now()));
     };
     let request = EdgeRequest {
@@ -96,7 +94,7 @@ async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> R
         organization_id: "",
     };
     let decision = route.authorizer.authorize(&request).await;
-    edge::observe(&route.metrics, &decision, start.elapsed());
+    edge::observe(&route.metrics, &decision, start);
     let answer = match decision {
         Ok(decision) => Answer::from_decision(&decision, route.authorizer.now()),
         Err(Error::Unavailable) => Answer::unavailable(),
