@@ -10,8 +10,8 @@
 //! variant, without a lock), where the others must be rebuilt. At a 1 % false
 //! positive rate it needs 9.6 bits a key. It never forgets a hash, which is
 //! right: revoked and expired keys stay in the store and answer with their own
-//! code. When more keys were added than it was sized for, it is rebuilt from
-//! the store at twice the size.
+//! code. It is sized a quarter above the keys it is loaded with; when more
+//! new keys were added than that room, it is rebuilt from the store.
 //!
 //! Until the first load finishes the filter lets everything through: a new
 //! instance is only as fast as before, never wrong.
@@ -95,18 +95,20 @@ impl KnownKeys {
         }
     }
 
-    /// A key that exists (created here, seen in an event, found in the store).
+    /// A key that exists (changed here, named by an event, found by a lookup).
     pub fn insert(&self, hash: &SecretHash) {
         let filters = self.filters.read().unwrap_or_else(PoisonError::into_inner);
         let h = h64(hash);
-        for bloom in [&filters.current, &filters.next].into_iter().flatten() {
-            bloom.bits.insert_hash(h);
+        if let Some(next) = &filters.next {
+            next.bits.insert_hash(h);
         }
         if let Some(current) = &filters.current {
-            // Counted with repeats (an event per change): a rebuild comes early, never late.
+            // Only hashes it did not hold count towards a rebuild: events and
+            // lookups repeat known keys all the time.
+            let new = !current.bits.insert_hash(h);
             let room =
                 current.capacity - current.loaded.load(Ordering::Relaxed).min(current.capacity);
-            if self.added.fetch_add(1, Ordering::Relaxed) + 1 > room {
+            if new && self.added.fetch_add(1, Ordering::Relaxed) + 1 > room {
                 self.grown.notify_one();
             }
         }

@@ -178,8 +178,10 @@ impl Reader {
         let Some((replica, _)) = self.replica.as_ref().filter(|(_, s)| s.fresh()) else {
             return self.store.find_by_hashes(hashes).await;
         };
-        // A replica that fails is no reason to fail: the primary answers.
-        let Ok(mut found) = replica.find_by_hashes(hashes).await else {
+        // A replica that fails, or hangs past half the store timeout, is no
+        // reason to fail: the primary answers in the other half.
+        let asked = tokio::time::timeout(self.timeout / 2, replica.find_by_hashes(hashes)).await;
+        let Ok(Ok(mut found)) = asked else {
             return self.store.find_by_hashes(hashes).await;
         };
         let missing: Vec<SecretHash> = hashes

@@ -7,6 +7,10 @@ use keygate::{
     logging,
 };
 
+/// See `mimalloc` in Cargo.toml: the verify path's small allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);

@@ -19,6 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Behind by more than this, the replica is not read for misses.
+pub const MAX_LAG: Duration = Duration::from_secs(5);
+
 /// What this instance knows of its replica's progress. Times are nanoseconds
 /// after `base`, plus one, so that 0 means never.
 #[derive(Debug)]
@@ -57,10 +60,15 @@ impl ReplicaState {
         self.synced.fetch_max(self.at(sampled), Ordering::AcqRel);
     }
 
-    /// Whether a miss may be read from the replica.
+    /// Whether a miss may be read from the replica: it holds this instance's
+    /// writes, and it is not further behind than [`MAX_LAG`] (a stalled
+    /// replica would otherwise feed every key that leaves the cache back
+    /// into it as it was).
     pub fn fresh(&self) -> bool {
         let synced = self.synced.load(Ordering::Acquire);
-        synced != 0 && synced > self.wrote.load(Ordering::Acquire)
+        synced != 0
+            && synced > self.wrote.load(Ordering::Acquire)
+            && self.lag().is_some_and(|lag| lag <= MAX_LAG)
     }
 
     /// How far behind the replica is known to be, at most: the time since the
@@ -98,5 +106,10 @@ mod tests {
         state.synced(Instant::now());
         assert!(state.fresh());
         assert!(state.lag().is_some_and(|l| l < Duration::from_secs(1)));
+        let stale = ReplicaState::default();
+        std::thread::sleep(Duration::from_millis(5));
+        stale.synced(stale.base);
+        assert!(stale.fresh(), "synced at its start, a few ms ago");
+        assert!(stale.lag().is_some_and(|l| l >= Duration::from_millis(5)));
     }
 }

@@ -40,6 +40,9 @@ use crate::{
 /// Independent lists, so concurrent first uses of different keys rarely meet.
 const SHARDS: usize = 16;
 
+/// Rows per transaction when the backlog is written at shutdown.
+const SHUTDOWN_ROWS: usize = 30_000;
+
 /// One microsecond-based UTC hour.
 const HOUR: i64 = 3_600_000_000;
 
@@ -290,9 +293,17 @@ impl UsageRecorder {
         self.write(store, taken).await
     }
 
-    /// Writes everything, whatever the budget: for shutdown.
+    /// Writes everything, whatever the budget: for shutdown. In transactions
+    /// of bounded size, so a large backlog commits piece by piece and a
+    /// failure loses only what was not written yet.
     pub async fn flush_all(&self, store: &Store) -> Result<usize, StoreError> {
-        self.flush_rows(store, usize::MAX).await
+        let mut written = 0;
+        loop {
+            match self.flush_rows(store, SHUTDOWN_ROWS).await? {
+                0 => return Ok(written),
+                n => written += n,
+            }
+        }
     }
 
     async fn flush_rows(&self, store: &Store, rows: usize) -> Result<usize, StoreError> {

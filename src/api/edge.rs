@@ -54,6 +54,21 @@ pub fn credential<'a>(
     }
 }
 
+/// Whether an `Authorization` value carries a Bearer credential anywhere: a
+/// proxy joins repeated headers with commas (`Basic x,Bearer <key>`), and
+/// such a header must not reach the upstream even when the key was read
+/// from elsewhere.
+pub fn carries_bearer(authorization: &str) -> bool {
+    authorization.split(',').any(|v| {
+        v.trim_start()
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+    })
+}
+
+/// Identity headers keygate sets on an allowed request.
+pub const IDENTITY: [&str; 4] = [KEY_ID, ORGANIZATION_ID, KEY_TYPE, USER_ID];
+
 /// The answer to a proxied request, in HTTP terms.
 #[derive(Debug)]
 pub struct Answer {
@@ -118,7 +133,8 @@ impl Answer {
         if let Some(after) = outcome.retry_after {
             headers.push(("retry-after", ceil_seconds(after.0).max(1).to_string()));
         }
-        // The limit closest to refusing says how much is left.
+        // The rate limit says how much is left when the key has one (it
+        // refills within its window); else the quota.
         if let Some(limit) = outcome.rate_limit.as_ref().or(outcome.quota.as_ref()) {
             rate_limit_headers(limit, now, &mut headers);
         }

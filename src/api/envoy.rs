@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     api::edge::{self, Answer, CredentialHeader},
     metrics::VerifyMetrics,
-    services::authorizer::{Authorizer, EdgeRequest},
+    services::authorizer::{Authorizer, Decision, EdgeRequest},
 };
 
 pub const SCOPES_EXTENSION: &str = "keygate_required_scopes";
@@ -57,6 +57,24 @@ fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
         })
 }
 
+/// Whether the client sent one of the identity headers keygate sets more
+/// than once. Envoy overwrites a header keygate sets, but older releases
+/// replace only its first copy: a second one would reach the upstream beside
+/// keygate's. Envoy joins repeats with commas in `headers`; `header_map` keeps
+/// them apart.
+fn repeats_identity(http: &HttpRequest) -> bool {
+    edge::IDENTITY.iter().any(|name| {
+        let joined = http.headers.get(*name).is_some_and(|v| v.contains(','));
+        let copies = http
+            .header_map
+            .iter()
+            .flat_map(|m| &m.headers)
+            .filter(|h| h.key.eq_ignore_ascii_case(name))
+            .count();
+        joined || copies > 1
+    })
+}
+
 /// Every header name the client sent.
 fn header_names(http: &HttpRequest) -> impl Iterator<Item = &str> {
     let map = http.header_map.iter().flat_map(|m| &m.headers);
@@ -91,10 +109,11 @@ fn rpc_status(code: tonic::Code, message: &str) -> rpc::Status {
 /// header and the key's own header removed, so the upstream sees neither a
 /// forged identity nor the secret.
 fn allowed(http: &HttpRequest, answer: Answer, from: Option<CredentialHeader>) -> CheckResponse {
+    let prefix = edge::IDENTITY_PREFIX.as_bytes();
     let mut remove: Vec<String> = header_names(http)
         .filter(|name| {
-            name.len() > edge::IDENTITY_PREFIX.len()
-                && name[..edge::IDENTITY_PREFIX.len()].eq_ignore_ascii_case(edge::IDENTITY_PREFIX)
+            name.len() > prefix.len()
+                && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix)
                 && !answer
                     .identity
                     .iter()
@@ -105,7 +124,9 @@ fn allowed(http: &HttpRequest, answer: Answer, from: Option<CredentialHeader>) -
     // X-Api-Key is keygate's own header: whatever it holds, never passed on.
     // Authorization only when it carried the key (another scheme is the
     // upstream's business).
-    if from == Some(CredentialHeader::Authorization) {
+    if from == Some(CredentialHeader::Authorization)
+        || header(http, edge::AUTHORIZATION).is_some_and(edge::carries_bearer)
+    {
         remove.push(edge::AUTHORIZATION.into());
     }
     if header(http, edge::API_KEY).is_some() {
@@ -193,7 +214,13 @@ impl Authorization for EnvoyApi {
             extra_scopes: extension(SCOPES_EXTENSION),
             organization_id: extension(ORGANIZATION_EXTENSION),
         };
-        let decision = self.authorizer.authorize(&request).await;
+        let decision = if repeats_identity(&http) {
+            Ok(Decision::RouteNotAllowed(
+                "the request carries a keygate identity header more than once".into(),
+            ))
+        } else {
+            self.authorizer.authorize(&request).await
+        };
         edge::observe(&self.metrics, &decision, start);
         let decision = decision.map_err(Status::from)?;
         let answer = Answer::from_decision(&decision, self.authorizer.now());

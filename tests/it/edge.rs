@@ -287,6 +287,56 @@ async fn envoy_allows_with_the_identity_and_keeps_the_secret_and_forgeries_out(b
     removed.sort();
     assert_eq!(removed, ["x-api-key", "x-keygate-user-id"]);
 
+    // Envoy joins a repeated header with commas in `headers` and keeps the
+    // copies apart in `header_map`; older Envoys overwrite only the first copy
+    // of a header keygate sets, so a repeated identity header is refused.
+    let d = edge
+        .denied(check(
+            "GET",
+            "/api/links",
+            &[
+                ("authorization", &auth),
+                ("x-keygate-organization-id", "victim,victim"),
+            ],
+        ))
+        .await;
+    d.assert(Code::PermissionDenied, 403, "ROUTE_NOT_ALLOWED");
+    let mut repeated = check("GET", "/api/links", &[]);
+    if let Some(http) = repeated
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        let entry = |k: &str, v: &str| envoy_types::pb::envoy::config::core::v3::HeaderValue {
+            key: k.into(),
+            raw_value: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        http.header_map = Some(envoy_types::pb::envoy::config::core::v3::HeaderMap {
+            headers: vec![
+                entry("authorization", &auth),
+                entry("x-keygate-user-id", "victim"),
+                entry("X-Keygate-User-Id", "victim"),
+            ],
+        });
+    }
+    edge.denied(repeated)
+        .await
+        .assert(Code::PermissionDenied, 403, "ROUTE_NOT_ALLOWED");
+    // A Bearer key among repeated Authorization values never reaches the
+    // upstream, even when the key was read from X-Api-Key.
+    let joined = format!("Basic dXNlcg==,Bearer {user_secret}");
+    let ok = edge
+        .allowed(check(
+            "GET",
+            "/api/links",
+            &[("authorization", &joined), ("x-api-key", &user_secret)],
+        ))
+        .await;
+    assert!(ok.removed.iter().any(|h| h == "authorization"), "{ok:?}");
+    assert!(ok.removed.iter().any(|h| h == "x-api-key"), "{ok:?}");
+
     // Forward auth answers the same identity.
     let resp = edge
         .forward("GET", "/api/links", &[("authorization", &auth)])
@@ -552,7 +602,7 @@ async fn paths_are_normalised_before_a_route_is_chosen() {
         "/api/links/./x",
         "/api/l%69nks",
         "/api/links/x/..",
-        "/api/links/%2e%2e/me",
+        "/api/links/x/../../me",
         "/api/admin/../links?x=/admin",
     ] {
         edge.allowed(check("GET", path, &[("authorization", &auth)]))
@@ -564,6 +614,10 @@ async fn paths_are_normalised_before_a_route_is_chosen() {
         "/api/links/x/y",
         "/api/links%2Fx",
         "/api/links/..;/admin",
+        "/api/links;x",
+        "/api/links/%2e%2e/me",
+        "/api/links/x//../../me",
+        "/api/links#/../../me",
         "/api/links/%252e%252e/admin",
         "/api/links/%zz",
         "/api/../../links",
