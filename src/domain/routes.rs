@@ -99,8 +99,9 @@ impl fmt::Display for NormalPath {
 }
 
 /// One segment, percent-decoded. A decoded `/` or `\` would be a separator to
-/// some upstream and a name to us; a `%` left after decoding is a second level
-/// of encoding some upstream may decode again: both are refused.
+/// some upstream and a name to us, a decoded `?`, `#` or `;` the end of the
+/// path or the start of its parameters, and a `%` left after decoding a second
+/// level of encoding some upstream may decode again: all are refused.
 fn decode(part: &str) -> Result<String, PathError> {
     let bytes = part.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -123,10 +124,9 @@ fn decode(part: &str) -> Result<String, PathError> {
             }
         }
     }
-    if out
-        .iter()
-        .any(|&b| b == b'/' || b == b'\\' || b == b'%' || b.is_ascii_control())
-    {
+    if out.iter().any(|&b| {
+        matches!(b, b'/' | b'\\' | b'%' | b'?' | b'#' | b';') || b.is_ascii_control()
+    }) {
         return Err(PathError::Ambiguous);
     }
     String::from_utf8(out).map_err(|_| PathError::NotUtf8)
@@ -387,6 +387,9 @@ mod tests {
         assert_eq!(norm("/api/links/%2E/admin"), Err(PathError::Ambiguous));
         assert_eq!(norm("/api/links/x//../../me"), Err(PathError::Ambiguous));
         assert_eq!(norm("/api/links#/../admin"), Err(PathError::Ambiguous));
+        // Found by the fuzzer: a decoded `?` printed back would end the path.
+        assert_eq!(norm("/api/links%3Fx?y"), Err(PathError::Ambiguous));
+        assert_eq!(norm("/api/links%3bx"), Err(PathError::Ambiguous));
         assert_eq!(norm("/api/%zz"), Err(PathError::BadEscape));
         assert_eq!(norm("/api/%4"), Err(PathError::BadEscape));
         assert_eq!(norm("/api/%+1"), Err(PathError::BadEscape));
