@@ -4,6 +4,8 @@
 //! [`Answer`] in its own types; the mapping from outcome to status lives here
 //! once, so the two can never disagree.
 
+use std::borrow::Cow;
+
 use crate::{
     api::grpc::verify::verify_code,
     cache::CachedKey,
@@ -76,10 +78,10 @@ pub struct Answer {
     pub status: u16,
     /// `VERIFY_CODE_*`, `ROUTE_NOT_ALLOWED` or `UNAVAILABLE`.
     pub code: &'static str,
-    pub message: String,
+    pub message: Cow<'static, str>,
     /// For the client: `x-keygate-code`, `WWW-Authenticate`, `Retry-After`,
     /// `RateLimit-*`.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     /// For the upstream, when allowed: who is calling.
     pub identity: Vec<(&'static str, String)>,
 }
@@ -99,8 +101,8 @@ impl Answer {
         Self {
             status: 503,
             code: "UNAVAILABLE",
-            message: "the key store is unavailable; retry later".into(),
-            headers: vec![(CODE, "UNAVAILABLE".into())],
+            message: Cow::Borrowed("the key store is unavailable; retry later"),
+            headers: vec![(CODE, Cow::Borrowed("UNAVAILABLE"))],
             identity: Vec::new(),
         }
     }
@@ -110,8 +112,8 @@ impl Answer {
             Decision::RouteNotAllowed(why) => Self {
                 status: 403,
                 code: "ROUTE_NOT_ALLOWED",
-                message: why.clone(),
-                headers: vec![(CODE, "ROUTE_NOT_ALLOWED".into())],
+                message: Cow::Owned(why.clone()),
+                headers: vec![(CODE, Cow::Borrowed("ROUTE_NOT_ALLOWED"))],
                 identity: Vec::new(),
             },
             Decision::Verified(outcome) => Self::from_outcome(outcome, now),
@@ -126,12 +128,18 @@ impl Answer {
             Code::OrganizationMismatch | Code::HostnameBlocked | Code::InsufficientScope => 403,
             Code::RateLimited | Code::QuotaExceeded => 429,
         };
-        let mut headers = vec![(CODE, code.to_owned())];
+        let mut headers = vec![(CODE, Cow::Borrowed(code))];
         if status == 401 {
-            headers.push(("www-authenticate", "Bearer realm=\"keygate\"".into()));
+            headers.push((
+                "www-authenticate",
+                Cow::Borrowed("Bearer realm=\"keygate\""),
+            ));
         }
         if let Some(after) = outcome.retry_after {
-            headers.push(("retry-after", ceil_seconds(after.0).max(1).to_string()));
+            headers.push((
+                "retry-after",
+                Cow::Owned(ceil_seconds(after.0).max(1).to_string()),
+            ));
         }
         // The rate limit says how much is left when the key has one (it
         // refills within its window); else the quota.
@@ -161,11 +169,21 @@ pub fn observe(metrics: &VerifyMetrics, decision: &Result<Decision, Error>, time
     }
 }
 
-fn rate_limit_headers(limit: &LimitStatus, now: Micros, out: &mut Vec<(&'static str, String)>) {
-    out.push(("ratelimit-limit", limit.limit.to_string()));
-    out.push(("ratelimit-remaining", limit.remaining.to_string()));
+fn rate_limit_headers(
+    limit: &LimitStatus,
+    now: Micros,
+    out: &mut Vec<(&'static str, Cow<'static, str>)>,
+) {
+    out.push(("ratelimit-limit", Cow::Owned(limit.limit.to_string())));
+    out.push((
+        "ratelimit-remaining",
+        Cow::Owned(limit.remaining.to_string()),
+    ));
     if let Some(reset) = limit.reset {
-        out.push(("ratelimit-reset", ceil_seconds(reset.0 - now.0).to_string()));
+        out.push((
+            "ratelimit-reset",
+            Cow::Owned(ceil_seconds(reset.0 - now.0).to_string()),
+        ));
     }
 }
 
@@ -189,30 +207,31 @@ fn identity(key: &CachedKey) -> Vec<(&'static str, String)> {
     out
 }
 
-fn message(outcome: &Outcome) -> String {
-    match outcome.code {
-        Code::Valid => "the key is valid".into(),
-        Code::Missing => "no key: send Authorization: Bearer <key> or X-Api-Key: <key>".into(),
-        Code::Malformed => "the key is malformed".into(),
-        Code::NotFound => "the key does not exist".into(),
-        Code::Revoked => "the key is revoked".into(),
-        Code::Expired => "the key has expired".into(),
-        Code::OrganizationMismatch => "the key belongs to another organization".into(),
-        Code::HostnameBlocked => "the key may not be used from this origin".into(),
+/// The denial's reason; fixed text except where the outcome names something.
+fn message(outcome: &Outcome) -> Cow<'static, str> {
+    Cow::Borrowed(match outcome.code {
+        Code::Valid => "the key is valid",
+        Code::Missing => "no key: send Authorization: Bearer <key> or X-Api-Key: <key>",
+        Code::Malformed => "the key is malformed",
+        Code::NotFound => "the key does not exist",
+        Code::Revoked => "the key is revoked",
+        Code::Expired => "the key has expired",
+        Code::OrganizationMismatch => "the key belongs to another organization",
+        Code::HostnameBlocked => "the key may not be used from this origin",
         Code::InsufficientScope => {
-            format!(
+            return Cow::Owned(format!(
                 "the key lacks the scopes {}",
                 outcome.missing_scopes.join(" ")
-            )
+            ));
         }
         Code::RateLimited => match &outcome.rate_limit {
             Some(l) if !l.name.is_empty() => {
-                format!("the key's rate limit {:?} is exceeded", l.name)
+                return Cow::Owned(format!("the key's rate limit {:?} is exceeded", l.name));
             }
-            _ => "the key's rate limit is exceeded".into(),
+            _ => "the key's rate limit is exceeded",
         },
-        Code::QuotaExceeded => "the key's quota is used up".into(),
-    }
+        Code::QuotaExceeded => "the key's quota is used up",
+    })
 }
 
 #[cfg(test)]

@@ -84,11 +84,11 @@ fn header_names(http: &HttpRequest) -> impl Iterator<Item = &str> {
         .chain(map.map(|h| h.key.as_str()))
 }
 
-fn set(name: &str, value: String) -> HeaderValueOption {
+fn set(name: &str, value: impl Into<String>) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_owned(),
-            value,
+            value: value.into(),
             ..Default::default()
         }),
         // Overwrite, so a value the client sent under the same name is gone.
@@ -166,7 +166,7 @@ fn denied(answer: Answer) -> CheckResponse {
         .into_iter()
         .map(|(name, value)| set(name, value))
         .collect();
-    headers.push(set("content-type", "application/json".into()));
+    headers.push(set("content-type", "application/json"));
     CheckResponse {
         status: Some(rpc_status(code, &answer.message)),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {

@@ -124,9 +124,10 @@ fn decode(part: &str) -> Result<String, PathError> {
             }
         }
     }
-    if out.iter().any(|&b| {
-        matches!(b, b'/' | b'\\' | b'%' | b'?' | b'#' | b';') || b.is_ascii_control()
-    }) {
+    if out
+        .iter()
+        .any(|&b| matches!(b, b'/' | b'\\' | b'%' | b'?' | b'#' | b';') || b.is_ascii_control())
+    {
         return Err(PathError::Ambiguous);
     }
     String::from_utf8(out).map_err(|_| PathError::NotUtf8)

@@ -4,6 +4,8 @@
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` from Traefik and Caddy); keygate
 //! answers 200 with the caller's identity, or the same denial Envoy would get.
 
+use std::borrow::Cow;
+
 use axum::{
     Router,
     extract::State,
@@ -115,8 +117,13 @@ fn respond(answer: Answer) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    for (name, value) in answer.headers.into_iter().chain(answer.identity) {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    let identity = answer.identity.into_iter().map(|(n, v)| (n, Cow::Owned(v)));
+    for (name, value) in answer.headers.into_iter().chain(identity) {
+        let value = match value {
+            Cow::Borrowed(v) => Ok(HeaderValue::from_static(v)),
+            Cow::Owned(v) => HeaderValue::try_from(v),
+        };
+        if let Ok(value) = value {
             out.insert(HeaderName::from_static(name), value);
         }
     }
