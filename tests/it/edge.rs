@@ -26,27 +26,11 @@ use crate::{metrics::scrape, store_tests, support::*};
 
 const ORG: &str = "hoko";
 
-/// The README's worked example.
-pub(crate) const HOKO_POLICY: &str = r#"
-[[route]]
-path = "/api/links"
-methods = ["GET"]
-scopes = ["links:read"]
-
-[[route]]
-path = "/api/links/*"
-methods = ["GET"]
-scopes = ["links:read"]
-
-[[route]]
-path = "/api/links/**"
-methods = ["POST", "PUT", "DELETE"]
-scopes = ["links:write"]
-
-[[route]]
-path = "/api/me"
-scopes = []
-"#;
+/// The README's worked example, as shipped: `deploy/edge/routes.toml`.
+pub(crate) fn hoko_policy() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/edge/routes.toml");
+    path.to_str().expect("utf-8 path").to_owned()
+}
 
 /// Writes `text` to a fresh file and returns its path.
 pub(crate) fn policy_file(text: &str) -> String {
@@ -66,7 +50,7 @@ struct Edge {
 }
 
 async fn edge(b: Backend, extra: &[&str]) -> Edge {
-    let policy = policy_file(HOKO_POLICY);
+    let policy = hoko_policy();
     let mut args = vec!["--http-listen", "127.0.0.1:0", "--route-policy", &policy];
     args.extend_from_slice(extra);
     let app = spawn_app_with(b, &args).await;

@@ -16,10 +16,7 @@ use std::{
 use axum::{Router, http::HeaderMap};
 use keygate::proto::RateLimit;
 
-use crate::{
-    edge::{HOKO_POLICY, policy_file},
-    support::*,
-};
+use crate::{edge::hoko_policy, support::*};
 
 const ORG: &str = "hoko";
 
@@ -130,7 +127,7 @@ async fn raw_get(addr: SocketAddr, path: &str, authorization: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_lets_only_allowed_requests_through_without_the_secret() {
-    let policy = policy_file(HOKO_POLICY);
+    let policy = hoko_policy();
     let app = spawn_app_with(
         Backend::Sqlite,
         &["--http-listen", "127.0.0.1:0", "--route-policy", &policy],

@@ -64,14 +64,14 @@ async fn create_keys(app: &TestApp, n: usize) -> Vec<String> {
     secrets
 }
 
-/// Verifies each key once, a few at a time; every answer must be `expect`.
-async fn verify_all(app: &TestApp, secrets: &[String], expect: proto::VerifyCode) {
+/// Verifies each key once through `client`, a few at a time; every answer must
+/// be `expect`.
+async fn verify_all(client: &VerifyClient, secrets: &[String], expect: proto::VerifyCode) {
     let secrets: Arc<[String]> = secrets.into();
     let mut tasks = JoinSet::new();
     for t in 0..8 {
-        let (client, secrets) = (app.verify.clone(), Arc::clone(&secrets));
+        let (mut client, secrets) = (client.clone(), Arc::clone(&secrets));
         tasks.spawn(async move {
-            let mut client = client;
             for s in secrets.iter().skip(t).step_by(8) {
                 let resp = client
                     .verify_key(VerifyKeyRequest {
@@ -89,6 +89,8 @@ async fn verify_all(app: &TestApp, secrets: &[String], expect: proto::VerifyCode
         r.expect("task");
     }
 }
+
+type VerifyClient = proto::key_verify_client::KeyVerifyClient<tonic::transport::Channel>;
 
 /// 2 000 distinct keys used at once under a budget of 200 rows a second: no
 /// stretch of the store's history holds more than 200 row writes in under a
@@ -135,7 +137,7 @@ async fn usage_writes_stay_within_the_budget_and_every_count_arrives() {
     };
     let (samples, ()) = tokio::join!(
         sampling,
-        verify_all(&app, &secrets, proto::VerifyCode::Valid)
+        verify_all(&app.verify, &secrets, proto::VerifyCode::Valid)
     );
     // Windows of 9 intervals: under a second however the sampling falls, and
     // long enough that two of keygate's flushes a second apart never share one.
@@ -218,8 +220,7 @@ async fn a_flood_of_forged_keys_barely_reaches_the_store() {
     let flood = {
         let a_verify = a.verify.clone();
         tokio::spawn(async move {
-            let app = TestAppVerify(a_verify);
-            app.verify_all(&forged, proto::VerifyCode::NotFound).await;
+            verify_all(&a_verify, &forged, proto::VerifyCode::NotFound).await;
         })
     };
     // Meanwhile, a key is made on the other instance and used here.
@@ -265,35 +266,6 @@ async fn a_flood_of_forged_keys_barely_reaches_the_store() {
     );
     b.shutdown().await.expect("clean");
     a.stop().await;
-}
-
-/// `verify_all` over a bare client.
-struct TestAppVerify(proto::key_verify_client::KeyVerifyClient<tonic::transport::Channel>);
-
-impl TestAppVerify {
-    async fn verify_all(&self, secrets: &[String], expect: proto::VerifyCode) {
-        let secrets: Arc<[String]> = secrets.into();
-        let mut tasks = JoinSet::new();
-        for t in 0..8 {
-            let (mut client, secrets) = (self.0.clone(), Arc::clone(&secrets));
-            tasks.spawn(async move {
-                for s in secrets.iter().skip(t).step_by(8) {
-                    let resp = client
-                        .verify_key(VerifyKeyRequest {
-                            key: s.clone(),
-                            ..Default::default()
-                        })
-                        .await
-                        .expect("verify answers")
-                        .into_inner();
-                    assert_eq!(resp.code(), expect);
-                }
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r.expect("task");
-        }
-    }
 }
 
 /// A MariaDB primary and a replica of it on loopback. Both instances read
