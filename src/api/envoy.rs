@@ -38,50 +38,70 @@ impl EnvoyApi {
     }
 }
 
-/// A request header by its lower-case name: Envoy sends `headers` (names lower
-/// case), or `header_map` with raw values when `encode_raw_headers` is set.
-fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    if let Some(v) = http.headers.get(name) {
-        return Some(v.as_str());
-    }
-    let map = http.header_map.as_ref()?;
-    map.headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(name))
-        .and_then(|h| {
-            if h.value.is_empty() {
-                std::str::from_utf8(&h.raw_value).ok()
+/// The request headers keygate reads, found in one pass over what Envoy sent:
+/// `headers` (names in lower case, repeats joined with commas), or
+/// `header_map` (repeats apart, raw values) when `encode_raw_headers` is set.
+/// One pass rather than a map lookup per name: the generated map hashes with
+/// SipHash, and a check reads a dozen names.
+#[derive(Debug, Default)]
+struct Seen<'a> {
+    authorization: Option<&'a str>,
+    api_key: Option<&'a str>,
+    origin: Option<&'a str>,
+    referer: Option<&'a str>,
+    /// Every `x-keygate-*` name the client sent.
+    identity: Vec<&'a str>,
+    /// One of the identity headers keygate sets came more than once. Envoy
+    /// overwrites a header keygate sets, but older releases replace only its
+    /// first copy: a second one would reach the upstream beside keygate's.
+    repeated_identity: bool,
+}
+
+impl<'a> Seen<'a> {
+    fn scan(http: &'a HttpRequest) -> Self {
+        let mut seen = Self::default();
+        for (name, value) in &http.headers {
+            seen.add(name, value, true);
+        }
+        for h in http.header_map.iter().flat_map(|m| &m.headers) {
+            let value = if h.value.is_empty() {
+                std::str::from_utf8(&h.raw_value).unwrap_or_default()
             } else {
-                Some(h.value.as_str())
+                h.value.as_str()
+            };
+            seen.add(&h.key, value, false);
+        }
+        seen
+    }
+
+    fn add(&mut self, name: &'a str, value: &'a str, joined: bool) {
+        let slot = if name.eq_ignore_ascii_case(edge::AUTHORIZATION) {
+            &mut self.authorization
+        } else if name.eq_ignore_ascii_case(edge::API_KEY) {
+            &mut self.api_key
+        } else if name.eq_ignore_ascii_case("origin") {
+            &mut self.origin
+        } else if name.eq_ignore_ascii_case("referer") {
+            &mut self.referer
+        } else {
+            let prefix = edge::IDENTITY_PREFIX.as_bytes();
+            let is_identity = name.len() > prefix.len()
+                && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix);
+            if is_identity {
+                let set_by_us = edge::IDENTITY.iter().any(|n| n.eq_ignore_ascii_case(name));
+                let again = self.identity.iter().any(|n| n.eq_ignore_ascii_case(name));
+                if set_by_us && (again || (joined && value.contains(','))) {
+                    self.repeated_identity = true;
+                }
+                self.identity.push(name);
             }
-        })
-}
-
-/// Whether the client sent one of the identity headers keygate sets more
-/// than once. Envoy overwrites a header keygate sets, but older releases
-/// replace only its first copy: a second one would reach the upstream beside
-/// keygate's. Envoy joins repeats with commas in `headers`; `header_map` keeps
-/// them apart.
-fn repeats_identity(http: &HttpRequest) -> bool {
-    edge::IDENTITY.iter().any(|name| {
-        let joined = http.headers.get(*name).is_some_and(|v| v.contains(','));
-        let copies = http
-            .header_map
-            .iter()
-            .flat_map(|m| &m.headers)
-            .filter(|h| h.key.eq_ignore_ascii_case(name))
-            .count();
-        joined || copies > 1
-    })
-}
-
-/// Every header name the client sent.
-fn header_names(http: &HttpRequest) -> impl Iterator<Item = &str> {
-    let map = http.header_map.iter().flat_map(|m| &m.headers);
-    http.headers
-        .keys()
-        .map(String::as_str)
-        .chain(map.map(|h| h.key.as_str()))
+            return;
+        };
+        // The first copy, as Envoy's own lookups would find it.
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+    }
 }
 
 fn set(name: &str, value: impl Into<String>) -> HeaderValueOption {
@@ -108,28 +128,27 @@ fn rpc_status(code: tonic::Code, message: &str) -> rpc::Status {
 /// Allowed: identity headers set with overwrite; every other `x-keygate-*`
 /// header and the key's own header removed, so the upstream sees neither a
 /// forged identity nor the secret.
-fn allowed(http: &HttpRequest, answer: Answer, from: Option<CredentialHeader>) -> CheckResponse {
-    let prefix = edge::IDENTITY_PREFIX.as_bytes();
-    let mut remove: Vec<String> = header_names(http)
+fn allowed(seen: &Seen<'_>, answer: Answer, from: Option<CredentialHeader>) -> CheckResponse {
+    let mut remove: Vec<String> = seen
+        .identity
+        .iter()
         .filter(|name| {
-            name.len() > prefix.len()
-                && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix)
-                && !answer
-                    .identity
-                    .iter()
-                    .any(|(set, _)| set.eq_ignore_ascii_case(name))
+            !answer
+                .identity
+                .iter()
+                .any(|(set, _)| set.eq_ignore_ascii_case(name))
         })
-        .map(str::to_ascii_lowercase)
+        .map(|name| name.to_ascii_lowercase())
         .collect();
     // X-Api-Key is keygate's own header: whatever it holds, never passed on.
     // Authorization only when it carried the key (another scheme is the
     // upstream's business).
     if from == Some(CredentialHeader::Authorization)
-        || header(http, edge::AUTHORIZATION).is_some_and(edge::carries_bearer)
+        || seen.authorization.is_some_and(edge::carries_bearer)
     {
         remove.push(edge::AUTHORIZATION.into());
     }
-    if header(http, edge::API_KEY).is_some() {
+    if seen.api_key.is_some() {
         remove.push(edge::API_KEY.into());
     }
     let response_headers_to_add = answer
@@ -195,10 +214,8 @@ impl Authorization for EnvoyApi {
                 "attributes.request.http is required: keygate authorizes HTTP requests",
             ));
         };
-        let (key, from) = edge::credential(
-            header(&http, edge::AUTHORIZATION),
-            header(&http, edge::API_KEY),
-        );
+        let seen = Seen::scan(&http);
+        let (key, from) = edge::credential(seen.authorization, seen.api_key);
         let extension = |name: &str| {
             attributes
                 .context_extensions
@@ -209,12 +226,12 @@ impl Authorization for EnvoyApi {
             method: &http.method,
             path: Some(http.path.as_str()),
             key,
-            origin: header(&http, "origin").unwrap_or_default(),
-            referer: header(&http, "referer").unwrap_or_default(),
+            origin: seen.origin.unwrap_or_default(),
+            referer: seen.referer.unwrap_or_default(),
             extra_scopes: extension(SCOPES_EXTENSION),
             organization_id: extension(ORGANIZATION_EXTENSION),
         };
-        let decision = if repeats_identity(&http) {
+        let decision = if seen.repeated_identity {
             Ok(Decision::RouteNotAllowed(
                 "the request carries a keygate identity header more than once".into(),
             ))
@@ -225,7 +242,7 @@ impl Authorization for EnvoyApi {
         let decision = decision.map_err(Status::from)?;
         let answer = Answer::from_decision(&decision, self.authorizer.now());
         let response = if answer.allowed() {
-            allowed(&http, answer, from)
+            allowed(&seen, answer, from)
         } else {
             denied(answer)
         };
