@@ -197,6 +197,20 @@ impl Denied {
     }
 }
 
+/// A bot key of `org` with `links:read` and one call a minute.
+pub(crate) fn once_a_minute(org: &str) -> keygate::proto::CreateKeyRequest {
+    let mut req = bot_key(org, "limited", &["links:read"]);
+    req.rate_limits = vec![RateLimit {
+        name: "per_minute".into(),
+        limit: 1,
+        window: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+    }];
+    req
+}
+
 fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
 }
@@ -349,16 +363,7 @@ async fn each_denial_family_has_its_status_headers_and_body(b: Backend) {
     let mut pinned = bot_key(ORG, "pinned", &["links:read"]);
     pinned.allowed_hostnames = vec!["app.hoko.example".into()];
     let (_, pinned_secret) = edge.app.create(admin(pinned)).await;
-    let mut limited = bot_key(ORG, "limited", &["links:read"]);
-    limited.rate_limits = vec![RateLimit {
-        name: "per_minute".into(),
-        limit: 1,
-        window: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-    }];
-    let (_, limited_secret) = edge.app.create(admin(limited)).await;
+    let (_, limited_secret) = edge.app.create(admin(once_a_minute(ORG))).await;
     let (revoked, revoked_secret) = edge
         .app
         .create(admin(bot_key(ORG, "gone", &["links:read"])))

@@ -14,9 +14,11 @@ use std::{
 };
 
 use axum::{Router, http::HeaderMap};
-use keygate::proto::RateLimit;
 
-use crate::{edge::hoko_policy, support::*};
+use crate::{
+    edge::{hoko_policy, once_a_minute},
+    support::*,
+};
 
 const ORG: &str = "hoko";
 
@@ -142,16 +144,7 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_without_the_secre
     let (reader, reader_secret) = app
         .create(admin(user_key(ORG, "reader", &["links:read"])))
         .await;
-    let mut limited = bot_key(ORG, "limited", &["links:read"]);
-    limited.rate_limits = vec![RateLimit {
-        name: "per_minute".into(),
-        limit: 1,
-        window: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
-    }];
-    let (limited, limited_secret) = app.create(admin(limited)).await;
+    let (limited, limited_secret) = app.create(admin(once_a_minute(ORG))).await;
 
     // Allowed: the upstream answers and sees who called, not the key.
     let resp = client
