@@ -229,6 +229,38 @@ mod tests {
     }
 
     #[test]
+    fn only_new_keys_bring_a_rebuild_closer() {
+        let filter = KnownKeys::new(0);
+        let bloom = Arc::new(Bloom::new(1000));
+        bloom.loaded.store(998, Ordering::Relaxed);
+        filter.filters.write().expect("lock").current = Some(bloom);
+        let known = hash();
+        filter.insert(&known);
+        for _ in 0..10 {
+            filter.insert(&known);
+        }
+        assert_eq!(
+            filter.added.load(Ordering::Relaxed),
+            1,
+            "repeats are not new"
+        );
+        filter.insert(&hash());
+        filter.insert(&hash());
+        assert_eq!(filter.added.load(Ordering::Relaxed), 3);
+        // Room for two was left: the third new key asks for a rebuild.
+        let asked = filter.grown.notified();
+        tokio::pin!(asked);
+        assert!(futures_poll_once(asked.as_mut()), "a rebuild was asked for");
+    }
+
+    /// Whether `f` is ready at its first poll.
+    fn futures_poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        f.poll(&mut cx).is_ready()
+    }
+
+    #[test]
     fn rules_out_unknown_keys_beyond_the_bypass_and_admits_known_ones() {
         let filter = KnownKeys::new(3);
         let unknown: Vec<SecretHash> = (0..1000).map(|_| hash()).collect();

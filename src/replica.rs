@@ -106,10 +106,26 @@ mod tests {
         state.synced(Instant::now());
         assert!(state.fresh());
         assert!(state.lag().is_some_and(|l| l < Duration::from_secs(1)));
-        let stale = ReplicaState::default();
+        let recent = ReplicaState::default();
         std::thread::sleep(Duration::from_millis(5));
-        stale.synced(stale.base);
-        assert!(stale.fresh(), "synced at its start, a few ms ago");
-        assert!(stale.lag().is_some_and(|l| l >= Duration::from_millis(5)));
+        recent.synced(recent.base);
+        assert!(recent.fresh(), "synced at its start, a few ms ago");
+        assert!(recent.lag().is_some_and(|l| l >= Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_replica_too_far_behind_is_not_read() {
+        let base = Instant::now()
+            .checked_sub(MAX_LAG + Duration::from_secs(1))
+            .expect("the machine has been up a few seconds");
+        let state = ReplicaState {
+            base,
+            ..ReplicaState::default()
+        };
+        state.synced(base);
+        assert!(state.lag().is_some_and(|l| l > MAX_LAG));
+        assert!(!state.fresh(), "last seen caught up over {MAX_LAG:?} ago");
+        state.synced(Instant::now());
+        assert!(state.fresh());
     }
 }

@@ -122,12 +122,7 @@ impl Answer {
 
     fn from_outcome(outcome: &Outcome, now: Micros) -> Self {
         let code = verify_code(outcome.code).as_str_name();
-        let status = match outcome.code {
-            Code::Valid => 200,
-            Code::Missing | Code::Malformed | Code::NotFound | Code::Revoked | Code::Expired => 401,
-            Code::OrganizationMismatch | Code::HostnameBlocked | Code::InsufficientScope => 403,
-            Code::RateLimited | Code::QuotaExceeded => 429,
-        };
+        let status = outcome.code.http_status();
         let mut headers = vec![(CODE, Cow::Borrowed(code))];
         if status == 401 {
             headers.push((

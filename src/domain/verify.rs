@@ -45,6 +45,19 @@ impl Code {
         }
     }
 
+    /// What the code means to the end client in HTTP (the contract's §2 and
+    /// §10): 200 valid, 401 for no usable key (2–6), 403 for a key that may
+    /// not do this (7–9), 429 for a spent limit (10–11). Every entry point that
+    /// answers in HTTP terms (Envoy, forward auth) takes it from here.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Valid => 200,
+            Self::Missing | Self::Malformed | Self::NotFound | Self::Revoked | Self::Expired => 401,
+            Self::OrganizationMismatch | Self::HostnameBlocked | Self::InsufficientScope => 403,
+            Self::RateLimited | Self::QuotaExceeded => 429,
+        }
+    }
+
     /// Position among the outcomes of a verification that found its key (the
     /// ones the usage history counts); `None` for the others.
     pub fn outcome_index(self) -> Option<usize> {

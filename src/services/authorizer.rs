@@ -4,7 +4,7 @@
 //! transports only read their request into an [`EdgeRequest`] and write the
 //! [`Decision`] back.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use crate::{
     domain::{
@@ -65,7 +65,8 @@ impl Authorizer {
     /// costs a lookup. Scopes from the policy and from the proxy are added
     /// together, so neither source can lower what the other requires.
     pub async fn authorize(&self, r: &EdgeRequest<'_>) -> Result<Decision, Error> {
-        let mut scopes: Vec<String> = Vec::new();
+        // The policy's own list, borrowed: copied only when the proxy adds to it.
+        let mut scopes: Cow<'_, [String]> = Cow::Borrowed(&[]);
         if let Some(policy) = &self.policy {
             let Some(raw) = r.path else {
                 return Ok(Decision::RouteNotAllowed(
@@ -77,7 +78,7 @@ impl Authorizer {
                 Err(e) => return Ok(Decision::RouteNotAllowed(e.to_string())),
             };
             match policy.required_scopes(r.method, &path) {
-                Some(required) => scopes.extend_from_slice(required),
+                Some(required) => scopes = Cow::Borrowed(required),
                 None => {
                     return Ok(Decision::RouteNotAllowed(
                         "no route of the policy allows this method and path".into(),
@@ -93,7 +94,7 @@ impl Authorizer {
                 ))
             })?;
             if !scopes.iter().any(|have| have == s) {
-                scopes.push(s.to_owned());
+                scopes.to_mut().push(s.to_owned());
             }
         }
         if !r.organization_id.is_empty() {

@@ -14,6 +14,7 @@ use axum::{
     routing::any,
 };
 
+use super::header_text;
 use crate::{
     api::edge::{self, Answer},
     domain::Error,
@@ -43,10 +44,6 @@ pub fn routes(route: AuthorizeRoute) -> Router {
         .with_state(route)
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 /// What the proxy says about the original request, under nginx's name or
 /// Traefik's and Caddy's. Each proxy sets its own and may pass the other
 /// through from the client, so two different values, or one header sent
@@ -71,8 +68,8 @@ fn original<'a>(headers: &'a HeaderMap, names: [&str; 2]) -> Result<Option<&'a s
 async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> Response {
     let start = route.metrics.start();
     let (key, _) = edge::credential(
-        header(&headers, edge::AUTHORIZATION),
-        header(&headers, edge::API_KEY),
+        header_text(&headers, edge::AUTHORIZATION),
+        header_text(&headers, edge::API_KEY),
     );
     let (Ok(method), Ok(path)) = (
         original(&headers, ["x-original-method", "x-forwarded-method"]),
@@ -90,8 +87,8 @@ async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> R
         method: method.unwrap_or_default(),
         path,
         key,
-        origin: header(&headers, "origin").unwrap_or_default(),
-        referer: header(&headers, "referer").unwrap_or_default(),
+        origin: header_text(&headers, "origin").unwrap_or_default(),
+        referer: header_text(&headers, "referer").unwrap_or_default(),
         extra_scopes: "",
         organization_id: "",
     };

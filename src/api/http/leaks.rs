@@ -14,7 +14,7 @@ use axum::{
     routing::post,
 };
 
-use super::error;
+use super::{error, header_text};
 use crate::{
     domain::Error,
     leaks::{LeakKeys, MAX_BODY_BYTES, parse_report},
@@ -41,14 +41,10 @@ pub fn routes(route: Arc<LeakRoute>) -> Router {
         .with_state(route)
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 async fn report(State(route): State<Arc<LeakRoute>>, headers: HeaderMap, body: Bytes) -> Response {
     let signed = route.keys.verify(
-        header(&headers, "github-public-key-identifier"),
-        header(&headers, "github-public-key-signature"),
+        header_text(&headers, "github-public-key-identifier"),
+        header_text(&headers, "github-public-key-signature"),
         &body,
     );
     if let Err(e) = signed {

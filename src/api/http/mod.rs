@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::Request,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
@@ -22,6 +22,11 @@ pub struct HttpConfig {
     pub authorize: authorize::AuthorizeRoute,
     pub leaks: Option<Arc<leaks::LeakRoute>>,
     pub request_timeout: Duration,
+}
+
+/// A request header as text; one that is not visible ASCII counts as absent.
+pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// A small JSON error body: `{"message": "..."}`.
