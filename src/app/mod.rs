@@ -100,13 +100,17 @@ pub enum AppError {
 
 /// Opens the store named by the database flags and brings its schema up to date.
 pub async fn open_store(db: &DatabaseArgs) -> Result<Store, AppError> {
-    let config = PoolConfig {
-        max_connections: db.database_max_connections,
-        acquire_timeout: db.database_timeout.into(),
-    };
-    let store = Store::connect(&db.database_url, &config).await?;
+    let store = Store::connect(&db.database_url, &pool_config(db)).await?;
     store.migrate().await?;
     Ok(store)
+}
+
+/// The pool of the store, and of its replica: the same size and wait.
+fn pool_config(db: &DatabaseArgs) -> PoolConfig {
+    PoolConfig {
+        max_connections: db.database_max_connections,
+        acquire_timeout: db.database_timeout.into(),
+    }
 }
 
 /// A running keygate.
@@ -282,15 +286,9 @@ impl App {
         let replica = match &args.database_read_url {
             None => None,
             Some(url) => Some(Replica {
-                store: Store::connect(
-                    url,
-                    &PoolConfig {
-                        max_connections: args.database.database_max_connections,
-                        acquire_timeout: args.database.database_timeout.into(),
-                    },
-                )
-                .await
-                .map_err(AppError::Replica)?,
+                store: Store::connect(url, &pool_config(&args.database))
+                    .await
+                    .map_err(AppError::Replica)?,
                 state: Arc::new(ReplicaState::default()),
             }),
         };
