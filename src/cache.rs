@@ -34,9 +34,13 @@ use crate::{
 #[derive(Debug)]
 pub struct CachedKey {
     pub id: KeyId,
-    /// The answer's key, built once; its `scopes` are left empty and filled
-    /// from `scopes` per answer, so the cache does not hold them twice.
+    /// The key's fields as answers show them, without the scopes (which stay
+    /// in `scopes`): the edge's identity headers read them.
     verified: proto::VerifiedKey,
+    /// The same key, scopes included, as `VerifyKey` answers encode it: made
+    /// once here so an answer copies bytes instead of cloning strings (see
+    /// `api::grpc::answer`); about 100 bytes a key.
+    encoded: Box<[u8]>,
     pub scopes: ScopeSet,
     pub allowed_hostnames: AllowedHostnames,
     pub revoke_time: Option<Micros>,
@@ -52,7 +56,7 @@ pub struct CachedKey {
 
 impl CachedKey {
     pub fn new(record: KeyRecord) -> Self {
-        let verified = proto::VerifiedKey {
+        let mut verified = proto::VerifiedKey {
             id: record.id.as_str().to_owned(),
             organization_id: record.organization_id.as_str().to_owned(),
             r#type: proto::KeyType::from(record.owner.key_type()) as i32,
@@ -70,6 +74,9 @@ impl CachedKey {
                 .map(|id| id.as_str().to_owned())
                 .unwrap_or_default(),
         };
+        verified.scopes = record.scopes.to_vec();
+        let encoded = prost::Message::encode_to_vec(&verified).into_boxed_slice();
+        verified.scopes = Vec::new();
         // A key in the grace period of its rotation spends its replacement's
         // limits: the two keys never hold two quotas or two bursts at once.
         let limits_id = record
@@ -79,6 +86,7 @@ impl CachedKey {
         Self {
             id: record.id,
             verified,
+            encoded,
             scopes: record.scopes,
             allowed_hostnames: record.allowed_hostnames,
             revoke_time: record.revoke_time,
@@ -97,6 +105,11 @@ impl CachedKey {
     /// The answer's fields, without the scopes (which stay in `scopes`).
     pub fn verified_fields(&self) -> &proto::VerifiedKey {
         &self.verified
+    }
+
+    /// The key as a `VerifyKey` answer encodes it (`proto::VerifiedKey`).
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
     }
 
     /// The key as a verification answer shows it.

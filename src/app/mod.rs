@@ -30,7 +30,7 @@ use transport::{Limits, bind, load_tls, server_builder};
 use crate::{
     api::{
         envoy::EnvoyApi,
-        grpc::{AdminApi, AdminTokens, VerifyApi, observe::ObserveAdminLayer},
+        grpc::{AdminApi, AdminTokens, VerifyApi, VerifyService, observe::ObserveAdminLayer},
         http::{HttpConfig, authorize::AuthorizeRoute, leaks::LeakRoute},
     },
     cache::{CacheConfig, KeyCache},
@@ -41,7 +41,7 @@ use crate::{
     invalidation::Poller,
     leaks::LeakKeys,
     lookup::Lookups,
-    proto::{self, key_admin_server::KeyAdminServer, key_verify_server::KeyVerifyServer},
+    proto::{self, key_admin_server::KeyAdminServer},
     replica::ReplicaState,
     scopes::ScopeCatalog,
     services::{
@@ -466,8 +466,7 @@ fn serve(
     stop: &CancellationToken,
 ) -> Result<Serving, AppError> {
     let http_keys = services.keys.clone();
-    let verify = KeyVerifyServer::new(VerifyApi::new(services.verifier))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let verify = VerifyService::new(VerifyApi::new(services.verifier), MAX_MESSAGE_BYTES);
     let envoy = AuthorizationServer::new(EnvoyApi::new(services.authorizer.clone()))
         .max_decoding_message_size(ENVOY_MAX_MESSAGE_BYTES);
     // Counting and logging wrap the whole service, so no RPC is left out.

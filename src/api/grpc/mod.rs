@@ -1,6 +1,7 @@
 //! The gRPC services of the contract: `KeyAdmin` and `KeyVerify`.
 
 pub mod admin;
+mod answer;
 pub mod auth;
 mod convert;
 pub mod errors;
@@ -9,4 +10,4 @@ pub mod verify;
 
 pub use admin::AdminApi;
 pub use auth::AdminTokens;
-pub use verify::VerifyApi;
+pub use verify::{VerifyApi, VerifyService};

@@ -2,14 +2,26 @@
 //! serve. A denial is an answer, not an error; errors are kept for the caller's
 //! own faults and for a store that cannot be reached.
 
-use tonic::{Request, Response, Status};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
+use tonic::{
+    Request, Response, Status,
+    codegen::BoxFuture,
+    server::{NamedService, UnaryService},
+};
+use tower::Service;
+
+use super::answer::Answer;
 use crate::{
+    codec::Codec,
     domain::verify::{Code, Verification},
     metrics::VerifyMetrics,
-    model::Micros,
-    proto::{self, VerifyCode, key_verify_server::KeyVerify},
-    services::{Outcome, Verifier, limiter::LimitStatus},
+    proto::{self, VerifyCode},
+    services::Verifier,
 };
 
 #[derive(Debug, Clone)]
@@ -43,37 +55,80 @@ pub fn verify_code(code: Code) -> VerifyCode {
     }
 }
 
-fn response(outcome: Outcome) -> proto::VerifyKeyResponse {
-    let code = verify_code(outcome.code);
-    proto::VerifyKeyResponse {
-        valid: code == VerifyCode::Valid,
-        code: code.into(),
-        key: outcome
-            .key
-            .as_deref()
-            .map(crate::cache::CachedKey::verified),
-        missing_scopes: outcome.missing_scopes,
-        rate_limit: outcome.rate_limit.map(limit_status),
-        quota: outcome.quota.map(limit_status),
-        retry_after: outcome.retry_after.map(Micros::to_duration),
+/// `keygate.v1.KeyVerify` as a tower service, written out rather than
+/// generated: the generated server answers with the generated
+/// `VerifyKeyResponse`, and this one with [`Answer`], the same bytes encoded
+/// without copying the key (see `answer`). Everything else is what tonic's
+/// generator writes: tonic's own unary handling, keygate's codec, the same
+/// decoding limit, and `UNIMPLEMENTED` for any other method.
+#[derive(Debug, Clone)]
+pub struct VerifyService {
+    api: Arc<VerifyApi>,
+    max_decoding_message_size: usize,
+}
+
+impl VerifyService {
+    pub fn new(api: VerifyApi, max_decoding_message_size: usize) -> Self {
+        Self {
+            api: Arc::new(api),
+            max_decoding_message_size,
+        }
     }
 }
 
-fn limit_status(s: LimitStatus) -> proto::LimitStatus {
-    proto::LimitStatus {
-        name: s.name,
-        limit: s.limit,
-        remaining: s.remaining,
-        reset_time: s.reset.map(Micros::to_timestamp),
+impl NamedService for VerifyService {
+    const NAME: &'static str = proto::key_verify_server::SERVICE_NAME;
+}
+
+const VERIFY_KEY: &str = "/keygate.v1.KeyVerify/VerifyKey";
+
+impl<B> Service<http::Request<B>> for VerifyService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != VERIFY_KEY {
+            return Box::pin(std::future::ready(
+                Ok(Status::unimplemented("").into_http()),
+            ));
+        }
+        let method = VerifyKey(Arc::clone(&self.api));
+        let limit = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(Codec::<Answer, proto::VerifyKeyRequest>::default())
+                    .apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.unary(method, request).await)
+        })
     }
 }
 
-#[tonic::async_trait]
-impl KeyVerify for VerifyApi {
-    async fn verify_key(
+struct VerifyKey(Arc<VerifyApi>);
+
+impl UnaryService<proto::VerifyKeyRequest> for VerifyKey {
+    type Response = Answer;
+    type Future = BoxFuture<Response<Answer>, Status>;
+
+    fn call(&mut self, request: Request<proto::VerifyKeyRequest>) -> Self::Future {
+        let api = Arc::clone(&self.0);
+        Box::pin(async move { api.verify_key(request).await })
+    }
+}
+
+impl VerifyApi {
+    pub async fn verify_key(
         &self,
         request: Request<proto::VerifyKeyRequest>,
-    ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
+    ) -> Result<Response<Answer>, Status> {
         let start = self.metrics.start();
         let req = request.into_inner();
         let result = match Verification::new(
@@ -89,6 +144,6 @@ impl KeyVerify for VerifyApi {
         };
         let code = result.as_ref().ok().map(|o| verify_code(o.code));
         self.metrics.observe(code, start);
-        result.map(|o| Response::new(response(o)))
+        result.map(|o| Response::new(Answer::from(o)))
     }
 }
