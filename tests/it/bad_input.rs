@@ -1604,6 +1604,11 @@ fn table(s: &Seed) -> Vec<Row> {
             Expect::Verify(VerifyCode::Valid),
         ),
         Row::new(
+            "a KeyVerify method that does not exist",
+            Call::Raw("/keygate.v1.KeyVerify/VerifyKeys", Vec::new()),
+            Expect::Code(Code::Unimplemented),
+        ),
+        Row::new(
             "key of invalid UTF-8",
             Call::Raw(VERIFY, raw_field(1, &[0xff, 0xfe])),
             Expect::Code(Code::InvalidArgument),
