@@ -1,6 +1,14 @@
 //! The verify path's in-process caches: found keys by hash, and a negative cache
-//! that absorbs floods of well-formed unknown keys. Both are bounded (moka's
-//! TinyLFU) and both are only ever a copy of the store.
+//! that absorbs floods of well-formed unknown keys. Both are bounded and both
+//! are only ever a copy of the store.
+//!
+//! Found keys are read on every verification, so that cache is quick_cache
+//! (S3-FIFO: a read is a hash probe under a shard's read lock and one atomic
+//! store). moka, which the negative cache and the rate limiter keep, reads the
+//! clock and queues a record of every read for its housekeeping: with the TTL
+//! check, about 480 instructions of a cached `VerifyKey`, against about 100 now
+//! (callgrind, BENCHMARKS.md). The found cache's time to live is checked here,
+//! against the verifier's clock, when an entry is read.
 //!
 //! A store read can race an invalidation: the read returns the row as it was
 //! before a revocation, the revocation drops the entry, then the read inserts the
@@ -18,6 +26,7 @@ use std::{
 };
 
 use moka::sync::Cache;
+use quick_cache::{Lifecycle, UnitWeighter};
 
 use crate::{
     hostnames::AllowedHostnames,
@@ -180,13 +189,43 @@ pub enum Lookup {
 /// on 32 bytes and buys no extra safety here (the bytes are SHA-256 output).
 type Hasher = foldhash::fast::RandomState;
 
-/// Proof of when a store read began, for [`KeyCache::fill`].
+/// Proof of when a store read began, for [`KeyCache::fill`]: the invalidation
+/// generation then, and the time, from which the entry's time to live runs.
 #[derive(Debug)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    generation: u64,
+    now: Micros,
+}
+
+/// A found key and when it stops being served from the cache.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: Arc<CachedKey>,
+    until: Micros,
+}
+
+/// Counts the entries the found cache drops for room (not our own removals).
+#[derive(Debug, Clone)]
+struct CountEvictions(metrics::Counter);
+
+impl Lifecycle<SecretHash, Entry> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, (): &mut (), _: SecretHash, _: Entry) {
+        self.0.increment(1);
+    }
+}
+
+type Found = quick_cache::sync::Cache<SecretHash, Entry, UnitWeighter, Hasher, CountEvictions>;
+
+/// quick_cache sizes its table for this many entries at start and grows it as
+/// needed: a large `--cache-capacity` costs memory only once it is used.
+const INITIAL_ENTRIES: u64 = 16_384;
 
 #[derive(Debug)]
 pub struct KeyCache {
-    found: Option<Cache<SecretHash, Arc<CachedKey>, Hasher>>,
+    found: Option<Found>,
+    ttl: Micros,
     unknown: Option<Cache<SecretHash, (), Hasher>>,
     generation: AtomicU64,
     metrics: CacheMetrics,
@@ -195,18 +234,14 @@ pub struct KeyCache {
 impl KeyCache {
     pub fn new(config: &CacheConfig) -> Self {
         let metrics = CacheMetrics::default();
-        let evictions = metrics.evictions.clone();
         let found = (config.capacity > 0).then(|| {
-            Cache::builder()
-                .max_capacity(config.capacity)
-                .time_to_live(config.ttl)
-                .eviction_listener(move |_, _, cause| {
-                    // Expiry and size pressure, not our own invalidations.
-                    if cause.was_evicted() {
-                        evictions.increment(1);
-                    }
-                })
-                .build_with_hasher(Hasher::default())
+            Found::with(
+                usize::try_from(config.capacity.min(INITIAL_ENTRIES)).unwrap_or(usize::MAX),
+                config.capacity,
+                UnitWeighter,
+                Hasher::default(),
+                CountEvictions(metrics.evictions.clone()),
+            )
         });
         let unknown = (config.negative_capacity > 0).then(|| {
             Cache::builder()
@@ -216,23 +251,42 @@ impl KeyCache {
         });
         Self {
             found,
+            ttl: Micros(i64::try_from(config.ttl.as_micros()).unwrap_or(i64::MAX)),
             unknown,
             generation: AtomicU64::new(0),
             metrics,
         }
     }
 
-    pub fn get(&self, hash: &SecretHash) -> Lookup {
-        if let Some(hit) = self.found.as_ref().and_then(|c| c.get(hash)) {
-            self.metrics.hits.increment(1);
-            return Lookup::Found(hit);
+    /// What the cache knows of `hash` at `now` (the verifier's clock).
+    pub fn get(&self, hash: &SecretHash, now: Micros) -> Lookup {
+        if let Some(found) = &self.found
+            && let Some(hit) = found.get(hash)
+        {
+            // A clock that went back makes `now` earlier than the fill: the
+            // entry is not trusted then either.
+            if now < hit.until && hit.until.0 - now.0 <= self.ttl.0 {
+                self.metrics.hits.increment(1);
+                return Lookup::Found(hit.key);
+            }
+            // Past its time to live: read again. Only this entry goes, not a
+            // fresher one another call put there meanwhile.
+            if found
+                .remove_if(hash, |e| Arc::ptr_eq(&e.key, &hit.key))
+                .is_some()
+            {
+                self.metrics.evictions.increment(1);
+            }
         }
         if self.unknown.as_ref().is_some_and(|c| c.contains_key(hash)) {
             self.metrics.negative_hits.increment(1);
             return Lookup::Unknown;
         }
         self.metrics.misses.increment(1);
-        Lookup::Miss(Ticket(self.generation.load(Ordering::Acquire)))
+        Lookup::Miss(Ticket {
+            generation: self.generation.load(Ordering::Acquire),
+            now,
+        })
     }
 
     /// Caches the result of a store read that began at `ticket`, unless an
@@ -247,7 +301,14 @@ impl KeyCache {
         match &entry {
             Some(e) => {
                 if let Some(c) = &self.found {
-                    c.insert(hash, Arc::clone(e));
+                    let until = Micros(ticket.now.0.saturating_add(self.ttl.0));
+                    c.insert(
+                        hash,
+                        Entry {
+                            key: Arc::clone(e),
+                            until,
+                        },
+                    );
                 }
             }
             None => {
@@ -256,7 +317,7 @@ impl KeyCache {
                 }
             }
         }
-        if self.generation.load(Ordering::Acquire) != ticket.0 {
+        if self.generation.load(Ordering::Acquire) != ticket.generation {
             self.metrics.stale_fills_dropped.increment(1);
             self.remove(&hash);
         }
@@ -272,7 +333,7 @@ impl KeyCache {
 
     fn remove(&self, hash: &SecretHash) {
         if let Some(c) = &self.found {
-            c.invalidate(hash);
+            c.remove(hash);
         }
         if let Some(c) = &self.unknown {
             c.invalidate(hash);
@@ -281,10 +342,7 @@ impl KeyCache {
 
     /// Entries of the positive cache, for metrics and tests.
     pub fn len(&self) -> u64 {
-        self.found.as_ref().map_or(0, |c| {
-            c.run_pending_tasks();
-            c.entry_count()
-        })
+        self.found.as_ref().map_or(0, |c| c.len() as u64)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,12 +355,14 @@ mod tests {
     use super::*;
     use crate::keys::{KeyPrefix, Secret};
 
+    const NOW: Micros = Micros(1_700_000_000_000_000);
+
     fn record(secret: &Secret, name: &str) -> KeyRecord {
         KeyRecord::test_bot(KeyId::generate(), secret, name)
     }
 
     fn ticket(cache: &KeyCache, hash: &SecretHash) -> Ticket {
-        match cache.get(hash) {
+        match cache.get(hash, NOW) {
             Lookup::Miss(t) => t,
             other => panic!("expected a miss, got {other:?}"),
         }
@@ -315,7 +375,7 @@ mod tests {
         let t = ticket(&cache, &secret.hash());
         cache.fill(t, secret.hash(), Some(record(&secret, "fresh")));
         assert!(
-            matches!(cache.get(&secret.hash()), Lookup::Found(k) if k.verified().name == "fresh")
+            matches!(cache.get(&secret.hash(), NOW), Lookup::Found(k) if k.verified().name == "fresh")
         );
     }
 
@@ -329,7 +389,7 @@ mod tests {
         cache.invalidate(&secret.hash());
         let answered = cache.fill(t, secret.hash(), Some(record(&secret, "stale")));
         assert!(answered.is_some());
-        assert!(matches!(cache.get(&secret.hash()), Lookup::Miss(_)));
+        assert!(matches!(cache.get(&secret.hash(), NOW), Lookup::Miss(_)));
     }
 
     #[test]
@@ -338,9 +398,9 @@ mod tests {
         let secret = Secret::generate(&KeyPrefix::default());
         let t = ticket(&cache, &secret.hash());
         assert!(cache.fill(t, secret.hash(), None).is_none());
-        assert!(matches!(cache.get(&secret.hash()), Lookup::Unknown));
+        assert!(matches!(cache.get(&secret.hash(), NOW), Lookup::Unknown));
         cache.invalidate(&secret.hash());
-        assert!(matches!(cache.get(&secret.hash()), Lookup::Miss(_)));
+        assert!(matches!(cache.get(&secret.hash(), NOW), Lookup::Miss(_)));
     }
 
     #[test]
@@ -353,11 +413,11 @@ mod tests {
         let secret = Secret::generate(&KeyPrefix::default());
         let t = ticket(&cache, &secret.hash());
         cache.fill(t, secret.hash(), Some(record(&secret, "k")));
-        assert!(matches!(cache.get(&secret.hash()), Lookup::Miss(_)));
+        assert!(matches!(cache.get(&secret.hash(), NOW), Lookup::Miss(_)));
         let other = Secret::generate(&KeyPrefix::default());
         let t = ticket(&cache, &other.hash());
         cache.fill(t, other.hash(), None);
-        assert!(matches!(cache.get(&other.hash()), Lookup::Miss(_)));
+        assert!(matches!(cache.get(&other.hash(), NOW), Lookup::Miss(_)));
     }
 
     #[test]
@@ -372,5 +432,34 @@ mod tests {
             cache.fill(t, secret.hash(), Some(record(&secret, "k")));
         }
         assert!(cache.len() <= 100, "{}", cache.len());
+    }
+
+    #[test]
+    fn an_entry_is_served_for_its_time_to_live_and_not_after() {
+        let cache = KeyCache::new(&CacheConfig {
+            ttl: Duration::from_secs(60),
+            ..CacheConfig::default()
+        });
+        let secret = Secret::generate(&KeyPrefix::default());
+        let t = ticket(&cache, &secret.hash());
+        cache.fill(t, secret.hash(), Some(record(&secret, "k")));
+        let at = |seconds: i64| cache.get(&secret.hash(), Micros(NOW.0 + seconds * 1_000_000));
+        assert!(matches!(at(59), Lookup::Found(_)));
+        assert!(matches!(at(60), Lookup::Miss(_)));
+        // Expired entries are gone, not merely hidden: the next read fills again.
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn a_clock_that_went_back_does_not_extend_an_entry() {
+        let cache = KeyCache::new(&CacheConfig::default());
+        let secret = Secret::generate(&KeyPrefix::default());
+        let t = ticket(&cache, &secret.hash());
+        cache.fill(t, secret.hash(), Some(record(&secret, "k")));
+        assert!(matches!(cache.get(&secret.hash(), NOW), Lookup::Found(_)));
+        assert!(matches!(
+            cache.get(&secret.hash(), Micros(NOW.0 - 1)),
+            Lookup::Miss(_)
+        ));
     }
 }

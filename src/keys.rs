@@ -237,7 +237,13 @@ pub fn parse_token(token: &str) -> Result<SecretHash, Malformed> {
         return Err(Malformed);
     }
     let (body, check) = bytes[sep + 1..].split_at(BODY_LEN);
-    if !body.iter().all(|&b| base62_value(b).is_some()) {
+    // The base62 alphabet is exactly ASCII's alphanumerics. Folded without an
+    // early exit, the 43 checks compile to a few vector instructions instead
+    // of a branch per byte: this runs on every verification.
+    if !body
+        .iter()
+        .fold(true, |ok, b| ok & b.is_ascii_alphanumeric())
+    {
         return Err(Malformed);
     }
     let mut presented: u64 = 0;

@@ -101,7 +101,8 @@ impl Verifier {
             Ok(hash) => hash,
             Err(code) => return Ok(Outcome::without_key(code)),
         };
-        let key = match self.cache.get(&hash) {
+        let now = self.clock.now();
+        let key = match self.cache.get(&hash, now) {
             Lookup::Found(k) => Some(k),
             Lookup::Unknown => None,
             // A key the filter rules out is not in the store: no read. The
@@ -112,7 +113,6 @@ impl Verifier {
         let Some(key) = key else {
             return Ok(Outcome::without_key(Code::NotFound));
         };
-        let now = self.clock.now();
         let (code, missing_scopes) = check(&key, v, now);
         let mut outcome = Outcome {
             code,
