@@ -209,7 +209,7 @@ async fn a_read_racing_a_revocation_never_resurrects_the_key() {
     let cache = KeyCache::new(&CacheConfig::default());
 
     // A verification of the uncached key: a miss, and its store read...
-    let Lookup::Miss(ticket) = cache.get(&hash) else {
+    let Lookup::Miss(ticket) = cache.get(&hash, Micros::now()) else {
         panic!("the key is not cached yet")
     };
     let mut locker = lock_keys_table(&db).await;
@@ -270,7 +270,7 @@ async fn a_read_racing_a_revocation_never_resurrects_the_key() {
         .await
         .expect("revoke");
 
-    match cache.get(&hash) {
+    match cache.get(&hash, Micros::now()) {
         Lookup::Miss(_) => {}
         Lookup::Found(k) => panic!(
             "the stale read was cached: the revoked key is served as {:?} (revoke_time {:?})",
@@ -295,6 +295,7 @@ async fn an_event_committed_out_of_order_still_invalidates() {
         cache::{CacheConfig, KeyCache, Lookup},
         invalidation::Poller,
         keys::{KeyPrefix, Secret},
+        model::Micros,
         store::{PoolConfig, Store},
     };
     use sqlx::{Connection, MySqlConnection};
@@ -339,7 +340,7 @@ async fn an_event_committed_out_of_order_still_invalidates() {
 
     // Both keys are cached (as unknown keys: any entry will do to see invalidation).
     for s in [&slow_secret, &fast_secret] {
-        let Lookup::Miss(ticket) = cache.get(&s.hash()) else {
+        let Lookup::Miss(ticket) = cache.get(&s.hash(), Micros::now()) else {
             panic!("empty cache")
         };
         cache.fill(ticket, s.hash(), None);
@@ -349,9 +350,15 @@ async fn an_event_committed_out_of_order_still_invalidates() {
         1,
         "only the committed event is visible"
     );
-    assert!(matches!(cache.get(&fast_secret.hash()), Lookup::Miss(_)));
+    assert!(matches!(
+        cache.get(&fast_secret.hash(), Micros::now()),
+        Lookup::Miss(_)
+    ));
     assert!(
-        matches!(cache.get(&slow_secret.hash()), Lookup::Unknown),
+        matches!(
+            cache.get(&slow_secret.hash(), Micros::now()),
+            Lookup::Unknown
+        ),
         "not yet committed"
     );
 
@@ -361,7 +368,10 @@ async fn an_event_committed_out_of_order_still_invalidates() {
         1,
         "the late event is picked up"
     );
-    assert!(matches!(cache.get(&slow_secret.hash()), Lookup::Miss(_)));
+    assert!(matches!(
+        cache.get(&slow_secret.hash(), Micros::now()),
+        Lookup::Miss(_)
+    ));
     assert_eq!(poller.poll_once().await.expect("poll"), 0, "and only once");
     store.close().await;
     db.drop_db().await;
