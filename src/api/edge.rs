@@ -130,7 +130,7 @@ impl Answer {
                 Cow::Borrowed("Bearer realm=\"keygate\""),
             ));
         }
-        if let Some(after) = outcome.retry_after {
+        if let Some(after) = outcome.retry_after() {
             headers.push((
                 "retry-after",
                 Cow::Owned(ceil_seconds(after.0).max(1).to_string()),
@@ -138,7 +138,7 @@ impl Answer {
         }
         // The rate limit says how much is left when the key has one (it
         // refills within its window); else the quota.
-        if let Some(limit) = outcome.rate_limit.as_ref().or(outcome.quota.as_ref()) {
+        if let Some(limit) = outcome.rate_limit().or(outcome.quota()) {
             rate_limit_headers(limit, now, &mut headers);
         }
         let identity = match (&outcome.key, status) {
@@ -219,7 +219,7 @@ fn message(outcome: &Outcome) -> Cow<'static, str> {
                 outcome.missing_scopes.join(" ")
             ));
         }
-        Code::RateLimited => match &outcome.rate_limit {
+        Code::RateLimited => match outcome.rate_limit() {
             Some(l) if !l.name.is_empty() => {
                 return Cow::Owned(format!("the key's rate limit {:?} is exceeded", l.name));
             }

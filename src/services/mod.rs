@@ -10,4 +10,4 @@ mod store_errors;
 pub mod verifier;
 
 pub use keys::KeyService;
-pub use verifier::{Outcome, Verifier};
+pub use verifier::{Limits, Outcome, Verifier};

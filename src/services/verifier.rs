@@ -25,15 +25,25 @@ use crate::{
 };
 
 /// A verification's answer. `key` is set whenever the key was found.
+///
+/// 48 bytes: every transport moves it through several futures, so what only
+/// a key with limits has is boxed, and allocated only for such a key.
 #[derive(Debug)]
 pub struct Outcome {
     pub code: Code,
     pub key: Option<Arc<CachedKey>>,
     pub missing_scopes: Vec<String>,
+    /// Set when the checks reached the key's limits.
+    pub limits: Option<Box<Limits>>,
+}
+
+/// What a verification found of the key's usage limits.
+#[derive(Debug, Default)]
+pub struct Limits {
     /// The key's rate limit with the fewest calls left (or the exceeded one),
-    /// when it has rate limits and the checks reached them.
+    /// when it has rate limits.
     pub rate_limit: Option<LimitStatus>,
-    /// The key's quota, when it has one and the checks reached it.
+    /// The key's quota, when it has one and the rate limits let the call by.
     pub quota: Option<LimitStatus>,
     /// With `RateLimited` and `QuotaExceeded`, unless the quota never resets.
     pub retry_after: Option<Micros>,
@@ -45,10 +55,20 @@ impl Outcome {
             code,
             key: None,
             missing_scopes: Vec::new(),
-            rate_limit: None,
-            quota: None,
-            retry_after: None,
+            limits: None,
         }
+    }
+
+    pub fn rate_limit(&self) -> Option<&LimitStatus> {
+        self.limits.as_ref()?.rate_limit.as_ref()
+    }
+
+    pub fn quota(&self) -> Option<&LimitStatus> {
+        self.limits.as_ref()?.quota.as_ref()
+    }
+
+    pub fn retry_after(&self) -> Option<Micros> {
+        self.limits.as_ref()?.retry_after
     }
 }
 
@@ -118,12 +138,12 @@ impl Verifier {
             code,
             key: None,
             missing_scopes,
-            rate_limit: None,
-            quota: None,
-            retry_after: None,
+            limits: None,
         };
         if code == Code::Valid && (!key.rate_limits.is_empty() || key.quota.is_some()) {
-            Box::pin(self.limit(&key, v.cost, now, &mut outcome)).await?;
+            let mut limits = Box::<Limits>::default();
+            Box::pin(self.limit(&key, v.cost, now, &mut outcome.code, &mut limits)).await?;
+            outcome.limits = Some(limits);
         }
         // Every verification that found the key counts, with its outcome; a
         // call that failed UNAVAILABLE (its quota could not be asked) is no
@@ -142,13 +162,14 @@ impl Verifier {
         key: &CachedKey,
         cost: u32,
         now: Micros,
-        outcome: &mut Outcome,
+        code: &mut Code,
+        limits: &mut Limits,
     ) -> Result<(), Error> {
         if let Some(rate) = self.rate_limits.check(key, cost, now).await {
-            outcome.rate_limit = Some(rate.status);
+            limits.rate_limit = Some(rate.status);
             if !rate.allowed {
-                outcome.code = Code::RateLimited;
-                outcome.retry_after = Some(rate.retry_after);
+                *code = Code::RateLimited;
+                limits.retry_after = Some(rate.retry_after);
                 return Ok(());
             }
         }
@@ -157,15 +178,15 @@ impl Verifier {
         };
         let spent = self.quotas.spend(key, quota, cost, now).await;
         let refused = !spent.as_ref().is_ok_and(|q| q.allowed);
-        if refused && outcome.rate_limit.is_some() {
+        if refused && limits.rate_limit.is_some() {
             self.rate_limits.give_back(key, cost);
         }
         let decision = spent?;
         if !decision.allowed {
-            outcome.code = Code::QuotaExceeded;
-            outcome.retry_after = decision.status.reset.map(|r| Micros(r.0 - now.0));
+            *code = Code::QuotaExceeded;
+            limits.retry_after = decision.status.reset.map(|r| Micros(r.0 - now.0));
         }
-        outcome.quota = Some(decision.status);
+        limits.quota = Some(decision.status);
         Ok(())
     }
 

@@ -28,10 +28,19 @@ use super::verify::verify_code;
 
 /// One `VerifyKeyResponse`, ready to encode. Encode-only: the server never
 /// reads one, so decoding skips every field.
+///
+/// 24 bytes for a valid key without limits, since tonic moves the answer
+/// through several futures: the fields most answers leave empty are boxed,
+/// and allocated only when one is set.
 #[derive(Debug, Default)]
 pub struct Answer {
     code: i32,
     key: Option<Arc<CachedKey>>,
+    rest: Option<Box<Rest>>,
+}
+
+#[derive(Debug, Default)]
+struct Rest {
     missing_scopes: Vec<String>,
     rate_limit: Option<proto::LimitStatus>,
     quota: Option<proto::LimitStatus>,
@@ -49,13 +58,22 @@ const RETRY_AFTER: u32 = 7;
 
 impl From<Outcome> for Answer {
     fn from(o: Outcome) -> Self {
+        let limits = o.limits.map(|l| *l).unwrap_or_default();
+        let empty = o.missing_scopes.is_empty()
+            && limits.rate_limit.is_none()
+            && limits.quota.is_none()
+            && limits.retry_after.is_none();
         Self {
             code: verify_code(o.code).into(),
             key: o.key,
-            missing_scopes: o.missing_scopes,
-            rate_limit: o.rate_limit.map(limit_status),
-            quota: o.quota.map(limit_status),
-            retry_after: o.retry_after.map(Micros::to_duration),
+            rest: (!empty).then(|| {
+                Box::new(Rest {
+                    missing_scopes: o.missing_scopes,
+                    rate_limit: limits.rate_limit.map(limit_status),
+                    quota: limits.quota.map(limit_status),
+                    retry_after: limits.retry_after.map(Micros::to_duration),
+                })
+            }),
         }
     }
 }
@@ -75,6 +93,24 @@ impl Answer {
     }
 }
 
+impl Rest {
+    fn encoded_len(&self) -> usize {
+        encoding::string::encoded_len_repeated(MISSING_SCOPES, &self.missing_scopes)
+            + self
+                .rate_limit
+                .as_ref()
+                .map_or(0, |s| encoding::message::encoded_len(RATE_LIMIT, s))
+            + self
+                .quota
+                .as_ref()
+                .map_or(0, |s| encoding::message::encoded_len(QUOTA, s))
+            + self
+                .retry_after
+                .as_ref()
+                .map_or(0, |d| encoding::message::encoded_len(RETRY_AFTER, d))
+    }
+}
+
 /// proto3 leaves default values out; the generated code does the same, so
 /// the bytes match it exactly.
 impl Message for Answer {
@@ -91,14 +127,17 @@ impl Message for Answer {
             encoding::encode_varint(bytes.len() as u64, buf);
             buf.put_slice(bytes);
         }
-        encoding::string::encode_repeated(MISSING_SCOPES, &self.missing_scopes, buf);
-        if let Some(s) = &self.rate_limit {
+        let Some(rest) = &self.rest else {
+            return;
+        };
+        encoding::string::encode_repeated(MISSING_SCOPES, &rest.missing_scopes, buf);
+        if let Some(s) = &rest.rate_limit {
             encoding::message::encode(RATE_LIMIT, s, buf);
         }
-        if let Some(s) = &self.quota {
+        if let Some(s) = &rest.quota {
             encoding::message::encode(QUOTA, s, buf);
         }
-        if let Some(d) = &self.retry_after {
+        if let Some(d) = &rest.retry_after {
             encoding::message::encode(RETRY_AFTER, d, buf);
         }
     }
@@ -127,19 +166,7 @@ impl Message for Answer {
         } else {
             0
         }) + key
-            + encoding::string::encoded_len_repeated(MISSING_SCOPES, &self.missing_scopes)
-            + self
-                .rate_limit
-                .as_ref()
-                .map_or(0, |s| encoding::message::encoded_len(RATE_LIMIT, s))
-            + self
-                .quota
-                .as_ref()
-                .map_or(0, |s| encoding::message::encoded_len(QUOTA, s))
-            + self
-                .retry_after
-                .as_ref()
-                .map_or(0, |d| encoding::message::encoded_len(RETRY_AFTER, d))
+            + self.rest.as_deref().map_or(0, Rest::encoded_len)
     }
 
     fn clear(&mut self) {
@@ -157,6 +184,7 @@ mod tests {
         keys::{KeyPrefix, Secret},
         model::{KeyId, KeyName, KeyRecord, Owner, UserId},
         scopes::ScopeSet,
+        services::Limits,
     };
 
     /// The answer the generated type gives for the same outcome: what clients
@@ -168,9 +196,9 @@ mod tests {
             code: code.into(),
             key: o.key.as_deref().map(CachedKey::verified),
             missing_scopes: o.missing_scopes.clone(),
-            rate_limit: o.rate_limit.clone().map(limit_status),
-            quota: o.quota.clone().map(limit_status),
-            retry_after: o.retry_after.map(Micros::to_duration),
+            rate_limit: o.rate_limit().cloned().map(limit_status),
+            quota: o.quota().cloned().map(limit_status),
+            retry_after: o.retry_after().map(Micros::to_duration),
         }
     }
 
@@ -224,14 +252,23 @@ mod tests {
             rate in proptest::option::of(("[a-z0-9]{0,8}", any::<u64>(), any::<u64>(), proptest::option::of(0i64..4_000_000_000_000_000))),
             quota in proptest::option::of(("[a-z]{0,8}", any::<u64>(), any::<u64>(), proptest::option::of(0i64..4_000_000_000_000_000))),
             retry in proptest::option::of(0i64..4_000_000_000_000),
+            limits_reached in any::<bool>(),
         ) {
+            let limits = Limits {
+                rate_limit: rate.map(|(n, l, r, t)| status(n, l, r, t)),
+                quota: quota.map(|(n, l, r, t)| status(n, l, r, t)),
+                retry_after: retry.map(Micros),
+            };
+            // Limits that were reached but report nothing encode as none at all.
+            let reached = limits_reached
+                || limits.rate_limit.is_some()
+                || limits.quota.is_some()
+                || limits.retry_after.is_some();
             let outcome = Outcome {
                 code: CODES[code],
                 key: with_key.then(|| key(&name, &scopes, user, expire)),
                 missing_scopes: missing,
-                rate_limit: rate.map(|(n, l, r, t)| status(n, l, r, t)),
-                quota: quota.map(|(n, l, r, t)| status(n, l, r, t)),
-                retry_after: retry.map(Micros),
+                limits: reached.then(|| Box::new(limits)),
             };
             let expected = generated(&outcome).encode_to_vec();
             let answer = Answer::from(outcome);
