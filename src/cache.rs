@@ -222,6 +222,16 @@ type Found = quick_cache::sync::Cache<SecretHash, Entry, UnitWeighter, Hasher, C
 /// needed: a large `--cache-capacity` costs memory only once it is used.
 const INITIAL_ENTRIES: u64 = 16_384;
 
+/// quick_cache splits its capacity evenly between shards, and keys do not
+/// split evenly: at exactly `--cache-capacity`, 100 000 keys read in turn
+/// missed about 150 times a second (keygate-bench), each miss evicting another
+/// key. The headroom lets that many keys fit (the fullest of its shards is
+/// about 3 % above the mean at 100 000 keys); the cache holds at most
+/// `capacity + capacity / 16 + 256` keys.
+fn room(capacity: u64) -> u64 {
+    capacity.saturating_add(capacity / 16).saturating_add(256)
+}
+
 #[derive(Debug)]
 pub struct KeyCache {
     found: Option<Found>,
@@ -237,7 +247,7 @@ impl KeyCache {
         let found = (config.capacity > 0).then(|| {
             Found::with(
                 usize::try_from(config.capacity.min(INITIAL_ENTRIES)).unwrap_or(usize::MAX),
-                config.capacity,
+                room(config.capacity),
                 UnitWeighter,
                 Hasher::default(),
                 CountEvictions(metrics.evictions.clone()),
@@ -426,12 +436,12 @@ mod tests {
             capacity: 100,
             ..CacheConfig::default()
         });
-        for _ in 0..1000 {
+        for _ in 0..2000 {
             let secret = Secret::generate(&KeyPrefix::default());
             let t = ticket(&cache, &secret.hash());
             cache.fill(t, secret.hash(), Some(record(&secret, "k")));
         }
-        assert!(cache.len() <= 100, "{}", cache.len());
+        assert!(cache.len() <= room(100), "{}", cache.len());
     }
 
     #[test]
@@ -461,5 +471,26 @@ mod tests {
             cache.get(&secret.hash(), Micros(NOW.0 - 1)),
             Lookup::Miss(_)
         ));
+    }
+
+    #[test]
+    fn as_many_keys_as_the_capacity_all_fit() {
+        let cache = KeyCache::new(&CacheConfig {
+            capacity: 20_000,
+            ..CacheConfig::default()
+        });
+        let hashes: Vec<SecretHash> = (0..20_000)
+            .map(|_| {
+                let secret = Secret::generate(&KeyPrefix::default());
+                let t = ticket(&cache, &secret.hash());
+                cache.fill(t, secret.hash(), Some(record(&secret, "k")));
+                secret.hash()
+            })
+            .collect();
+        let missing = hashes
+            .iter()
+            .filter(|h| !matches!(cache.get(h, NOW), Lookup::Found(_)))
+            .count();
+        assert_eq!(missing, 0);
     }
 }
