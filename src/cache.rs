@@ -6,8 +6,8 @@
 //! (S3-FIFO: a read is a hash probe under a shard's read lock and one atomic
 //! store). moka, which the negative cache and the rate limiter keep, reads the
 //! clock and queues a record of every read for its housekeeping: with the TTL
-//! check, about 480 instructions of a cached `VerifyKey`, against about 100 now
-//! (callgrind, BENCHMARKS.md). The found cache's time to live is checked here,
+//! check, about 480 instructions of a cached `VerifyKey`, against about 200 now
+//! (callgrind, BENCHMARKS.md run 12). The found cache's time to live is checked here,
 //! against the verifier's clock, when an entry is read.
 //!
 //! A store read can race an invalidation: the read returns the row as it was
