@@ -116,6 +116,11 @@ impl CachedKey {
         &self.verified
     }
 
+    /// Whether a verification of this key has usage limits to apply.
+    pub fn has_limits(&self) -> bool {
+        !self.rate_limits.is_empty() || self.quota.is_some()
+    }
+
     /// The key as a `VerifyKey` answer encodes it (`proto::VerifiedKey`).
     pub fn encoded(&self) -> &[u8] {
         &self.encoded

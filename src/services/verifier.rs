@@ -140,7 +140,7 @@ impl Verifier {
             missing_scopes,
             limits: None,
         };
-        if code == Code::Valid && (!key.rate_limits.is_empty() || key.quota.is_some()) {
+        if code == Code::Valid && key.has_limits() {
             let mut limits = Box::<Limits>::default();
             Box::pin(self.limit(&key, v.cost, now, &mut outcome.code, &mut limits)).await?;
             outcome.limits = Some(limits);

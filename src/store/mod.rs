@@ -202,3 +202,34 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that is never handed back (what sqlx's close can miss)
+    /// holds `close` for 10 s, not for ever. The clock is paused once the
+    /// connection is held: tokio then moves it on whenever every task waits,
+    /// so the test takes no wall time.
+    #[tokio::test]
+    async fn close_gives_up_on_a_connection_never_returned() {
+        let dir = std::env::temp_dir().join(format!("keygate-close-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let url = format!("sqlite://{}/close.db", dir.display());
+        let store = Store::connect(&url, &PoolConfig::default())
+            .await
+            .expect("store");
+        let Pool::Sqlite(pool) = &store.pool else {
+            unreachable!("a sqlite URL opens a sqlite pool")
+        };
+        let held = pool.acquire().await.expect("a connection");
+        tokio::time::pause();
+        let closed = tokio::time::timeout(Duration::from_secs(60), store.close()).await;
+        assert!(
+            closed.is_ok(),
+            "close waited for the held connection past 60 s"
+        );
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
