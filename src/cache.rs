@@ -56,8 +56,8 @@ pub struct CachedKey {
     pub expire_time: Option<Micros>,
     pub rate_limits: RateLimits,
     pub quota: Option<Quota>,
-    /// Whose rate-limit buckets and quota this key spends: its own, or its
-    /// replacement's while it is in the grace period of a rotation.
+    /// Whose rate-limit buckets and quota this key spends: its lineage's (its
+    /// rotation chain's), so every link of a chain spends the same ones.
     pub limits_id: KeyId,
     /// Verifications since the last usage flush (see `usage`).
     pub(crate) usage: Usage,
@@ -86,12 +86,10 @@ impl CachedKey {
         verified.scopes = record.scopes.to_vec();
         let encoded = prost::Message::encode_to_vec(&verified).into_boxed_slice();
         verified.scopes = Vec::new();
-        // A key in the grace period of its rotation spends its replacement's
-        // limits: the two keys never hold two quotas or two bursts at once.
-        let limits_id = record
-            .rotated_to_id
-            .clone()
-            .unwrap_or_else(|| record.id.clone());
+        // Every link of a rotation chain spends the chain's limits: the links
+        // never hold two quotas or two bursts at once, and a rotation carries
+        // the calls already made over.
+        let limits_id = record.lineage_id.clone();
         Self {
             id: record.id,
             verified,

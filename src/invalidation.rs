@@ -113,6 +113,24 @@ impl Poller {
         loop {
             let events = self.store.events_after(from, PAGE).await?;
             let wall = Micros::now();
+            // Links in grace spend their chain's newest key's limits, so a
+            // change of that key reaches them too. Read before anything of
+            // this page is applied: a failed read leaves the page to the next
+            // poll. Their grace is checked with a day of slack: an instance
+            // whose clock runs ahead of this one may still count them in
+            // grace, and an extra invalidation costs nothing.
+            let links = match (events.first(), events.last()) {
+                (Some((first, _, _)), Some((last, _, _))) => {
+                    let since = Micros(wall.0 - 86_400_000_000);
+                    self.store
+                        .grace_links_of_events(*first, *last, since)
+                        .await?
+                }
+                _ => Vec::new(),
+            };
+            for hash in &links {
+                self.cache.invalidate(hash);
+            }
             for (id, hash, time) in &events {
                 let (id, hash) = (*id, hash);
                 if id > self.high {

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     keys::SecretHash,
     metrics::LookupMetrics,
-    model::KeyRecord,
+    model::{KeyId, KeyRecord},
     replica::ReplicaState,
     store::{MAX_HASHES_PER_READ, Store, StoreError},
 };
@@ -174,7 +174,29 @@ impl Reader {
         }
     }
 
+    /// The keys of `hashes`, each with the usage limits it spends: a key in
+    /// the grace period of a rotation spends its chain's newest key's limits,
+    /// read from the primary (a rare read: only keys in grace need it).
     async fn read(&self, hashes: &[SecretHash]) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut found = self.read_rows(hashes).await?;
+        let lineages: Vec<KeyId> = found
+            .iter()
+            .filter(|k| k.rotated_to_id.is_some())
+            .map(|k| k.lineage_id.clone())
+            .collect();
+        if !lineages.is_empty() {
+            let newest = self.store.newest_links(&lineages).await?;
+            for key in found.iter_mut().filter(|k| k.rotated_to_id.is_some()) {
+                if let Some(n) = newest.iter().find(|n| n.lineage_id == key.lineage_id) {
+                    key.rate_limits = n.rate_limits.clone();
+                    key.quota = n.quota;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn read_rows(&self, hashes: &[SecretHash]) -> Result<Vec<KeyRecord>, StoreError> {
         let Some((replica, _)) = self.replica.as_ref().filter(|(_, s)| s.fresh()) else {
             return self.store.find_by_hashes(hashes).await;
         };

@@ -271,6 +271,10 @@ pub struct KeyRecord {
     pub rotated_to_id: Option<KeyId>,
     /// The key this one replaced.
     pub rotated_from_id: Option<KeyId>,
+    /// The first key of this key's rotation chain (its own id when it was
+    /// never a rotation's replacement): every link of a chain spends the usage
+    /// limits of the chain's newest key, found by this id.
+    pub lineage_id: KeyId,
 }
 
 impl KeyRecord {
@@ -307,7 +311,7 @@ impl KeyRecord {
     #[cfg(test)]
     pub(crate) fn test_bot(id: KeyId, secret: &crate::keys::Secret, name: &str) -> Self {
         Self {
-            id,
+            id: id.clone(),
             organization_id: OrganizationId::parse("acme").expect("org"),
             owner: Owner::Bot,
             name: KeyName::parse(name).expect("name"),
@@ -329,6 +333,7 @@ impl KeyRecord {
             quota_period_start: Micros(0),
             rotated_to_id: None,
             rotated_from_id: None,
+            lineage_id: id,
         }
     }
 }

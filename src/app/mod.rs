@@ -139,6 +139,7 @@ struct Services {
     /// The verifier behind the route policy, for Envoy and forward auth.
     authorizer: Authorizer,
     usage: Arc<UsageRecorder>,
+    rate_limits: Arc<RateLimiter>,
     quotas: Arc<Quotas>,
     cache: Arc<KeyCache>,
     webhooks: Option<Arc<Webhooks>>,
@@ -224,7 +225,7 @@ impl Services {
             Arc::clone(&known),
             Arc::clone(&cache),
             Arc::clone(&usage),
-            rate_limits,
+            Arc::clone(&rate_limits),
             Arc::clone(&quotas),
             Arc::clone(clock),
         );
@@ -249,10 +250,12 @@ impl Services {
             .with_read_side(
                 Arc::clone(&known),
                 replica_ref.map(|r| Arc::clone(&r.state)),
-            ),
+            )
+            .with_limits(Arc::clone(&rate_limits), Arc::clone(&quotas)),
             known,
             replica,
             usage,
+            rate_limits,
             quotas,
             cache,
             webhooks,
@@ -429,6 +432,8 @@ async fn start_background(
     // After the servers have drained, so no call spends credits meanwhile; the
     // last sweep gives every unspent credit back before the store closes.
     tasks.spawn(Arc::clone(&services.quotas).run(Arc::clone(clock), stop.clone()));
+    // Likewise for calls leased from Redis' shared buckets and not spent.
+    tasks.spawn(Arc::clone(&services.rate_limits).run(Arc::clone(clock), stop.clone()));
     if let Some(webhooks) = &services.webhooks {
         tasks.spawn(Arc::clone(webhooks).run(stop.clone()));
     }

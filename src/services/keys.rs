@@ -15,6 +15,7 @@ use crate::{
             Context, CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember,
             RotateKey, UpdateKey,
         },
+        lifecycle::{self, Operation},
         paging::{Page, TokenKind},
         policy,
     },
@@ -24,6 +25,7 @@ use crate::{
     model::{Actor, KeyEvent, KeyId, KeyRecord, Micros, OrganizationId, Role, UserId},
     replica::ReplicaState,
     scopes::ScopeCatalog,
+    services::{limiter::RateLimiter, quota::Quotas},
     store::{KeyFilter, MAX_HASHES_PER_READ, Store, StoreError},
 };
 
@@ -47,6 +49,9 @@ pub struct KeyService {
     filter: Arc<KnownKeys>,
     /// Told of every write, so verify-path reads avoid a replica that lacks it.
     replica: Option<Arc<ReplicaState>>,
+    /// This instance's rate-limit buckets and quota leases: a change of a
+    /// key's limits applies to them at once (see [`KeyService::update`]).
+    limits: Option<(Arc<RateLimiter>, Arc<Quotas>)>,
 }
 
 impl KeyService {
@@ -61,6 +66,7 @@ impl KeyService {
         Self {
             filter: Arc::new(KnownKeys::new(0)),
             replica: None,
+            limits: None,
             store,
             cache,
             prefix,
@@ -79,6 +85,13 @@ impl KeyService {
     ) -> Self {
         self.filter = filter;
         self.replica = replica;
+        self
+    }
+
+    /// The verify path's usage-limit state, which an update of a key's limits
+    /// must reach at once on this instance.
+    pub fn with_limits(mut self, rate_limits: Arc<RateLimiter>, quotas: Arc<Quotas>) -> Self {
+        self.limits = Some((rate_limits, quotas));
         self
     }
 
@@ -159,8 +172,10 @@ impl KeyService {
         let owner = policy::owner_of_new_key(actor, cmd.key_type)?;
         let now = self.clock.now();
         let secret = Secret::generate(&self.prefix);
+        let id = KeyId::generate();
         let key = KeyRecord {
-            id: KeyId::generate(),
+            lineage_id: id.clone(),
+            id,
             organization_id: cmd.organization_id,
             owner,
             name: cmd.name,
@@ -223,21 +238,62 @@ impl KeyService {
         }))
     }
 
+    /// Changes a live key (the only state in which a key changes, see
+    /// `domain::lifecycle`; the store checks it against the locked row).
     pub async fn update(&self, actor: &Actor, cmd: UpdateKey) -> Result<KeyRecord, Error> {
         let UpdateKey { key, patch } = cmd;
         let current = self.accessible(actor, &key).await?;
         let now = self.clock.now();
+        // Credits this instance leased under the old quota go back before the
+        // quota changes (a new quota starts from nothing, so none may stay
+        // leased against it), and no verification leases more until the
+        // change is written.
+        let held = match (&self.limits, patch.quota.is_some()) {
+            (Some((_, quotas)), true) => Some(quotas.hold(&current.lineage_id, now).await),
+            _ => None,
+        };
+        let allowed = move |k: &KeyRecord| lifecycle::check(k, Operation::Update, now);
         let updated = self
             .store
-            .update_key(&key.organization_id, &key.id, &patch, &actor.id, now)
+            .update_key(
+                &key.organization_id,
+                &key.id,
+                &patch,
+                &actor.id,
+                now,
+                &allowed,
+            )
             .await?;
+        drop(held);
+        if let (Some((rate_limits, _)), Some(limits)) = (&self.limits, &patch.rate_limits) {
+            // Calls already made count against the new limits from this
+            // moment, not from the next verification.
+            rate_limits.follow(&updated.lineage_id, limits, now);
+        }
+        let mut hashes = vec![current.secret_hash];
+        if current.rotated_from_id.is_some() {
+            hashes.extend(self.grace_links(&current.secret_hash, now).await);
+        }
         self.changed(
             actor,
             &key.organization_id,
-            &[current.secret_hash],
+            &hashes,
             Change::Key(&key.id, "updated"),
         );
         Ok(updated.as_of(now))
+    }
+
+    /// The keys in grace of `hash`'s rotation chain, which spend its newest
+    /// key's limits and so must see a change of them. Best effort: when the
+    /// store cannot say, the invalidation poll reaches them in its interval.
+    async fn grace_links(&self, hash: &SecretHash, now: Micros) -> Vec<SecretHash> {
+        match self.stored(self.store.grace_links(&[*hash], now)).await {
+            Ok(links) => links,
+            Err(e) => {
+                tracing::warn!(error = ?e, "could not read a rotation chain's keys in grace; the invalidation poll will reach them");
+                Vec::new()
+            }
+        }
     }
 
     /// Replaces a key with a new one that copies its settings; returns the new
@@ -269,9 +325,10 @@ impl KeyService {
             ..old.clone()
         };
         let grace_until = cmd.grace.map(|g| Micros(now.0.saturating_add(g.0)));
+        let allowed = move |k: &KeyRecord| lifecycle::check(k, Operation::Rotate, now);
         let (previous, new) = self
             .store
-            .rotate_key(&old.id, &new, grace_until, now)
+            .rotate_key(&old.id, &new, grace_until, now, &allowed)
             .await?;
         self.changed(
             actor,

@@ -1,7 +1,16 @@
-//! Rate limits on the verify path (DESIGN §8). Each instance keeps one bucket
-//! per limit of every key it has seen recently (the arithmetic is in
-//! `crate::limits`); with `--rate-limit-redis-url` the fleet shares buckets in
-//! Redis through `super::shared_limits`.
+//! Rate limits on the verify path. Each instance keeps one bucket per limit of
+//! every key it has seen recently (the arithmetic is in `crate::limits`); with
+//! `--rate-limit-redis-url` the fleet shares buckets in Redis through
+//! `super::shared_limits`.
+//!
+//! Buckets belong to a key's lineage (its rotation chain), not to the key: every
+//! link of a chain spends the same buckets, and a rotation, with or without
+//! grace, carries the calls already made over to the replacement.
+//!
+//! Calls leased from the fleet and not spent go back to it: when their lease
+//! ends (at the key's next call, or by [`RateLimiter::run`]'s sweep), and all of
+//! them when the instance stops. Only a crash, or Redis failing the give-back,
+//! loses them (which errs towards refusing, never towards passing too many).
 //!
 //! The local state is bounded whatever the number of keys: a moka cache of at
 //! most `capacity` keys, each entry forgotten once its longest window has passed
@@ -40,7 +49,14 @@ pub struct RateDecision {
     pub allowed: bool,
     /// The exceeded limit when refused, else the one with the fewest calls left.
     pub status: LimitStatus,
-    pub retry_after: Micros,
+    /// When refused: how long until the call would fit; `None` when it never
+    /// can (its cost exceeds a limit's whole `limit`).
+    pub retry_after: Option<Micros>,
+}
+
+/// A call of `cost` can never pass `limits`: one of them is smaller than it.
+fn never_fits(limits: &RateLimits, cost: u32) -> bool {
+    limits.iter().any(|l| u64::from(cost) > l.limit)
 }
 
 /// One key's buckets, in the order of its limits.
@@ -50,6 +66,9 @@ struct KeyBuckets {
     buckets: Vec<Bucket>,
     /// Credits leased from the shared buckets and not yet spent (Redis only).
     lease: Lease,
+    /// Leased credits whose lease ended unspent, to be given back to the
+    /// shared buckets (Redis only).
+    unspent: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,7 +85,17 @@ impl KeyBuckets {
             limits: limits.clone(),
             buckets: vec![Bucket::default(); limits.len()],
             lease: Lease::default(),
+            unspent: 0,
         }
+    }
+
+    /// Moves the credits of an ended lease to `unspent` and returns everything
+    /// there is to give back (`all`: the live lease's credits too).
+    fn take_unspent(&mut self, now: Micros, all: bool) -> u64 {
+        if all || self.lease.until <= now {
+            self.unspent += std::mem::take(&mut self.lease.credits);
+        }
+        std::mem::take(&mut self.unspent)
     }
 
     /// Follows a change of the key's limits: a bucket whose limit keeps its name
@@ -91,6 +120,7 @@ impl KeyBuckets {
             .collect();
         self.limits = limits.clone();
         self.buckets = buckets;
+        self.unspent += self.lease.credits;
         self.lease = Lease::default();
     }
 
@@ -130,7 +160,7 @@ impl KeyBuckets {
         RateDecision {
             allowed: g.allowed,
             status: self.status(i, g.remaining, g.reset),
-            retry_after: g.retry_after,
+            retry_after: (!g.allowed && !never_fits(&self.limits, cost)).then_some(g.retry_after),
         }
     }
 
@@ -220,6 +250,7 @@ impl RateLimiter {
             return None;
         }
         let entry = self.entry(key);
+        let give;
         {
             let mut b = lock(&entry);
             b.follow(&key.rate_limits, now);
@@ -240,11 +271,17 @@ impl RateLimiter {
                 return Some(RateDecision {
                     allowed: true,
                     status: b.status(i, remaining, g.reset),
-                    retry_after: Micros(0),
+                    retry_after: None,
                 });
             }
+            give = b.take_unspent(now, false);
         }
         let shared = self.shared.as_ref()?;
+        if give > 0 {
+            shared
+                .give_back(&key.limits_id, &key.rate_limits, give, now)
+                .await;
+        }
         let want = if cost == 0 {
             0
         } else {
@@ -274,10 +311,12 @@ impl RateLimiter {
                 if cost > 0 {
                     b.take(cost, now);
                     // Concurrent calls of this instance may have leased too:
-                    // their unexpired credits add up rather than being dropped.
+                    // their unexpired credits add up rather than being
+                    // dropped, and expired ones go back to the fleet.
                     let left = if b.lease.until > now {
                         b.lease.credits
                     } else {
+                        b.unspent += b.lease.credits;
                         0
                     };
                     b.lease = Lease {
@@ -290,7 +329,25 @@ impl RateLimiter {
                 Some(RateDecision {
                     allowed: true,
                     status: b.status(index, remaining, reset),
-                    retry_after: Micros(0),
+                    retry_after: None,
+                })
+            }
+            // Calls of this instance that leased while this one waited on
+            // Redis, or gave calls back, may have left credits here: they are
+            // this call's before the fleet's refusal is.
+            Some(SharedReply::Refused { .. })
+                if b.lease.until > now && b.lease.credits >= u64::from(cost.max(1)) =>
+            {
+                if cost > 0 {
+                    b.lease.credits -= u64::from(cost);
+                    b.take(cost, now);
+                }
+                let (i, g) = b.gauge(cost, now);
+                let remaining = b.lease.remaining + b.lease.credits;
+                Some(RateDecision {
+                    allowed: true,
+                    status: b.status(i, remaining, g.reset),
+                    retry_after: None,
                 })
             }
             Some(SharedReply::Refused {
@@ -300,14 +357,70 @@ impl RateLimiter {
             }) => Some(RateDecision {
                 allowed: false,
                 status: b.status(index, 0, reset),
-                retry_after,
+                retry_after: Some(retry_after),
             }),
         }
     }
 
+    /// Applies a change of a lineage's limits to its buckets now: calls
+    /// already made count against the new limits from the moment of the
+    /// change. (Without this, an instance would rescale at the key's next
+    /// call, having drained the time in between at the old rate.)
+    pub fn follow(&self, lineage: &KeyId, limits: &RateLimits, now: Micros) {
+        if let Some(entry) = self.local.get(lineage) {
+            lock(&entry).follow(limits, now);
+        }
+    }
+
+    /// Gives the fleet back what this instance leased and did not spend:
+    /// ended leases (`all` false), or every lease (`all`: shutting down).
+    pub async fn give_back_unspent(&self, now: Micros, all: bool) {
+        let Some(shared) = &self.shared else { return };
+        let due: Vec<(KeyId, RateLimits, u64)> = self
+            .local
+            .iter()
+            .filter_map(|(id, entry)| {
+                let mut b = lock(&entry);
+                let n = b.take_unspent(now, all);
+                (n > 0).then(|| ((*id).clone(), b.limits.clone(), n))
+            })
+            .collect();
+        for (id, limits, n) in due {
+            shared.give_back(&id, &limits, n, now).await;
+        }
+    }
+
+    /// Gives ended leases back every half second until `shutdown`, then all of
+    /// them. Without Redis there is nothing to give back and this returns.
+    pub async fn run(
+        self: Arc<Self>,
+        clock: crate::clock::SharedClock,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if self.shared.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            self.give_back_unspent(clock.now(), false).await;
+        }
+        self.give_back_unspent(clock.now(), true).await;
+    }
+
     /// Gives back a call counted by [`RateLimiter::check`] whose verification was
     /// then refused by its quota: a refused call consumes nothing.
-    pub fn give_back(&self, key: &CachedKey, cost: u32) {
+    ///
+    /// With Redis the call goes back to the fleet at once, not into this
+    /// instance's lease: the quota's last credits may be leased by another
+    /// instance, which then needs this call to spend them. Kept here, each
+    /// instance would hold what the other needs and the fleet would pass less
+    /// than its limit.
+    pub async fn give_back(&self, key: &CachedKey, cost: u32, now: Micros) {
         if cost == 0 {
             return;
         }
@@ -316,10 +429,11 @@ impl RateLimiter {
             for (l, bucket) in b.limits.clone().iter().zip(b.buckets.iter_mut()) {
                 bucket.give_back(l, cost);
             }
-            if self.shared.is_some() {
-                // Back into the lease, which is where it came from.
-                b.lease.credits += u64::from(cost);
-            }
+        }
+        if let Some(shared) = &self.shared {
+            shared
+                .give_back(&key.limits_id, &key.rate_limits, u64::from(cost), now)
+                .await;
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Quotas on the verify path (DESIGN §8): exact across instances, restarts and
-//! crashes, because the store hands out every credit.
+//! Quotas on the verify path: exact across instances, restarts and crashes,
+//! because the store hands out every credit. A quota belongs to a key's lineage
+//! (its rotation chain): every link spends the chain's newest key's quota, and
+//! the store's takes go to that key's row.
 //!
 //! An instance takes credits in blocks (a lease) with the store's conditional
 //! `UPDATE … WHERE quota_used + n <= quota_limit` and spends them from memory;
@@ -10,9 +12,12 @@
 //! one instance while another runs short); unspent credits go back to the store
 //! once a key has been idle for [`IDLE`], and on shutdown.
 //!
-//! An exhausted quota is remembered for [`EXHAUSTED_FOR`], so a key over its
-//! quota does not cost a store write per call; a change of the key's limit ends
-//! that memory at once.
+//! What the store said was left is remembered for [`KNOWN_FOR`], so a key over
+//! its quota does not cost a store write per call. What is remembered is the
+//! number left, not "exhausted": a call refused for a cost of 1000 leaves the
+//! 500 credits still there spendable at once by cheaper calls, and every
+//! answer's `remaining` is what is left. A change of the key's limit ends that
+//! memory at once, and gives the credits leased under the old limit back.
 
 use std::{
     collections::HashMap,
@@ -34,8 +39,9 @@ use crate::{
 
 /// A key unused this long gives its leased credits back.
 pub const IDLE: Micros = Micros(2_000_000);
-/// How long "no credits left" is believed without asking the store again.
-const EXHAUSTED_FOR: Micros = Micros(1_000_000);
+/// How long the store's "this many credits left" is believed without asking
+/// it again (a call needing more than that is refused without a round trip).
+const KNOWN_FOR: Micros = Micros(1_000_000);
 /// Largest lease: 1000 credits, and at most a twentieth of the limit.
 const MAX_LEASE: u64 = 1_000;
 /// After a failed take, how long calls beyond the leased credits fail at once.
@@ -46,6 +52,12 @@ const FINAL_GIVE_BACK: Duration = Duration::from_secs(5);
 /// How often idle leases are looked for.
 const SWEEP: Duration = Duration::from_millis(500);
 
+/// A lineage's quota lease, held (with nothing leased) while its quota changes.
+#[derive(Debug)]
+pub struct Held {
+    _lease: tokio::sync::OwnedMutexGuard<Lease>,
+}
+
 /// The quota's answer to one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaDecision {
@@ -54,7 +66,7 @@ pub struct QuotaDecision {
 }
 
 #[derive(Debug, Default)]
-struct Lease {
+pub struct Lease {
     /// The period the credits belong to.
     period: Micros,
     credits: u64,
@@ -65,8 +77,8 @@ struct Lease {
     size: u64,
     last_take: Option<Micros>,
     last_use: Micros,
-    /// "No credits left" as of this time, for this limit.
-    exhausted: Option<(Micros, u64)>,
+    /// As of this time the store had this many credits left beyond ours.
+    known_left: Option<(Micros, u64)>,
     /// The store failed a take for this key; until then calls beyond the
     /// leased credits fail at once.
     store_down_until: Option<Micros>,
@@ -140,7 +152,12 @@ impl Quotas {
                 ..Lease::default()
             };
         }
-        lease.limit = quota.limit;
+        if lease.limit != quota.limit {
+            // Credits leased under another limit go back first: spent, they
+            // would count against a limit that no longer holds.
+            self.return_credits(&key.limits_id, &mut lease).await;
+            lease.limit = quota.limit;
+        }
         lease.last_use = now;
         if lease.credits < need {
             if lease.store_down_until.is_some_and(|t| now.0 < t.0) {
@@ -148,10 +165,10 @@ impl Quotas {
                 // queue every call behind another timeout.
                 return Err(Error::Unavailable);
             }
-            let believed_exhausted = lease
-                .exhausted
-                .is_some_and(|(at, limit)| limit == quota.limit && now.0 < at.0 + EXHAUSTED_FOR.0);
-            if !believed_exhausted {
+            let known_short = lease.known_left.is_some_and(|(at, left)| {
+                now.0 < at.0 + KNOWN_FOR.0 && lease.credits + left < need
+            });
+            if !known_short {
                 self.take(&key.limits_id, &mut lease, need, quota, now)
                     .await?;
             }
@@ -161,6 +178,8 @@ impl Quotas {
             lease.credits -= u64::from(cost);
             self.metrics.leased.decrement(f64::from(cost));
         }
+        // The row counts our unspent credits as used: what is left is the
+        // rest of the limit plus those.
         let remaining = quota
             .limit
             .saturating_sub(lease.used)
@@ -171,14 +190,57 @@ impl Quotas {
             status: LimitStatus {
                 name: "quota".into(),
                 limit: quota.limit,
-                remaining: if allowed {
-                    remaining
-                } else {
-                    lease.credits.min(remaining)
-                },
+                remaining,
                 reset: quota.period.next_start(now),
             },
         })
+    }
+
+    /// Gives this lineage's leased credits back and keeps any verification
+    /// from leasing more until the returned [`Held`] is dropped: for a change
+    /// of the quota, which must find no credit leased against the old one.
+    pub async fn hold(&self, lineage: &KeyId, now: Micros) -> Held {
+        let entry = self.lease(lineage);
+        let mut lease = entry.lock_owned().await;
+        self.return_credits(lineage, &mut lease).await;
+        // The next use starts from nothing: no credits, nothing known of
+        // the store, no limit (so it takes afresh under the new one).
+        *lease = Lease {
+            last_use: now,
+            ..Lease::default()
+        };
+        Held { _lease: lease }
+    }
+
+    /// Returns the lease's unspent credits to the store. Whatever the
+    /// outcome they are this lease's no more: a return that failed may have
+    /// committed all the same, and returning again could hand them out twice
+    /// (at worst they are lost for the period, never granted twice).
+    async fn return_credits(&self, lineage: &KeyId, lease: &mut Lease) {
+        lease.known_left = None;
+        if lease.credits == 0 {
+            return;
+        }
+        let returned = tokio::time::timeout(
+            self.timeout,
+            self.store
+                .return_quota(lineage, lease.period, lease.credits),
+        )
+        .await
+        .unwrap_or(Err(StoreError::Timeout(self.timeout)));
+        self.metrics.leased.decrement(lease.credits as f64);
+        match returned {
+            Ok(()) => {
+                self.metrics.return_ok.increment(1);
+                lease.used = lease.used.saturating_sub(lease.credits);
+            }
+            Err(e) => {
+                self.metrics.return_error.increment(1);
+                tracing::warn!(key_id = %lineage, error = %e, credits = lease.credits,
+                    "could not give quota credits back; they are lost for this period");
+            }
+        }
+        lease.credits = 0;
     }
 
     /// Takes at least `need - credits` more credits from the store.
@@ -213,20 +275,20 @@ impl Quotas {
                 lease.used = used;
                 lease.store_down_until = None;
                 lease.last_take = Some(now);
-                lease.exhausted = None;
+                lease.known_left = None;
                 Ok(())
             }
-            Ok(QuotaTake::Exhausted { used, .. }) => {
+            Ok(QuotaTake::Exhausted { used, limit }) => {
                 self.metrics.take_exhausted.increment(1);
                 lease.used = used;
-                lease.exhausted = Some((now, quota.limit));
+                lease.known_left = Some((now, limit.saturating_sub(used)));
                 Ok(())
             }
             Ok(QuotaTake::NoQuota) => {
                 // The cache is behind the store: the key's quota was removed (or
                 // the key deleted); its new state reaches the cache within the
                 // invalidation interval. Until then, spend nothing.
-                lease.exhausted = Some((now, quota.limit));
+                lease.known_left = Some((now, 0));
                 Ok(())
             }
             Err(e) => {
@@ -253,30 +315,7 @@ impl Quotas {
                 continue;
             }
             if lease.credits > 0 {
-                let returned = tokio::time::timeout(
-                    self.timeout,
-                    self.store.return_quota(&id, lease.period, lease.credits),
-                )
-                .await
-                .unwrap_or(Err(StoreError::Timeout(self.timeout)));
-                match returned {
-                    Ok(()) => {
-                        self.metrics.return_ok.increment(1);
-                        self.metrics.leased.decrement(lease.credits as f64);
-                        lease.credits = 0;
-                    }
-                    Err(e) => {
-                        // The return may have committed all the same (a timeout
-                        // says nothing about that); returning again could hand
-                        // the credits out twice. They are dropped: at worst
-                        // lost for the period, never granted twice.
-                        self.metrics.return_error.increment(1);
-                        self.metrics.leased.decrement(lease.credits as f64);
-                        tracing::warn!(key_id = %id, error = %e, credits = lease.credits,
-                            "could not give quota credits back; they are lost for this period");
-                        lease.credits = 0;
-                    }
-                }
+                self.return_credits(&id, &mut lease).await;
             }
             drop(lease);
             // Forget it unless a call took it up meanwhile (it holds a clone).

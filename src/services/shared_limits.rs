@@ -7,9 +7,9 @@
 //! together, in one script) and spends them locally until they are gone or
 //! their short lifetime ends. Calls are charged when leased, so the fleet never
 //! passes more than the shared bucket allows; leased calls an instance does not
-//! spend in time are lost, which errs towards refusing. A local refusal needs
-//! no Redis at all: an instance whose own calls exceed a limit knows the fleet's
-//! do too.
+//! spend in time are given back (`GIVE_BACK_SCRIPT`), so the fleet passes
+//! exactly the limit. A local refusal needs no Redis at all: an instance whose
+//! own calls exceed a limit knows the fleet's do too.
 //!
 //! Redis unreachable: the instance counts alone (as without Redis), says so in
 //! `keygate_rate_limit_redis_up` and one log line, and tries Redis again after a
@@ -87,6 +87,29 @@ end
 return {grant, 0, 0, least, least_i, reset}
 ";
 
+/// Gives `n` leased, unspent calls back to every limit of one key: each
+/// limit's theoretical arrival time moves back by what `n` calls weigh, never
+/// before now (an empty bucket is as empty as it gets). KEYS: one per limit.
+/// ARGV: now (µs), n, then limit and window (µs) per key.
+const GIVE_BACK_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local window = tonumber(ARGV[2 + 2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat > now then
+    tat = tat - n * window / limit
+    if tat > now then
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+return 1
+";
+
 /// Redis' answer to a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedReply {
@@ -116,6 +139,7 @@ struct Metrics {
 pub struct SharedLimits {
     connection: ConnectionManager,
     script: Script,
+    give_back_script: Script,
     /// Set while Redis is considered down: until when calls count alone.
     down_until: Mutex<Option<Instant>>,
     down: AtomicBool,
@@ -145,6 +169,7 @@ impl SharedLimits {
         Ok(Self {
             connection,
             script: Script::new(LEASE_SCRIPT),
+            give_back_script: Script::new(GIVE_BACK_SCRIPT),
             down_until: Mutex::new(None),
             down: AtomicBool::new(false),
             metrics: Metrics {
@@ -241,6 +266,35 @@ impl SharedLimits {
                 index: index(4),
             }
         })
+    }
+
+    /// Gives `n` leased calls of `id` back to the fleet. When Redis cannot
+    /// take them now they are dropped, not retried: a give-back that timed out
+    /// may have happened all the same, and giving twice would let the fleet
+    /// pass more than the limit.
+    pub async fn give_back(&self, id: &KeyId, limits: &RateLimits, n: u64, now: Micros) {
+        if self.down.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut invocation = self.give_back_script.prepare_invoke();
+        invocation.arg(now.0).arg(n);
+        for l in limits.iter() {
+            invocation
+                .key(format!("keygate:rl:{{{id}}}:{}", l.name))
+                .arg(l.limit)
+                .arg(l.window.0);
+        }
+        let mut connection = self.connection.clone();
+        let reply = tokio::time::timeout(
+            REDIS_TIMEOUT,
+            invocation.invoke_async::<i64>(&mut connection),
+        )
+        .await;
+        match reply {
+            Ok(Ok(_)) => self.metrics.ok.increment(1),
+            Ok(Err(e)) => self.failed(&e.to_string()),
+            Err(_) => self.failed("no answer within 250ms"),
+        }
     }
 
     fn failed(&self, error: &str) {

@@ -20,9 +20,6 @@ impl From<&StoreError> for Error {
                 Self::Unavailable
             }
             StoreError::NotFound => Self::NotFound,
-            StoreError::Revoked => {
-                Self::FailedPrecondition("the key is revoked and cannot be updated")
-            }
             StoreError::Precondition(why) => Self::FailedPrecondition(why),
             StoreError::LiveUserKeyExists => Self::AlreadyExists(
                 "this user already has a live user key in this organization; revoke it first",

@@ -45,7 +45,8 @@ pub struct Limits {
     pub rate_limit: Option<LimitStatus>,
     /// The key's quota, when it has one and the rate limits let the call by.
     pub quota: Option<LimitStatus>,
-    /// With `RateLimited` and `QuotaExceeded`, unless the quota never resets.
+    /// With `RateLimited` and `QuotaExceeded`, unless the call can never pass
+    /// (its cost exceeds the limit) or the quota never resets.
     pub retry_after: Option<Micros>,
 }
 
@@ -169,7 +170,7 @@ impl Verifier {
             limits.rate_limit = Some(rate.status);
             if !rate.allowed {
                 *code = Code::RateLimited;
-                limits.retry_after = Some(rate.retry_after);
+                limits.retry_after = rate.retry_after;
                 return Ok(());
             }
         }
@@ -178,13 +179,22 @@ impl Verifier {
         };
         let spent = self.quotas.spend(key, quota, cost, now).await;
         let refused = !spent.as_ref().is_ok_and(|q| q.allowed);
-        if refused && limits.rate_limit.is_some() {
-            self.rate_limits.give_back(key, cost);
+        if refused && let Some(rate) = limits.rate_limit.as_mut() {
+            self.rate_limits.give_back(key, cost, now).await;
+            // The answer tells what is left, and this call took nothing.
+            rate.remaining = rate
+                .remaining
+                .saturating_add(u64::from(cost))
+                .min(rate.limit);
         }
         let decision = spent?;
         if !decision.allowed {
             *code = Code::QuotaExceeded;
-            limits.retry_after = decision.status.reset.map(|r| Micros(r.0 - now.0));
+            // A cost above the whole quota never fits, whenever it resets.
+            limits.retry_after = (u64::from(cost) <= quota.limit)
+                .then_some(decision.status.reset)
+                .flatten()
+                .map(|r| Micros(r.0 - now.0));
         }
         limits.quota = Some(decision.status);
         Ok(())

@@ -18,6 +18,11 @@ use sqlx::{MySqlPool, SqlitePool};
 pub use outbox::Delivery;
 pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ, QuotaTake, UsageDelta};
 
+/// The rule a write checks against the row it has locked before it changes
+/// anything (see `domain::lifecycle`): the store applies it atomically, the
+/// caller decides it. `Err` carries the reason the caller is refused with.
+pub type Guard<'a> = &'a (dyn Fn(&crate::model::KeyRecord) -> Result<(), &'static str> + Sync);
+
 /// Failures of the store, as the service layer needs to tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,8 +44,6 @@ pub enum StoreError {
     LiveUserKeyExists,
     #[error("key not found")]
     NotFound,
-    #[error("key is revoked")]
-    Revoked,
     /// The key is not in a state the operation applies to; the text says why.
     #[error("{0}")]
     Precondition(&'static str),

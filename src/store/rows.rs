@@ -23,7 +23,8 @@ macro_rules! key_columns {
         "id, organization_id, key_type, user_id, name, scopes, \
          allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
          update_time, last_used_time, revoke_time, expire_time, created_by, rate_limits, \
-         quota_limit, quota_period, quota_used, quota_period_start, rotated_to_id, rotated_from_id"
+         quota_limit, quota_period, quota_used, quota_period_start, rotated_to_id, rotated_from_id, \
+         lineage_id"
     };
 }
 pub(super) use key_columns;
@@ -54,6 +55,7 @@ pub(super) struct KeyRow {
     quota_period_start: i64,
     rotated_to_id: Option<Vec<u8>>,
     rotated_from_id: Option<Vec<u8>>,
+    lineage_id: Option<Vec<u8>>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -133,8 +135,15 @@ impl TryFrom<KeyRow> for KeyRecord {
             }),
             _ => return Err(corrupt(T, "quota_limit does not match quota_period")),
         };
+        let id = parsed(r.id, T, "id", KeyId::parse)?;
         Ok(Self {
-            id: parsed(r.id, T, "id", KeyId::parse)?,
+            // Written with every row since migration 0007, which filled it in
+            // for the rows before it.
+            lineage_id: match r.lineage_id {
+                Some(l) => parsed(l, T, "lineage_id", KeyId::parse)?,
+                None => id.clone(),
+            },
+            id,
             organization_id: parsed(
                 r.organization_id,
                 T,

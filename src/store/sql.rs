@@ -12,7 +12,7 @@
 use std::sync::LazyLock;
 
 use super::{
-    Pool, Store, StoreError, mysql,
+    Guard, Pool, Store, StoreError, mysql,
     rows::{ChangeRow, EventRow, KeyRow, convert, corrupt, key_columns},
     sqlite,
 };
@@ -184,6 +184,7 @@ macro_rules! insert_key {
             .bind(key.quota_period_start.0)
             .bind(key.rotated_to_id.as_ref().map(KeyId::as_str))
             .bind(key.rotated_from_id.as_ref().map(KeyId::as_str))
+            .bind(key.lineage_id.as_str())
             .execute(&mut *$tx)
             .await
     }};
@@ -192,7 +193,7 @@ macro_rules! insert_key {
 const INSERT_KEY: &str = concat!(
     "INSERT INTO api_keys (",
     key_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 /// An event to record, borrowed from the change it belongs to.
@@ -379,7 +380,10 @@ impl Store {
         convert(rows)
     }
 
-    /// Applies a patch to a live key and writes its `UPDATED` event, atomically.
+    /// Applies a patch to a key and writes its `UPDATED` event, atomically,
+    /// if `allowed` accepts the key as this transaction has it locked (the
+    /// caller's rule of which keys may change); otherwise changes nothing and
+    /// answers `Precondition` with the rule's reason.
     pub async fn update_key(
         &self,
         org: &OrganizationId,
@@ -387,10 +391,8 @@ impl Store {
         patch: &KeyPatch,
         actor: &UserId,
         now: Micros,
+        allowed: Guard<'_>,
     ) -> Result<KeyRecord, StoreError> {
-        // The write comes first so that SQLite takes its write lock at once instead
-        // of failing to upgrade a read transaction under contention.
-        //
         // A quota keeps its use while its period stays the same, and starts the
         // current period from zero when the period changes or the quota is new.
         // MySQL assigns left to right and later terms see earlier ones, so
@@ -407,7 +409,7 @@ impl Store {
                 WHEN quota_period IS NULL OR quota_period <> ? THEN ? ELSE quota_period_start END, \
             quota_limit = CASE WHEN ? = 0 THEN quota_limit ELSE ? END, \
             quota_period = CASE WHEN ? = 0 THEN quota_period ELSE ? END \
-            WHERE organization_id = ? AND id = ? AND revoke_time IS NULL";
+            WHERE organization_id = ? AND id = ?";
         let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
         let rate_limits = patch.rate_limits.as_ref().map(RateLimits::encode);
@@ -422,7 +424,11 @@ impl Store {
         let limit = quota.map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX));
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
+            // Every writer of the organization waits here, so the row read
+            // next stays as read until this transaction ends.
             lock_organization!(tx, d, org.as_str());
+            let before = read_key!(tx, org.as_str(), id.as_str());
+            allowed(&before).map_err(StoreError::Precondition)?;
             sqlx::query(update)
                 .bind(now.0)
                 .bind(patch.name.as_ref().map(KeyName::as_str))
@@ -446,12 +452,7 @@ impl Store {
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            // Read back in the same transaction: a live row is now locked by our
-            // update, so "revoked" here means the update did not apply.
             let key = read_key!(tx, org.as_str(), id.as_str());
-            if key.revoke_time.is_some() {
-                return Err(StoreError::Revoked);
-            }
             record_event!(
                 self,
                 tx,
@@ -468,30 +469,28 @@ impl Store {
         })
     }
 
-    /// Replaces a live key with `new` in one transaction: the old key names its
+    /// Replaces a key with `new` in one transaction, if `allowed` accepts the
+    /// old key as this transaction has it locked: the old key names its
     /// replacement and is revoked (`grace_until` `None`) or expires at
-    /// `grace_until` (never later than its own expiry); the new key starts with
-    /// the old key's quota use in the current period. Events `ROTATED` (and
-    /// `REVOKED`) on the old key, `CREATED` on the new one. Returns the old key
-    /// as it is now and the new key as stored.
+    /// `grace_until` (never later than its own expiry); the new key joins the
+    /// old key's lineage and starts with its quota use in the current period.
+    /// Events `ROTATED` (and `REVOKED`) on the old key, `CREATED` on the new
+    /// one. Returns the old key as it is now and the new key as stored.
     pub async fn rotate_key(
         &self,
         old_id: &KeyId,
         new: &KeyRecord,
         grace_until: Option<Micros>,
         now: Micros,
+        allowed: Guard<'_>,
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
         let org = &new.organization_id;
         let actor = &new.created_by;
         // The old key stops counting as its owner's live user key here (the
         // generated `live_user_id` leaves rotated keys out), before the new one
-        // is inserted.
-        // The old row's quota is used up: an instance whose cache still spends
-        // the old key's own quota (until the invalidation reaches it) gets no
-        // credit there, which would otherwise be a second copy of the credits
-        // the replacement inherits.
+        // is inserted. From then on quota takes of the lineage go to the new
+        // row (the newest link), whatever an instance's cache still says.
         let retire = "UPDATE api_keys SET rotated_to_id = ?, update_time = ?, \
-            quota_used = COALESCE(quota_limit, quota_used), \
             revoke_time = CASE WHEN ? = 1 THEN ? ELSE revoke_time END, \
             expire_time = CASE WHEN ? = 1 THEN expire_time \
                 WHEN expire_time IS NULL OR expire_time > ? THEN ? ELSE expire_time END \
@@ -511,21 +510,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let old = read_key!(tx, org.as_str(), old_id.as_str());
-            if old.revoke_time.is_some() {
-                return Err(StoreError::Precondition(
-                    "the key is revoked and cannot be rotated",
-                ));
-            }
-            if old.rotated_to_id.is_some() {
-                return Err(StoreError::Precondition(
-                    "the key was already rotated; rotate its replacement instead",
-                ));
-            }
-            if old.expire_time.is_some_and(|t| t <= now) {
-                return Err(StoreError::Precondition(
-                    "the key has expired and cannot be rotated",
-                ));
-            }
+            allowed(&old).map_err(StoreError::Precondition)?;
             sqlx::query(retire)
                 .bind(new.id.as_str())
                 .bind(now.0)
@@ -541,6 +526,7 @@ impl Store {
             // Rotation never hands out fresh credits: the replacement has used
             // what the old key used in this period.
             let mut new = new.clone();
+            new.lineage_id = old.lineage_id.clone();
             if let (Some(q), Some(old_q)) = (new.quota, old.quota) {
                 let start = q.period.start(now);
                 if old_q.period == q.period && old.quota_period_start == start {
@@ -771,6 +757,39 @@ impl Store {
         convert(rows)
     }
 
+    /// The hashes of keys in the grace period of a rotation (still verifying
+    /// at `now`) whose chain's key was the subject of an event with an id from
+    /// `first` to `last`: the invalidation poll's companion to
+    /// [`Store::events_after`], since a change of a chain's newest key changes
+    /// what its links in grace spend.
+    pub async fn grace_links_of_events(
+        &self,
+        first: u64,
+        last: u64,
+        now: Micros,
+    ) -> Result<Vec<SecretHash>, StoreError> {
+        let sql = "SELECT g.secret_hash FROM key_events e \
+            JOIN api_keys t ON t.secret_hash = e.secret_hash \
+            JOIN api_keys g ON g.lineage_id = t.lineage_id \
+            WHERE e.id >= ? AND e.id <= ? AND g.rotated_to_id IS NOT NULL \
+            AND g.revoke_time IS NULL AND g.expire_time > ?";
+        let (first, last) = (
+            i64::try_from(first).unwrap_or(i64::MAX),
+            i64::try_from(last).unwrap_or(i64::MAX),
+        );
+        let rows: Vec<Vec<u8>> = on_pool!(self, |p, _d| {
+            sqlx::query_scalar(sql)
+                .bind(first)
+                .bind(last)
+                .bind(now.0)
+                .fetch_all(p)
+                .await?
+        });
+        rows.iter()
+            .map(|b| SecretHash::from_slice(b).ok_or_else(|| corrupt("api_keys", "secret_hash")))
+            .collect()
+    }
+
     /// One page of every key's hash (revoked and expired keys too: they still
     /// answer with their own code), in hash order after `after`: how the
     /// forged-key filter is loaded without one huge read.
@@ -863,21 +882,24 @@ impl Store {
         Ok(())
     }
 
-    /// Takes up to `want` credits, and at least `need`, of a key's quota in the
+    /// Takes up to `want` credits, and at least `need`, of the quota of
+    /// `lineage` (a rotation chain, spending its newest key's quota) in the
     /// period that starts at `period`: the only way a credit is handed out. The
     /// conditional `UPDATE` is what makes quotas exact across instances: two
     /// instances racing for the last credits cannot both get them, whatever their
     /// caches say. A row still in an earlier period is moved to this one first.
     pub async fn take_quota(
         &self,
-        id: &KeyId,
+        lineage: &KeyId,
         period: Micros,
         need: u64,
         want: u64,
     ) -> Result<QuotaTake, StoreError> {
-        let read = "SELECT quota_limit, quota_used, quota_period_start FROM api_keys WHERE id = ?";
+        let read = "SELECT quota_limit, quota_used, quota_period_start FROM api_keys \
+            WHERE lineage_id = ? AND rotated_to_id IS NULL";
         let roll = "UPDATE api_keys SET quota_used = 0, quota_period_start = ? \
-            WHERE id = ? AND quota_period_start = ?";
+            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period_start = ?";
+        let id = lineage;
         // Each retry follows another instance's successful write, so this ends;
         // the bound only keeps a pathological race from spinning.
         for _ in 0..16 {
@@ -922,16 +944,18 @@ impl Store {
     }
 
     /// The conditional write under [`Store::take_quota`]: takes exactly `n`
-    /// credits if the row is in `period` and has `n` left, whatever the caller
-    /// read before. `false` changes nothing.
+    /// credits if the lineage's newest row is in `period` and has `n` left,
+    /// whatever the caller read before. `false` changes nothing.
     pub async fn try_take_quota(
         &self,
-        id: &KeyId,
+        lineage: &KeyId,
         period: Micros,
         n: u64,
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE api_keys SET quota_used = quota_used + ? \
-            WHERE id = ? AND quota_period_start = ? AND quota_used + ? <= quota_limit";
+            WHERE lineage_id = ? AND rotated_to_id IS NULL \
+            AND quota_period_start = ? AND quota_used + ? <= quota_limit";
+        let id = lineage;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let taken = on_pool!(self, |p, _d| {
             sqlx::query(sql)
@@ -947,15 +971,18 @@ impl Store {
     }
 
     /// Gives back credits taken by [`Store::take_quota`] and not spent, unless
-    /// the period has moved on (then they are gone with it).
+    /// the period has moved on (then they are gone with it). A rotation since
+    /// the take carried the use over to the new row, so the credits go there.
     pub async fn return_quota(
         &self,
-        id: &KeyId,
+        lineage: &KeyId,
         period: Micros,
         credits: u64,
     ) -> Result<(), StoreError> {
         let sql = "UPDATE api_keys SET quota_used = quota_used - ? \
-            WHERE id = ? AND quota_period_start = ? AND quota_used >= ?";
+            WHERE lineage_id = ? AND rotated_to_id IS NULL \
+            AND quota_period_start = ? AND quota_used >= ?";
+        let id = lineage;
         let n = i64::try_from(credits).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
             sqlx::query(sql)
@@ -967,6 +994,61 @@ impl Store {
                 .await?;
         });
         Ok(())
+    }
+
+    /// The newest key of each of `lineages` (the link whose usage limits the
+    /// whole chain spends), each once, in no particular order.
+    pub async fn newest_links(&self, lineages: &[KeyId]) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in lineages.chunks(MAX_HASHES_PER_READ) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys \
+                 WHERE rotated_to_id IS NULL AND lineage_id IN ({marks})"
+            );
+            let rows: Vec<KeyRow> = on_pool!(self, |p, _d| {
+                let mut query = sqlx::query_as(&sql);
+                for lineage in chunk {
+                    query = query.bind(lineage.as_str());
+                }
+                query.fetch_all(p).await?
+            });
+            found.extend(convert::<_, KeyRecord>(rows)?);
+        }
+        Ok(found)
+    }
+
+    /// The hashes of the keys still in the grace period of a rotation (at
+    /// `now`) that share a lineage with one of `hashes`: a change of a chain's
+    /// newest key changes what those keys spend, so their cache entries go too.
+    pub async fn grace_links(
+        &self,
+        hashes: &[SecretHash],
+        now: Micros,
+    ) -> Result<Vec<SecretHash>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in hashes.chunks(MAX_HASHES_PER_READ) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT g.secret_hash FROM api_keys g \
+                 JOIN api_keys t ON t.lineage_id = g.lineage_id \
+                 WHERE t.secret_hash IN ({marks}) AND g.rotated_to_id IS NOT NULL \
+                 AND g.revoke_time IS NULL AND g.expire_time > ?"
+            );
+            let rows: Vec<Vec<u8>> = on_pool!(self, |p, _d| {
+                let mut query = sqlx::query_scalar(&sql);
+                for hash in chunk {
+                    query = query.bind(&hash.as_bytes()[..]);
+                }
+                query.bind(now.0).fetch_all(p).await?
+            });
+            for b in rows {
+                found.push(
+                    SecretHash::from_slice(&b).ok_or_else(|| corrupt("api_keys", "secret_hash"))?,
+                );
+            }
+        }
+        Ok(found)
     }
 
     /// A key's history rows of `table` (`usage_hourly` or `usage_daily`) with
