@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use keygate::{
+    domain::lifecycle::{self, Operation},
     hostnames::AllowedHostnames,
     keys::{KeyPrefix, Secret, SecretHash},
     limits::{Quota, QuotaPeriod},
@@ -174,7 +175,9 @@ async fn a_key_round_trips_through_its_life_cycle(backend: Backend) {
     };
     let updater = user("admin-2");
     let updated = store
-        .update_key(&key.organization_id, &key.id, &patch, &updater, t1)
+        .update_key(&key.organization_id, &key.id, &patch, &updater, t1, &|k| {
+            lifecycle::check(k, Operation::Update, t1)
+        })
         .await
         .expect("update");
     let mut want = key.clone();
@@ -194,6 +197,7 @@ async fn a_key_round_trips_through_its_life_cycle(backend: Backend) {
             &patch,
             &updater,
             t1,
+            &|k| lifecycle::check(k, Operation::Update, t1),
         )
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
@@ -219,9 +223,14 @@ async fn a_key_round_trips_through_its_life_cycle(backend: Backend) {
         .expect("revoking a revoked key");
     assert_same(&again, &want);
     let refused = store
-        .update_key(&key.organization_id, &key.id, &patch, &updater, t2)
+        .update_key(&key.organization_id, &key.id, &patch, &updater, t2, &|k| {
+            lifecycle::check(k, Operation::Update, t2)
+        })
         .await;
-    assert!(matches!(refused, Err(StoreError::Revoked)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::Precondition(_))),
+        "{refused:?}"
+    );
     let missing = store
         .revoke_key(&key.organization_id, &KeyId::generate(), &revoker, t2)
         .await;

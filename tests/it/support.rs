@@ -579,8 +579,10 @@ pub fn bot_record(
     now: keygate::model::Micros,
 ) -> keygate::model::KeyRecord {
     use keygate::model::{KeyId, KeyName, KeyRecord, OrganizationId, Owner, UserId};
+    let id = KeyId::generate();
     KeyRecord {
-        id: KeyId::generate(),
+        lineage_id: id.clone(),
+        id,
         organization_id: OrganizationId::parse(org).expect("org"),
         owner: Owner::Bot,
         name: KeyName::parse(name).expect("name"),

@@ -377,13 +377,16 @@ async fn cost_weighs_a_call_and_zero_only_asks(b: Backend) {
         VerifyCode::RateLimited,
         "more than the limit never fits"
     );
+    assert!(r.retry_after.is_none(), "so it has no time to retry at");
     let r = ask(Some(10)).await;
     assert_eq!(r.code(), VerifyCode::Valid);
     app.clock.advance(Duration::from_secs(60));
     let r = ask(Some(1)).await;
+    // The quota refused the call, so it took nothing from the rate limit
+    // either: all 10 calls are still there.
     assert_eq!(
         (r.code(), remaining(&r)),
-        (VerifyCode::QuotaExceeded, (9, 0))
+        (VerifyCode::QuotaExceeded, (10, 0))
     );
     assert!(r.retry_after.is_none(), "a total quota never resets");
     assert!(r.quota.as_ref().expect("quota").reset_time.is_none());
@@ -713,12 +716,12 @@ async fn instances_sharing_redis_stay_within_a_tenth_over_the_limit() {
 }
 
 /// A private Redis on a free port, stopped on drop.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
-    fn start_on(port: u16) -> Self {
+    pub(crate) fn start_on(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -757,7 +760,7 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()

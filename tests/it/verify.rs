@@ -328,10 +328,22 @@ async fn changes_take_effect_at_once(backend: Backend) {
         app.verify_code(verify_req(&secret, &[])).await,
         VerifyCode::Expired
     );
-    update(&["expire_time"], UpdateKeyRequest::default()).await;
+    // An expired key has ended: clearing its expiry cannot bring it back.
+    let revive = UpdateKeyRequest {
+        organization_id: "acme".into(),
+        id: key.id.clone(),
+        update_mask: Some(FieldMask {
+            paths: vec!["expire_time".into()],
+        }),
+        ..Default::default()
+    };
+    assert_code(
+        app.admin.clone().update_key(admin(revive)).await,
+        tonic::Code::FailedPrecondition,
+    );
     assert_eq!(
         app.verify_code(verify_req(&secret, &[])).await,
-        VerifyCode::Valid
+        VerifyCode::Expired
     );
 
     app.revoke("acme", &key.id).await;
