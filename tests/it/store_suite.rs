@@ -963,7 +963,123 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     finish(db, store).await;
 }
 
+/// A rotation's replacement joins its key's lineage, inherits its quota use,
+/// and from then on quota credits are taken from and returned to the newest
+/// row of the lineage; the store reads a lineage's newest key and the keys in
+/// grace of a key's lineage; a write whose guard refuses the locked row
+/// changes nothing.
+async fn a_rotation_chain_is_one_lineage(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let t = Micros(1_796_083_200_000_000); // 2026-12-01T00:00:00Z
+    let live = |k: &KeyRecord| lifecycle::check(k, Operation::Rotate, t);
+    let first = KeyRecord {
+        quota: Some(Quota {
+            limit: 10,
+            period: QuotaPeriod::Total,
+        }),
+        expire_time: None,
+        ..bot("chain", "first")
+    };
+    store.create_key(&first).await.expect("create");
+    assert_eq!(first.lineage_id, first.id);
+    let lineage = first.lineage_id.clone();
+    assert!(
+        store
+            .try_take_quota(&lineage, Micros(0), 3)
+            .await
+            .expect("take")
+    );
+
+    let replacement = |name: &str| {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let id = KeyId::generate();
+        KeyRecord {
+            // The store sets the lineage from the locked old row.
+            lineage_id: id.clone(),
+            id,
+            secret_hash: secret.hash(),
+            name: KeyName::parse(name).expect("name"),
+            ..first.clone()
+        }
+    };
+    let grace = Some(Micros(t.0 + 3_600_000_000));
+    let (old, second) = store
+        .rotate_key(&first.id, &replacement("second"), grace, t, &live)
+        .await
+        .expect("rotate");
+    assert_eq!(second.lineage_id, lineage);
+    assert_eq!(old.rotated_to_id.as_ref(), Some(&second.id));
+    assert_eq!(second.quota_used, 3, "the use carries over");
+
+    // Rotating the old key again: the guard refuses, nothing changes.
+    let again = store
+        .rotate_key(&first.id, &replacement("again"), grace, t, &live)
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Precondition(_))),
+        "{again:?}"
+    );
+    let (_, third) = store
+        .rotate_key(&second.id, &replacement("third"), grace, t, &live)
+        .await
+        .expect("rotate the replacement");
+    assert_eq!(third.lineage_id, lineage);
+
+    // Takes and returns go to the newest row.
+    assert!(
+        store
+            .try_take_quota(&lineage, Micros(0), 7)
+            .await
+            .expect("take")
+    );
+    assert!(
+        !store
+            .try_take_quota(&lineage, Micros(0), 1)
+            .await
+            .expect("take")
+    );
+    store
+        .return_quota(&lineage, Micros(0), 2)
+        .await
+        .expect("return");
+    let read = |id: KeyId| {
+        let store = store.clone();
+        let org = first.organization_id.clone();
+        async move { store.get_key(&org, &id).await.expect("read").expect("key") }
+    };
+    assert_eq!(read(third.id.clone()).await.quota_used, 8);
+    assert_eq!(
+        read(second.id.clone()).await.quota_used,
+        3,
+        "not the newest"
+    );
+    let newest = store
+        .newest_links(std::slice::from_ref(&lineage))
+        .await
+        .expect("read");
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].id, third.id);
+    let mut in_grace = store
+        .grace_links(&[third.secret_hash], t)
+        .await
+        .expect("read");
+    in_grace.sort_unstable();
+    let mut want = vec![first.secret_hash, second.secret_hash];
+    want.sort_unstable();
+    assert_eq!(in_grace, want);
+    let after_grace = Micros(t.0 + 3_600_000_001);
+    assert!(
+        store
+            .grace_links(&[third.secret_hash], after_grace)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    finish(db, store).await;
+}
+
 crate::store_tests!(
+    a_rotation_chain_is_one_lineage,
     quota_credits_are_handed_out_by_a_conditional_write,
     a_key_round_trips_through_its_life_cycle,
     removing_a_member_deletes_their_user_keys_with_events,

@@ -691,8 +691,8 @@ const REDIS: &str = "redis://127.0.0.1:6379/0";
 
 /// Without Redis each instance counts alone: N instances pass N × limit. With
 /// it the fleet stays within limit × 1.1 (leases charge Redis before a call is
-/// spent, so it stays at the limit; what it loses is credits leased and not
-/// spent by the end of the burst).
+/// spent, so it stays at the limit; what a burst leaves leased and unspent at
+/// its end goes back afterwards, see `lifecycle`, so it is not counted here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_sharing_redis_stay_within_a_tenth_over_the_limit() {
     for (instances, limit) in [(2, 200_u64), (4, 200), (2, 1_000), (4, 1_000)] {
@@ -709,8 +709,8 @@ async fn instances_sharing_redis_stay_within_a_tenth_over_the_limit() {
             "each instance counts alone"
         );
         assert!(shared * 10 <= limit * 11, "{shared} > 1.1 x {limit}");
-        // Leases that end unspent lose their calls; on a loaded machine more
-        // of them do. That errs towards refusing, never over the limit.
+        // Calls still leased when the burst ends have not passed yet; on a
+        // loaded machine more of them are. Never over the limit.
         assert!(shared * 10 >= limit * 8, "{shared} is far under {limit}");
     }
 }
