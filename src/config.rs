@@ -175,6 +175,28 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
+    /// How long an HTTP client may take to send a request's headers; the
+    /// clock starts as soon as a connection waits for a request, so an idle
+    /// keep-alive connection is closed after it too.
+    #[arg(
+        long,
+        env = "KEYGATE_HTTP_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub http_header_timeout: humantime::Duration,
+
+    /// Most connections the HTTP listener holds open; more are closed at once
+    /// (and counted), so a flood of idle connections cannot take the open
+    /// files the gRPC listener, the store and Redis need.
+    #[arg(
+        long,
+        env = "KEYGATE_HTTP_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub http_max_connections: usize,
+
     /// TOML route policy: the scopes each method and path needs when keygate
     /// authorizes requests for a proxy (Envoy ext_authz, `/v1/authorize`).
     /// Without it every route needs only a valid key.
@@ -249,6 +271,28 @@ pub struct ServeArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_concurrent_requests_per_connection: usize,
+
+    /// gRPC calls in progress on the whole instance (health checks aside);
+    /// past it new calls are answered RESOURCE_EXHAUSTED at once instead of
+    /// queueing, so an overloaded instance stays fast for what it accepts.
+    #[arg(
+        long,
+        env = "KEYGATE_MAX_IN_FLIGHT",
+        default_value_t = 4096,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_in_flight: usize,
+
+    /// How long a gRPC connection may stay open, idle or not; then it is
+    /// closed gracefully (calls in progress finish, clients reconnect on their
+    /// next call), so idle connections do not pile up.
+    #[arg(
+        long,
+        env = "KEYGATE_GRPC_MAX_CONNECTION_AGE",
+        default_value = "30m",
+        value_parser = parse_positive_duration
+    )]
+    pub grpc_max_connection_age: humantime::Duration,
 
     /// Longest a call may take (a shorter client deadline wins); then it is
     /// answered CANCELLED.

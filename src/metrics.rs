@@ -61,6 +61,26 @@ pub fn handle() -> &'static PrometheusHandle {
 /// `promtool check metrics` and dashboards can show what a series means.
 /// A metric added anywhere in keygate gets its line here.
 fn describe() {
+    describe_gauge!(
+        "keygate_connections_open",
+        Unit::Count,
+        "Connections open now, by listener: grpc (the main and admin gRPC listeners) or http (--http-listen)"
+    );
+    describe_counter!(
+        "keygate_connections_refused_total",
+        Unit::Count,
+        "Connections closed at once because the listener was at its cap (--http-max-connections), by listener"
+    );
+    describe_counter!(
+        "keygate_requests_shed_total",
+        Unit::Count,
+        "Calls answered RESOURCE_EXHAUSTED at once because --max-in-flight calls were in progress, by listener"
+    );
+    describe_gauge!(
+        "keygate_open_files_limit",
+        Unit::Count,
+        "The process's open-file soft limit after start raised it to the hard limit"
+    );
     describe_counter!(
         "keygate_verify_total",
         Unit::Count,
@@ -493,4 +513,43 @@ pub fn health_serving(service: &'static str, serving: bool) {
 /// Whether the store answers (1) or not (0).
 pub fn store_up(up: bool) {
     gauge!("keygate_store_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// A connection of `listener` opened; the gauge goes down when the returned
+/// guard is dropped (with the connection).
+pub fn connection_opened(listener: &'static str) -> OpenConnection {
+    let open = gauge!("keygate_connections_open", "listener" => listener);
+    open.increment(1.0);
+    OpenConnection(open)
+}
+
+/// Counts one open connection for as long as it lives.
+#[derive(Debug)]
+pub struct OpenConnection(metrics::Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Makes `listener`'s connection series exist from its start (at 0), so that
+/// dashboards and alerts see them before the first connection or refusal.
+pub fn listener_started(listener: &'static str) {
+    gauge!("keygate_connections_open", "listener" => listener).increment(0.0);
+    counter!("keygate_connections_refused_total", "listener" => listener).increment(0);
+}
+
+/// A connection of `listener` closed at once: the listener was full.
+pub fn connection_refused(listener: &'static str) {
+    counter!("keygate_connections_refused_total", "listener" => listener).increment(1);
+}
+
+/// The handle that counts calls shed on `listener`, registered once.
+pub fn requests_shed(listener: &'static str) -> Counter {
+    counter!("keygate_requests_shed_total", "listener" => listener)
+}
+
+pub fn open_files_limit(limit: u64) {
+    gauge!("keygate_open_files_limit").set(limit as f64);
 }

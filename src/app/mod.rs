@@ -13,7 +13,10 @@
 //! then the background tasks stop (the usage flush writes a last time), then the
 //! store closes.
 
+mod admission;
+mod files;
 mod health;
+mod http_server;
 mod transport;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -88,14 +91,21 @@ pub enum AppError {
     Redis(String),
     #[error("{0}")]
     Webhooks(#[from] crate::webhooks::delivery::WebhookConfigError),
-    #[error("HTTP server failed: {0}")]
-    Http(String),
     #[error("--leak-report-keys: {0}")]
     LeakKeys(#[from] crate::leaks::KeysFileError),
     #[error("cannot open the replica (--database-read-url): {0}")]
     Replica(crate::store::StoreError),
     #[error("--route-policy: {0}")]
     RoutePolicy(#[from] crate::domain::routes::PolicyError),
+    #[error("cannot read or raise the open-file limit: {0}")]
+    OpenFiles(std::io::Error),
+    #[error(
+        "the open-file limit ({limit}) leaves no room: --http-max-connections {http} plus \
+         {reserve} for gRPC connections, the store and keygate's own files needs {}; \
+         raise the hard limit (ulimit -Hn, LimitNOFILE=, the container's nofile) or \
+         lower --http-max-connections", http + reserve
+    )]
+    NoRoom { limit: u64, http: u64, reserve: u64 },
 }
 
 /// Opens the store named by the database flags and brings its schema up to date.
@@ -272,6 +282,7 @@ impl App {
 
     /// As [`App::start`], reading time from `clock` (tests move it by hand).
     pub async fn build(args: ServeArgs, clock: SharedClock) -> Result<Self, AppError> {
+        files::raise_limit(&args)?;
         let store = open_store(&args.database).await?;
         crate::metrics::store_pool_max(args.database.database_max_connections);
         let generated_token = args.admin_tokens.is_empty().then(AdminTokens::generate);
@@ -492,6 +503,8 @@ fn serve(
     let limits = Limits {
         per_connection: args.max_concurrent_requests_per_connection,
         request_timeout: args.request_timeout.into(),
+        max_connection_age: args.grpc_max_connection_age.into(),
+        admission: admission::AdmissionLayer::new(args.max_in_flight),
     };
 
     // Both listeners are bound before either server starts, so a busy admin
@@ -513,12 +526,10 @@ fn serve(
                 leaks,
                 request_timeout: args.request_timeout.into(),
             };
-            let listener = std::net::TcpListener::bind(http_listen)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| AppError::Listen {
-                    addr: http_listen,
-                    source,
-                })?;
+            let listener = http_server::bind(http_listen).map_err(|source| AppError::Listen {
+                addr: http_listen,
+                source,
+            })?;
             Some((listener, config))
         }
     };
@@ -530,7 +541,7 @@ fn serve(
     let (shared_admin, separate_admin) = match admin_listener {
         None => (Some(admin), None),
         Some((admin_incoming, _)) => {
-            let router = server_builder(tls, limits)?
+            let router = server_builder(tls, &limits)?
                 .add_service(health_service.clone())
                 .add_service(reflection().build_v1()?)
                 .add_service(reflection().build_v1alpha()?)
@@ -538,7 +549,7 @@ fn serve(
             (None, Some((router, admin_incoming)))
         }
     };
-    let main = server_builder(tls, limits)?
+    let main = server_builder(tls, &limits)?
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -554,19 +565,16 @@ fn serve(
     }
     let mut http_addr = None;
     if let Some((listener, config)) = http {
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|source| AppError::Listen {
-                addr: args.http_listen.unwrap_or(addr),
-                source,
-            })?;
         http_addr = listener.local_addr().ok();
         let stop = stop.clone();
         let app = crate::api::http::router(config);
+        let http_limits = http_server::HttpLimits {
+            header_timeout: args.http_header_timeout.into(),
+            max_connections: args.http_max_connections,
+        };
         servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .map_err(|e| AppError::Http(e.to_string()))
+            http_server::serve(listener, app, http_limits, stop).await;
+            Ok(())
         }));
     }
     let serve = main.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());

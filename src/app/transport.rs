@@ -1,11 +1,21 @@
 //! Listeners, TLS and the tower stack every gRPC listener shares.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{
+    Certificate, Identity, Server, ServerTlsConfig,
+    server::{Connected, TcpIncoming},
+};
 
-use super::AppError;
-use crate::config::ServeArgs;
+use super::{AppError, admission::AdmissionLayer};
+use crate::{config::ServeArgs, metrics::OpenConnection};
 
 /// How long a client may take to complete the TLS handshake; tonic runs handshakes
 /// off the accept loop, but without a bound a silent client would hold one forever.
@@ -15,38 +25,123 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) type StatusRewrite =
     fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
 
+/// HTTP/2 keep-alive: a ping after this long without a frame from the
+/// client, and the connection closed when it is not answered within
+/// [`KEEPALIVE_TIMEOUT`]. A peer that vanished (a killed pod, a dropped NAT
+/// entry) then frees its connection in at most 80 s instead of never.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The most header bytes HTTP/2 takes for one call: twice what a call may
+/// carry ([`super::admission::MAX_METADATA_BYTES`]), so that a call over that
+/// limit but under this one reaches the admission layer and gets a precise
+/// status (see there for what happens beyond).
+const MAX_HEADER_LIST_BYTES: u32 = 2 * super::admission::MAX_METADATA_BYTES as u32;
+
+/// The layers [`server_builder`] puts around every service, outermost first.
+pub(super) type Layers = tower::layer::util::Stack<
+    AdmissionLayer,
+    tower::layer::util::Stack<
+        tower::util::MapResponseLayer<StatusRewrite>,
+        tower::layer::util::Identity,
+    >,
+>;
+
 /// The transport limits every listener applies to each of its connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Limits {
     pub per_connection: usize,
     pub request_timeout: Duration,
+    /// Connections are closed gracefully at this age, idle or not.
+    pub max_connection_age: Duration,
+    /// The instance's calls in progress, shared by both gRPC listeners.
+    pub admission: AdmissionLayer,
 }
 
+/// A bound gRPC listener whose connections are counted while open.
+pub(super) type Incoming = std::pin::Pin<
+    Box<dyn Stream<Item = Result<Counted<tokio::net::TcpStream>, std::io::Error>> + Send>,
+>;
+
 /// Binds `addr`; returns the listener and the address actually bound.
-pub(super) fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr), AppError> {
+pub(super) fn bind(addr: SocketAddr) -> Result<(Incoming, SocketAddr), AppError> {
     let listen_error = |source| AppError::Listen { addr, source };
     let incoming = TcpIncoming::bind(addr)
         .map_err(listen_error)?
         // Verify responses are small and latency-bound: never wait to coalesce them.
         .with_nodelay(Some(true));
     let bound = incoming.local_addr().map_err(listen_error)?;
-    Ok((incoming, bound))
+    let counted = incoming.map(|accepted| {
+        accepted.map(|io| Counted {
+            io,
+            _open: crate::metrics::connection_opened("grpc"),
+        })
+    });
+    Ok((Box::pin(counted), bound))
+}
+
+/// A connection counted in `keygate_connections_open` for as long as it is
+/// open; everything else is the connection's own.
+#[derive(Debug)]
+pub(super) struct Counted<IO> {
+    io: IO,
+    _open: OpenConnection,
+}
+
+impl<IO: Connected> Connected for Counted<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// A server with keygate's transport settings; the main and the admin listener
 /// are both built here, so they enforce the same TLS and limits.
 pub(super) fn server_builder(
     tls: Option<&ServerTlsConfig>,
-    limits: Limits,
-) -> Result<
-    Server<
-        tower::layer::util::Stack<
-            tower::util::MapResponseLayer<StatusRewrite>,
-            tower::layer::util::Identity,
-        >,
-    >,
-    AppError,
-> {
+    limits: &Limits,
+) -> Result<Server<Layers>, AppError> {
     // tonic stacks these three per connection, in a fixed order that is the one
     // we want (tonic 0.14 `MakeSvc::call`): load shed -> concurrency limit ->
     // timeout -> our services.
@@ -66,11 +161,27 @@ pub(super) fn server_builder(
         // never finishes its request body). tonic answers CANCELLED ("Timeout
         // expired"); a shorter `grpc-timeout` sent by the client wins.
         .timeout(limits.request_timeout)
+        // HTTP/2 itself: at most as many streams as the connection may have
+        // calls (the client then waits for a free stream instead of being
+        // refused), pings to find peers that vanished, and every connection
+        // recycled at its age limit (idle or not, gracefully: calls in
+        // progress get the request timeout to finish), so idle connections do
+        // not accumulate. tonic has no timer for idle connections as such;
+        // one on the socket would count keep-alive pings as activity.
+        .max_concurrent_streams(u32::try_from(limits.per_connection).unwrap_or(u32::MAX))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(limits.request_timeout + Duration::from_secs(1))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         // Around every service: a request refused before its handler ran (bad
         // bytes, too large) gets the code that says it was the caller's fault.
         .layer(tower::util::MapResponseLayer::new(
             crate::codec::caller_fault_status as StatusRewrite,
-        ));
+        ))
+        // Inside it: metadata size and the instance-wide count of calls in
+        // progress (see `admission`).
+        .layer(limits.admission.clone());
     match tls {
         None => Ok(builder),
         Some(tls) => builder

@@ -37,10 +37,18 @@ impl AuthorizeRoute {
     }
 }
 
+/// The most body a forward-auth request may declare. keygate reads none of
+/// it (the proxies send the client's headers, not its body), so anything
+/// larger is a client trying to hold the connection.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 pub fn routes(route: AuthorizeRoute) -> Router {
     // Any method: Traefik and Caddy repeat the client's, nginx sends GET.
     Router::new()
         .route("/v1/authorize", any(authorize))
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            super::refuse_declared_over(MAX_BODY_BYTES, req, next)
+        }))
         .with_state(route)
 }
 

@@ -36,8 +36,12 @@ impl LeakRoute {
 pub fn routes(route: Arc<LeakRoute>) -> Router {
     Router::new()
         .route("/v1/leaks/github", post(report))
-        // Larger bodies are refused with 413 before the signature is checked.
+        // Larger bodies are refused with 413 before the signature is checked:
+        // a declared one before any of it is read.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            super::refuse_declared_over(MAX_BODY_BYTES, req, next)
+        }))
         .with_state(route)
 }
 

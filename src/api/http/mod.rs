@@ -45,6 +45,32 @@ pub fn error(status: StatusCode, message: &str) -> Response {
 /// client's request replayed, and no legitimate one comes near it.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// Answers 413 at once when a request declares (`Content-Length`) a body
+/// larger than its route takes, before reading any of it: otherwise the
+/// connection would wait for a body nobody will read until the request
+/// deadline. The connection is closed after the answer, since the body it
+/// announced was never read. Bodies without a declared length are held to the
+/// same limit while they are read (axum's body limit).
+pub async fn refuse_declared_over(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        let mut response = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body may be at most {limit} bytes"),
+        );
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
+    next.run(req).await
+}
+
 async fn limit_headers(req: Request, next: Next) -> Response {
     let size: usize = req
         .headers()
