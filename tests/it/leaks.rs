@@ -19,9 +19,9 @@ use crate::{store_tests, support::*};
 
 const ORG: &str = "leaky";
 
-struct Reporter {
-    app: TestApp,
-    url: String,
+pub(crate) struct Reporter {
+    pub(crate) app: TestApp,
+    pub(crate) url: String,
     github: SigningKey,
     _dir: tempdir::Dir,
 }
@@ -36,7 +36,7 @@ mod tempdir {
     }
 }
 
-async fn reporter(b: Backend) -> Reporter {
+pub(crate) async fn reporter(b: Backend) -> Reporter {
     let github = SigningKey::from_slice(&[42; 32]).expect("a valid scalar");
     let dir = std::env::temp_dir().join(format!("kg-leaks-{}", uuid_like()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -15,6 +15,7 @@ mod metrics;
 mod model;
 mod nginx;
 mod outage;
+mod overload;
 mod polyglot;
 mod private_db;
 mod prometheus;

@@ -546,6 +546,9 @@ async fn dashboard_queries_name_only_exported_metrics() {
             "100ms",
             "--invalidation-interval",
             "50ms",
+            // The HTTP listener's series are on the dashboard too.
+            "--http-listen",
+            "127.0.0.1:0",
         ],
     );
 

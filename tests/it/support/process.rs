@@ -59,8 +59,31 @@ impl Process {
         Self::spawn_keeping(args, envs, Keep::FirstThenErrors(first))
     }
 
-    fn spawn_keeping(args: &[&str], envs: &[(&str, &str)], keep: Keep) -> Self {
+    /// Like [`Process::spawn`], under an open-file limit of `nofile` (soft and
+    /// hard, set by util-linux's `prlimit`, which then runs the binary itself).
+    pub fn spawn_with_open_files(args: &[&str], envs: &[(&str, &str)], nofile: u64) -> Self {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        let mut prefixed = vec![limit.as_str(), "--", BIN];
+        prefixed.extend_from_slice(args);
         let mut cmd = keygate_command();
+        // The same clean environment, with prlimit in front of the binary.
+        let mut wrapped = Command::new("prlimit");
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        cmd = wrapped;
+        cmd.stdin(Stdio::null());
+        Self::start(cmd, &prefixed, envs, Keep::All)
+    }
+
+    fn spawn_keeping(args: &[&str], envs: &[(&str, &str)], keep: Keep) -> Self {
+        Self::start(keygate_command(), args, envs, keep)
+    }
+
+    fn start(mut cmd: Command, args: &[&str], envs: &[(&str, &str)], keep: Keep) -> Self {
         cmd.args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -135,6 +158,29 @@ impl Process {
                 .unwrap_or(addr);
             Some((addr, metrics))
         })
+    }
+
+    /// The HTTP listener's address from the JSON "keygate serving" line.
+    pub fn wait_serving_http(&mut self) -> SocketAddr {
+        self.wait_for("the serving line with an HTTP listener", |l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v["message"] != "keygate serving" {
+                return None;
+            }
+            v["http_addr"].as_str()?.parse().ok()
+        })
+    }
+
+    /// Waits (bounded) for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "keygate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {
