@@ -161,14 +161,18 @@ pub(super) fn server_builder(
         // never finishes its request body). tonic answers CANCELLED ("Timeout
         // expired"); a shorter `grpc-timeout` sent by the client wins.
         .timeout(limits.request_timeout)
-        // HTTP/2 itself: at most as many streams as the connection may have
-        // calls (the client then waits for a free stream instead of being
-        // refused), pings to find peers that vanished, and every connection
+        // HTTP/2 itself: at most twice as many streams as the connection may
+        // have calls, and at least 256 (so calls over that limit still reach
+        // it and are refused at once, rather than wait in the client for a
+        // free stream, however small the limit), pings
+        // to find peers that vanished, and every connection
         // recycled at its age limit (idle or not, gracefully: calls in
         // progress get the request timeout to finish), so idle connections do
         // not accumulate. tonic has no timer for idle connections as such;
         // one on the socket would count keep-alive pings as activity.
-        .max_concurrent_streams(u32::try_from(limits.per_connection).unwrap_or(u32::MAX))
+        .max_concurrent_streams(
+            u32::try_from(limits.per_connection.saturating_mul(2).max(256)).unwrap_or(u32::MAX),
+        )
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_connection_age(limits.max_connection_age)

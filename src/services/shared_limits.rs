@@ -110,6 +110,18 @@ end
 return 1
 ";
 
+/// Appends one key, and its limit and window as arguments, per rate limit of
+/// `id`: what both scripts take after their own arguments.
+fn add_limits(invocation: &mut redis::ScriptInvocation<'_>, id: &KeyId, limits: &RateLimits) {
+    for l in limits.iter() {
+        // The braces keep every limit of a key in one Redis Cluster slot.
+        invocation
+            .key(format!("keygate:rl:{{{id}}}:{}", l.name))
+            .arg(l.limit)
+            .arg(l.window.0);
+    }
+}
+
 /// Redis' answer to a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedReply {
@@ -216,13 +228,7 @@ impl SharedLimits {
         }
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(now.0).arg(need).arg(want);
-        for l in limits.iter() {
-            // The braces keep every limit of a key in one Redis Cluster slot.
-            invocation
-                .key(format!("keygate:rl:{{{id}}}:{}", l.name))
-                .arg(l.limit)
-                .arg(l.window.0);
-        }
+        add_limits(&mut invocation, id, limits);
         let mut connection = self.connection.clone();
         let reply = tokio::time::timeout(
             REDIS_TIMEOUT,
@@ -278,12 +284,7 @@ impl SharedLimits {
         }
         let mut invocation = self.give_back_script.prepare_invoke();
         invocation.arg(now.0).arg(n);
-        for l in limits.iter() {
-            invocation
-                .key(format!("keygate:rl:{{{id}}}:{}", l.name))
-                .arg(l.limit)
-                .arg(l.window.0);
-        }
+        add_limits(&mut invocation, id, limits);
         let mut connection = self.connection.clone();
         let reply = tokio::time::timeout(
             REDIS_TIMEOUT,

@@ -3,13 +3,7 @@
 //! limits, quota × cost, quota × Redis), each on both stores; the random
 //! sequences that check the whole table are in `model`.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use keygate::{
     clock::SharedClock,
@@ -19,13 +13,12 @@ use keygate::{
     },
 };
 use prost_types::FieldMask;
-use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 
 use crate::{
     store_tests,
     support::*,
-    usage_limits::{PrivateRedis, free_port},
+    usage_limits::{PrivateRedis, free_port, hammer},
 };
 
 const ORG: &str = "lifecycle";
@@ -55,6 +48,18 @@ fn rotate(id: &str, grace_seconds: Option<i64>) -> RotateKeyRequest {
     }
 }
 
+/// An UpdateKey of key `id` of [`ORG`] naming `paths`, with the values of `with`.
+fn update(id: &str, paths: &[&str], with: UpdateKeyRequest) -> UpdateKeyRequest {
+    UpdateKeyRequest {
+        organization_id: ORG.into(),
+        id: id.into(),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+        ..with
+    }
+}
+
 fn call(secret: &str, cost: Option<u32>) -> VerifyKeyRequest {
     VerifyKeyRequest {
         cost,
@@ -62,16 +67,10 @@ fn call(secret: &str, cost: Option<u32>) -> VerifyKeyRequest {
     }
 }
 
-/// Rotates and returns the replacement's id and secret.
+/// Rotates and returns the replacement and its secret.
 async fn rotated(app: &TestApp, req: tonic::Request<RotateKeyRequest>) -> (proto::ApiKey, String) {
-    let r = app
-        .admin
-        .clone()
-        .rotate_key(req)
-        .await
-        .expect("rotated")
-        .into_inner();
-    (r.key.expect("new key"), r.secret)
+    let (new, secret, _) = crate::rotation::rotated(app, req).await;
+    (new, secret)
 }
 
 /// A bot key of [`ORG`] with the given limits.
@@ -121,14 +120,7 @@ async fn a_rotation_cannot_be_undone(b: Backend) {
         let (new, _) = rotated(&app, member("ann", rotate(&live.id, Some(1)))).await;
         let grace_end = app.get(ORG, &live.id).await.expire_time;
         assert!(grace_end.is_some(), "a rotation in grace sets an expiry");
-        let clear_expiry = UpdateKeyRequest {
-            organization_id: ORG.into(),
-            id: live.id.clone(),
-            update_mask: Some(FieldMask {
-                paths: vec!["expire_time".into()],
-            }),
-            ..Default::default()
-        };
+        let clear_expiry = update(&live.id, &["expire_time"], UpdateKeyRequest::default());
         let refused = assert_code(
             app.admin
                 .clone()
@@ -294,18 +286,17 @@ async fn a_new_quota_starts_with_nothing_leased_against_it(b: Backend) {
     let r = app.verify(call(&secret, Some(1))).await;
     assert_eq!(remaining(&r), Some(499));
     for q in [None, quota(1_500, QuotaPeriod::Total)] {
-        let update = UpdateKeyRequest {
-            organization_id: ORG.into(),
-            id: key.id.clone(),
-            quota: q,
-            update_mask: Some(FieldMask {
-                paths: vec!["quota".into()],
-            }),
-            ..Default::default()
-        };
+        let change = update(
+            &key.id,
+            &["quota"],
+            UpdateKeyRequest {
+                quota: q,
+                ..Default::default()
+            },
+        );
         app.admin
             .clone()
-            .update_key(admin(update))
+            .update_key(admin(change))
             .await
             .expect("updated");
         assert_eq!(
@@ -331,19 +322,18 @@ async fn a_change_of_the_newest_key_reaches_its_keys_in_grace_at_once(b: Backend
     let (new, _) = rotated(&app, admin(rotate(&old.id, Some(HOUR)))).await;
     let r = app.verify(call(&old_secret, None)).await;
     assert_eq!(r.rate_limit.expect("rate").remaining, 9);
-    let update = UpdateKeyRequest {
-        organization_id: ORG.into(),
-        id: new.id.clone(),
-        rate_limits: rate(3, HOUR),
-        quota: quota(1, QuotaPeriod::Total),
-        update_mask: Some(FieldMask {
-            paths: vec!["rate_limits".into(), "quota".into()],
-        }),
-        ..Default::default()
-    };
+    let change = update(
+        &new.id,
+        &["rate_limits", "quota"],
+        UpdateKeyRequest {
+            rate_limits: rate(3, HOUR),
+            quota: quota(1, QuotaPeriod::Total),
+            ..Default::default()
+        },
+    );
     app.admin
         .clone()
-        .update_key(admin(update))
+        .update_key(admin(change))
         .await
         .expect("updated");
     let r = app.verify(call(&old_secret, None)).await;
@@ -358,37 +348,22 @@ async fn a_change_of_the_newest_key_reaches_its_keys_in_grace_at_once(b: Backend
     app.stop().await;
 }
 
-/// `tasks` concurrent callers on each client, `calls` calls each: how many
-/// passed. Every answer must be VALID, RATE_LIMITED or QUOTA_EXCEEDED.
+/// A burst: `tasks` concurrent callers on each client, `calls` calls each;
+/// how many passed. A refusal is either limit's.
 async fn burst(
     clients: &[KeyVerifyClient<Channel>],
     secret: &str,
     tasks: usize,
     calls: usize,
 ) -> u64 {
-    let valid = Arc::new(AtomicU64::new(0));
-    let mut set = JoinSet::new();
-    for client in clients {
-        for _ in 0..tasks {
-            let (client, secret, valid) = (client.clone(), secret.to_owned(), Arc::clone(&valid));
-            set.spawn(async move {
-                for _ in 0..calls {
-                    let r = client.clone().verify_key(call(&secret, None)).await;
-                    match r.expect("answer").into_inner().code() {
-                        VerifyCode::Valid => {
-                            valid.fetch_add(1, Ordering::Relaxed);
-                        }
-                        VerifyCode::RateLimited | VerifyCode::QuotaExceeded => {}
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
-            });
-        }
-    }
-    while let Some(r) = set.join_next().await {
-        r.expect("caller");
-    }
-    valid.load(Ordering::Relaxed)
+    hammer(
+        clients,
+        secret,
+        tasks,
+        calls,
+        &[VerifyCode::RateLimited, VerifyCode::QuotaExceeded],
+    )
+    .await
 }
 
 /// Calls on each client in turn until every client refused in three turns in
@@ -515,18 +490,17 @@ async fn keys_in_grace_see_a_change_of_their_chain_on_other_instances() {
         }
     };
     assert_eq!(limit_on_b().await, 10, "cached on the second instance");
-    let update = UpdateKeyRequest {
-        organization_id: ORG.into(),
-        id: new.id.clone(),
-        rate_limits: rate(3, HOUR),
-        update_mask: Some(FieldMask {
-            paths: vec!["rate_limits".into()],
-        }),
-        ..Default::default()
-    };
+    let change = update(
+        &new.id,
+        &["rate_limits"],
+        UpdateKeyRequest {
+            rate_limits: rate(3, HOUR),
+            ..Default::default()
+        },
+    );
     a.admin
         .clone()
-        .update_key(admin(update))
+        .update_key(admin(change))
         .await
         .expect("updated");
     eventually(

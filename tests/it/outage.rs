@@ -7,20 +7,12 @@ use keygate::{
     proto::VerifyCode,
 };
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{private_db::PrivateMariaDb, support::*};
 
 async fn health(app: &TestApp) -> ServingStatus {
-    let channel = connect(app.app.as_ref().expect("running").addr()).await;
-    HealthClient::new(channel)
-        .check(HealthCheckRequest::default())
-        .await
-        .expect("health answers")
-        .into_inner()
-        .status()
+    health_at(app.app.as_ref().expect("running").addr()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,19 +4,14 @@
 //! over a route's limit is refused before it is read, and calls past
 //! `--max-in-flight` are shed while health checks answer.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use keygate::proto::{VerifyCode, VerifyKeyRequest, key_verify_client::KeyVerifyClient};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{metrics::scrape, support::*};
 
@@ -33,16 +28,6 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u
             Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
         }
     }
-}
-
-async fn serving(addr: SocketAddr) -> ServingStatus {
-    let mut health = HealthClient::new(connect(addr).await);
-    health
-        .check(HealthCheckRequest::default())
-        .await
-        .expect("health answers")
-        .into_inner()
-        .status()
 }
 
 /// keygate under an open-file limit of 400, its HTTP listener capped at 64
@@ -97,7 +82,7 @@ async fn a_full_http_listener_leaves_room_for_grpc() {
 
     // A new gRPC client on a connection of its own.
     let answered = tokio::time::timeout(Duration::from_secs(10), async {
-        let status = serving(addr).await;
+        let status = health_at(addr).await;
         let code = KeyVerifyClient::new(connect(addr).await)
             .verify_key(verify_req(&secret, &["links:read"]))
             .await
@@ -290,7 +275,7 @@ async fn past_max_in_flight_calls_are_shed_and_health_answers() {
     let shed = probe().await.expect_err("still full");
     assert!(shed.message().contains("--max-in-flight"), "{shed:?}");
     assert_eq!(
-        serving(app.app.as_ref().expect("app").addr()).await,
+        health_at(app.app.as_ref().expect("app").addr()).await,
         ServingStatus::Serving
     );
     let (_, m) = scrape(app.app.as_ref().expect("app").metrics_addr()).await;

@@ -26,7 +26,7 @@ fn in_seconds(app: &TestApp, s: i64) -> prost_types::Timestamp {
     keygate::model::Micros(app.clock.now().0 + s * 1_000_000).to_timestamp()
 }
 
-async fn rotated(
+pub(crate) async fn rotated(
     app: &TestApp,
     req: tonic::Request<RotateKeyRequest>,
 ) -> (proto::ApiKey, String, proto::ApiKey) {

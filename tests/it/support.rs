@@ -210,6 +210,20 @@ pub async fn start_on(db: TestDb, extra: &[&str]) -> TestApp {
     }
 }
 
+/// What `grpc.health.v1.Health/Check` answers at `addr`, on a connection of
+/// its own.
+pub async fn health_at(
+    addr: std::net::SocketAddr,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(addr).await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status()
+}
+
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("valid uri")

@@ -209,14 +209,7 @@ impl Process {
             .status()
             .expect("run kill");
         assert!(status.success());
-        let deadline = Instant::now() + PROCESS_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit()
     }
 }
 
