@@ -264,7 +264,6 @@ impl KeyService {
                 &allowed,
             )
             .await?;
-        drop(held);
         if let (Some((rate_limits, _)), Some(limits)) = (&self.limits, &patch.rate_limits) {
             // Calls already made count against the new limits from this
             // moment, not from the next verification.
@@ -280,6 +279,9 @@ impl KeyService {
             &hashes,
             Change::Key(&key.id, "updated"),
         );
+        // Only now: a verification that waited for the lease reads the key
+        // again (its cache entry is gone) and spends under the new quota.
+        drop(held);
         Ok(updated.as_of(now))
     }
 

@@ -9,8 +9,8 @@
 //!
 //! Calls leased from the fleet and not spent go back to it: when their lease
 //! ends (at the key's next call, or by [`RateLimiter::run`]'s sweep), and all of
-//! them when the instance stops. Only a crash, or Redis failing the give-back,
-//! loses them (which errs towards refusing, never towards passing too many).
+//! them when the instance stops. A crash, Redis failing the give-back, or a
+//! change of the key's limits loses them (which errs towards refusing).
 //!
 //! The local state is bounded whatever the number of keys: a moka cache of at
 //! most `capacity` keys, each entry forgotten once its longest window has passed
@@ -120,7 +120,11 @@ impl KeyBuckets {
             .collect();
         self.limits = limits.clone();
         self.buckets = buckets;
-        self.unspent += self.lease.credits;
+        // Calls leased under the old limits are dropped, not given back: what
+        // a call weighs in the shared buckets depends on the limit, so giving
+        // them back under the new one could free more than was taken. Losing
+        // them errs towards refusing.
+        self.unspent = 0;
         self.lease = Lease::default();
     }
 

@@ -32,7 +32,7 @@ use super::limiter::LimitStatus;
 use crate::{
     cache::CachedKey,
     domain::Error,
-    limits::Quota,
+    limits::{Quota, QuotaPeriod},
     model::{KeyId, Micros},
     store::{QuotaTake, Store, StoreError},
 };
@@ -67,8 +67,9 @@ pub struct QuotaDecision {
 
 #[derive(Debug, Default)]
 pub struct Lease {
-    /// The period the credits belong to.
+    /// The period the credits belong to, and its kind.
     period: Micros,
+    kind: Option<QuotaPeriod>,
     credits: u64,
     /// The row's `quota_used` after our last take (our unspent credits included).
     used: u64,
@@ -152,6 +153,14 @@ impl Quotas {
                 ..Lease::default()
             };
         }
+        if lease.kind != Some(quota.period) {
+            // Credits of another kind of period are gone with it (the store
+            // takes none back).
+            self.metrics.leased.decrement(lease.credits as f64);
+            lease.credits = 0;
+            lease.known_left = None;
+            lease.kind = Some(quota.period);
+        }
         if lease.limit != quota.limit {
             // Credits leased under another limit go back first: spent, they
             // would count against a limit that no longer holds.
@@ -218,13 +227,13 @@ impl Quotas {
     /// (at worst they are lost for the period, never granted twice).
     async fn return_credits(&self, lineage: &KeyId, lease: &mut Lease) {
         lease.known_left = None;
-        if lease.credits == 0 {
+        let Some(kind) = lease.kind.filter(|_| lease.credits > 0) else {
             return;
-        }
+        };
         let returned = tokio::time::timeout(
             self.timeout,
             self.store
-                .return_quota(lineage, lease.period, lease.credits),
+                .return_quota(lineage, lease.period, kind, lease.credits),
         )
         .await
         .unwrap_or(Err(StoreError::Timeout(self.timeout)));
@@ -263,7 +272,8 @@ impl Quotas {
         let want = short.max(lease.size);
         let taken = tokio::time::timeout(
             self.timeout,
-            self.store.take_quota(id, lease.period, short, want),
+            self.store
+                .take_quota(id, lease.period, quota.period, short, want),
         )
         .await
         .unwrap_or(Err(StoreError::Timeout(self.timeout)));

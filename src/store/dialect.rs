@@ -16,4 +16,9 @@ pub(super) struct Dialect {
     /// Deletes up to 1000 rows of table `{t}` whose `bucket_start` is before the
     /// bound parameter.
     pub prune_history: fn(table: &str) -> String,
+    /// [`crate::store::KEY_COLUMNS`] of one key by organization and id, read
+    /// as the latest committed row and locked for the transaction. MySQL's
+    /// plain reads see the transaction's snapshot, which can be older than a
+    /// write it has just waited for; SQLite's one writer sees everything.
+    pub select_key_locked: &'static str,
 }

@@ -18,6 +18,11 @@ pub(super) const DIALECT: Dialect = Dialect {
         ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
     history_upsert: " ON DUPLICATE KEY UPDATE count = count + VALUES(count)",
     prune_history: |t| format!("DELETE FROM {t} WHERE bucket_start < ? LIMIT 1000"),
+    select_key_locked: concat!(
+        "SELECT ",
+        super::rows::key_columns!(),
+        " FROM api_keys WHERE organization_id = ? AND id = ? FOR UPDATE"
+    ),
 };
 
 /// MySQL 8 and MariaDB agree on a multi-table UPDATE over a UNION ALL derived

@@ -13,12 +13,12 @@ use std::sync::LazyLock;
 
 use super::{
     Guard, Pool, Store, StoreError, mysql,
-    rows::{ChangeRow, EventRow, KeyRow, convert, corrupt, key_columns},
+    rows::{ChangeRow, EventRow, KeyRow, convert, corrupt, key_columns, written_key_columns},
     sqlite,
 };
 use crate::{
     keys::SecretHash,
-    limits::RateLimits,
+    limits::{QuotaPeriod, RateLimits},
     model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
         OrganizationId, UserId,
@@ -184,7 +184,9 @@ macro_rules! insert_key {
             .bind(key.quota_period_start.0)
             .bind(key.rotated_to_id.as_ref().map(KeyId::as_str))
             .bind(key.rotated_from_id.as_ref().map(KeyId::as_str))
-            .bind(key.lineage_id.as_str())
+            // The lineage is stored only for a rotation's replacement; the
+            // database makes it the key's own id otherwise.
+            .bind((key.lineage_id != key.id).then(|| key.lineage_id.as_str()))
             .execute(&mut *$tx)
             .await
     }};
@@ -192,7 +194,8 @@ macro_rules! insert_key {
 
 const INSERT_KEY: &str = concat!(
     "INSERT INTO api_keys (",
-    key_columns!(),
+    written_key_columns!(),
+    ", lineage_root",
     ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
@@ -500,16 +503,16 @@ impl Store {
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             lock_organization!(tx, d, org.as_str());
-            // Quota takes do not lock the organization: lock the row itself, so
-            // that the use read below is the use the replacement inherits.
-            sqlx::query(
-                "UPDATE api_keys SET quota_used = quota_used WHERE organization_id = ? AND id = ?",
-            )
-            .bind(org.as_str())
-            .bind(old_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            let old = read_key!(tx, org.as_str(), old_id.as_str());
+            // Quota takes do not lock the organization: lock the row itself
+            // and read it as last committed, so that the use read here is the
+            // use the replacement inherits (a take that commits later waits
+            // for this transaction, then finds the new row).
+            let row: Option<KeyRow> = sqlx::query_as(d.select_key_locked)
+                .bind(org.as_str())
+                .bind(old_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let old = KeyRecord::try_from(row.ok_or(StoreError::NotFound)?)?;
             allowed(&old).map_err(StoreError::Precondition)?;
             sqlx::query(retire)
                 .bind(new.id.as_str())
@@ -888,30 +891,40 @@ impl Store {
     /// conditional `UPDATE` is what makes quotas exact across instances: two
     /// instances racing for the last credits cannot both get them, whatever their
     /// caches say. A row still in an earlier period is moved to this one first.
+    ///
+    /// `kind` is the quota's period as the caller knows it: a row whose quota
+    /// now has another period (the caller's cache is behind a change) is
+    /// `NoQuota` and left alone, rather than moved to a period of the wrong
+    /// kind.
     pub async fn take_quota(
         &self,
         lineage: &KeyId,
         period: Micros,
+        kind: QuotaPeriod,
         need: u64,
         want: u64,
     ) -> Result<QuotaTake, StoreError> {
-        let read = "SELECT quota_limit, quota_used, quota_period_start FROM api_keys \
-            WHERE lineage_id = ? AND rotated_to_id IS NULL";
+        let read = "SELECT quota_limit, quota_used, quota_period_start, quota_period \
+            FROM api_keys WHERE lineage_id = ? AND rotated_to_id IS NULL";
         let roll = "UPDATE api_keys SET quota_used = 0, quota_period_start = ? \
-            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period_start = ?";
+            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period_start = ? \
+            AND quota_period = ?";
         let id = lineage;
         // Each retry follows another instance's successful write, so this ends;
         // the bound only keeps a pathological race from spinning.
         for _ in 0..16 {
-            let row: Option<(Option<i64>, i64, i64)> = on_pool!(self, |p, _d| {
+            let row: Option<(Option<i64>, i64, i64, Option<i64>)> = on_pool!(self, |p, _d| {
                 sqlx::query_as(read)
                     .bind(id.as_str())
                     .fetch_optional(p)
                     .await?
             });
-            let Some((Some(limit), used, start)) = row else {
+            let Some((Some(limit), used, start, Some(stored_kind))) = row else {
                 return Ok(QuotaTake::NoQuota);
             };
+            if stored_kind != kind.as_i64() {
+                return Ok(QuotaTake::NoQuota);
+            }
             let limit = u64::try_from(limit).map_err(|_| corrupt("api_keys", "quota_limit"))?;
             let used = u64::try_from(used).map_err(|_| corrupt("api_keys", "quota_used"))?;
             if start < period.0 {
@@ -920,6 +933,7 @@ impl Store {
                         .bind(period.0)
                         .bind(id.as_str())
                         .bind(start)
+                        .bind(kind.as_i64())
                         .execute(p)
                         .await?;
                 });
@@ -932,7 +946,7 @@ impl Store {
                 return Ok(QuotaTake::Exhausted { used, limit });
             }
             let n = want.clamp(need.max(1), available);
-            if self.try_take_quota(id, period, n).await? {
+            if self.try_take_quota(id, period, kind, n).await? {
                 return Ok(QuotaTake::Taken {
                     credits: n,
                     used: used + n,
@@ -950,10 +964,11 @@ impl Store {
         &self,
         lineage: &KeyId,
         period: Micros,
+        kind: QuotaPeriod,
         n: u64,
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE api_keys SET quota_used = quota_used + ? \
-            WHERE lineage_id = ? AND rotated_to_id IS NULL \
+            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period = ? \
             AND quota_period_start = ? AND quota_used + ? <= quota_limit";
         let id = lineage;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
@@ -961,6 +976,7 @@ impl Store {
             sqlx::query(sql)
                 .bind(n)
                 .bind(id.as_str())
+                .bind(kind.as_i64())
                 .bind(period.0)
                 .bind(n)
                 .execute(p)
@@ -973,14 +989,18 @@ impl Store {
     /// Gives back credits taken by [`Store::take_quota`] and not spent, unless
     /// the period has moved on (then they are gone with it). A rotation since
     /// the take carried the use over to the new row, so the credits go there.
+    ///
+    /// Credits taken under a quota of another period kind (the quota changed
+    /// since) are not returned: the changed quota counts from its own start.
     pub async fn return_quota(
         &self,
         lineage: &KeyId,
         period: Micros,
+        kind: QuotaPeriod,
         credits: u64,
     ) -> Result<(), StoreError> {
         let sql = "UPDATE api_keys SET quota_used = quota_used - ? \
-            WHERE lineage_id = ? AND rotated_to_id IS NULL \
+            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period = ? \
             AND quota_period_start = ? AND quota_used >= ?";
         let id = lineage;
         let n = i64::try_from(credits).unwrap_or(i64::MAX);
@@ -988,6 +1008,7 @@ impl Store {
             sqlx::query(sql)
                 .bind(n)
                 .bind(id.as_str())
+                .bind(kind.as_i64())
                 .bind(period.0)
                 .bind(n)
                 .execute(p)

@@ -23,6 +23,11 @@ pub(super) const DIALECT: Dialect = Dialect {
             "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE bucket_start < ? LIMIT 1000)"
         )
     },
+    select_key_locked: concat!(
+        "SELECT ",
+        super::rows::key_columns!(),
+        " FROM api_keys WHERE organization_id = ? AND id = ?"
+    ),
 };
 
 /// UPDATE … FROM a VALUES list (SQLite ≥ 3.33); VALUES is exempt from SQLite's

@@ -888,19 +888,32 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
         (k.quota_used, k.quota_period_start)
     };
 
-    assert!(store.try_take_quota(&key.id, day, 8).await.expect("take"));
+    assert!(
+        store
+            .try_take_quota(&key.id, day, QuotaPeriod::Day, 8)
+            .await
+            .expect("take")
+    );
     // A caller that read "10 left" before the 8 were taken asks for 3: refused.
-    assert!(!store.try_take_quota(&key.id, day, 3).await.expect("take"));
     assert!(
         !store
-            .try_take_quota(&key.id, next_day, 1)
+            .try_take_quota(&key.id, day, QuotaPeriod::Day, 3)
+            .await
+            .expect("take")
+    );
+    assert!(
+        !store
+            .try_take_quota(&key.id, next_day, QuotaPeriod::Day, 1)
             .await
             .expect("take"),
         "other period"
     );
     assert_eq!(used().await, (8, day));
     assert_eq!(
-        store.take_quota(&key.id, day, 1, 5).await.expect("take"),
+        store
+            .take_quota(&key.id, day, QuotaPeriod::Day, 1, 5)
+            .await
+            .expect("take"),
         QuotaTake::Taken {
             credits: 2,
             used: 10,
@@ -909,16 +922,25 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
         "as many as are left, at least what is needed"
     );
     assert_eq!(
-        store.take_quota(&key.id, day, 1, 1).await.expect("take"),
+        store
+            .take_quota(&key.id, day, QuotaPeriod::Day, 1, 1)
+            .await
+            .expect("take"),
         QuotaTake::Exhausted {
             used: 10,
             limit: 10
         }
     );
-    store.return_quota(&key.id, day, 4).await.expect("return");
+    store
+        .return_quota(&key.id, day, QuotaPeriod::Day, 4)
+        .await
+        .expect("return");
     assert_eq!(used().await, (6, day));
     assert_eq!(
-        store.take_quota(&key.id, day, 5, 5).await.expect("take"),
+        store
+            .take_quota(&key.id, day, QuotaPeriod::Day, 5, 5)
+            .await
+            .expect("take"),
         QuotaTake::Exhausted { used: 6, limit: 10 },
         "fewer left than needed: nothing taken"
     );
@@ -927,7 +949,7 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     // The next day: the row moves on, and the old day's credits are gone with it.
     assert_eq!(
         store
-            .take_quota(&key.id, next_day, 1, 3)
+            .take_quota(&key.id, next_day, QuotaPeriod::Day, 1, 3)
             .await
             .expect("take"),
         QuotaTake::Taken {
@@ -936,7 +958,10 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
             limit: 10
         }
     );
-    store.return_quota(&key.id, day, 2).await.expect("return");
+    store
+        .return_quota(&key.id, day, QuotaPeriod::Day, 2)
+        .await
+        .expect("return");
     assert_eq!(
         used().await,
         (3, next_day),
@@ -944,19 +969,47 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     );
     // A clock behind the row's period spends nothing.
     assert!(matches!(
-        store.take_quota(&key.id, day, 1, 1).await.expect("take"),
+        store
+            .take_quota(&key.id, day, QuotaPeriod::Day, 1, 1)
+            .await
+            .expect("take"),
         QuotaTake::Exhausted { .. }
     ));
-
-    let plain = bot("quota", "unmetered");
-    store.create_key(&plain).await.expect("create");
+    // A caller that takes the quota for another kind of period (its cache is
+    // behind a change of the quota) gets nothing, moves nothing and returns
+    // nothing: the row stays in its own period.
+    let month = QuotaPeriod::Month.start(next_day);
     assert_eq!(
-        store.take_quota(&plain.id, day, 1, 1).await.expect("take"),
+        store
+            .take_quota(&key.id, month, QuotaPeriod::Month, 1, 1)
+            .await
+            .expect("take"),
         QuotaTake::NoQuota
     );
     assert!(
         !store
-            .try_take_quota(&plain.id, Micros(0), 1)
+            .try_take_quota(&key.id, next_day, QuotaPeriod::Month, 1)
+            .await
+            .expect("take")
+    );
+    store
+        .return_quota(&key.id, next_day, QuotaPeriod::Month, 3)
+        .await
+        .expect("return");
+    assert_eq!(used().await, (3, next_day), "untouched");
+
+    let plain = bot("quota", "unmetered");
+    store.create_key(&plain).await.expect("create");
+    assert_eq!(
+        store
+            .take_quota(&plain.id, day, QuotaPeriod::Day, 1, 1)
+            .await
+            .expect("take"),
+        QuotaTake::NoQuota
+    );
+    assert!(
+        !store
+            .try_take_quota(&plain.id, Micros(0), QuotaPeriod::Day, 1)
             .await
             .expect("take")
     );
@@ -985,7 +1038,7 @@ async fn a_rotation_chain_is_one_lineage(backend: Backend) {
     let lineage = first.lineage_id.clone();
     assert!(
         store
-            .try_take_quota(&lineage, Micros(0), 3)
+            .try_take_quota(&lineage, Micros(0), QuotaPeriod::Total, 3)
             .await
             .expect("take")
     );
@@ -1028,18 +1081,18 @@ async fn a_rotation_chain_is_one_lineage(backend: Backend) {
     // Takes and returns go to the newest row.
     assert!(
         store
-            .try_take_quota(&lineage, Micros(0), 7)
+            .try_take_quota(&lineage, Micros(0), QuotaPeriod::Total, 7)
             .await
             .expect("take")
     );
     assert!(
         !store
-            .try_take_quota(&lineage, Micros(0), 1)
+            .try_take_quota(&lineage, Micros(0), QuotaPeriod::Total, 1)
             .await
             .expect("take")
     );
     store
-        .return_quota(&lineage, Micros(0), 2)
+        .return_quota(&lineage, Micros(0), QuotaPeriod::Total, 2)
         .await
         .expect("return");
     let read = |id: KeyId| {
