@@ -189,16 +189,28 @@ impl Reader {
             .collect();
         if !lineages.is_empty() {
             let newest = match self.store.newest_links(&lineages).await {
-                Ok(newest) => newest,
+                Ok(newest) => Some(newest),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the newest keys of rotation chains; keys in grace keep their own limits");
-                    Vec::new()
+                    None
                 }
             };
             for key in found.iter_mut().filter(|k| k.rotated_to_id.is_some()) {
-                if let Some(n) = newest.iter().find(|n| n.lineage_id == key.lineage_id) {
-                    key.rate_limits = n.rate_limits.clone();
-                    key.quota = n.quota;
+                let Some(newest) = &newest else { break };
+                match newest.iter().find(|n| n.lineage_id == key.lineage_id) {
+                    Some(n) => {
+                        key.rate_limits = n.rate_limits.clone();
+                        key.quota = n.quota;
+                    }
+                    // A chain without a newest key of its lineage: rotated by a
+                    // keygate of the previous version during an upgrade (its
+                    // replacement was written without the lineage). The key
+                    // spends its replacement's limits, as that version did.
+                    None => {
+                        if let Some(replacement) = &key.rotated_to_id {
+                            key.lineage_id = replacement.clone();
+                        }
+                    }
                 }
             }
         }

@@ -104,6 +104,7 @@ store_tests!(
     a_call_that_can_never_fit_gets_no_retry_time,
     a_new_quota_starts_with_nothing_leased_against_it,
     a_change_of_the_newest_key_reaches_its_keys_in_grace_at_once,
+    a_chain_rotated_by_the_previous_version_still_spends_its_quota,
 );
 
 /// A member rotates their user key with a grace period, then tries to clear
@@ -344,6 +345,56 @@ async fn a_change_of_the_newest_key_reaches_its_keys_in_grace_at_once(b: Backend
     assert_eq!(
         app.verify_code(call(&old_secret, None)).await,
         VerifyCode::QuotaExceeded
+    );
+    app.stop().await;
+}
+
+/// During an upgrade a keygate of the previous version may rotate a key: its
+/// replacement is written without the chain's lineage, so the old key, in
+/// grace, finds no newest key in its lineage. It spends its replacement's
+/// quota then, as that version did, rather than being refused.
+async fn a_chain_rotated_by_the_previous_version_still_spends_its_quota(b: Backend) {
+    use keygate::{
+        clock::Clock,
+        keys::{KeyPrefix, Secret},
+        limits::{Quota as StoredQuota, QuotaPeriod as StoredPeriod},
+        model::{KeyId, KeyRecord, Micros},
+    };
+    let app = spawn_app(b).await;
+    let (old, old_secret) = limited(&app, Vec::new(), quota(5, QuotaPeriod::Total)).await;
+    // What that version's RotateKey writes: a replacement of its own lineage,
+    // and the old row naming it with an hour's grace.
+    let now = app.clock.now();
+    let secret = Secret::generate(&KeyPrefix::default());
+    let replacement = KeyRecord {
+        quota: Some(StoredQuota {
+            limit: 5,
+            period: StoredPeriod::Total,
+        }),
+        rotated_from_id: Some(KeyId::parse(&old.id).expect("id")),
+        ..bot_record(ORG, "replacement", &secret, now)
+    };
+    app.store.create_key(&replacement).await.expect("insert");
+    let mut raw = RawDb::connect(&app.db).await;
+    raw.execute(&format!(
+        "UPDATE api_keys SET rotated_to_id = '{}', expire_time = {} WHERE id = '{}'",
+        replacement.id,
+        Micros(now.0 + 3_600_000_000).0,
+        old.id
+    ))
+    .await;
+    let r = app.verify(call(&old_secret, None)).await;
+    assert_eq!(r.code(), VerifyCode::Valid, "{r:?}");
+    assert_eq!(
+        r.quota.expect("quota").remaining,
+        4,
+        "the replacement's quota"
+    );
+    let r = app.verify(call(secret.expose(), Some(4))).await;
+    assert_eq!(
+        r.quota.expect("quota").remaining,
+        0,
+        "one quota for the two"
     );
     app.stop().await;
 }

@@ -457,6 +457,15 @@ impl RawDb {
         out
     }
 
+    /// Runs one statement, as a keygate of another version (or a person) would.
+    pub async fn execute(&mut self, sql: &str) {
+        match self {
+            Self::MySql(c) => sqlx::query(sql).execute(c).await.map(drop),
+            Self::Sqlite(c) => sqlx::query(sql).execute(c).await.map(drop),
+        }
+        .expect("statement");
+    }
+
     /// The single integer a `SELECT COUNT(*) …` answers.
     pub async fn count(&mut self, sql: &str) -> i64 {
         match self {
