@@ -1,4 +1,4 @@
-//! Leak reports from GitHub's secret scanning partner program (DESIGN §11):
+//! Leak reports from GitHub's secret scanning partner program:
 //! the public keys GitHub signs with, the signature check, and the report's
 //! body. Pure parsing and checking; `services::keys` revokes what a report
 //! names and `api::http::leaks` speaks HTTP.

@@ -1,4 +1,4 @@
-//! A key's usage limits (DESIGN §8) as parsed values, and the arithmetic the
+//! A key's usage limits (rate limits and quotas, docs/LIMITS.md) as parsed values, and the arithmetic the
 //! limiters share: the rate-limit algorithm and the quota periods. Nothing here
 //! holds state or reads a clock; `services::limiter` and `services::quota` do.
 //!

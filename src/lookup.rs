@@ -189,14 +189,13 @@ impl Reader {
             .collect();
         if !lineages.is_empty() {
             let newest = match self.store.newest_links(&lineages).await {
-                Ok(newest) => Some(newest),
+                Ok(newest) => newest,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the newest keys of rotation chains; keys in grace keep their own limits");
-                    None
+                    return Ok(found);
                 }
             };
             for key in found.iter_mut().filter(|k| k.rotated_to_id.is_some()) {
-                let Some(newest) = &newest else { break };
                 match newest.iter().find(|n| n.lineage_id == key.lineage_id) {
                     Some(n) => {
                         key.rate_limits = n.rate_limits.clone();

@@ -375,7 +375,8 @@ impl UsageRecorder {
     }
 }
 
-/// Daily buckets are kept this long (DESIGN §14).
+/// Daily buckets are kept this long: as far back as one `GetKeyUsage` call
+/// may ask for days (400 days), so no call finds a range half pruned.
 const DAILY_RETENTION: i64 = 400 * 24 * HOUR;
 
 /// Deletes usage history past its retention every `interval` until `stop`:

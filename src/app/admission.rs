@@ -88,11 +88,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let metadata: usize = req
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
-            .sum();
+        let metadata = crate::api::http::header_bytes(req.headers());
         if metadata > MAX_METADATA_BYTES {
             let status = tonic::Status::resource_exhausted(format!(
                 "the call's metadata is {metadata} bytes; at most {MAX_METADATA_BYTES} are accepted"

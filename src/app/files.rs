@@ -9,13 +9,13 @@ use crate::config::ServeArgs;
 
 /// What must stay free for new gRPC connections whatever the HTTP listener
 /// holds: enough for a fleet of callers to reconnect at once.
-pub const GRPC_RESERVE: u64 = 256;
+const GRPC_RESERVE: u64 = 256;
 /// The process's own files beyond its connections: the listeners, the SQLite
 /// file and its journal, Redis, webhook clients, the metrics listener, epoll.
-pub const BASE_RESERVE: u64 = 64;
+const BASE_RESERVE: u64 = 64;
 
 /// The open files keygate needs beside the HTTP listener's connections.
-pub fn reserve(args: &ServeArgs) -> u64 {
+fn reserve(args: &ServeArgs) -> u64 {
     let store = u64::from(args.database.database_max_connections);
     // A replica has a pool of the same size.
     let replica = if args.database_read_url.is_some() {
@@ -28,7 +28,7 @@ pub fn reserve(args: &ServeArgs) -> u64 {
 
 /// Raises the open-file soft limit to the hard limit, logs both, and refuses
 /// to start when the HTTP listener's cap leaves no room for the rest.
-pub fn raise_limit(args: &ServeArgs) -> Result<u64, AppError> {
+pub fn raise_limit(args: &ServeArgs) -> Result<(), AppError> {
     use rlimit::Resource;
     let (soft, hard) = Resource::NOFILE.get().map_err(AppError::OpenFiles)?;
     let raised = rlimit::increase_nofile_limit(hard).map_err(AppError::OpenFiles)?;
@@ -45,5 +45,5 @@ pub fn raise_limit(args: &ServeArgs) -> Result<u64, AppError> {
             });
         }
     }
-    Ok(raised)
+    Ok(())
 }

@@ -7,9 +7,10 @@
 //! together, in one script) and spends them locally until they are gone or
 //! their short lifetime ends. Calls are charged when leased, so the fleet never
 //! passes more than the shared bucket allows; leased calls an instance does not
-//! spend in time are given back (`GIVE_BACK_SCRIPT`), so the fleet passes
-//! exactly the limit. A local refusal needs no Redis at all: an instance whose
-//! own calls exceed a limit knows the fleet's do too.
+//! spend in time are given back (`GIVE_BACK_SCRIPT`), so a burst on the fleet
+//! is not refused while calls sit unspent on another instance (docs/LIMITS.md
+//! gives the one bound the other way). A local refusal needs no Redis at all:
+//! an instance whose own calls exceed a limit knows the fleet's do too.
 //!
 //! Redis unreachable: the instance counts alone (as without Redis), says so in
 //! `keygate_rate_limit_redis_up` and one log line, and tries Redis again after a

@@ -278,6 +278,13 @@ fn join(items: impl IntoIterator<Item = impl AsRef<str>>) -> String {
     out
 }
 
+/// Hashes as the database returns them; a value that is not one is corruption.
+fn hashes_of(rows: &[Vec<u8>]) -> Result<Vec<SecretHash>, StoreError> {
+    rows.iter()
+        .map(|b| SecretHash::from_slice(b).ok_or_else(|| corrupt("api_keys", "secret_hash")))
+        .collect()
+}
+
 /// A unique index refused the new key. Of `api_keys`' three unique indexes
 /// only the live-user one can: the id is a fresh UUIDv7 and the hash that of 256
 /// random bits, so a collision on either is not a case to handle. Decided by the
@@ -788,9 +795,7 @@ impl Store {
                 .fetch_all(p)
                 .await?
         });
-        rows.iter()
-            .map(|b| SecretHash::from_slice(b).ok_or_else(|| corrupt("api_keys", "secret_hash")))
-            .collect()
+        hashes_of(&rows)
     }
 
     /// One page of every key's hash (revoked and expired keys too: they still
@@ -818,9 +823,7 @@ impl Store {
                 .await?
             }
         });
-        rows.iter()
-            .map(|b| SecretHash::from_slice(b).ok_or_else(|| corrupt("api_keys", "secret_hash")))
-            .collect()
+        hashes_of(&rows)
     }
 
     /// How many keys there are, revoked ones included: the filter's size.
@@ -909,13 +912,12 @@ impl Store {
         let roll = "UPDATE api_keys SET quota_used = 0, quota_period_start = ? \
             WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period_start = ? \
             AND quota_period = ?";
-        let id = lineage;
         // Each retry follows another instance's successful write, so this ends;
         // the bound only keeps a pathological race from spinning.
         for _ in 0..16 {
             let row: Option<(Option<i64>, i64, i64, Option<i64>)> = on_pool!(self, |p, _d| {
                 sqlx::query_as(read)
-                    .bind(id.as_str())
+                    .bind(lineage.as_str())
                     .fetch_optional(p)
                     .await?
             });
@@ -931,7 +933,7 @@ impl Store {
                 on_pool!(self, |p, _d| {
                     sqlx::query(roll)
                         .bind(period.0)
-                        .bind(id.as_str())
+                        .bind(lineage.as_str())
                         .bind(start)
                         .bind(kind.as_i64())
                         .execute(p)
@@ -946,7 +948,7 @@ impl Store {
                 return Ok(QuotaTake::Exhausted { used, limit });
             }
             let n = want.clamp(need.max(1), available);
-            if self.try_take_quota(id, period, kind, n).await? {
+            if self.try_take_quota(lineage, period, kind, n).await? {
                 return Ok(QuotaTake::Taken {
                     credits: n,
                     used: used + n,
@@ -970,12 +972,11 @@ impl Store {
         let sql = "UPDATE api_keys SET quota_used = quota_used + ? \
             WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period = ? \
             AND quota_period_start = ? AND quota_used + ? <= quota_limit";
-        let id = lineage;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let taken = on_pool!(self, |p, _d| {
             sqlx::query(sql)
                 .bind(n)
-                .bind(id.as_str())
+                .bind(lineage.as_str())
                 .bind(kind.as_i64())
                 .bind(period.0)
                 .bind(n)
@@ -1002,12 +1003,11 @@ impl Store {
         let sql = "UPDATE api_keys SET quota_used = quota_used - ? \
             WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period = ? \
             AND quota_period_start = ? AND quota_used >= ?";
-        let id = lineage;
         let n = i64::try_from(credits).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
             sqlx::query(sql)
                 .bind(n)
-                .bind(id.as_str())
+                .bind(lineage.as_str())
                 .bind(kind.as_i64())
                 .bind(period.0)
                 .bind(n)
@@ -1063,11 +1063,7 @@ impl Store {
                 }
                 query.bind(now.0).fetch_all(p).await?
             });
-            for b in rows {
-                found.push(
-                    SecretHash::from_slice(&b).ok_or_else(|| corrupt("api_keys", "secret_hash"))?,
-                );
-            }
+            found.extend(hashes_of(&rows)?);
         }
         Ok(found)
     }

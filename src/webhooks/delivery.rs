@@ -1,4 +1,4 @@
-//! Webhook delivery (`--webhook-url`, `--webhook-secret`, DESIGN §11): a
+//! Webhook delivery (`--webhook-url`, `--webhook-secret`): a
 //! background task per instance that makes delivery rows for new events, leases
 //! the due ones and POSTs each, signed per Standard Webhooks, retrying with
 //! exponential backoff and jitter for up to 24 hours. All of its state is in the

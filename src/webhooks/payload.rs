@@ -50,7 +50,7 @@ pub fn action_name(a: EventAction) -> &'static str {
     }
 }
 
-/// The webhook `type`: `key.created`, `key.updated`, … (DESIGN §11).
+/// The webhook `type`: `key.created`, `key.updated`, …, the names receivers switch on.
 pub fn event_type(a: EventAction) -> &'static str {
     match a {
         EventAction::Created => "key.created",

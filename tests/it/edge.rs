@@ -1,4 +1,4 @@
-//! keygate on the request path (DESIGN §10): Envoy's `Authorization/Check`,
+//! keygate on the request path: Envoy's `Authorization/Check`,
 //! called with a client built from Envoy's own protos (the `envoy-types`
 //! crate), and HTTP forward auth on `/v1/authorize`, both under the Hoko route
 //! policy. Allowed requests carry the caller's identity and never the secret;

@@ -1,4 +1,4 @@
-//! Leak reports (`POST /v1/leaks/github`, DESIGN §11) on both stores, signed
+//! Leak reports (`POST /v1/leaks/github`) on both stores, signed
 //! with a P-256 key pair the test makes, as GitHub signs them: each live key a
 //! valid report names is revoked at once (events LEAKED then REVOKED by
 //! `secret-scanning`) and labelled; a report without a valid signature gets 401

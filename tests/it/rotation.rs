@@ -1,4 +1,4 @@
-//! KeyAdmin.RotateKey (DESIGN §9) on both stores: what the new key copies, the
+//! KeyAdmin.RotateKey on both stores: what the new key copies, the
 //! grace period and its cap, the preconditions, who may rotate, the
 //! one-live-user-key rule, the events, and quotas that rotation never refills.
 

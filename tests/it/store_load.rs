@@ -1,4 +1,4 @@
-//! The store's load stays bounded whatever the traffic (DESIGN §12), measured
+//! The store's load stays bounded whatever the traffic, measured
 //! with the server's own status counters on a MariaDB of the test's own (the
 //! counters are server-wide, so the shared server would mix in other tests):
 //! the usage write budget, the forged-key filter, and reads from a replica.

@@ -1,4 +1,4 @@
-//! KeyAdmin.GetKeyUsage (DESIGN §14) on both stores: outcomes counted per code,
+//! KeyAdmin.GetKeyUsage on both stores: outcomes counted per code,
 //! hours and days that agree with each other and with `request_count`, a bucket
 //! boundary crossed on an injected clock, two instances adding up, counts that
 //! survive a restart, retention pruning, and the rules of the request.

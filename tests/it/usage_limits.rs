@@ -1,4 +1,4 @@
-//! Rate limits and quotas in VerifyKey (DESIGN §8), on both stores: the rules
+//! Rate limits and quotas in VerifyKey, on both stores: the rules
 //! at create and update, the check order, what a refused call consumes
 //! (nothing), `cost`, limits changed while in use, quotas across restarts,
 //! periods and instances, and rate limits shared through a real Redis.

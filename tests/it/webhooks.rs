@@ -1,4 +1,4 @@
-//! Webhooks (DESIGN §11) against a real HTTP receiver on loopback that checks
+//! Webhooks against a real HTTP receiver on loopback that checks
 //! every signature with its own HMAC-SHA256 (not keygate's code): every event
 //! arrives with its JSON, retried with the same `webhook-id` while the receiver
 //! fails, across a SIGKILL of keygate, and exactly once with two instances

@@ -71,12 +71,17 @@ pub async fn refuse_declared_over(limit: usize, req: Request, next: Next) -> Res
     next.run(req).await
 }
 
-async fn limit_headers(req: Request, next: Next) -> Response {
-    let size: usize = req
-        .headers()
+/// The bytes of a request's headers, names and values: what the HTTP routes
+/// and the gRPC admission layer each hold to their limit.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
+        .sum()
+}
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let size = header_bytes(req.headers());
     if size > MAX_HEADER_BYTES {
         return error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
