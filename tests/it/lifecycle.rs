@@ -563,3 +563,64 @@ async fn keys_in_grace_see_a_change_of_their_chain_on_other_instances() {
     b.shutdown().await.expect("stop");
     a.stop().await;
 }
+
+/// A rotation copies the old key's quota use to its replacement, and must copy
+/// the last committed one: here a quota take holds the old row (uncommitted)
+/// when the rotation starts, so the rotation's snapshot predates it; the
+/// rotation waits for the row, the take commits, and the replacement must
+/// inherit those credits. (A plain read under MySQL's REPEATABLE READ would
+/// see the snapshot, and the 3 credits would be granted a second time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_inherits_a_quota_take_it_waited_for() {
+    use sqlx::{Connection, MySqlConnection};
+    let app = spawn_app_with(Backend::MySql, &["--database-timeout", "30s"]).await;
+    let (old, _) = limited(&app, Vec::new(), quota(10, QuotaPeriod::Total)).await;
+    let mut taker = MySqlConnection::connect(&app.db.url)
+        .await
+        .expect("connect");
+    let mut take = taker.begin().await.expect("begin");
+    sqlx::query("UPDATE api_keys SET quota_used = quota_used + 3 WHERE id = ?")
+        .bind(&old.id)
+        .execute(&mut *take)
+        .await
+        .expect("take");
+    let admin_client = app.admin.clone();
+    let old_id = old.id.clone();
+    let rotation = tokio::spawn(async move {
+        admin_client
+            .clone()
+            .rotate_key(admin(rotate(&old_id, Some(HOUR))))
+            .await
+            .map(|r| r.into_inner().key.expect("new key"))
+    });
+    let watcher = sqlx::MySqlPool::connect(&app.db.url)
+        .await
+        .expect("connect");
+    eventually(
+        Duration::from_secs(10),
+        "the rotation waits for the row",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                // The rotation's statement on the old row, blocked by the take:
+                // its locking read, or (were it a plain read) its retiring UPDATE.
+                "SELECT COUNT(*) FROM information_schema.processlist \
+                 WHERE db = DATABASE() AND command <> 'Sleep' \
+                 AND (info LIKE '%api_keys WHERE organization_id = ? AND id = ? FOR UPDATE' \
+                   OR info LIKE 'UPDATE api_keys SET rotated_to_id%')",
+            )
+            .fetch_one(&watcher)
+            .await
+            .expect("innodb_trx");
+            waiting > 0
+        },
+    )
+    .await;
+    take.commit().await.expect("commit");
+    let new = rotation.await.expect("task").expect("rotated");
+    assert_eq!(
+        new.quota_usage.expect("usage").used,
+        3,
+        "the replacement inherits the take it waited for"
+    );
+    app.stop().await;
+}
