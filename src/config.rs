@@ -175,9 +175,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
-    /// How long an HTTP client may take to send a request's headers; the
-    /// clock starts as soon as a connection waits for a request, so an idle
-    /// keep-alive connection is closed after it too.
+    /// How long an HTTP client may take to send a request's headers. The
+    /// clock starts as soon as a connection waits for a request, so it is
+    /// also how long an HTTP/1 keep-alive connection may stay idle (hyper has
+    /// one timer for both).
     #[arg(
         long,
         env = "KEYGATE_HTTP_HEADER_TIMEOUT",
@@ -285,7 +286,7 @@ pub struct ServeArgs {
 
     /// How long a gRPC connection may stay open, idle or not; then it is
     /// closed gracefully (calls in progress finish, clients reconnect on their
-    /// next call), so idle connections do not pile up.
+    /// next call), so clients spread over instances added since they connected.
     #[arg(
         long,
         env = "KEYGATE_GRPC_MAX_CONNECTION_AGE",
@@ -293,6 +294,17 @@ pub struct ServeArgs {
         value_parser = parse_positive_duration
     )]
     pub grpc_max_connection_age: humantime::Duration,
+
+    /// How long a gRPC connection may go without a call in progress (pings
+    /// do not count); then it is closed gracefully (GOAWAY), and the client
+    /// reconnects on its next call.
+    #[arg(
+        long,
+        env = "KEYGATE_GRPC_IDLE_TIMEOUT",
+        default_value = "5m",
+        value_parser = parse_positive_duration
+    )]
+    pub grpc_idle_timeout: humantime::Duration,
 
     /// Longest a call may take (a shorter client deadline wins); then it is
     /// answered CANCELLED.

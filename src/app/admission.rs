@@ -17,7 +17,7 @@
 //!
 //! The count is the instance's, shared by every connection and both gRPC
 //! listeners; the per-connection limit (`--max-concurrent-requests-per-connection`,
-//! tonic's own layer) keeps one client from taking all of it. Health checks
+//! see `transport`) keeps one client from taking all of it. Health checks
 //! are never shed: a load balancer that saw an overloaded instance fail its
 //! health check would move its load onto the others and overload them too.
 
@@ -33,6 +33,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The health service's path prefix: its calls take no place and are never shed.
 const HEALTH: &str = "/grpc.health.v1.Health/";
+
+/// Whether `req` is a health call, which no limit refuses: a load balancer
+/// that saw an overloaded instance fail its health check would move its load
+/// onto the others and overload them too.
+pub(super) fn is_health<B>(req: &http::Request<B>) -> bool {
+    req.uri().path().starts_with(HEALTH)
+}
 
 /// The most metadata bytes (names and values) a call may carry: HTTP/2's
 /// usual 16 KiB header list, far above any real caller's.
@@ -97,7 +104,7 @@ where
                 response: Some(status.into_http()),
             };
         }
-        if req.uri().path().starts_with(HEALTH) {
+        if is_health(&req) {
             return AdmissionFuture::Served {
                 future: self.inner.call(req),
                 permit: None,

@@ -1,167 +1,111 @@
-//! The HTTP listener's connections (`--http-listen`), served by hyper with
-//! settings that keep slow and idle clients from holding them:
+//! How the HTTP listener (`--http-listen`) speaks: HTTP/1.1, served by hyper
+//! with settings that keep slow and idle clients from holding connections.
+//! The accept loop, the connection cap (`--http-max-connections`) and the
+//! idle timeout are the shared ones (`connections`); here:
 //!
-//! - at most `--http-max-connections` open at once; a connection accepted
-//!   above that is closed at once (counted, and logged at most once a minute),
-//!   so a flood of idle connections cannot use up the open files that the gRPC
-//!   listener, the store and Redis need (see `files`);
 //! - hyper's header-read timeout (`--http-header-timeout`): a client that has
-//!   not sent a whole request head in that time is disconnected. hyper starts
-//!   that clock as soon as a connection waits for a request, so it also closes
-//!   a keep-alive connection that stays idle that long, and a client that
-//!   drips one header line at a time;
+//!   not sent a whole request head in that time is disconnected, which stops
+//!   a client that drips one header line at a time. hyper starts that clock
+//!   as soon as a connection waits for a request, so on HTTP/1 it also
+//!   bounds how long a keep-alive connection may stay idle; hyper has one
+//!   timer for both;
 //! - the request deadline and body limits are the router's (`api::http`).
 //!
-//! axum's own `serve` has none of these settings, hence this loop.
+//! axum's own `serve` has none of these settings, hence this protocol.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
 };
 
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
-use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use http::{Request, Response};
+use hyper::server::conn::http1;
+use hyper_util::{rt::TokioTimer, service::TowerToHyperService};
+use tower::{ServiceExt, util::Oneshot};
 
-/// How often a refused-connection warning may be logged.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-/// After a failed accept (out of open files, most likely), how long to wait
-/// before the next: a tight loop would only burn the CPU the others need.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+use super::connections::{Activity, InFlight, Protocol, TrackedBody};
 
-#[derive(Debug, Clone, Copy)]
-pub(super) struct HttpLimits {
-    pub header_timeout: Duration,
-    pub max_connections: usize,
-}
-
-/// Occurrences since the last warning about them, and when that was.
-#[derive(Debug, Default)]
-struct EveryMinute {
-    since_log: u64,
-    logged: Option<Instant>,
-}
-
-impl EveryMinute {
-    /// Counts one; returns how many to report when a warning is due.
-    fn count(&mut self, now: Instant) -> Option<u64> {
-        self.since_log += 1;
-        let due = self
-            .logged
-            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY);
-        due.then(|| {
-            self.logged = Some(now);
-            std::mem::take(&mut self.since_log)
-        })
-    }
-}
-
-/// Connections the kernel may complete before keygate accepts them, as the
-/// gRPC listeners have (std's default of 128 drops a burst of new connections
-/// that a busy instance would have taken a moment later).
-const BACKLOG: u32 = 1024;
-
-/// Binds the HTTP listener.
-pub(super) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
-
-/// Serves `router` on `listener` until `stop`, then lets every open
-/// connection finish its request in progress.
-pub(super) async fn serve(
-    listener: TcpListener,
+/// The HTTP listener's way of serving a connection.
+#[derive(Debug, Clone)]
+pub(super) struct Http {
     router: axum::Router,
-    limits: HttpLimits,
-    stop: CancellationToken,
-) {
-    crate::metrics::listener_started("http");
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refusals = Mutex::new(EveryMinute::default());
-    let mut accept_errors = EveryMinute::default();
-    let connections = TaskTracker::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = stop.cancelled() => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
-            Err(e) => {
-                if let Some(failed) = accept_errors.count(Instant::now()) {
-                    tracing::warn!(error = %e, failed, "the HTTP listener could not accept connections");
-                }
-                tokio::time::sleep(ACCEPT_RETRY).await;
-                continue;
-            }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            // Dropped here: closed before a byte is read.
-            drop(stream);
-            crate::metrics::connection_refused("http");
-            let due = refusals
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .count(Instant::now());
-            if let Some(refused) = due {
-                tracing::warn!(
-                    refused,
-                    max = limits.max_connections,
-                    "the HTTP listener is full (--http-max-connections): new connections are closed at once"
-                );
-            }
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let open = crate::metrics::connection_opened("http");
-        let connection = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
-                    // Finish the request in progress, then close.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.as_mut().await;
-                }
-            }
-            drop((slot, open));
-        });
-    }
-    connections.close();
-    connections.wait().await;
+    h1: Arc<http1::Builder>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Http {
+    pub(super) fn new(router: axum::Router, header_timeout: Duration) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        Self {
+            router,
+            h1: Arc::new(h1),
+        }
+    }
+}
 
-    #[test]
-    fn warnings_come_at_most_once_a_minute_with_their_count() {
-        let mut r = EveryMinute::default();
-        let t0 = Instant::now();
-        assert_eq!(r.count(t0), Some(1), "the first one at once");
-        assert_eq!(r.count(t0 + Duration::from_secs(1)), None);
-        assert_eq!(r.count(t0 + Duration::from_secs(59)), None);
-        assert_eq!(r.count(t0 + Duration::from_secs(60)), Some(3));
-        assert_eq!(r.count(t0 + Duration::from_secs(61)), None);
+impl Protocol for Http {
+    type Connection<I>
+        = http1::Connection<I, TowerToHyperService<Tracked>>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+
+    fn serve<I>(&self, io: I, activity: Arc<Activity>) -> Self::Connection<I>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let tracked = Tracked {
+            router: self.router.clone(),
+            activity,
+        };
+        self.h1
+            .serve_connection(io, TowerToHyperService::new(tracked))
+    }
+}
+
+/// The router, with each request counted as its connection's activity.
+#[derive(Debug, Clone)]
+pub(super) struct Tracked {
+    router: axum::Router,
+    activity: Arc<Activity>,
+}
+
+impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
+    type Response = Response<TrackedBody<axum::body::Body>>;
+    type Error = Infallible;
+    type Future = TrackedFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> TrackedFuture {
+        TrackedFuture {
+            inner: self.router.clone().oneshot(req.map(axum::body::Body::new)),
+            call: Some(self.activity.begin()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[derive(Debug)]
+    pub(super) struct TrackedFuture {
+        #[pin]
+        inner: Oneshot<axum::Router, Request<axum::body::Body>>,
+        call: Option<InFlight>,
+    }
+}
+
+impl std::future::Future for TrackedFuture {
+    type Output = Result<Response<TrackedBody<axum::body::Body>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(Ok(response.map(|b| TrackedBody::new(b, this.call.take()))))
     }
 }

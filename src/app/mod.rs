@@ -14,9 +14,11 @@
 //! store closes.
 
 mod admission;
+mod connections;
 mod files;
 mod health;
 mod http_server;
+mod tls;
 mod transport;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -24,11 +26,14 @@ use std::{net::SocketAddr, sync::Arc};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::ServerTlsConfig;
+use tonic::service::Routes;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
+use connections::{Lifetime, Listener};
 pub use health::check_health;
-use transport::{Limits, bind, load_tls, server_builder};
+use http_server::Http;
+use tls::ServerTls;
+use transport::Grpc;
 
 use crate::{
     api::{
@@ -79,8 +84,6 @@ pub enum AppError {
     },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
     #[error("health check: {0}")]
     Health(String),
     #[error("TLS: {0}")]
@@ -319,7 +322,7 @@ impl App {
         )
         .await?;
 
-        let tls = load_tls(&args)?;
+        let tls = tls::load(&args)?;
         let stop_servers = CancellationToken::new();
         let Serving {
             addr,
@@ -471,11 +474,12 @@ struct Serving {
     servers: Vec<JoinHandle<Result<(), AppError>>>,
 }
 
-/// Binds the gRPC listeners and starts their servers: KeyVerify, health and
-/// reflection on `--listen`, KeyAdmin there too or alone on `--admin-listen`.
+/// Binds the listeners and starts serving them: KeyVerify, Envoy's
+/// authorization, health and reflection on `--listen`, KeyAdmin there too or
+/// alone on `--admin-listen`, and the HTTP routes on `--http-listen`.
 fn serve(
     args: &ServeArgs,
-    tls: Option<&ServerTlsConfig>,
+    tls: Option<&ServerTls>,
     services: Services,
     tokens: AdminTokens,
     health_service: HealthServer<impl Health>,
@@ -500,18 +504,41 @@ fn serve(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(proto::ENVOY_AUTHZ_DESCRIPTOR_SET)
     };
-    let limits = Limits {
-        per_connection: args.max_concurrent_requests_per_connection,
-        request_timeout: args.request_timeout.into(),
-        max_connection_age: args.grpc_max_connection_age.into(),
-        admission: admission::AdmissionLayer::new(args.max_in_flight),
+    let base_routes = || -> Result<Routes, AppError> {
+        Ok(Routes::new(health_service.clone())
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?))
     };
+    // The instance's calls in progress, shared by both gRPC listeners.
+    let admission = admission::AdmissionLayer::new(args.max_in_flight);
+    let request_timeout: std::time::Duration = args.request_timeout.into();
+    let grpc_lifetime = Lifetime {
+        idle: args.grpc_idle_timeout.into(),
+        max_age: Some(args.grpc_max_connection_age.into()),
+        grace: request_timeout + std::time::Duration::from_secs(1),
+    };
+    let grpc = |routes: Routes| {
+        Grpc::new(
+            transport::services(routes, &admission),
+            args.max_concurrent_requests_per_connection,
+            request_timeout,
+        )
+    };
+    let grpc_tls = tls.map(|t| t.acceptor(b"h2"));
+    let listen_error = |addr| move |source| AppError::Listen { addr, source };
 
-    // Both listeners are bound before either server starts, so a busy admin
-    // port fails the start without leaving the main server running.
-    let (incoming, addr) = bind(args.listen)?;
-    let admin_listener = args.admin_listen.map(bind).transpose()?;
-    let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
+    // Every listener is bound before any server starts, so a busy port fails
+    // the start without leaving another listener serving.
+    let main_tcp = connections::bind(args.listen).map_err(listen_error(args.listen))?;
+    let addr = main_tcp.local_addr().map_err(listen_error(args.listen))?;
+    let admin_tcp = match args.admin_listen {
+        None => None,
+        Some(a) => Some(connections::bind(a).map_err(listen_error(a))?),
+    };
+    let admin_addr = match &admin_tcp {
+        None => None,
+        Some(l) => Some(l.local_addr().map_err(listen_error(addr))?),
+    };
     let http = match args.http_listen {
         None => None,
         Some(http_listen) => {
@@ -524,63 +551,73 @@ fn serve(
             let config = HttpConfig {
                 authorize: AuthorizeRoute::new(services.authorizer.clone()),
                 leaks,
-                request_timeout: args.request_timeout.into(),
+                request_timeout,
             };
-            let listener = http_server::bind(http_listen).map_err(|source| AppError::Listen {
-                addr: http_listen,
-                source,
-            })?;
-            Some((listener, config))
+            let tcp = connections::bind(http_listen).map_err(listen_error(http_listen))?;
+            Some((tcp, config))
         }
     };
 
+    let mut servers = Vec::new();
     // With an admin listener of its own, KeyAdmin is not routed on the main
     // one at all (calls there get UNIMPLEMENTED), so a network policy on the
     // admin port is the whole story.
-    let mut servers = Vec::new();
-    let (shared_admin, separate_admin) = match admin_listener {
-        None => (Some(admin), None),
-        Some((admin_incoming, _)) => {
-            let router = server_builder(tls, &limits)?
-                .add_service(health_service.clone())
-                .add_service(reflection().build_v1()?)
-                .add_service(reflection().build_v1alpha()?)
-                .add_service(admin);
-            (None, Some((router, admin_incoming)))
+    let mut main_routes = base_routes()?.add_service(verify).add_service(envoy);
+    match admin_tcp {
+        None => main_routes = main_routes.add_service(admin),
+        Some(tcp) => {
+            let listener = Listener {
+                name: "grpc",
+                tcp,
+                tls: grpc_tls.clone(),
+                max_connections: None,
+                lifetime: grpc_lifetime,
+            };
+            let protocol = grpc(base_routes()?.add_service(admin));
+            let stop = stop.clone();
+            servers.push(tokio::spawn(async move {
+                connections::serve(listener, protocol, stop).await;
+                Ok(())
+            }));
         }
-    };
-    let main = server_builder(tls, &limits)?
-        .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(verify)
-        .add_service(envoy)
-        .add_optional_service(shared_admin);
-    if let Some((router, admin_incoming)) = separate_admin {
-        let serve =
-            router.serve_with_incoming_shutdown(admin_incoming, stop.clone().cancelled_owned());
-        servers.push(tokio::spawn(
-            async move { serve.await.map_err(AppError::from) },
-        ));
     }
     let mut http_addr = None;
-    if let Some((listener, config)) = http {
-        http_addr = listener.local_addr().ok();
-        let stop = stop.clone();
-        let app = crate::api::http::router(config);
-        let http_limits = http_server::HttpLimits {
-            header_timeout: args.http_header_timeout.into(),
-            max_connections: args.http_max_connections,
+    if let Some((tcp, config)) = http {
+        http_addr = tcp.local_addr().ok();
+        let header_timeout: std::time::Duration = args.http_header_timeout.into();
+        let listener = Listener {
+            name: "http",
+            tcp,
+            tls: tls.map(|t| t.acceptor(b"http/1.1")),
+            max_connections: Some(args.http_max_connections),
+            // On HTTP/1 hyper's header clock closes an idle connection first;
+            // this is the same bound for a connection hyper has not started.
+            lifetime: Lifetime {
+                idle: header_timeout,
+                max_age: None,
+                grace: request_timeout + std::time::Duration::from_secs(1),
+            },
         };
+        let protocol = Http::new(crate::api::http::router(config), header_timeout);
+        let stop = stop.clone();
         servers.push(tokio::spawn(async move {
-            http_server::serve(listener, app, http_limits, stop).await;
+            connections::serve(listener, protocol, stop).await;
             Ok(())
         }));
     }
-    let serve = main.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
-    servers.push(tokio::spawn(
-        async move { serve.await.map_err(AppError::from) },
-    ));
+    let listener = Listener {
+        name: "grpc",
+        tcp: main_tcp,
+        tls: grpc_tls,
+        max_connections: None,
+        lifetime: grpc_lifetime,
+    };
+    let protocol = grpc(main_routes);
+    let stop = stop.clone();
+    servers.push(tokio::spawn(async move {
+        connections::serve(listener, protocol, stop).await;
+        Ok(())
+    }));
     Ok(Serving {
         addr,
         admin_addr,

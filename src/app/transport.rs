@@ -1,29 +1,48 @@
-//! Listeners, TLS and the tower stack every gRPC listener shares.
+//! How the gRPC listeners speak: HTTP/2 settings, the services' shared
+//! stack, and what each connection adds to every call (its share of calls in
+//! progress and the call's deadline).
 
 use std::{
-    net::SocketAddr,
+    convert::Infallible,
+    future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_stream::{Stream, StreamExt};
-use tonic::transport::{
-    Certificate, Identity, Server, ServerTlsConfig,
-    server::{Connected, TcpIncoming},
+use http::{HeaderMap, Request, Response};
+use hyper::server::conn::http2;
+use hyper_util::{
+    rt::{TokioExecutor, TokioTimer},
+    service::TowerToHyperService,
+};
+use tonic::{body::Body, service::Routes};
+use tower::{ServiceExt, util::Oneshot};
+
+use super::{
+    admission::{self, Admission, AdmissionLayer},
+    connections::{Activity, InFlight, Protocol, TrackedBody},
 };
 
-use super::{AppError, admission::AdmissionLayer};
-use crate::{config::ServeArgs, metrics::OpenConnection};
-
-/// How long a client may take to complete the TLS handshake; tonic runs handshakes
-/// off the accept loop, but without a bound a silent client would hold one forever.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// See [`crate::codec::caller_fault_status`].
-pub(super) type StatusRewrite =
-    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
+pub(super) type StatusRewrite = fn(Response<Body>) -> Response<Body>;
+
+/// The services of one gRPC listener with the layers every call passes,
+/// outermost first: a request refused before its handler ran (bad bytes, too
+/// large) gets the code that says it was the caller's fault; inside it,
+/// metadata size and the instance-wide count of calls in progress (see
+/// `admission`).
+pub(super) type Services = tower::util::MapResponse<Admission<Routes>, StatusRewrite>;
+
+pub(super) fn services(routes: Routes, admission: &AdmissionLayer) -> Services {
+    tower::ServiceBuilder::new()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::codec::caller_fault_status as StatusRewrite,
+        ))
+        .layer(admission.clone())
+        .service(routes.prepare())
+}
 
 /// HTTP/2 keep-alive: a ping after this long without a frame from the
 /// client, and the connection closed when it is not answered within
@@ -33,211 +52,184 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The most header bytes HTTP/2 takes for one call: twice what a call may
-/// carry ([`super::admission::MAX_METADATA_BYTES`]), so that a call over that
+/// carry ([`admission::MAX_METADATA_BYTES`]), so that a call over that
 /// limit but under this one reaches the admission layer and gets a precise
 /// status (see there for what happens beyond).
-const MAX_HEADER_LIST_BYTES: u32 = 2 * super::admission::MAX_METADATA_BYTES as u32;
+const MAX_HEADER_LIST_BYTES: u32 = 2 * admission::MAX_METADATA_BYTES as u32;
 
-/// The layers [`server_builder`] puts around every service, outermost first.
-pub(super) type Layers = tower::layer::util::Stack<
-    AdmissionLayer,
-    tower::layer::util::Stack<
-        tower::util::MapResponseLayer<StatusRewrite>,
-        tower::layer::util::Identity,
-    >,
->;
-
-/// The transport limits every listener applies to each of its connections.
+/// A gRPC listener's way of serving a connection.
 #[derive(Debug, Clone)]
-pub(super) struct Limits {
-    pub per_connection: usize,
-    pub request_timeout: Duration,
-    /// Connections are closed gracefully at this age, idle or not.
-    pub max_connection_age: Duration,
-    /// The instance's calls in progress, shared by both gRPC listeners.
-    pub admission: AdmissionLayer,
+pub(super) struct Grpc {
+    services: Services,
+    h2: Arc<http2::Builder<TokioExecutor>>,
+    per_connection: usize,
+    request_timeout: Duration,
 }
 
-/// A bound gRPC listener whose connections are counted while open.
-pub(super) type Incoming = std::pin::Pin<
-    Box<dyn Stream<Item = Result<Counted<tokio::net::TcpStream>, std::io::Error>> + Send>,
->;
-
-/// Binds `addr`; returns the listener and the address actually bound.
-pub(super) fn bind(addr: SocketAddr) -> Result<(Incoming, SocketAddr), AppError> {
-    let listen_error = |source| AppError::Listen { addr, source };
-    let incoming = TcpIncoming::bind(addr)
-        .map_err(listen_error)?
-        // Verify responses are small and latency-bound: never wait to coalesce them.
-        .with_nodelay(Some(true));
-    let bound = incoming.local_addr().map_err(listen_error)?;
-    let counted = incoming.map(|accepted| {
-        accepted.map(|io| Counted {
-            io,
-            _open: crate::metrics::connection_opened("grpc"),
-        })
-    });
-    Ok((Box::pin(counted), bound))
-}
-
-/// A connection counted in `keygate_connections_open` for as long as it is
-/// open; everything else is the connection's own.
-#[derive(Debug)]
-pub(super) struct Counted<IO> {
-    io: IO,
-    _open: OpenConnection,
-}
-
-impl<IO: Connected> Connected for Counted<IO> {
-    type ConnectInfo = IO::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+impl Grpc {
+    /// `per_connection`: calls one connection may have in progress; past it a
+    /// new call is refused at once. Per connection rather than global: one
+    /// client flooding its connection cannot take the slots of the others
+    /// (HTTP/2 multiplexes every call of a client channel onto one connection).
+    pub(super) fn new(
+        services: Services,
+        per_connection: usize,
+        request_timeout: Duration,
+    ) -> Self {
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            // At most twice as many streams as the connection may have calls,
+            // and at least 256, so calls over that limit still reach it and are
+            // refused at once rather than wait in the client for a free stream.
+            .max_concurrent_streams(
+                u32::try_from(per_connection.saturating_mul(2).max(256)).unwrap_or(u32::MAX),
+            )
+            .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .max_header_list_size(MAX_HEADER_LIST_BYTES);
+        Self {
+            services,
+            h2: Arc::new(h2),
+            per_connection,
+            request_timeout,
+        }
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+impl Protocol for Grpc {
+    type Connection<I>
+        = http2::Connection<I, TowerToHyperService<Calls>, TokioExecutor>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+
+    fn serve<I>(&self, io: I, activity: Arc<Activity>) -> Self::Connection<I>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let calls = Calls {
+            services: self.services.clone(),
+            activity,
+            per_connection: self.per_connection,
+            request_timeout: self.request_timeout,
+        };
+        self.h2
+            .serve_connection(io, TowerToHyperService::new(calls))
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+/// One connection's calls: counted (for the per-connection limit and the
+/// idle timeout) and bounded in time.
+#[derive(Debug, Clone)]
+pub(super) struct Calls {
+    services: Services,
+    activity: Arc<Activity>,
+    per_connection: usize,
+    request_timeout: Duration,
 }
 
-/// A server with keygate's transport settings; the main and the admin listener
-/// are both built here, so they enforce the same TLS and limits.
-pub(super) fn server_builder(
-    tls: Option<&ServerTlsConfig>,
-    limits: &Limits,
-) -> Result<Server<Layers>, AppError> {
-    // tonic stacks these three per connection, in a fixed order that is the one
-    // we want (tonic 0.14 `MakeSvc::call`): load shed -> concurrency limit ->
-    // timeout -> our services.
-    let builder = Server::builder()
-        // Per connection rather than global: one client flooding its connection
-        // cannot take the slots of the others. HTTP/2 multiplexes every call of
-        // a tonic Channel onto one connection, so this bounds a client's calls.
-        .concurrency_limit_per_connection(limits.per_connection)
-        // Outside the limit: when every slot is taken a call is refused at once
-        // instead of waiting in a queue that grows without bound. tonic maps
-        // tower's `Overloaded` to RESOURCE_EXHAUSTED ("Too many active requests
-        // for the connection"), so clients see the gRPC code for overload and
-        // may retry with backoff. A refused call never reaches the timeout.
-        .load_shed(true)
-        // Inside the limit: the clock starts once a call holds a slot, so it
-        // bounds how long a slot can be held (a stalled store, a client that
-        // never finishes its request body). tonic answers CANCELLED ("Timeout
-        // expired"); a shorter `grpc-timeout` sent by the client wins.
-        .timeout(limits.request_timeout)
-        // HTTP/2 itself: at most twice as many streams as the connection may
-        // have calls, and at least 256 (so calls over that limit still reach
-        // it and are refused at once, rather than wait in the client for a
-        // free stream, however small the limit), pings
-        // to find peers that vanished, and every connection
-        // recycled at its age limit (idle or not, gracefully: calls in
-        // progress get the request timeout to finish), so idle connections do
-        // not accumulate. tonic has no timer for idle connections as such;
-        // one on the socket would count keep-alive pings as activity.
-        .max_concurrent_streams(
-            u32::try_from(limits.per_connection.saturating_mul(2).max(256)).unwrap_or(u32::MAX),
-        )
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_connection_age(limits.max_connection_age)
-        .max_connection_age_grace(limits.request_timeout + Duration::from_secs(1))
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        // Around every service: a request refused before its handler ran (bad
-        // bytes, too large) gets the code that says it was the caller's fault.
-        .layer(tower::util::MapResponseLayer::new(
-            crate::codec::caller_fault_status as StatusRewrite,
-        ))
-        // Inside it: metadata size and the instance-wide count of calls in
-        // progress (see `admission`).
-        .layer(limits.admission.clone());
-    match tls {
-        None => Ok(builder),
-        Some(tls) => builder
-            .tls_config(tls.clone())
-            .map_err(|e| AppError::Tls(error_chain(&e))),
-    }
-}
+impl tower::Service<Request<hyper::body::Incoming>> for Calls {
+    type Response = Response<TrackedBody<Body>>;
+    type Error = Infallible;
+    type Future = CallFuture;
 
-/// Reads the TLS flags: `None` for plaintext. Loads and checks the PEM files now,
-/// so a bad certificate or key fails the start with its path and reason.
-pub(super) fn load_tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, AppError> {
-    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
-        (None, None) if args.tls_client_ca.is_some() => {
-            return Err(AppError::Tls(
-                "--tls-client-ca needs --tls-cert and --tls-key".into(),
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> CallFuture {
+        if self.activity.in_flight() >= self.per_connection && !admission::is_health(&req) {
+            // A refusal costs nothing and tells the caller (and its retry
+            // policy) the truth; a queue would only answer later than its
+            // caller waits.
+            let status = tonic::Status::resource_exhausted(format!(
+                "this connection has {} calls in progress \
+                 (--max-concurrent-requests-per-connection); retry with backoff",
+                self.per_connection
             ));
+            return CallFuture::Refused {
+                response: Some(status.into_http()),
+            };
         }
-        (None, None) => return Ok(None),
-        (Some(cert), Some(key)) => (cert, key),
-        _ => {
-            return Err(AppError::Tls(
-                "--tls-cert and --tls-key must be given together".into(),
-            ));
+        let call = self.activity.begin();
+        // The clock bounds how long a call can hold its place (a stalled
+        // store, a client that never finishes its request body); a shorter
+        // deadline from the client wins.
+        let timeout = grpc_timeout(req.headers())
+            .map_or(self.request_timeout, |t| t.min(self.request_timeout));
+        CallFuture::Running {
+            inner: self.services.clone().oneshot(req.map(Body::new)),
+            deadline: tokio::time::sleep(timeout),
+            call: Some(call),
         }
-    };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| AppError::Tls(format!("cannot read {}: {e}", path.display())))
-    };
-    let mut config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(cert)?, read(key)?))
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
-    if let Some(ca) = &args.tls_client_ca {
-        // Required, not merely accepted: rustls then ends every handshake
-        // without a certificate chaining to this CA before any call is read.
-        config = config
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(false);
     }
-    // tonic parses the PEM only when the config is applied: do it once here to
-    // report which files are wrong.
-    Server::builder().tls_config(config.clone()).map_err(|e| {
-        let mut files = format!("{} / {}", cert.display(), key.display());
-        if let Some(ca) = &args.tls_client_ca {
-            files = format!("{files} / {}", ca.display());
-        }
-        AppError::Tls(format!("cannot use {files}: {}", error_chain(&e)))
-    })?;
-    Ok(Some(config))
 }
 
-/// An error and its sources, as one line: tonic's own message is only "transport error".
+pin_project_lite::pin_project! {
+    /// A call running against its deadline, or a refusal.
+    #[project = Projected]
+    pub(super) enum CallFuture {
+        Running {
+            #[pin] inner: Oneshot<Services, Request<Body>>,
+            #[pin] deadline: tokio::time::Sleep,
+            call: Option<InFlight>,
+        },
+        Refused { response: Option<Response<Body>> },
+    }
+}
+
+impl Future for CallFuture {
+    type Output = Result<Response<TrackedBody<Body>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projected::Running {
+                inner,
+                deadline,
+                call,
+            } => {
+                if let Poll::Ready(answer) = inner.poll(cx) {
+                    let Ok(response) = answer;
+                    // Still counted while the answer's body is sent.
+                    return Poll::Ready(Ok(response.map(|b| TrackedBody::new(b, call.take()))));
+                }
+                std::task::ready!(deadline.poll(cx));
+                // The same status and message as tonic's own server gives,
+                // which clients and tests already know.
+                let status = tonic::Status::cancelled("Timeout expired");
+                Poll::Ready(Ok(status
+                    .into_http()
+                    .map(|b| TrackedBody::new(b, call.take()))))
+            }
+            Projected::Refused { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r.map(|b| TrackedBody::new(b, None)))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The client's deadline from `grpc-timeout` (at most 8 digits and a unit,
+/// as gRPC over HTTP/2 specifies); a value that is not one is ignored.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// An error and its sources, as one line: some libraries' own message is only
+/// "transport error".
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -247,4 +239,28 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_deadlines_are_read_as_grpc_writes_them() {
+        let read = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().expect("header"));
+            grpc_timeout(&h)
+        };
+        assert_eq!(read("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(read("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "123456789S", "+5S", "5s", "5", "1.5S", "-1S"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
 }

@@ -359,3 +359,82 @@ async fn oversized_metadata_fails_only_its_own_call() {
     );
     app.stop().await;
 }
+
+/// Reads HTTP/2 frames from `stream` until the server closes it or `within`
+/// passes, sending a PING every 200 ms: the frame types received, in order,
+/// or `None` when the connection was still open at the deadline.
+async fn h2_frames_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buffered = Vec::new();
+    let mut types = Vec::new();
+    let mut buf = [0_u8; 4096];
+    loop {
+        let step = tokio::time::Instant::now() + Duration::from_millis(200);
+        match tokio::time::timeout_at(step.min(deadline), stream.read(&mut buf)).await {
+            Err(_) if tokio::time::Instant::now() >= deadline => return None,
+            // A ping: activity on the wire, but not a call.
+            Err(_) => {
+                let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+                if stream.write_all(&ping).await.is_err() {
+                    return Some(types);
+                }
+            }
+            Ok(Ok(0) | Err(_)) => return Some(types),
+            Ok(Ok(n)) => {
+                buffered.extend_from_slice(&buf[..n]);
+                while buffered.len() >= 9 {
+                    let len = usize::from(buffered[0]) << 16
+                        | usize::from(buffered[1]) << 8
+                        | usize::from(buffered[2]);
+                    if buffered.len() < 9 + len {
+                        break;
+                    }
+                    types.push(buffered[3]);
+                    buffered.drain(..9 + len);
+                }
+            }
+        }
+    }
+}
+
+/// A gRPC connection with no call in progress for `--grpc-idle-timeout` is
+/// closed with GOAWAY, though its client keeps pinging: pings are not calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_grpc_connection_is_closed_with_goaway_though_it_pings() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let served = spawn_process_on(&db, &["--grpc-idle-timeout", "1s"]);
+    let (addr, metrics) = (served.addr, served.metrics_addr);
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The client preface and an empty SETTINGS frame: an HTTP/2 connection
+    // that never starts a call.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let frames = h2_frames_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("an idle gRPC connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before its time"
+    );
+    const GOAWAY: u8 = 7;
+    const PING: u8 = 6;
+    assert!(
+        frames.contains(&PING),
+        "the pings were answered: {frames:?}"
+    );
+    assert!(frames.contains(&GOAWAY), "closed with GOAWAY: {frames:?}");
+    eventually(
+        Duration::from_secs(5),
+        "the connection no longer counted",
+        || async {
+            let (_, m) = scrape(metrics).await;
+            m.get("keygate_connections_open{listener=\"grpc\"}") == Some(&0.0)
+        },
+    )
+    .await;
+    drop(served);
+    db.drop_db().await;
+}

@@ -572,3 +572,46 @@ async fn the_health_check_speaks_tls_and_mtls() {
         stop(app, db).await;
     }
 }
+
+/// The HTTP listener serves TLS with the gRPC listener's certificate: an
+/// HTTPS client that trusts the CA is answered (with a client certificate
+/// under mTLS), and a plaintext request gets no HTTP answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_speaks_tls_with_the_same_certificate() {
+    let pki = Pki::generate();
+    let db = TestDb::create(Backend::Sqlite).await;
+    for mtls in [false, true] {
+        let mut flags = pki.flags(mtls);
+        flags.extend(["--http-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        let app = start(&db, &flags).await;
+        let http = app.http_addr().expect("HTTP listener");
+        let mut client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(pki.ca_cert.as_bytes()).expect("CA"),
+            )
+            .timeout(STEP);
+        if mtls {
+            let pem = format!("{}{}", pki.client.cert, pki.client.key);
+            client = client.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("id"));
+        }
+        let client = client.build().expect("client");
+        let answer = client
+            .get(format!("https://localhost:{}/v1/authorize", http.port()))
+            .send()
+            .await
+            .expect("an HTTPS answer");
+        assert_eq!(answer.status(), 401, "mtls={mtls}: no key, so 401");
+
+        let plain = reqwest::Client::builder()
+            .timeout(STEP)
+            .build()
+            .expect("client")
+            .get(format!("http://127.0.0.1:{}/v1/authorize", http.port()))
+            .send()
+            .await;
+        assert!(plain.is_err(), "mtls={mtls}: plaintext answered: {plain:?}");
+        app.shutdown().await.expect("clean shutdown");
+    }
+    db.drop_db().await;
+}
