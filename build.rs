@@ -13,6 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Well-known types come from prost-types; the vendored include dir only resolves imports.
     let include = protoc_bin_vendored::include_path()?;
+    // The messages that carry a key's secret get a `Debug` that prints none of
+    // it (src/proto.rs), so logging one by mistake leaks nothing.
+    config.skip_debug([
+        "keygate.v1.VerifyKeyRequest",
+        "keygate.v1.CreateKeyResponse",
+        "keygate.v1.RotateKeyResponse",
+    ]);
 
     tonic_prost_build::configure()
         // Bytes that are not a valid message are the caller's fault: see src/codec.rs.

@@ -26,7 +26,7 @@ use std::{
 };
 
 use moka::sync::Cache;
-use quick_cache::{Lifecycle, UnitWeighter};
+use quick_cache::{Lifecycle, Weighter};
 
 use crate::{
     hostnames::AllowedHostnames,
@@ -105,6 +105,28 @@ impl CachedKey {
         }
     }
 
+    /// About how many bytes this entry holds, its own and on the heap: what
+    /// the cache weighs it by, so that a tenant's large keys (64 hostnames,
+    /// 128 scopes) take their share of `--cache-max-bytes`, not one slot.
+    pub fn approx_bytes(&self) -> u64 {
+        let strings = |it: &mut dyn Iterator<Item = usize>| it.sum::<usize>();
+        let v = &self.verified;
+        let heap = self.id.as_str().len()
+            + self.limits_id.as_str().len()
+            + v.id.len()
+            + v.organization_id.len()
+            + v.user_id.len()
+            + v.name.len()
+            + v.rotated_to_id.len()
+            + self.encoded.len()
+            + strings(&mut self.scopes.iter().map(|s| s.len() + 16))
+            + strings(&mut self.allowed_hostnames.iter().map(|h| h.to_string().len() + 32))
+            + self.rate_limits.len() * std::mem::size_of::<crate::limits::RateLimit>() * 2;
+        // The Arc's counters, and the cache's own entry (hash, deadline).
+        let fixed = std::mem::size_of::<Self>() + 16 + std::mem::size_of::<Entry>() + 32;
+        u64::try_from(heap + fixed).unwrap_or(u64::MAX)
+    }
+
     pub fn organization_id(&self) -> &str {
         &self.verified.organization_id
     }
@@ -161,6 +183,8 @@ pub const OUTCOMES: usize = 8;
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub capacity: u64,
+    /// The found cache's bound in bytes ([`CachedKey::approx_bytes`]).
+    pub max_bytes: u64,
     pub ttl: Duration,
     pub negative_capacity: u64,
     pub negative_ttl: Duration,
@@ -170,6 +194,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             capacity: 100_000,
+            max_bytes: 128 << 20,
             ttl: Duration::from_secs(60),
             negative_capacity: 100_000,
             negative_ttl: Duration::from_secs(10),
@@ -219,7 +244,21 @@ impl Lifecycle<SecretHash, Entry> for CountEvictions {
     }
 }
 
-type Found = quick_cache::sync::Cache<SecretHash, Entry, UnitWeighter, Hasher, CountEvictions>;
+type Found = quick_cache::sync::Cache<SecretHash, Entry, BySize, Hasher, CountEvictions>;
+
+/// Weighs an entry by its size, and at least by an equal share of the byte
+/// bound between `--cache-capacity` entries: the byte bound then also keeps
+/// the count, and one tenant's large keys cannot take everyone's memory.
+#[derive(Debug, Clone, Copy)]
+struct BySize {
+    floor: u64,
+}
+
+impl Weighter<SecretHash, Entry> for BySize {
+    fn weight(&self, _: &SecretHash, entry: &Entry) -> u64 {
+        entry.key.approx_bytes().max(self.floor)
+    }
+}
 
 /// quick_cache sizes its table for this many entries at start and grows it as
 /// needed: a large `--cache-capacity` costs memory only once it is used.
@@ -247,11 +286,14 @@ pub struct KeyCache {
 impl KeyCache {
     pub fn new(config: &CacheConfig) -> Self {
         let metrics = CacheMetrics::default();
-        let found = (config.capacity > 0).then(|| {
+        let found = (config.capacity > 0 && config.max_bytes > 0).then(|| {
+            let bytes = room(config.max_bytes);
             Found::with(
                 usize::try_from(config.capacity.min(INITIAL_ENTRIES)).unwrap_or(usize::MAX),
-                room(config.capacity),
-                UnitWeighter,
+                bytes,
+                BySize {
+                    floor: (bytes / room(config.capacity)).max(1),
+                },
                 Hasher::default(),
                 CountEvictions(metrics.evictions.clone()),
             )
@@ -445,6 +487,35 @@ mod tests {
             cache.fill(t, secret.hash(), Some(record(&secret, "k")));
         }
         assert!(cache.len() <= room(100), "{}", cache.len());
+    }
+
+    /// Keys of 128 scopes each, tens of times the size of a usual one, fill a
+    /// 1 MiB cache by their bytes, long before its count; small keys still
+    /// fit by count.
+    #[test]
+    fn large_entries_are_bounded_by_bytes_not_by_count() {
+        let max_bytes = 1 << 20;
+        let cache = KeyCache::new(&CacheConfig {
+            capacity: 100_000,
+            max_bytes,
+            ..CacheConfig::default()
+        });
+        let scopes: Vec<String> = (0..128).map(|i| format!("service{i:03}:read")).collect();
+        let mut weights = Vec::new();
+        for _ in 0..2_000 {
+            let secret = Secret::generate(&KeyPrefix::default());
+            let mut r = record(&secret, "large");
+            r.scopes = ScopeSet::parse(&scopes).expect("scopes");
+            let t = ticket(&cache, &secret.hash());
+            if let Some(key) = cache.fill(t, secret.hash(), Some(r)) {
+                weights.push(key.approx_bytes());
+            }
+        }
+        let each = weights[0];
+        assert!(each > 5_000, "a key of 128 scopes weighs {each} bytes");
+        let held = cache.len();
+        assert!(held * each <= room(max_bytes), "{held} keys of {each} bytes");
+        assert!(held >= 100, "the bound is the bytes, not fewer keys: {held}");
     }
 
     #[test]

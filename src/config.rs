@@ -72,7 +72,7 @@ pub struct DatabaseArgs {
         default_value = "sqlite://keygate.db",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: Sensitive,
 
     /// Connections in the store's pool.
     #[arg(long, env = "KEYGATE_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
@@ -89,7 +89,7 @@ pub struct ServeArgs {
     /// invalidation poll and the forged-key filter read there; writes and admin
     /// reads stay on the primary.
     #[arg(long, env = "KEYGATE_DATABASE_READ_URL", hide_env_values = true)]
-    pub database_read_url: Option<String>,
+    pub database_read_url: Option<Sensitive>,
 
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -98,15 +98,27 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Comma-separated service tokens accepted by KeyAdmin; one is generated and
-    /// printed when none is set.
+    /// Most live keys one organization may have; a create past it is refused
+    /// RESOURCE_EXHAUSTED, so one tenant cannot grow everyone's storage and
+    /// memory.
+    #[arg(
+        long,
+        env = "KEYGATE_MAX_KEYS_PER_ORGANIZATION",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_keys_per_organization: u64,
+
+    /// Comma-separated service tokens accepted by KeyAdmin; one is generated
+    /// (and shown only to a terminal, or in a file of mode 0600) when none is
+    /// set and every listener is on loopback.
     #[arg(
         long,
         env = "KEYGATE_ADMIN_TOKENS",
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub admin_tokens: Vec<String>,
+    pub admin_tokens: Vec<Sensitive>,
 
     /// Prefix of the keys this deployment issues (keys of any prefix verify).
     #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg_live")]
@@ -138,6 +150,17 @@ pub struct ServeArgs {
     /// Keys held in the verify cache; 0 disables it.
     #[arg(long, env = "KEYGATE_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+
+    /// Bytes the verify cache may hold (`128MiB`; also KiB, GiB or plain
+    /// bytes): each key weighs its size, so large keys take their share and
+    /// not one slot.
+    #[arg(
+        long,
+        env = "KEYGATE_CACHE_MAX_BYTES",
+        default_value = "128MiB",
+        value_parser = parse_bytes
+    )]
+    pub cache_max_bytes: u64,
 
     /// How long a cached key is trusted without asking the store.
     #[arg(long, env = "KEYGATE_CACHE_TTL", default_value = "60s")]
@@ -217,16 +240,32 @@ pub struct ServeArgs {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub webhook_url: Vec<String>,
+    pub webhook_url: Vec<Sensitive>,
 
     /// `whsec_<base64>`: the Standard Webhooks signing secret.
     #[arg(long, env = "KEYGATE_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Sensitive>,
 
-    /// `redis://host:port/db`: share rate-limit counters across instances
-    /// through this Redis; without it each instance counts alone.
+    /// `redis://host:port/db`, or `rediss://` for TLS: share rate-limit
+    /// counters across instances through this Redis; without it each instance
+    /// counts alone.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL", hide_env_values = true)]
-    pub rate_limit_redis_url: Option<String>,
+    pub rate_limit_redis_url: Option<Sensitive>,
+
+    /// PEM CA certificates a `rediss://` server's certificate must chain to
+    /// (default: the system's CAs). Its name is verified either way.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_CA", requires = "rate_limit_redis_url")]
+    pub rate_limit_redis_ca: Option<PathBuf>,
+
+    /// How long key events (the audit trail) and their webhook deliveries are
+    /// kept; older ones are deleted in batches of 1000.
+    #[arg(
+        long,
+        env = "KEYGATE_EVENT_RETENTION",
+        default_value = "400d",
+        value_parser = parse_positive_duration
+    )]
+    pub event_retention: humantime::Duration,
 
     /// How long hourly usage-history buckets are kept (daily ones: 400 days).
     #[arg(long, env = "KEYGATE_USAGE_HISTORY_RETENTION", default_value = "35d")]
@@ -245,7 +284,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 
-    /// PEM certificate chain of the gRPC server; with `--tls-key`, serves TLS only.
+    /// PEM certificate chain of every listener (gRPC, admin, HTTP); with
+    /// `--tls-key`, they serve TLS only.
     #[arg(long, env = "KEYGATE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
@@ -317,6 +357,26 @@ pub struct ServeArgs {
     pub request_timeout: humantime::Duration,
 }
 
+/// A size in bytes, with an optional `KiB`, `MiB` or `GiB`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 134217728 or 128MiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_shl(shift)
+        .filter(|b| b >> shift == n && *b > 0)
+        .ok_or_else(|| format!("{s:?} must be greater than zero and fit in 64 bits"))
+}
+
 /// A humantime duration greater than zero.
 fn parse_positive_duration(s: &str) -> Result<humantime::Duration, String> {
     let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
@@ -324,4 +384,110 @@ fn parse_positive_duration(s: &str) -> Result<humantime::Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+impl ServeArgs {
+    /// `--webhook-url`'s entries, credentials and all, for the webhook sender.
+    pub fn webhook_urls(&self) -> Vec<String> {
+        self.webhook_url
+            .iter()
+            .map(|u| u.expose().to_owned())
+            .collect()
+    }
+}
+
+/// A flag's value that is or may hold a secret: a token, the webhook secret,
+/// a URL with a password or a token in its query. Its `Debug` shows none of
+/// it (a URL as scheme, host and path; anything else not at all), so the
+/// parsed flags, or anything holding them, print no secret. [`Sensitive::expose`]
+/// is the one way to the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sensitive(String);
+
+impl Sensitive {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Sensitive {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<&str> for Sensitive {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(u) if u.has_host() || u.scheme() == "sqlite" => {
+                let credentials = if u.username().is_empty() && u.password().is_none() {
+                    ""
+                } else {
+                    "***@"
+                };
+                write!(
+                    f,
+                    "{}://{credentials}{}{}{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or_default(),
+                    u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                    u.path()
+                )
+            }
+            _ => f.write_str("<redacted>"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parsed_flags_print_no_secret() {
+        let cli = Cli::parse_from([
+            "keygate",
+            "serve",
+            "--database-url",
+            "mysql://keygate:db-pa55word@db.internal:3306/keygate?ssl-ca=/ca.pem",
+            "--database-read-url",
+            "mysql://reader:replica-pa55word@replica.internal/keygate",
+            "--admin-tokens",
+            "first-admin-t0ken,second-admin-t0ken",
+            "--webhook-url",
+            "https://hooks.example.com/k?token=hook-t0ken,https://u:hook-pa55word@b.example.com/",
+            "--webhook-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "--rate-limit-redis-url",
+            "rediss://:redis-pa55word@cache.internal:6380/0",
+        ]);
+        let shown = format!("{cli:?} {cli:#?}");
+        for secret in [
+            "db-pa55word",
+            "replica-pa55word",
+            "first-admin-t0ken",
+            "second-admin-t0ken",
+            "hook-t0ken",
+            "hook-pa55word",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "redis-pa55word",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // What an operator needs to recognise the value is still there.
+        assert!(shown.contains("mysql://***@db.internal:3306/keygate"), "{shown}");
+        assert!(shown.contains("https://hooks.example.com/k"), "{shown}");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.admin_tokens[1].expose(), "second-admin-t0ken");
+    }
 }

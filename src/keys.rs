@@ -155,6 +155,16 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A presented key (or anything that may be one) in `Debug`: whether there
+/// is one, never what it is.
+pub struct Redacted<'a>(pub &'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
+    }
+}
+
 /// SHA-256 of a whole secret: what the database stores and the cache is keyed by.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SecretHash(pub [u8; 32]);

@@ -52,6 +52,18 @@ pub enum SignatureError {
     Invalid,
 }
 
+impl SignatureError {
+    /// The metric label of this refusal.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::UnknownKey => "unknown_key",
+            Self::Malformed => "malformed",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct KeysFile {
     public_keys: Vec<PublicKeyEntry>,

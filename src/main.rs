@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use keygate::{
     app::{self, App},
-    config::{Cli, Command, LogFormat},
+    config::{Cli, Command},
     logging,
 };
 
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, cli.log_format)) {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "keygate failed");
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, log_format: LogFormat) -> Result<(), app::AppError> {
+async fn run(command: Command) -> Result<(), app::AppError> {
     match command {
         Command::Migrate(db) => {
             app::open_store(&db).await?.close().await;
@@ -48,35 +48,69 @@ async fn run(command: Command, log_format: LogFormat) -> Result<(), app::AppErro
         Command::Health(args) => app::check_health(args).await,
         Command::Serve(args) => {
             let app = App::start(*args).await?;
-            if let Some(token) = app.generated_token() {
-                announce_generated_token(token, log_format, app.addr());
-            }
+            let token_file = app
+                .generated_token()
+                .and_then(|token| announce_generated_token(token, app.addr()));
             app::shutdown_signal().await;
             tracing::info!("shutting down: draining calls and flushing usage");
+            if let Some(path) = token_file {
+                let _ = std::fs::remove_file(path);
+            }
             app.shutdown().await
         }
     }
 }
 
-/// A first run needs no setup: the generated token is printed once, with the
-/// metadata every KeyAdmin call needs. With JSON logs it is one JSON log line, so
-/// the log stream stays machine-readable.
-fn announce_generated_token(token: &str, format: LogFormat, addr: std::net::SocketAddr) {
+/// A first run needs no setup: the generated token (valid for this run only,
+/// and only ever generated with every listener on loopback) is shown where
+/// only the person who started keygate sees it, never in a log line, because
+/// log lines travel to log pipelines that many can read. On a terminal it is
+/// printed there; otherwise it is written to a file only its owner can read,
+/// and the file's path is logged. Returns that file, removed at shutdown.
+fn announce_generated_token(token: &str, addr: std::net::SocketAddr) -> Option<std::path::PathBuf> {
+    use std::io::IsTerminal;
     const WHY: &str = "no --admin-tokens / KEYGATE_ADMIN_TOKENS configured; \
                        generated a KeyAdmin token for this run only";
-    match format {
-        LogFormat::Json => tracing::warn!(
-            admin_token = token,
-            usage = "send metadata `authorization: Bearer <admin_token>`, \
-                     `x-actor-id: <user id>`, `x-actor-role: admin|member`",
-            "{WHY}"
-        ),
-        LogFormat::Pretty => eprintln!(
+    if std::io::stderr().is_terminal() {
+        eprintln!(
             "WARNING: {WHY}:\n\n    {token}\n\n\
              Every KeyAdmin call sends three metadata headers, for example:\n\n    \
              grpcurl -plaintext -H 'authorization: Bearer {token}' \\\n        \
              -H 'x-actor-id: alice' -H 'x-actor-role: admin' \\\n        \
              -d '{{\"organization_id\": \"acme\"}}' {addr} keygate.v1.KeyAdmin/ListKeys\n"
-        ),
+        );
+        return None;
     }
+    let path = std::env::temp_dir().join(format!("keygate-admin-token-{}", std::process::id()));
+    match write_private(&path, token) {
+        Ok(()) => {
+            tracing::warn!(
+                token_file = %path.display(),
+                usage = "send metadata `authorization: Bearer <the file's token>`, \
+                         `x-actor-id: <user id>`, `x-actor-role: admin|member`",
+                "{WHY}; it is in token_file (mode 0600), removed at shutdown"
+            );
+            Some(path)
+        }
+        Err(e) => {
+            tracing::error!(
+                token_file = %path.display(),
+                error = %e,
+                "{WHY}, but could not write it to token_file; set --admin-tokens"
+            );
+            None
+        }
+    }
+}
+
+/// Writes `contents` to a new file that only this user can read.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
 }

@@ -76,6 +76,11 @@ fn describe() {
         Unit::Count,
         "Calls answered RESOURCE_EXHAUSTED at once because --max-in-flight calls were in progress, by listener"
     );
+    describe_counter!(
+        "keygate_leak_reports_refused_total",
+        Unit::Count,
+        "Leak reports on /v1/leaks/github refused for their signature, by reason: missing, unknown_key, malformed, invalid"
+    );
     describe_gauge!(
         "keygate_open_files_limit",
         Unit::Count,
@@ -420,6 +425,12 @@ impl LookupMetrics {
 }
 
 /// Counts an admin RPC by method and resulting status code.
+/// A leak report refused for its signature (`reason`: missing, unknown_key,
+/// malformed, invalid).
+pub fn leak_report_refused(reason: &'static str) {
+    counter!("keygate_leak_reports_refused_total", "reason" => reason).increment(1);
+}
+
 pub fn admin_request(method: &'static str, code: tonic::Code) {
     counter!("keygate_admin_requests_total", "method" => method, "code" => code_name(code))
         .increment(1);

@@ -379,17 +379,24 @@ impl UsageRecorder {
 /// may ask for days (400 days), so no call finds a range half pruned.
 const DAILY_RETENTION: i64 = 400 * 24 * HOUR;
 
-/// Deletes usage history past its retention every `interval` until `stop`:
-/// hourly buckets older than `retention`, daily ones older than 400 days, a
-/// thousand rows per statement so that no prune holds a lock for long.
+/// Events (with their webhook deliveries) pruned per statement.
+const EVENT_PRUNE_BATCH: u32 = 1000;
+
+/// Deletes what is past its retention every `interval` until `stop`: hourly
+/// usage buckets older than `retention`, daily ones older than 400 days, and
+/// key events older than `event_retention` with their webhook deliveries, a
+/// thousand rows per statement so that no prune holds a lock for long. Without
+/// it one tenant's churn would grow everyone's storage for ever.
 pub async fn prune_history(
     store: Store,
     clock: crate::clock::SharedClock,
     retention: Duration,
+    event_retention: Duration,
     interval: Duration,
     stop: CancellationToken,
 ) {
     let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    let event_retention = i64::try_from(event_retention.as_micros()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -408,6 +415,17 @@ pub async fn prune_history(
                         tracing::warn!(error = %e, "usage history prune failed; will retry");
                         break;
                     }
+                }
+            }
+        }
+        let before = Micros(now.saturating_sub(event_retention));
+        loop {
+            match store.prune_events(before, EVENT_PRUNE_BATCH).await {
+                Ok(n) if n >= u64::from(EVENT_PRUNE_BATCH) && !stop.is_cancelled() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event prune failed; will retry");
+                    break;
                 }
             }
         }

@@ -27,6 +27,19 @@ pub const KEY_TYPE: &str = "x-keygate-key-type";
 pub const USER_ID: &str = "x-keygate-user-id";
 pub const CODE: &str = "x-keygate-code";
 
+/// Whether a client's header `name` is in keygate's identity namespace in any
+/// spelling: case ignored, and `_` taken as `-`, because CGI, WSGI and
+/// Rack-style upstreams read `x_keygate_user_id` as the same variable as
+/// `x-keygate-user-id`. Such a header is never let through.
+pub fn in_identity_namespace(name: &str) -> bool {
+    let prefix = IDENTITY_PREFIX.as_bytes();
+    name.len() > prefix.len()
+        && name.as_bytes()[..prefix.len()]
+            .iter()
+            .zip(prefix)
+            .all(|(&b, &p)| b.to_ascii_lowercase() == p || (b == b'_' && p == b'-'))
+}
+
 /// Where a request's key was, so the transport can keep it from the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialHeader {
@@ -232,6 +245,23 @@ fn message(outcome: &Outcome) -> Cow<'static, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_headers_are_recognised_in_every_spelling() {
+        for name in [
+            "x-keygate-user-id",
+            "X-Keygate-User-Id",
+            "x_keygate_user_id",
+            "X_KEYGATE_USER_ID",
+            "x-keygate_user-id",
+            "x_keygate-anything",
+        ] {
+            assert!(in_identity_namespace(name), "{name}");
+        }
+        for name in ["x-keygate-", "x-keygat-user-id", "x.keygate.user", "x-api-key", "keygate"] {
+            assert!(!in_identity_namespace(name), "{name}");
+        }
+    }
 
     #[test]
     fn bearer_in_any_case_then_x_api_key() {

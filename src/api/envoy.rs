@@ -49,7 +49,8 @@ struct Seen<'a> {
     api_key: Option<&'a str>,
     origin: Option<&'a str>,
     referer: Option<&'a str>,
-    /// Every `x-keygate-*` name the client sent.
+    /// Every `x-keygate-*` name the client sent, in any spelling
+    /// ([`edge::in_identity_namespace`]).
     identity: Vec<&'a str>,
     /// One of the identity headers keygate sets came more than once. Envoy
     /// overwrites a header keygate sets, but older releases replace only its
@@ -84,10 +85,7 @@ impl<'a> Seen<'a> {
         } else if name.eq_ignore_ascii_case("referer") {
             &mut self.referer
         } else {
-            let prefix = edge::IDENTITY_PREFIX.as_bytes();
-            let is_identity = name.len() > prefix.len()
-                && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix);
-            if is_identity {
+            if edge::in_identity_namespace(name) {
                 let set_by_us = edge::IDENTITY.iter().any(|n| n.eq_ignore_ascii_case(name));
                 let again = self.identity.iter().any(|n| n.eq_ignore_ascii_case(name));
                 if set_by_us && (again || (joined && value.contains(','))) {
@@ -126,8 +124,9 @@ fn rpc_status(code: tonic::Code, message: &str) -> rpc::Status {
 }
 
 /// Allowed: identity headers set with overwrite; every other `x-keygate-*`
-/// header and the key's own header removed, so the upstream sees neither a
-/// forged identity nor the secret.
+/// header (in any spelling: `X_Keygate_User_Id` too, which overwriting
+/// `x-keygate-user-id` would leave in place) and the key's own header
+/// removed, so the upstream sees neither a forged identity nor the secret.
 fn allowed(seen: &Seen<'_>, answer: Answer, from: Option<CredentialHeader>) -> CheckResponse {
     let mut remove: Vec<String> = seen
         .identity

@@ -43,7 +43,7 @@ use crate::{
     },
     cache::{CacheConfig, KeyCache},
     clock::{SharedClock, SystemClock},
-    config::{DatabaseArgs, ServeArgs},
+    config::{DatabaseArgs, Sensitive, ServeArgs},
     domain::routes::RoutePolicy,
     filter::KnownKeys,
     invalidation::Poller,
@@ -100,6 +100,17 @@ pub enum AppError {
     Replica(crate::store::StoreError),
     #[error("--route-policy: {0}")]
     RoutePolicy(#[from] crate::domain::routes::PolicyError),
+    #[error(
+        "--admin-tokens (KEYGATE_ADMIN_TOKENS) is required: {0} is not a loopback address, \
+         and keygate generates a token for itself only when every listener is on loopback"
+    )]
+    AdminTokensRequired(SocketAddr),
+    #[error(
+        "--http-listen {0} is not a loopback address: the HTTP listener receives API keys \
+         and leaked tokens, so off the host it serves only TLS; give --tls-cert and --tls-key, \
+         or listen on loopback behind a proxy on the same host"
+    )]
+    HttpWithoutTls(SocketAddr),
     #[error("cannot read or raise the open-file limit: {0}")]
     OpenFiles(std::io::Error),
     #[error(
@@ -113,7 +124,7 @@ pub enum AppError {
 
 /// Opens the store named by the database flags and brings its schema up to date.
 pub async fn open_store(db: &DatabaseArgs) -> Result<Store, AppError> {
-    let store = Store::connect(&db.database_url, &pool_config(db)).await?;
+    let store = Store::connect(db.database_url.expose(), &pool_config(db)).await?;
     store.migrate().await?;
     Ok(store)
 }
@@ -188,6 +199,7 @@ impl Services {
             .map(Arc::new);
         let cache = Arc::new(KeyCache::new(&CacheConfig {
             capacity: args.cache_capacity,
+            max_bytes: args.cache_max_bytes,
             ttl: args.cache_ttl.into(),
             negative_capacity: args.negative_cache_capacity,
             negative_ttl: args.negative_cache_ttl.into(),
@@ -196,13 +208,24 @@ impl Services {
             args.usage_write_budget,
             args.usage_flush_interval.into(),
         ));
+        let redis_ca = match &args.rate_limit_redis_ca {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                AppError::Redis(format!("cannot read --rate-limit-redis-ca {}: {e}", path.display()))
+            })?),
+        };
         let shared_limits = args
             .rate_limit_redis_url
-            .as_deref()
-            .map(SharedLimits::new)
+            .as_ref()
+            .map(|url| SharedLimits::new(url.expose(), redis_ca))
             .transpose()
             // The URL may hold a password: name the problem, not the URL.
-            .map_err(|e| AppError::Redis(format!("not a usable Redis URL ({:?})", e.kind())))?;
+            .map_err(|e| {
+                AppError::Redis(format!(
+                    "not a usable Redis URL or --rate-limit-redis-ca ({:?})",
+                    e.kind()
+                ))
+            })?;
         // Rate-limit state is kept for as many keys as the key cache holds.
         let rate_limits = Arc::new(RateLimiter::new(args.cache_capacity.max(1), shared_limits));
         // Checked before anything starts: a bad URL or secret stops the start.
@@ -210,8 +233,8 @@ impl Services {
             .then(|| {
                 Webhooks::new(
                     store.clone(),
-                    &args.webhook_url,
-                    args.webhook_secret.as_deref(),
+                    &args.webhook_urls(),
+                    args.webhook_secret.as_ref().map(Sensitive::expose),
                     Arc::clone(clock),
                 )
             })
@@ -285,13 +308,41 @@ impl App {
 
     /// As [`App::start`], reading time from `clock` (tests move it by hand).
     pub async fn build(args: ServeArgs, clock: SharedClock) -> Result<Self, AppError> {
+        // Before anything changes (the store's file, the open-file limit).
+        if args.admin_tokens.is_empty() {
+            // A generated token is valid for every organization: on a listener
+            // others can reach, one missing secret would hand them KeyAdmin.
+            let listeners = [Some(args.listen), args.admin_listen, args.http_listen]
+                .into_iter()
+                .flatten()
+                .chain([args.metrics_listen]);
+            for addr in listeners {
+                if !addr.ip().is_loopback() {
+                    return Err(AppError::AdminTokensRequired(addr));
+                }
+            }
+        }
+        // The HTTP listener receives API keys (`/v1/authorize`) and leaked
+        // tokens: off the host, only over TLS.
+        if let Some(addr) = args.http_listen
+            && !addr.ip().is_loopback()
+            && args.tls_cert.is_none()
+        {
+            return Err(AppError::HttpWithoutTls(addr));
+        }
         files::raise_limit(&args)?;
         let store = open_store(&args.database).await?;
         crate::metrics::store_pool_max(args.database.database_max_connections);
         let generated_token = args.admin_tokens.is_empty().then(AdminTokens::generate);
         let tokens = match &generated_token {
             Some(t) => AdminTokens::new(std::slice::from_ref(t))?,
-            None => AdminTokens::new(&args.admin_tokens)?,
+            None => AdminTokens::new(
+                &args
+                    .admin_tokens
+                    .iter()
+                    .map(|t| t.expose().to_owned())
+                    .collect::<Vec<_>>(),
+            )?,
         };
 
         let tasks = TaskTracker::new();
@@ -299,11 +350,12 @@ impl App {
         // Every event this instance writes is queued for its webhook endpoints
         // in the event's own transaction.
         let store = store
-            .with_webhook_endpoints(crate::webhooks::delivery::endpoint_ids(&args.webhook_url)?);
+            .with_webhook_endpoints(crate::webhooks::delivery::endpoint_ids(&args.webhook_urls())?)
+            .with_key_cap(args.max_keys_per_organization);
         let replica = match &args.database_read_url {
             None => None,
             Some(url) => Some(Replica {
-                store: Store::connect(url, &pool_config(&args.database))
+                store: Store::connect(url.expose(), &pool_config(&args.database))
                     .await
                     .map_err(AppError::Replica)?,
                 state: Arc::new(ReplicaState::default()),
@@ -440,6 +492,7 @@ async fn start_background(
         store.clone(),
         Arc::clone(clock),
         args.usage_history_retention.into(),
+        args.event_retention.into(),
         args.usage_history_prune_interval.into(),
         stop.clone(),
     ));

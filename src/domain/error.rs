@@ -14,6 +14,9 @@ pub enum Error {
     FailedPrecondition(&'static str),
     /// Each bad field with what is wrong with it.
     Invalid(Violations),
+    /// A bound of the deployment is reached (keys per organization); the
+    /// text names it.
+    LimitReached(String),
     /// The store cannot be reached or did not answer in time: retry later.
     Unavailable,
     /// The detail was logged where it happened; callers learn nothing of it.

@@ -29,6 +29,23 @@ pub fn may_act_on(actor: &Actor, key: &KeyRecord) -> Result<(), Error> {
     }
 }
 
+/// Limits are the admins': an admin's limit on a member's key would restrict
+/// nothing if the member could lift it. So a member may not set `rate_limits`
+/// or `quota` on a new key, nor name either in an update (even to the value
+/// it has); admins may, on any key.
+pub fn may_set_limits(actor: &Actor, rate_limits: bool, quota: bool) -> Result<(), Error> {
+    match actor.role {
+        Role::Admin => Ok(()),
+        Role::Member if rate_limits => Err(Error::PermissionDenied(
+            "members may not set or change rate_limits; ask an admin",
+        )),
+        Role::Member if quota => Err(Error::PermissionDenied(
+            "members may not set or change quota; ask an admin",
+        )),
+        Role::Member => Ok(()),
+    }
+}
+
 /// Operations on the whole organization (`RemoveMember`, the audit trail).
 pub fn require_admin(actor: &Actor, what: &'static str) -> Result<(), Error> {
     match actor.role {

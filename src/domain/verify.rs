@@ -86,8 +86,8 @@ impl Code {
 }
 
 /// What a caller asks of a presented key, borrowed from its request: the verify
-/// path copies nothing it does not have to.
-#[derive(Debug, Clone, Copy)]
+/// path copies nothing it does not have to. Its `Debug` shows no key.
+#[derive(Clone, Copy)]
 pub struct Verification<'a> {
     pub key: &'a str,
     /// Each well-formed (checked by [`Verification::new`]).
@@ -99,6 +99,28 @@ pub struct Verification<'a> {
     /// Rate-limit calls and quota credits this call consumes; 0 asks whether a
     /// call of cost 1 would pass and consumes nothing.
     pub cost: u32,
+}
+
+impl std::fmt::Debug for Verification<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a field added here must be shown (or hidden) here.
+        let Self {
+            key,
+            required_scopes,
+            origin,
+            referer,
+            organization_id,
+            cost,
+        } = self;
+        f.debug_struct("Verification")
+            .field("key", &crate::keys::Redacted(key))
+            .field("required_scopes", required_scopes)
+            .field("origin", origin)
+            .field("referer", referer)
+            .field("organization_id", organization_id)
+            .field("cost", cost)
+            .finish()
+    }
 }
 
 /// The most one call may consume.

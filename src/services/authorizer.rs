@@ -18,8 +18,9 @@ use crate::{
     services::{Outcome, Verifier},
 };
 
-/// What a proxy tells keygate about the request it holds.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a proxy tells keygate about the request it holds. Its `Debug` shows
+/// no key.
+#[derive(Clone, Copy, Default)]
 pub struct EdgeRequest<'a> {
     pub method: &'a str,
     /// The original path (query included), when the proxy sent it.
@@ -34,6 +35,29 @@ pub struct EdgeRequest<'a> {
     /// Only a key of this organization passes, when not empty
     /// (Envoy `context_extensions["keygate_organization_id"]`).
     pub organization_id: &'a str,
+}
+
+impl std::fmt::Debug for EdgeRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            method,
+            path,
+            key,
+            origin,
+            referer,
+            extra_scopes,
+            organization_id,
+        } = self;
+        f.debug_struct("EdgeRequest")
+            .field("method", method)
+            .field("path", path)
+            .field("key", &crate::keys::Redacted(key))
+            .field("origin", origin)
+            .field("referer", referer)
+            .field("extra_scopes", extra_scopes)
+            .field("organization_id", organization_id)
+            .finish()
+    }
 }
 
 /// The answer to a proxied request.

@@ -170,6 +170,7 @@ impl KeyService {
         cmd: CreateKey,
     ) -> Result<(KeyRecord, Secret), Error> {
         let owner = policy::owner_of_new_key(actor, cmd.key_type)?;
+        policy::may_set_limits(actor, !cmd.rate_limits.is_empty(), cmd.quota.is_some())?;
         let now = self.clock.now();
         let secret = Secret::generate(&self.prefix);
         let id = KeyId::generate();
@@ -243,6 +244,7 @@ impl KeyService {
     pub async fn update(&self, actor: &Actor, cmd: UpdateKey) -> Result<KeyRecord, Error> {
         let UpdateKey { key, patch } = cmd;
         let current = self.accessible(actor, &key).await?;
+        policy::may_set_limits(actor, patch.rate_limits.is_some(), patch.quota.is_some())?;
         let now = self.clock.now();
         // Credits this instance leased under the old quota go back before the
         // quota changes (a new quota starts from nothing, so none may stay

@@ -170,8 +170,19 @@ impl std::fmt::Debug for SharedLimits {
 impl SharedLimits {
     /// Checks the URL now; connects on first use, so a Redis that is down at
     /// start does not keep keygate from starting (it counts alone meanwhile).
-    pub fn new(url: &str) -> Result<Self, redis::RedisError> {
-        let client = Client::open(url)?;
+    /// `ca`: PEM certificates that a `rediss://` server's certificate must
+    /// chain to, instead of the system's CAs.
+    pub fn new(url: &str, ca: Option<Vec<u8>>) -> Result<Self, redis::RedisError> {
+        let client = match ca {
+            None => Client::open(url)?,
+            Some(root_cert) => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))

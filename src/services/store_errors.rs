@@ -16,11 +16,25 @@ impl From<&StoreError> for Error {
             | StoreError::Timeout(_)
             | StoreError::Closed
             | StoreError::Contended => {
-                tracing::warn!(error = %e, "store unavailable");
+                // Once a second at most: during an outage every call fails
+                // here, and a line per call would bury the log operators read.
+                static UNAVAILABLE: std::sync::LazyLock<crate::logging::Throttle> =
+                    std::sync::LazyLock::new(Default::default);
+                if let Some(dropped) = UNAVAILABLE.allow("store", std::time::Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        dropped,
+                        "store unavailable"
+                    );
+                }
                 Self::Unavailable
             }
             StoreError::NotFound => Self::NotFound,
             StoreError::Precondition(why) => Self::FailedPrecondition(why),
+            StoreError::TooManyKeys(cap) => Self::LimitReached(format!(
+                "the organization has {cap} live keys, the most --max-keys-per-organization \
+                 allows; revoke keys it no longer uses"
+            )),
             StoreError::LiveUserKeyExists => Self::AlreadyExists(
                 "this user already has a live user key in this organization; revoke it first",
             ),

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// keygate is shutting down and no longer reads the store.
     #[error("the store is closed")]
     Closed,
+    /// The organization already has this many live keys, the cap.
+    #[error("the organization has {0} live keys, the cap")]
+    TooManyKeys(u64),
     /// The unique index on live user keys refused a second one.
     #[error("a live user key already exists for this user and organization")]
     LiveUserKeyExists,
@@ -54,6 +57,9 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The server's TLS certificate could not be verified; the text says what to do.
+    #[error("{0}")]
+    Tls(String),
     #[error("unsupported database url: expected mysql://… or sqlite://…")]
     UnsupportedUrl,
     /// The database named in the URL does not exist and keygate may not create it.
@@ -132,6 +138,9 @@ pub struct Store {
     /// Webhook endpoints (their ids) that every event written through this
     /// handle is queued for, in the event's own transaction.
     webhook_endpoints: std::sync::Arc<[String]>,
+    /// At most this many live keys per organization, checked by `create_key`
+    /// under the organization's lock.
+    max_live_keys: Option<u64>,
 }
 
 impl Store {
@@ -140,6 +149,13 @@ impl Store {
     /// make skip an event). Every instance must be given the same endpoints.
     pub fn with_webhook_endpoints(mut self, endpoints: Vec<String>) -> Self {
         self.webhook_endpoints = endpoints.into();
+        self
+    }
+
+    /// This store, refusing a new key in an organization that has `cap` live
+    /// keys: one tenant must not grow everyone's storage and memory.
+    pub fn with_key_cap(mut self, cap: u64) -> Self {
+        self.max_live_keys = Some(cap);
         self
     }
 
@@ -156,6 +172,7 @@ impl Store {
         Ok(Self {
             pool,
             webhook_endpoints: std::sync::Arc::from(Vec::new()),
+            max_live_keys: None,
         })
     }
 

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use sqlx::{
     MySqlPool,
     migrate::Migrator,
-    mysql::{MySqlConnectOptions, MySqlPoolOptions},
+    mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode},
 };
 
 use super::{PoolConfig, StoreError, dialect::Dialect};
@@ -44,7 +44,77 @@ fn usage_update(n: usize) -> String {
 pub(super) async fn connect(url: &str, config: &PoolConfig) -> Result<MySqlPool, StoreError> {
     // `mariadb://` is accepted as a courtesy; the driver only knows `mysql://`.
     let url = url.replacen("mariadb://", "mysql://", 1);
-    let options = MySqlConnectOptions::from_str(&url)?
+    let mut options = MySqlConnectOptions::from_str(&url)?;
+    if let Some(mode) = default_ssl_mode(&url) {
+        options = options.ssl_mode(mode);
+    }
+    connect_with(options, config)
+        .await
+        .map_err(|e| untrusted_server(e, &url))
+}
+
+/// The TLS mode when the URL names none: a server off this host is reached
+/// over a network someone else may be on, so its certificate must be valid for
+/// its name (`VERIFY_IDENTITY`, trusting the system's CAs or `ssl-ca`); on
+/// loopback, or through a Unix socket, TLS is used when the server offers it
+/// (`PREFERRED`). `None`: the URL says, or is not one keygate can read.
+fn default_ssl_mode(url: &str) -> Option<MySqlSslMode> {
+    let parsed = url::Url::parse(url).ok()?;
+    let says = parsed
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("ssl-mode") || k.eq_ignore_ascii_case("sslmode"));
+    if says {
+        return None;
+    }
+    let by_socket = parsed.query_pairs().any(|(k, _)| k == "socket");
+    let local = by_socket
+        || match parsed.host() {
+            None => true,
+            // A `mysql://` URL's host is opaque to the URL parser: an IPv4
+            // address arrives as a name.
+            Some(url::Host::Domain(d)) => {
+                d.eq_ignore_ascii_case("localhost")
+                    || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        };
+    Some(if local {
+        MySqlSslMode::Preferred
+    } else {
+        MySqlSslMode::VerifyIdentity
+    })
+}
+
+/// A failed TLS handshake at start, said as what it is and what to do; the
+/// URL is shown without its password.
+fn untrusted_server(e: StoreError, url: &str) -> StoreError {
+    // rustls reports a certificate it cannot verify from inside the socket's
+    // I/O; sqlx passes it on as an I/O error.
+    let rejected = match &e {
+        StoreError::Unavailable(sqlx::Error::Tls(_)) => true,
+        StoreError::Unavailable(sqlx::Error::Io(io)) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_))),
+        _ => false,
+    };
+    if !rejected {
+        return e;
+    }
+    StoreError::Tls(format!(
+        "cannot verify the TLS certificate of the MySQL server in {:?} ({e}); \
+         give its CA with ssl-ca=/path/ca.pem in --database-url (the system's CAs are \
+         trusted too), or choose ssl-mode yourself",
+        crate::config::Sensitive::from(url)
+    ))
+}
+
+async fn connect_with(
+    options: MySqlConnectOptions,
+    config: &PoolConfig,
+) -> Result<MySqlPool, StoreError> {
+    let options = options
         // Timestamps are integers, but a session time zone keeps any NOW() honest.
         .timezone(Some("+00:00".into()))
         .charset("utf8mb4");
@@ -120,5 +190,33 @@ async fn create_database_if_missing(options: &MySqlConnectOptions) -> Result<(),
             statement,
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_off_this_host_is_verified_unless_the_url_says_otherwise() {
+        use MySqlSslMode::{Preferred, VerifyIdentity};
+        for (url, mode) in [
+            ("mysql://u:p@db.internal:3306/k", Some(VerifyIdentity)),
+            ("mysql://u@10.0.0.7/k", Some(VerifyIdentity)),
+            ("mysql://u@[2001:db8::1]:3306/k", Some(VerifyIdentity)),
+            ("mysql://root@127.0.0.1:3306/k", Some(Preferred)),
+            ("mysql://root@127.9.9.9/k", Some(Preferred)),
+            ("mysql://root@localhost/k", Some(Preferred)),
+            ("mysql://root@[::1]:3306/k", Some(Preferred)),
+            ("mysql://root@db.internal/k?socket=/run/mysqld/mysqld.sock", Some(Preferred)),
+            ("mysql://u@db.internal/k?ssl-mode=DISABLED", None),
+            ("mysql://u@db.internal/k?sslmode=required", None),
+        ] {
+            assert_eq!(
+                format!("{:?}", default_ssl_mode(url)),
+                format!("{mode:?}"),
+                "{url}"
+            );
+        }
     }
 }

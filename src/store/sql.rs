@@ -299,6 +299,21 @@ impl Store {
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             lock_organization!(tx, d, key.organization_id.as_str());
+            if let Some(cap) = self.max_live_keys {
+                // Under the organization's lock: racing creates count each other.
+                let live: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM api_keys WHERE organization_id = ? \
+                     AND revoke_time IS NULL AND rotated_to_id IS NULL \
+                     AND (expire_time IS NULL OR expire_time > ?)",
+                )
+                .bind(key.organization_id.as_str())
+                .bind(key.create_time.0)
+                .fetch_one(&mut *tx)
+                .await?;
+                if u64::try_from(live).unwrap_or(0) >= cap {
+                    return Err(StoreError::TooManyKeys(cap));
+                }
+            }
             let inserted = insert_key!(tx, key);
             match inserted {
                 Err(e) if is_live_user_conflict(&e) => return Err(StoreError::LiveUserKeyExists),
@@ -1113,6 +1128,41 @@ impl Store {
                 .rows_affected()
         });
         Ok(n)
+    }
+
+    /// Deletes up to `batch` of the oldest events from before `before`, with
+    /// their webhook deliveries (delivered, given up, or never to be sent now);
+    /// returns how many events went. Reads the oldest `batch` events by id
+    /// and deletes the leading run of them that is old enough, so each call
+    /// touches a bounded number of rows and stops at the first newer event.
+    pub async fn prune_events(&self, before: Micros, batch: u32) -> Result<u64, StoreError> {
+        on_pool!(self, |p, _d| {
+            let oldest: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT id, event_time FROM key_events ORDER BY id LIMIT ?")
+                    .bind(i64::from(batch))
+                    .fetch_all(p)
+                    .await?;
+            let old: Vec<i64> = oldest
+                .iter()
+                .take_while(|(_, time)| *time < before.0)
+                .map(|(id, _)| *id)
+                .collect();
+            let Some(&upto) = old.last() else {
+                return Ok(0);
+            };
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM webhook_deliveries WHERE event_id <= ?")
+                .bind(upto)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM key_events WHERE id <= ?")
+                .bind(upto)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 
     /// Whether the database answers; drives the health service.

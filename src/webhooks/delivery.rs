@@ -49,6 +49,17 @@ pub enum WebhookConfigError {
     Url(usize),
     #[error("--webhook-url needs --webhook-secret")]
     NoSecret,
+    /// Two entries that differ only in credentials or query are one endpoint
+    /// in the store; queuing every event for it twice would fail every write.
+    #[error(
+        "--webhook-url: entries {first} and {second} are the same endpoint ({shown}): \
+         URLs that differ only in credentials or query share their deliveries; give each once"
+    )]
+    Repeated {
+        first: usize,
+        second: usize,
+        shown: String,
+    },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
@@ -112,9 +123,17 @@ fn endpoints(urls: &[String]) -> Result<Vec<Endpoint>, WebhookConfigError> {
             parsed.port().map(|p| format!(":{p}")).unwrap_or_default(),
             parsed.path()
         );
+        let id = endpoint_id(&shown);
+        if let Some(first) = endpoints.iter().position(|e: &Endpoint| e.id == id) {
+            return Err(WebhookConfigError::Repeated {
+                first: first + 1,
+                second: i + 1,
+                shown,
+            });
+        }
         endpoints.push(Endpoint {
             url: url.clone(),
-            id: endpoint_id(&shown),
+            id,
             shown,
         });
     }
@@ -371,5 +390,19 @@ mod tests {
         ] {
             assert!(signer(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_given_twice_is_refused_without_echoing_credentials() {
+        let urls = [
+            "https://hooks.example.com/keygate".to_owned(),
+            "https://other.example.com/keygate".to_owned(),
+            "https://user:hunter2@hooks.example.com/keygate?token=s3cret".to_owned(),
+        ];
+        let err = endpoint_ids(&urls).expect_err("refused").to_string();
+        assert!(err.contains("entries 1 and 3"), "{err}");
+        assert!(err.contains("https://hooks.example.com/keygate"), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
+        assert_eq!(endpoint_ids(&urls[..2]).expect("distinct").len(), 2);
     }
 }

@@ -1146,7 +1146,82 @@ async fn oversized_messages_are_refused_by_the_transport(backend: Backend) {
     app.stop().await;
 }
 
+/// Limits are the admins': a member may neither set `rate_limits` or `quota`
+/// on a new key nor name either in an update of their own key (refused,
+/// naming the field, nothing changed, no event); an admin may, on that key.
+async fn members_may_not_set_or_change_limits(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let limit = proto::RateLimit {
+        name: "per_minute".into(),
+        limit: 10,
+        window: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+    };
+    let quota = proto::Quota {
+        limit: 100,
+        period: proto::QuotaPeriod::Month.into(),
+    };
+    let mut c = app.admin.clone();
+    let mut with_limits = user_key("acme", "a", &["links:read"]);
+    with_limits.rate_limits = vec![limit.clone()];
+    let mut with_quota = user_key("acme", "a", &["links:read"]);
+    with_quota.quota = Some(quota);
+    for (req, field) in [(with_limits, "rate_limits"), (with_quota, "quota")] {
+        let status = assert_code(
+            c.create_key(member("alice", req)).await,
+            Code::PermissionDenied,
+        );
+        assert!(status.message().contains(field), "{status:?}");
+    }
+    assert!(app.all_keys("acme").await.is_empty(), "nothing created");
+
+    let (key, _) = app
+        .create(member("alice", user_key("acme", "a", &["links:read"])))
+        .await;
+    let update = |paths: &[&str]| UpdateKeyRequest {
+        organization_id: "acme".into(),
+        id: key.id.clone(),
+        name: "renamed".into(),
+        rate_limits: vec![limit.clone()],
+        quota: Some(quota),
+        update_mask: mask(paths),
+        ..Default::default()
+    };
+    for (paths, field) in [
+        (&["rate_limits"][..], "rate_limits"),
+        (&["quota"][..], "quota"),
+        (&["name", "quota"][..], "quota"),
+    ] {
+        let status = assert_code(
+            c.update_key(member("alice", update(paths))).await,
+            Code::PermissionDenied,
+        );
+        assert!(status.message().contains(field), "{paths:?}: {status:?}");
+    }
+    assert_eq!(app.get("acme", &key.id).await, key, "nothing changed");
+    assert_eq!(app.events("acme", &key.id).await.len(), 1, "no event");
+
+    let updated = c
+        .update_key(admin(update(&["rate_limits", "quota"])))
+        .await
+        .expect("an admin may")
+        .into_inner()
+        .key
+        .expect("key");
+    assert_eq!(updated.rate_limits, vec![limit.clone()]);
+    assert_eq!(updated.quota, Some(quota));
+    // The member's own changes to other fields still pass.
+    c.update_key(member("alice", update(&["name"])))
+        .await
+        .expect("a member renames their key");
+    app.stop().await;
+}
+
 crate::store_tests!(
+    members_may_not_set_or_change_limits,
+    an_organization_has_at_most_the_cap_of_live_keys,
     create_returns_the_secret_once,
     lists_are_normalised,
     bad_create_requests_name_the_field_and_change_nothing,
@@ -1162,3 +1237,45 @@ crate::store_tests!(
     scope_catalog_rejects_unknown_scopes,
     oversized_messages_are_refused_by_the_transport,
 );
+
+/// `--max-keys-per-organization`: past that many live keys a create is
+/// RESOURCE_EXHAUSTED naming the flag, and changes nothing; racing creates
+/// never get past it; a revoked key frees its place; other organizations
+/// have their own count.
+async fn an_organization_has_at_most_the_cap_of_live_keys(backend: Backend) {
+    let app = spawn_app_with(backend, &["--max-keys-per-organization", "5"]).await;
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let mut c = app.admin.clone();
+        creates.spawn(async move {
+            c.create_key(admin(bot_key("acme", &format!("k{i}"), &["links:read"])))
+                .await
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(r) = creates.join_next().await {
+        if let Err(status) = r.expect("joined") {
+            refused.push(status);
+        }
+    }
+    assert_eq!(refused.len(), 7, "exactly the cap passed: {refused:?}");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("--max-keys-per-organization"), "{status:?}");
+    }
+    let keys = app.all_keys("acme").await;
+    assert_eq!(keys.len(), 5);
+    app.create(admin(bot_key("other", "k", &["links:read"]))).await;
+    app.revoke("acme", &keys[0].id).await;
+    app.create(admin(bot_key("acme", "after-revoke", &["links:read"])))
+        .await;
+    let status = assert_code(
+        app.admin
+            .clone()
+            .create_key(admin(bot_key("acme", "one-more", &["links:read"])))
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains('5'), "names the limit: {status:?}");
+    app.stop().await;
+}

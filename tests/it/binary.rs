@@ -58,9 +58,11 @@ async fn list_services(channel: tonic::transport::Channel) -> Vec<String> {
     }
 }
 
-/// A first run with no configuration but a database: a generated admin token,
-/// the whole key life cycle, health and reflection, then SIGTERM flushes usage,
-/// and the secret appears nowhere in a trace-level log.
+/// A first run with no configuration but a database: a generated admin token
+/// (in a file of mode 0600, never in the log),
+/// the whole key life cycle, Envoy's Check and forward auth, health and
+/// reflection, then SIGTERM flushes usage, and the secret appears nowhere in a
+/// trace-level log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     let db = TestDb::create(Backend::Sqlite).await;
@@ -68,6 +70,8 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         &[
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
             "127.0.0.1:0",
             "--usage-flush-interval",
             "1h",
@@ -79,14 +83,24 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         ],
     );
     let addr = proc.wait_serving();
-    // With JSON logs the token comes as one JSON log line, with how to use it.
-    let token = proc.wait_for("the generated token", |l| {
+    let http = proc.wait_serving_http();
+    // Not on a terminal, so the token is in a file only this user can read,
+    // and the log names the file, never the token.
+    let token_file = proc.wait_for("the generated token's file", |l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        v.get("admin_token")?;
+        let path = v.get("token_file")?.as_str()?.to_owned();
         assert_eq!(v["level"], "WARN", "{l}");
         assert!(v["usage"].as_str()?.contains("x-actor-role"), "{l}");
-        v["admin_token"].as_str().map(str::to_owned)
+        Some(std::path::PathBuf::from(path))
     });
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file).expect("the token file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "only its owner reads it");
+    let token = std::fs::read_to_string(&token_file)
+        .expect("read the token")
+        .trim()
+        .to_owned();
     assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()));
 
     let channel = connect(addr).await;
@@ -110,6 +124,38 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
             .into_inner();
         assert_eq!(resp.code(), VerifyCode::Valid);
     }
+    // The edge entry points, at trace level too: Envoy's Check and forward auth.
+    let check = envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(envoy_types::pb::envoy::service::auth::v3::AttributeContext {
+            request: Some(envoy_types::pb::envoy::service::auth::v3::attribute_context::Request {
+                http: Some(
+                    envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: "/api/links".into(),
+                        headers: [("authorization".to_owned(), format!("Bearer {secret}"))]
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    },
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let checked = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone())
+        .check(check)
+        .await
+        .expect("Envoy's Check answers")
+        .into_inner();
+    assert_eq!(checked.status.map(|s| s.code), Some(0), "allowed");
+    let forwarded = reqwest::Client::new()
+        .get(format!("http://{http}/v1/authorize"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("forward auth answers");
+    assert_eq!(forwarded.status(), 200);
     admin_client
         .revoke_key(with_token(
             &token,
@@ -183,11 +229,8 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         !log_text.contains(&secret[secret.len() - 49..]),
         "the secret's body appears in the log"
     );
-    assert_eq!(
-        log_text.matches(&token).count(),
-        1,
-        "the token is printed once"
-    );
+    assert!(!log_text.contains(&token), "the token appears in the log");
+    assert!(!token_file.exists(), "the token file is removed at shutdown");
     // JSON logs are pure JSON: every line a log consumer reads parses.
     let json: Vec<serde_json::Value> = log
         .iter()
@@ -214,7 +257,9 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     assert_eq!(denied[0]["method"], "RevokeKey");
     // Verification outcomes are debug lines, never info.
     let verified: Vec<_> = json.iter().filter(|v| v["message"] == "verified").collect();
-    assert_eq!(verified.len(), 4, "one per verification that found the key");
+    // Three VerifyKey calls, Envoy's Check, forward auth, and the call after
+    // the revoke.
+    assert_eq!(verified.len(), 6, "one per verification that found the key");
     assert!(verified.iter().all(|v| v["level"] == "DEBUG"));
 
     // The four verifications that found the key were flushed at shutdown.
@@ -271,6 +316,42 @@ fn bad_flags_are_refused_with_a_clear_message() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// Without --admin-tokens, keygate generates a token only when every listener
+/// is on loopback; with any other address it refuses to start, naming the
+/// flag and the address, before it touches the store.
+#[test]
+fn no_generated_admin_token_on_a_public_listener() {
+    let dir = std::env::temp_dir().join(format!("kgt-public-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&dir).expect("dir");
+    let db = format!("sqlite://{}/keygate.db", dir.display());
+    for flag in ["--listen", "--admin-listen", "--http-listen", "--metrics-listen"] {
+        let out = keygate_command()
+            .args(["serve", "--database-url", &db, flag, "0.0.0.0:0"])
+            .env_remove("KEYGATE_ADMIN_TOKENS")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--admin-tokens") && stderr.contains("0.0.0.0:0"),
+            "{flag}: {stderr}"
+        );
+    }
+    assert!(!dir.join("keygate.db").exists(), "the store was not touched");
+
+    // With tokens, the HTTP listener off loopback still needs TLS.
+    let out = keygate_command()
+        .args(["serve", "--database-url", &db, "--admin-tokens", "t0ken-for-the-test"])
+        .args(["--http-listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tls-cert") && stderr.contains("0.0.0.0:0"), "{stderr}");
+    assert!(!dir.join("keygate.db").exists(), "the store was not touched");
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// A first run against a fresh MySQL server: `migrate` creates the database the

@@ -285,6 +285,34 @@ async fn envoy_allows_with_the_identity_and_keeps_the_secret_and_forgeries_out(b
     removed.sort();
     assert_eq!(removed, ["x-api-key", "x-keygate-user-id"]);
 
+    // The same forgery with underscores, which CGI, WSGI and Rack-style
+    // upstreams read as the same variable: removed too, in every case, and
+    // beside a header keygate sets under the hyphenated name.
+    let ok = edge
+        .allowed(check(
+            "GET",
+            "/api/links/abc",
+            &[
+                ("x-api-key", &bot_secret),
+                ("x_keygate_user_id", "admin"),
+                ("X_Keygate_Key_Id", "forged"),
+                ("x-keygate_organization_id", "victim"),
+            ],
+        ))
+        .await;
+    assert_eq!(ok.set.get("x-keygate-key-id"), Some(&bot.id));
+    let mut removed = ok.removed.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "x-api-key",
+            "x-keygate_organization_id",
+            "x_keygate_key_id",
+            "x_keygate_user_id"
+        ]
+    );
+
     // Envoy joins a repeated header with commas in `headers` and keeps the
     // copies apart in `header_map`; older Envoys overwrite only the first copy
     // of a header keygate sets, so a repeated identity header is refused.

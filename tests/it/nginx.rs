@@ -161,6 +161,9 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_without_the_secre
         .get(format!("{base}/api/links/abc"))
         .header("x-api-key", &limited_secret)
         .header("x-keygate-user-id", "admin")
+        // The spelling CGI, WSGI and Rack-style upstreams read as the same
+        // variable; nginx drops header names with underscores by default.
+        .header("x_keygate_user_id", "admin")
         .send()
         .await
         .expect("nginx answers");
@@ -203,6 +206,12 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_without_the_secre
             assert!(
                 !h.contains_key("authorization") && !h.contains_key("x-api-key"),
                 "{h:?}"
+            );
+            assert!(
+                !h.keys()
+                    .any(|k| keygate::api::edge::in_identity_namespace(k.as_str())
+                        && k.as_str().contains('_')),
+                "an underscore spelling reached the upstream: {h:?}"
             );
             let all = format!("{h:?}");
             assert!(!all.contains(&reader_secret) && !all.contains(&limited_secret));

@@ -125,6 +125,10 @@ impl PrivateMariaDb {
         (primary, replica)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}", self.port)
     }

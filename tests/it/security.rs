@@ -231,3 +231,62 @@ crate::store_tests!(
     the_secret_is_stored_nowhere,
     key_admin_refuses_unidentified_callers
 );
+
+/// Every type that can hold a secret prints none in `Debug`, so a value
+/// logged by mistake (a `?request` in a span, an error holding one) leaks
+/// nothing: the generated request and answers that carry one, the domain's
+/// verification and the edge request.
+#[test]
+fn types_that_hold_a_secret_print_none() {
+    let secret = "kg_live_7Qz3mWc9XbT2rLp8vNd4hJk6sFa1gYe5uRo0iPq7wEtCyBxVnMl";
+    let scopes = vec!["links:read".to_owned()];
+    let shown = [
+        format!(
+            "{:?}",
+            VerifyKeyRequest {
+                key: secret.into(),
+                required_scopes: scopes.clone(),
+                ..Default::default()
+            }
+        ),
+        format!(
+            "{:?}",
+            proto::CreateKeyResponse {
+                key: None,
+                secret: secret.into(),
+            }
+        ),
+        format!(
+            "{:?}",
+            proto::RotateKeyResponse {
+                key: None,
+                secret: secret.into(),
+                previous_key: None,
+            }
+        ),
+        format!(
+            "{:?}",
+            keygate::domain::verify::Verification {
+                key: secret,
+                required_scopes: &scopes,
+                origin: "",
+                referer: "",
+                organization_id: None,
+                cost: 1,
+            }
+        ),
+        format!(
+            "{:#?}",
+            keygate::services::authorizer::EdgeRequest {
+                method: "GET",
+                key: secret,
+                ..Default::default()
+            }
+        ),
+    ];
+    for text in &shown {
+        assert_absent(text, secret, text);
+        assert!(text.contains("<redacted>"), "says a secret was there: {text}");
+    }
+    assert!(shown[0].contains("links:read"), "the rest is shown: {}", shown[0]);
+}

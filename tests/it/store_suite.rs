@@ -1131,7 +1131,103 @@ async fn a_rotation_chain_is_one_lineage(backend: Backend) {
     finish(db, store).await;
 }
 
+/// `--event-retention`: events older than the cut go, oldest first, a batch
+/// at a time, with their webhook deliveries; newer events and their pending
+/// deliveries stay.
+async fn events_past_retention_go_in_batches_with_their_deliveries(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let store = store.with_webhook_endpoints(vec!["ep".into()]);
+    let day = 86_400_000_000;
+    let now = Micros::now();
+    let old_time = Micros(now.0 - 500 * day);
+    for i in 0..25 {
+        let key = record("acme", Owner::Bot, &format!("old{i}"), old_time);
+        store.create_key(&key).await.expect("create");
+    }
+    let new = create_many(&store, "acme", 3).await;
+    let before = Micros(now.0 - 400 * day);
+    let mut batches = Vec::new();
+    loop {
+        let n = store.prune_events(before, 10).await.expect("prune");
+        batches.push(n);
+        if n < 10 {
+            break;
+        }
+    }
+    assert_eq!(batches, [10, 10, 5]);
+    assert_eq!(store.prune_events(before, 10).await.expect("prune"), 0);
+    let left = events(&store, "acme", None).await;
+    let left_keys: HashSet<&KeyId> = left.iter().map(|e| &e.key_id).collect();
+    assert_eq!(left_keys, new.iter().map(|k| &k.id).collect(), "only the newer events");
+    let at = Micros::now();
+    let claimed = store
+        .webhook_claim("ep", "me", at, Micros(at.0 + 60_000_000), 100)
+        .await
+        .expect("claim");
+    let claimed: HashSet<&KeyId> = claimed.iter().map(|d| &d.event.key_id).collect();
+    assert_eq!(claimed, left_keys, "the pruned events' deliveries went with them");
+    finish(db, store).await;
+}
+
+/// Webhook delivery takes turns between organizations: with 10 000 events
+/// of one organization due, another's event is in the first batch claimed,
+/// and each organization's events keep their order.
+async fn webhook_delivery_takes_turns_between_organizations(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let store = store.with_webhook_endpoints(vec!["ep".into()]);
+    // Written directly: 10 000 CreateKey transactions would take minutes.
+    let mut raw = RawDb::connect(&db).await;
+    for chunk in (1..=10_000_u32).collect::<Vec<_>>().chunks(1000) {
+        let events: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "({i}, '00000000-0000-7000-8000-{i:012x}', 'busy', 1, 'admin-1', 1, X'{:064x}', {i}, NULL)",
+                    i
+                )
+            })
+            .collect();
+        raw.execute(&format!(
+            "INSERT INTO key_events (id, key_id, organization_id, action, actor_id, \
+             event_time, secret_hash, org_seq, key_snapshot) VALUES {}",
+            events.join(", ")
+        ))
+        .await;
+        let deliveries: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("('ep', {i}, 0, 0, 0, 0)"))
+            .collect();
+        raw.execute(&format!(
+            "INSERT INTO webhook_deliveries (endpoint, event_id, state, attempts, \
+             next_attempt_time, lease_until) VALUES {}",
+            deliveries.join(", ")
+        ))
+        .await;
+    }
+    let quiet = bot("quiet", "revoked-soon");
+    store.create_key(&quiet).await.expect("create");
+    let now = Micros::now();
+    let claimed = store
+        .webhook_claim("ep", "me", now, Micros(now.0 + 60_000_000), 16)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 16);
+    assert!(
+        claimed.iter().any(|d| d.event.key_id == quiet.id),
+        "the quiet organization's event is in the first round"
+    );
+    let busy: Vec<u64> = claimed
+        .iter()
+        .filter(|d| d.event.organization_id.as_str() == "busy")
+        .map(|d| d.event_id)
+        .collect();
+    assert_eq!(busy, (1..=15).collect::<Vec<u64>>(), "oldest first, in order");
+    finish(db, store).await;
+}
+
 crate::store_tests!(
+    events_past_retention_go_in_batches_with_their_deliveries,
+    webhook_delivery_takes_turns_between_organizations,
     a_rotation_chain_is_one_lineage,
     quota_credits_are_handed_out_by_a_conditional_write,
     a_key_round_trips_through_its_life_cycle,

@@ -615,3 +615,143 @@ async fn the_http_listener_speaks_tls_with_the_same_certificate() {
     }
     db.drop_db().await;
 }
+
+/// TLS to MySQL: a private MariaDB that requires TLS, with a certificate of
+/// the test's CA. keygate connects with the certificate verified
+/// (`ssl-mode=VERIFY_IDENTITY`, the CA in `ssl-ca`) and the session is
+/// encrypted; with another CA it refuses to start and says why; on loopback
+/// without `ssl-mode` it uses TLS when offered (the server refuses anything
+/// else here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_is_reached_over_verified_tls_and_an_unknown_ca_stops_the_start() {
+    use sqlx::{Connection, Row};
+    let pki = Pki::generate();
+    let (other_ca, _) = new_ca("some other CA");
+    std::fs::write(pki.path("other-ca.crt"), other_ca).expect("write");
+    let server = crate::private_db::PrivateMariaDb::start_with(&[
+        format!("--ssl-ca={}", pki.arg("ca.crt")),
+        format!("--ssl-cert={}", pki.arg("server.crt")),
+        format!("--ssl-key={}", pki.arg("server.key")),
+        "--require-secure-transport=ON".to_owned(),
+    ])
+    .await;
+    let port = server.port();
+    let config = keygate::store::PoolConfig::default();
+    let verified = |ca: &str| {
+        format!(
+            "mysql://root@localhost:{port}/kgt_tls?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+            pki.arg(ca)
+        )
+    };
+
+    let store = keygate::store::Store::connect(&verified("ca.crt"), &config)
+        .await
+        .expect("the server's certificate verifies against its CA");
+    store.migrate().await.expect("migrations over TLS");
+    store.close().await;
+    let mut conn = sqlx::MySqlConnection::connect(&verified("ca.crt"))
+        .await
+        .expect("connect");
+    let cipher: String = sqlx::query("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("status")
+        .try_get(1_usize)
+        .expect("value");
+    assert!(!cipher.is_empty(), "the session is encrypted");
+    let _ = conn.close().await;
+
+    let err = keygate::store::Store::connect(&verified("other-ca.crt"), &config)
+        .await
+        .expect_err("a certificate of another CA stops the start")
+        .to_string();
+    assert!(
+        err.contains("cannot verify the TLS certificate") && err.contains("ssl-ca"),
+        "{err}"
+    );
+
+    let loopback = format!("mysql://root@127.0.0.1:{port}/kgt_tls");
+    keygate::store::Store::connect(&loopback, &config)
+        .await
+        .expect("loopback without ssl-mode takes the TLS offered")
+        .close()
+        .await;
+}
+
+/// TLS to Redis: a private `redis-server` that speaks only TLS, with a
+/// certificate of the test's CA. With `rediss://` and that CA, the shared
+/// rate limits live in that Redis; with another CA keygate does not trust the
+/// server, writes nothing there, and counts alone (verification answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_is_reached_over_verified_tls() {
+    use crate::usage_limits::{PrivateRedis, free_port};
+    let pki = Pki::generate();
+    let (other_ca, _) = new_ca("some other CA");
+    std::fs::write(pki.path("other-ca.crt"), other_ca).expect("write");
+    let port = free_port();
+    let _redis = PrivateRedis::start_tls_on(
+        port,
+        &pki.arg("server.crt"),
+        &pki.arg("server.key"),
+        &pki.arg("ca.crt"),
+    );
+    let url = format!("rediss://localhost:{port}/0");
+    let redis_keys = || async {
+        let client = redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pki.ca_cert.clone().into_bytes()),
+            },
+        )
+        .expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the test reaches its Redis over TLS");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        keys
+    };
+    for (ca, shared) in [("other-ca.crt", false), ("ca.crt", true)] {
+        let db = TestDb::create(Backend::Sqlite).await;
+        let app = start(
+            &db,
+            &[
+                "--rate-limit-redis-url".to_owned(),
+                url.clone(),
+                "--rate-limit-redis-ca".to_owned(),
+                pki.arg(ca),
+            ],
+        )
+        .await;
+        let channel = connect(app.addr()).await;
+        let mut req = bot_key("acme", "limited", &["links:read"]);
+        req.rate_limits = vec![keygate::proto::RateLimit {
+            name: "per_minute".into(),
+            limit: 100,
+            window: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+        }];
+        let secret = KeyAdminClient::new(channel.clone())
+            .create_key(admin(req))
+            .await
+            .expect("create")
+            .into_inner()
+            .secret;
+        let code = KeyVerifyClient::new(channel)
+            .verify_key(verify_req(&secret, &["links:read"]))
+            .await
+            .expect("verify answers")
+            .into_inner()
+            .code();
+        assert_eq!(code, VerifyCode::Valid, "{ca}");
+        assert_eq!(!redis_keys().await.is_empty(), shared, "{ca}");
+        stop(app, db).await;
+    }
+}

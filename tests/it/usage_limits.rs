@@ -748,6 +748,28 @@ impl PrivateRedis {
         Self { child: Some(child) }
     }
 
+    /// A Redis that speaks only TLS on `port`, with `cert` and `key` (PEM
+    /// files) and no client certificates asked for.
+    pub(crate) fn start_tls_on(port: u16, cert: &str, key: &str, ca: &str) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", cert, "--tls-key-file", key])
+            .args(["--tls-ca-cert-file", ca, "--tls-auth-clients", "no"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child: Some(child) }
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -29,6 +29,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Invalid(v) => invalid_argument(&v),
+            Error::LimitReached(m) => Status::resource_exhausted(m),
             Error::Unavailable => Status::unavailable("the key store is unavailable; retry later"),
             Error::Internal => Status::internal("internal error"),
         }

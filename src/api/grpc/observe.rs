@@ -80,7 +80,19 @@ where
             if let Some(status) = status
                 .filter(|s| matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied))
             {
-                tracing::info!(method, code = ?status.code(), reason = status.message(), "admin call denied");
+                // One line a second per reason at most, with `dropped`: how
+                // many like it were not logged since (all are counted above).
+                static DENIED: std::sync::LazyLock<crate::logging::Throttle> =
+                    std::sync::LazyLock::new(Default::default);
+                if let Some(dropped) = DENIED.allow(status.message(), std::time::Instant::now()) {
+                    tracing::info!(
+                        method,
+                        code = ?status.code(),
+                        reason = status.message(),
+                        dropped,
+                        "admin call denied"
+                    );
+                }
             }
             Ok(response)
         })

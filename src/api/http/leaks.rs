@@ -52,7 +52,17 @@ async fn report(State(route): State<Arc<LeakRoute>>, headers: HeaderMap, body: B
         &body,
     );
     if let Err(e) = signed {
-        tracing::warn!(reason = %e, bytes = body.len(), "leak report refused");
+        crate::metrics::leak_report_refused(e.reason());
+        static REFUSED: std::sync::LazyLock<crate::logging::Throttle> =
+            std::sync::LazyLock::new(Default::default);
+        if let Some(dropped) = REFUSED.allow(e.reason(), std::time::Instant::now()) {
+            tracing::warn!(
+                reason = %e,
+                bytes = body.len(),
+                dropped,
+                "leak report refused"
+            );
+        }
         return error(StatusCode::UNAUTHORIZED, &e.to_string());
     }
     let tokens = match parse_report(&body) {
