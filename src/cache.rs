@@ -120,7 +120,12 @@ impl CachedKey {
             + v.rotated_to_id.len()
             + self.encoded.len()
             + strings(&mut self.scopes.iter().map(|s| s.len() + 16))
-            + strings(&mut self.allowed_hostnames.iter().map(|h| h.to_string().len() + 32))
+            + strings(
+                &mut self
+                    .allowed_hostnames
+                    .iter()
+                    .map(|h| h.to_string().len() + 32),
+            )
             + self.rate_limits.len() * std::mem::size_of::<crate::limits::RateLimit>() * 2;
         // The Arc's counters, and the cache's own entry (hash, deadline).
         let fixed = std::mem::size_of::<Self>() + 16 + std::mem::size_of::<Entry>() + 32;
@@ -514,8 +519,14 @@ mod tests {
         let each = weights[0];
         assert!(each > 5_000, "a key of 128 scopes weighs {each} bytes");
         let held = cache.len();
-        assert!(held * each <= room(max_bytes), "{held} keys of {each} bytes");
-        assert!(held >= 100, "the bound is the bytes, not fewer keys: {held}");
+        assert!(
+            held * each <= room(max_bytes),
+            "{held} keys of {each} bytes"
+        );
+        assert!(
+            held >= 100,
+            "the bound is the bytes, not fewer keys: {held}"
+        );
     }
 
     #[test]

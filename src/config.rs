@@ -254,7 +254,11 @@ pub struct ServeArgs {
 
     /// PEM CA certificates a `rediss://` server's certificate must chain to
     /// (default: the system's CAs). Its name is verified either way.
-    #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_CA", requires = "rate_limit_redis_url")]
+    #[arg(
+        long,
+        env = "KEYGATE_RATE_LIMIT_REDIS_CA",
+        requires = "rate_limit_redis_url"
+    )]
     pub rate_limit_redis_ca: Option<PathBuf>,
 
     /// How long key events (the audit trail) and their webhook deliveries are
@@ -483,7 +487,10 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         // What an operator needs to recognise the value is still there.
-        assert!(shown.contains("mysql://***@db.internal:3306/keygate"), "{shown}");
+        assert!(
+            shown.contains("mysql://***@db.internal:3306/keygate"),
+            "{shown}"
+        );
         assert!(shown.contains("https://hooks.example.com/k"), "{shown}");
         let Command::Serve(args) = cli.command else {
             panic!("serve")

@@ -258,7 +258,13 @@ mod tests {
         ] {
             assert!(in_identity_namespace(name), "{name}");
         }
-        for name in ["x-keygate-", "x-keygat-user-id", "x.keygate.user", "x-api-key", "keygate"] {
+        for name in [
+            "x-keygate-",
+            "x-keygat-user-id",
+            "x.keygate.user",
+            "x-api-key",
+            "keygate",
+        ] {
             assert!(!in_identity_namespace(name), "{name}");
         }
     }

@@ -211,7 +211,10 @@ impl Services {
         let redis_ca = match &args.rate_limit_redis_ca {
             None => None,
             Some(path) => Some(std::fs::read(path).map_err(|e| {
-                AppError::Redis(format!("cannot read --rate-limit-redis-ca {}: {e}", path.display()))
+                AppError::Redis(format!(
+                    "cannot read --rate-limit-redis-ca {}: {e}",
+                    path.display()
+                ))
             })?),
         };
         let shared_limits = args
@@ -350,7 +353,9 @@ impl App {
         // Every event this instance writes is queued for its webhook endpoints
         // in the event's own transaction.
         let store = store
-            .with_webhook_endpoints(crate::webhooks::delivery::endpoint_ids(&args.webhook_urls())?)
+            .with_webhook_endpoints(crate::webhooks::delivery::endpoint_ids(
+                &args.webhook_urls(),
+            )?)
             .with_key_cap(args.max_keys_per_organization);
         let replica = match &args.database_read_url {
             None => None,

@@ -74,7 +74,8 @@ fn default_ssl_mode(url: &str) -> Option<MySqlSslMode> {
             // address arrives as a name.
             Some(url::Host::Domain(d)) => {
                 d.eq_ignore_ascii_case("localhost")
-                    || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    || d.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
             }
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -208,7 +209,10 @@ mod tls_tests {
             ("mysql://root@127.9.9.9/k", Some(Preferred)),
             ("mysql://root@localhost/k", Some(Preferred)),
             ("mysql://root@[::1]:3306/k", Some(Preferred)),
-            ("mysql://root@db.internal/k?socket=/run/mysqld/mysqld.sock", Some(Preferred)),
+            (
+                "mysql://root@db.internal/k?socket=/run/mysqld/mysqld.sock",
+                Some(Preferred),
+            ),
             ("mysql://u@db.internal/k?ssl-mode=DISABLED", None),
             ("mysql://u@db.internal/k?sslmode=required", None),
         ] {

@@ -1261,11 +1261,15 @@ async fn an_organization_has_at_most_the_cap_of_live_keys(backend: Backend) {
     assert_eq!(refused.len(), 7, "exactly the cap passed: {refused:?}");
     for status in &refused {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        assert!(status.message().contains("--max-keys-per-organization"), "{status:?}");
+        assert!(
+            status.message().contains("--max-keys-per-organization"),
+            "{status:?}"
+        );
     }
     let keys = app.all_keys("acme").await;
     assert_eq!(keys.len(), 5);
-    app.create(admin(bot_key("other", "k", &["links:read"]))).await;
+    app.create(admin(bot_key("other", "k", &["links:read"])))
+        .await;
     app.revoke("acme", &keys[0].id).await;
     app.create(admin(bot_key("acme", "after-revoke", &["links:read"])))
         .await;
@@ -1276,6 +1280,9 @@ async fn an_organization_has_at_most_the_cap_of_live_keys(backend: Backend) {
             .await,
         Code::ResourceExhausted,
     );
-    assert!(status.message().contains('5'), "names the limit: {status:?}");
+    assert!(
+        status.message().contains('5'),
+        "names the limit: {status:?}"
+    );
     app.stop().await;
 }

@@ -94,7 +94,9 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         Some(std::path::PathBuf::from(path))
     });
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&token_file).expect("the token file").permissions(),
+        &std::fs::metadata(&token_file)
+            .expect("the token file")
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "only its owner reads it");
     let token = std::fs::read_to_string(&token_file)
@@ -143,7 +145,10 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
             ..Default::default()
         }),
     };
-    let checked = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone())
+    let checked =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            channel.clone(),
+        )
         .check(check)
         .await
         .expect("Envoy's Check answers")
@@ -230,7 +235,10 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         "the secret's body appears in the log"
     );
     assert!(!log_text.contains(&token), "the token appears in the log");
-    assert!(!token_file.exists(), "the token file is removed at shutdown");
+    assert!(
+        !token_file.exists(),
+        "the token file is removed at shutdown"
+    );
     // JSON logs are pure JSON: every line a log consumer reads parses.
     let json: Vec<serde_json::Value> = log
         .iter()
@@ -262,7 +270,7 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     assert_eq!(verified.len(), 6, "one per verification that found the key");
     assert!(verified.iter().all(|v| v["level"] == "DEBUG"));
 
-    // The four verifications that found the key were flushed at shutdown.
+    // The six verifications that found the key were flushed at shutdown.
     let store = Store::connect(&db.url, &PoolConfig::default())
         .await
         .expect("open store");
@@ -273,7 +281,7 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
         .await
         .expect("read")
         .expect("key exists");
-    assert_eq!(key.request_count, 4);
+    assert_eq!(key.request_count, 6);
     store.close().await;
     db.drop_db().await;
 }
@@ -326,7 +334,12 @@ fn no_generated_admin_token_on_a_public_listener() {
     let dir = std::env::temp_dir().join(format!("kgt-public-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&dir).expect("dir");
     let db = format!("sqlite://{}/keygate.db", dir.display());
-    for flag in ["--listen", "--admin-listen", "--http-listen", "--metrics-listen"] {
+    for flag in [
+        "--listen",
+        "--admin-listen",
+        "--http-listen",
+        "--metrics-listen",
+    ] {
         let out = keygate_command()
             .args(["serve", "--database-url", &db, flag, "0.0.0.0:0"])
             .env_remove("KEYGATE_ADMIN_TOKENS")
@@ -339,18 +352,33 @@ fn no_generated_admin_token_on_a_public_listener() {
             "{flag}: {stderr}"
         );
     }
-    assert!(!dir.join("keygate.db").exists(), "the store was not touched");
+    assert!(
+        !dir.join("keygate.db").exists(),
+        "the store was not touched"
+    );
 
     // With tokens, the HTTP listener off loopback still needs TLS.
     let out = keygate_command()
-        .args(["serve", "--database-url", &db, "--admin-tokens", "t0ken-for-the-test"])
+        .args([
+            "serve",
+            "--database-url",
+            &db,
+            "--admin-tokens",
+            "t0ken-for-the-test",
+        ])
         .args(["--http-listen", "0.0.0.0:0"])
         .output()
         .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--tls-cert") && stderr.contains("0.0.0.0:0"), "{stderr}");
-    assert!(!dir.join("keygate.db").exists(), "the store was not touched");
+    assert!(
+        stderr.contains("--tls-cert") && stderr.contains("0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("keygate.db").exists(),
+        "the store was not touched"
+    );
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 

@@ -286,7 +286,14 @@ fn types_that_hold_a_secret_print_none() {
     ];
     for text in &shown {
         assert_absent(text, secret, text);
-        assert!(text.contains("<redacted>"), "says a secret was there: {text}");
+        assert!(
+            text.contains("<redacted>"),
+            "says a secret was there: {text}"
+        );
     }
-    assert!(shown[0].contains("links:read"), "the rest is shown: {}", shown[0]);
+    assert!(
+        shown[0].contains("links:read"),
+        "the rest is shown: {}",
+        shown[0]
+    );
 }

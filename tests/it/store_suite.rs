@@ -1158,14 +1158,21 @@ async fn events_past_retention_go_in_batches_with_their_deliveries(backend: Back
     assert_eq!(store.prune_events(before, 10).await.expect("prune"), 0);
     let left = events(&store, "acme", None).await;
     let left_keys: HashSet<&KeyId> = left.iter().map(|e| &e.key_id).collect();
-    assert_eq!(left_keys, new.iter().map(|k| &k.id).collect(), "only the newer events");
+    assert_eq!(
+        left_keys,
+        new.iter().map(|k| &k.id).collect(),
+        "only the newer events"
+    );
     let at = Micros::now();
     let claimed = store
         .webhook_claim("ep", "me", at, Micros(at.0 + 60_000_000), 100)
         .await
         .expect("claim");
     let claimed: HashSet<&KeyId> = claimed.iter().map(|d| &d.event.key_id).collect();
-    assert_eq!(claimed, left_keys, "the pruned events' deliveries went with them");
+    assert_eq!(
+        claimed, left_keys,
+        "the pruned events' deliveries went with them"
+    );
     finish(db, store).await;
 }
 
@@ -1221,7 +1228,11 @@ async fn webhook_delivery_takes_turns_between_organizations(backend: Backend) {
         .filter(|d| d.event.organization_id.as_str() == "busy")
         .map(|d| d.event_id)
         .collect();
-    assert_eq!(busy, (1..=15).collect::<Vec<u64>>(), "oldest first, in order");
+    assert_eq!(
+        busy,
+        (1..=15).collect::<Vec<u64>>(),
+        "oldest first, in order"
+    );
     finish(db, store).await;
 }
 
