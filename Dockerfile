@@ -36,6 +36,12 @@ WORKDIR /var/lib/keygate
 # The SQLite default keeps its file in /var/lib/keygate: mount a volume there to keep
 # keys across containers (`-v keygate-data:/var/lib/keygate`). No VOLUME line, so a
 # deployment on MySQL does not collect an anonymous volume per container.
+# These listeners are on the container's address, so keygate needs
+# KEYGATE_ADMIN_TOKENS (it generates a token of its own only when every listener
+# is on loopback), and a MySQL URL off the container is verified over TLS by
+# default (ssl-mode=VERIFY_IDENTITY; give ssl-ca=/path/ca.pem for a private CA):
+#   docker run -e KEYGATE_ADMIN_TOKENS=... \
+#     -e KEYGATE_DATABASE_URL='mysql://u:p@db:3306/keygate?ssl-ca=/ca/ca.pem' ...
 ENV KEYGATE_LISTEN=0.0.0.0:50051 \
     KEYGATE_METRICS_LISTEN=0.0.0.0:9464 \
     KEYGATE_DATABASE_URL=sqlite:///var/lib/keygate/keygate.db \
