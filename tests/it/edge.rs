@@ -375,6 +375,35 @@ async fn envoy_allows_with_the_identity_and_keeps_the_secret_and_forgeries_out(b
             "{k}"
         );
     }
+    // A client's forged identity, in either spelling, never comes back in
+    // forward auth's answer (which the proxy copies onto the request); the
+    // proxy's own configuration drops the client's copies (see nginx.rs).
+    let resp = edge
+        .forward(
+            "GET",
+            "/api/links/abc",
+            &[
+                ("x-api-key", &bot_secret),
+                ("x_keygate_user_id", "admin"),
+                ("x-keygate-user-id", "admin"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("x-keygate-key-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(bot.id.as_str())
+    );
+    assert!(
+        !resp
+            .headers()
+            .keys()
+            .any(|k| k.as_str().ends_with("user_id") || k.as_str().ends_with("user-id")),
+        "{:?}",
+        resp.headers()
+    );
     edge.app.stop().await;
 }
 
