@@ -77,6 +77,11 @@ fn describe() {
         "Calls answered RESOURCE_EXHAUSTED at once because --max-in-flight calls were in progress, by listener"
     );
     describe_counter!(
+        "keygate_store_errors_total",
+        Unit::Count,
+        "Store calls that failed, by kind: unavailable (the caller may retry; logged at most once a second) or internal"
+    );
+    describe_counter!(
         "keygate_leak_reports_refused_total",
         Unit::Count,
         "Leak reports on /v1/leaks/github refused for their signature, by reason: missing, unknown_key, malformed, invalid"
@@ -425,6 +430,11 @@ impl LookupMetrics {
 }
 
 /// Counts an admin RPC by method and resulting status code.
+/// A store call that failed: `unavailable` (retried by callers) or `internal`.
+pub fn store_error(kind: &'static str) {
+    counter!("keygate_store_errors_total", "kind" => kind).increment(1);
+}
+
 /// A leak report refused for its signature (`reason`: missing, unknown_key,
 /// malformed, invalid).
 pub fn leak_report_refused(reason: &'static str) {

@@ -546,3 +546,114 @@ impl ListKeyEvents {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Micros = Micros(1_800_000_000_000_000);
+
+    fn cx() -> Context<'static> {
+        Context {
+            catalog: None,
+            now: NOW,
+        }
+    }
+
+    fn create() -> proto::CreateKeyRequest {
+        proto::CreateKeyRequest {
+            organization_id: "acme".into(),
+            r#type: proto::KeyType::Bot.into(),
+            name: "ci".into(),
+            scopes: vec!["links:read".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_good_create_parses_with_its_lists_normalised() {
+        let mut req = create();
+        req.scopes = vec![
+            "links:write".into(),
+            "links:read".into(),
+            "links:write".into(),
+        ];
+        let cmd = CreateKey::parse(&req, cx()).expect("valid");
+        assert_eq!(cmd.key_type, KeyType::Bot);
+        assert_eq!(cmd.scopes.to_vec(), ["links:read", "links:write"]);
+        assert!(cmd.rate_limits.is_empty() && cmd.quota.is_none());
+    }
+
+    /// Every bad field is named at once, so a caller fixes them in one go.
+    #[test]
+    fn every_bad_field_of_a_create_is_named() {
+        let mut req = create();
+        req.organization_id = String::new();
+        req.r#type = 0;
+        req.name = String::new();
+        req.scopes = vec!["Not A Scope".into()];
+        req.expire_time = Some(prost_types::Timestamp {
+            seconds: 1,
+            nanos: 0,
+        });
+        let err = CreateKey::parse(&req, cx())
+            .expect_err("invalid")
+            .to_string();
+        for field in [
+            "organization_id",
+            "type",
+            "name",
+            "scopes[0]",
+            "expire_time",
+        ] {
+            assert!(err.contains(field), "{field} in {err}");
+        }
+    }
+
+    #[test]
+    fn a_pasted_secret_is_refused_as_a_name() {
+        let secret = crate::keys::Secret::generate(&crate::keys::KeyPrefix::default());
+        let mut req = create();
+        req.name = format!("my key {}", secret.expose());
+        let err = CreateKey::parse(&req, cx())
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("name") && err.contains(SECRET_HERE), "{err}");
+    }
+
+    #[test]
+    fn an_update_needs_a_mask_of_known_paths_and_parses_only_those() {
+        let update = |paths: &[&str]| proto::UpdateKeyRequest {
+            organization_id: "acme".into(),
+            id: "018f1f7e-0000-7000-8000-000000000001".into(),
+            name: "renamed".into(),
+            scopes: vec!["Not A Scope".into()],
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            }),
+            ..Default::default()
+        };
+        let err = UpdateKey::parse(&update(&[]), cx())
+            .expect_err("no mask")
+            .to_string();
+        assert!(err.contains("update_mask"), "{err}");
+        let err = UpdateKey::parse(&update(&["name", "colour"]), cx())
+            .expect_err("unknown path")
+            .to_string();
+        assert!(
+            err.contains("update_mask.paths[1]") && err.contains("colour"),
+            "{err}"
+        );
+        // The bad scopes are not named in the mask, so they are not read.
+        let cmd = UpdateKey::parse(&update(&["name"]), cx()).expect("valid");
+        assert_eq!(
+            cmd.patch.name.map(|n| n.as_str().to_owned()).as_deref(),
+            Some("renamed")
+        );
+        assert!(cmd.patch.scopes.is_none() && cmd.patch.quota.is_none());
+        let err = UpdateKey::parse(&update(&["scopes"]), cx())
+            .expect_err("bad scopes")
+            .to_string();
+        assert!(err.contains("scopes[0]"), "{err}");
+    }
+}

@@ -67,3 +67,92 @@ pub fn list_owner(actor: &Actor, asked: Option<UserId>) -> Result<Option<UserId>
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        keys::{KeyPrefix, Secret},
+        model::KeyId,
+    };
+
+    fn actor(id: &str, role: Role) -> Actor {
+        Actor {
+            id: UserId::parse(id).expect("user"),
+            role,
+        }
+    }
+
+    fn user_key_of(owner: &str) -> KeyRecord {
+        let secret = Secret::generate(&KeyPrefix::default());
+        KeyRecord {
+            owner: Owner::User(UserId::parse(owner).expect("user")),
+            ..KeyRecord::test_bot(KeyId::generate(), &secret, "k")
+        }
+    }
+
+    #[test]
+    fn members_create_user_keys_for_themselves_and_only_admins_bot_keys() {
+        let alice = actor("alice", Role::Member);
+        assert_eq!(
+            owner_of_new_key(&alice, KeyType::User).expect("allowed"),
+            Owner::User(alice.id.clone())
+        );
+        assert!(matches!(
+            owner_of_new_key(&alice, KeyType::Bot),
+            Err(Error::PermissionDenied(_))
+        ));
+        let admin = actor("root", Role::Admin);
+        assert_eq!(
+            owner_of_new_key(&admin, KeyType::Bot).expect("allowed"),
+            Owner::Bot
+        );
+    }
+
+    #[test]
+    fn members_act_only_on_their_own_user_keys() {
+        let alice = actor("alice", Role::Member);
+        assert!(may_act_on(&alice, &user_key_of("alice")).is_ok());
+        assert!(may_act_on(&alice, &user_key_of("bob")).is_err());
+        let secret = Secret::generate(&KeyPrefix::default());
+        let bot = KeyRecord::test_bot(KeyId::generate(), &secret, "bot");
+        assert!(may_act_on(&alice, &bot).is_err());
+        let admin = actor("root", Role::Admin);
+        assert!(may_act_on(&admin, &user_key_of("bob")).is_ok());
+        assert!(may_act_on(&admin, &bot).is_ok());
+    }
+
+    #[test]
+    fn a_member_lists_their_own_keys_and_asking_for_others_is_refused() {
+        let alice = actor("alice", Role::Member);
+        assert_eq!(
+            list_owner(&alice, None).expect("own"),
+            Some(alice.id.clone())
+        );
+        assert_eq!(
+            list_owner(&alice, Some(alice.id.clone())).expect("own"),
+            Some(alice.id.clone())
+        );
+        assert!(list_owner(&alice, Some(UserId::parse("bob").expect("user"))).is_err());
+        let admin = actor("root", Role::Admin);
+        assert_eq!(list_owner(&admin, None).expect("all"), None);
+    }
+
+    #[test]
+    fn limits_are_the_admins() {
+        let alice = actor("alice", Role::Member);
+        assert!(may_set_limits(&alice, false, false).is_ok());
+        for (rate, quota, field) in [
+            (true, false, "rate_limits"),
+            (false, true, "quota"),
+            (true, true, "rate_limits"),
+        ] {
+            match may_set_limits(&alice, rate, quota) {
+                Err(Error::PermissionDenied(m)) => assert!(m.contains(field), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(may_set_limits(&actor("root", Role::Admin), true, true).is_ok());
+        assert!(require_admin(&alice, "x").is_err());
+    }
+}

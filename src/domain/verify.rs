@@ -89,16 +89,17 @@ impl Code {
 /// path copies nothing it does not have to. Its `Debug` shows no key.
 #[derive(Clone, Copy)]
 pub struct Verification<'a> {
-    pub key: &'a str,
-    /// Each well-formed (checked by [`Verification::new`]).
-    pub required_scopes: &'a [String],
-    pub origin: &'a str,
-    pub referer: &'a str,
+    key: &'a str,
+    /// Each well-formed: the fields are private, so [`Verification::new`],
+    /// which checks them, is the only way to make one.
+    required_scopes: &'a [String],
+    origin: &'a str,
+    referer: &'a str,
     /// Only a key of this organization passes, when set.
-    pub organization_id: Option<&'a str>,
+    organization_id: Option<&'a str>,
     /// Rate-limit calls and quota credits this call consumes; 0 asks whether a
     /// call of cost 1 would pass and consumes nothing.
-    pub cost: u32,
+    cost: u32,
 }
 
 impl std::fmt::Debug for Verification<'_> {
@@ -170,6 +171,30 @@ impl<'a> Verification<'a> {
         })
     }
 
+    pub fn key(&self) -> &'a str {
+        self.key
+    }
+
+    pub fn required_scopes(&self) -> &'a [String] {
+        self.required_scopes
+    }
+
+    pub fn origin(&self) -> &'a str {
+        self.origin
+    }
+
+    pub fn referer(&self) -> &'a str {
+        self.referer
+    }
+
+    pub fn organization_id(&self) -> Option<&'a str> {
+        self.organization_id
+    }
+
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
     /// The checks before any lookup: no key is MISSING; a wrong shape, length or
     /// checksum is MALFORMED and never reaches the cache or the store.
     pub fn presented(&self) -> Result<SecretHash, Code> {
@@ -201,7 +226,11 @@ pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<S
     }
     let mut missing: Vec<String> = Vec::new();
     for s in v.required_scopes {
-        if parse_scope(s).is_ok_and(|s| !key.scopes.grants(s)) && !missing.contains(s) {
+        // Fails closed: a scope that does not parse is granted by no key
+        // (`new` refuses one, so this only matters if that check is ever
+        // skipped).
+        let granted = parse_scope(s).is_ok_and(|s| key.scopes.grants(s));
+        if !granted && !missing.contains(s) {
             missing.push(s.clone());
         }
     }
@@ -209,5 +238,145 @@ pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<S
         (Code::Valid, missing)
     } else {
         (Code::InsufficientScope, missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hostnames::AllowedHostnames,
+        keys::{KeyPrefix, Secret},
+        model::{KeyId, KeyRecord},
+    };
+
+    const NOW: Micros = Micros(1_000_000_000_000);
+
+    /// A change to a key record, applied before it is cached.
+    type Fix = Box<dyn Fn(&mut KeyRecord)>;
+
+    fn key(change: impl FnOnce(&mut KeyRecord)) -> CachedKey {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let mut record = KeyRecord::test_bot(KeyId::generate(), &secret, "k");
+        change(&mut record);
+        CachedKey::new(record)
+    }
+
+    /// Each check is reached only once every earlier one passes: revoked, then
+    /// expired, then the organization, the hostname, and the scopes.
+    #[test]
+    fn the_checks_run_in_the_contracts_order() {
+        let scopes = vec!["links:write".to_owned()];
+        let v =
+            Verification::new("k", &scopes, "https://evil.test", "", "other", None).expect("valid");
+        let mut fixes: Vec<(Code, Fix)> = vec![
+            (Code::Revoked, Box::new(|_| {})),
+            (Code::Expired, Box::new(|r| r.revoke_time = None)),
+            (
+                Code::OrganizationMismatch,
+                Box::new(|r| r.expire_time = None),
+            ),
+            (
+                Code::HostnameBlocked,
+                Box::new(|r| r.organization_id = OrganizationId::parse("other").expect("org")),
+            ),
+            (
+                Code::InsufficientScope,
+                Box::new(|r| r.allowed_hostnames = AllowedHostnames::default()),
+            ),
+        ];
+        let mut applied: Vec<Fix> = vec![Box::new(|r| {
+            r.revoke_time = Some(Micros(1));
+            r.expire_time = Some(Micros(2));
+            r.allowed_hostnames = AllowedHostnames::parse(["example.com"]).expect("hostnames");
+        })];
+        for (expected, fix) in fixes.drain(..) {
+            applied.push(fix);
+            let k = key(|r| applied.iter().for_each(|f| f(r)));
+            assert_eq!(check(&k, &v, NOW).0, expected);
+        }
+        let k = key(|r| {
+            applied.iter().for_each(|f| f(r));
+            r.scopes = crate::scopes::ScopeSet::parse(["links:write"]).expect("scopes");
+        });
+        assert_eq!(check(&k, &v, NOW), (Code::Valid, Vec::new()));
+    }
+
+    #[test]
+    fn expiry_is_a_moment() {
+        let scopes = Vec::new();
+        let v = Verification::new("k", &scopes, "", "", "", None).expect("valid");
+        let k = key(|r| r.expire_time = Some(NOW));
+        assert_eq!(check(&k, &v, Micros(NOW.0 - 1)).0, Code::Valid);
+        assert_eq!(check(&k, &v, NOW).0, Code::Expired);
+    }
+
+    #[test]
+    fn missing_scopes_are_named_once_in_the_order_asked() {
+        let scopes: Vec<String> = ["b:write", "links:read", "a:write", "b:write"]
+            .map(String::from)
+            .to_vec();
+        let v = Verification::new("k", &scopes, "", "", "", None).expect("valid");
+        assert_eq!(
+            check(&key(|_| {}), &v, NOW),
+            (
+                Code::InsufficientScope,
+                vec!["b:write".into(), "a:write".into()]
+            )
+        );
+    }
+
+    /// A required scope that does not parse is granted by no key: `new`
+    /// refuses one, and if that were ever skipped the check still fails closed.
+    #[test]
+    fn a_scope_that_does_not_parse_is_never_granted() {
+        let scopes = vec!["NOT A SCOPE".to_owned()];
+        assert!(Verification::new("k", &scopes, "", "", "", None).is_err());
+        let v = Verification {
+            key: "k",
+            required_scopes: &scopes,
+            origin: "",
+            referer: "",
+            organization_id: None,
+            cost: 1,
+        };
+        assert_eq!(
+            check(&key(|_| {}), &v, NOW),
+            (Code::InsufficientScope, scopes.clone())
+        );
+    }
+
+    #[test]
+    fn the_callers_mistakes_are_invalid_arguments_naming_the_field() {
+        let ok = vec!["links:read".to_owned()];
+        let bad_scope = vec!["links:read".to_owned(), "Bad Scope".to_owned()];
+        for (scopes, org, cost, field) in [
+            (&ok, "", Some(MAX_COST + 1), "cost"),
+            (&bad_scope, "", None, "required_scopes[1]"),
+            (&ok, "not an org!", None, "organization_id"),
+        ] {
+            let err = Verification::new("k", scopes, "", "", org, cost).expect_err(field);
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let v = Verification::new("k", &ok, "", "", "", Some(0)).expect("cost 0 asks");
+        assert_eq!(v.cost(), 0);
+    }
+
+    #[test]
+    fn no_key_is_missing_and_a_wrong_shape_is_malformed() {
+        let scopes = Vec::new();
+        let presented = |k: &str| {
+            Verification::new(k, &scopes, "", "", "", None)
+                .expect("valid")
+                .presented()
+        };
+        assert_eq!(presented(""), Err(Code::Missing));
+        assert_eq!(presented("kg_live_short"), Err(Code::Malformed));
+        let secret = Secret::generate(&KeyPrefix::default());
+        let mut typo = secret.expose().to_owned();
+        let last = typo.pop().expect("a character");
+        typo.push(if last == 'a' { 'b' } else { 'a' });
+        assert_eq!(presented(&typo), Err(Code::Malformed), "the checksum");
+        assert_eq!(presented(secret.expose()), Ok(secret.hash()));
     }
 }

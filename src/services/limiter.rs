@@ -441,3 +441,84 @@ impl RateLimiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        keys::{KeyPrefix, Secret},
+        limits::LimitName,
+        model::KeyRecord,
+    };
+
+    const T0: Micros = Micros(1_000_000_000_000);
+    const MINUTE: i64 = 60_000_000;
+
+    fn limited(limit: u64) -> CachedKey {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let mut record = KeyRecord::test_bot(KeyId::generate(), &secret, "k");
+        record.rate_limits = RateLimits::new(vec![RateLimit {
+            name: LimitName::parse("per_minute").expect("name"),
+            limit,
+            window: Micros(MINUTE),
+        }])
+        .expect("limits");
+        CachedKey::new(record)
+    }
+
+    /// On a clock moved by hand: a burst passes exactly `limit` calls, the
+    /// next is refused with when it would fit, and the window's end frees it.
+    #[tokio::test]
+    async fn a_burst_passes_the_limit_exactly_and_the_window_frees_it() {
+        let limiter = RateLimiter::new(100, None);
+        let key = limited(3);
+        for left in [2, 1, 0] {
+            let d = limiter.check(&key, 1, T0).await.expect("limited");
+            assert!(d.allowed);
+            assert_eq!(d.status.remaining, left);
+        }
+        let refused = limiter.check(&key, 1, T0).await.expect("limited");
+        assert!(!refused.allowed);
+        let wait = refused.retry_after.expect("it will fit later");
+        assert!(wait.0 > 0 && wait.0 <= MINUTE, "{wait:?}");
+        // A question (cost 0) consumes nothing, refused or not.
+        assert!(!limiter.check(&key, 0, T0).await.expect("limited").allowed);
+        assert!(
+            limiter
+                .check(&key, 1, Micros(T0.0 + MINUTE))
+                .await
+                .expect("limited")
+                .allowed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cost_above_the_whole_limit_never_fits_and_gets_no_retry_after() {
+        let limiter = RateLimiter::new(100, None);
+        let key = limited(5);
+        let d = limiter.check(&key, 6, T0).await.expect("limited");
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, None);
+        assert_eq!(
+            limiter
+                .check(&key, 5, T0)
+                .await
+                .expect("limited")
+                .status
+                .remaining,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_without_rate_limits_is_not_limited() {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let key = CachedKey::new(KeyRecord::test_bot(KeyId::generate(), &secret, "k"));
+        assert!(
+            RateLimiter::new(100, None)
+                .check(&key, 1, T0)
+                .await
+                .is_none()
+        );
+    }
+}

@@ -16,6 +16,7 @@ impl From<&StoreError> for Error {
             | StoreError::Timeout(_)
             | StoreError::Closed
             | StoreError::Contended => {
+                crate::metrics::store_error("unavailable");
                 // Once a second at most: during an outage every call fails
                 // here, and a line per call would bury the log operators read.
                 static UNAVAILABLE: std::sync::LazyLock<crate::logging::Throttle> =
@@ -39,6 +40,7 @@ impl From<&StoreError> for Error {
                 "this user already has a live user key in this organization; revoke it first",
             ),
             other => {
+                crate::metrics::store_error("internal");
                 tracing::error!(error = %other, "store failure");
                 Self::Internal
             }

@@ -143,7 +143,7 @@ impl Verifier {
         };
         if code == Code::Valid && key.has_limits() {
             let mut limits = Box::<Limits>::default();
-            Box::pin(self.limit(&key, v.cost, now, &mut outcome.code, &mut limits)).await?;
+            Box::pin(self.limit(&key, v.cost(), now, &mut outcome.code, &mut limits)).await?;
             outcome.limits = Some(limits);
         }
         // Every verification that found the key counts, with its outcome; a

@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod cluster;
 mod crash;
+mod docs;
 mod edge;
 mod leaks;
 mod lifecycle;

@@ -266,14 +266,8 @@ fn types_that_hold_a_secret_print_none() {
         ),
         format!(
             "{:?}",
-            keygate::domain::verify::Verification {
-                key: secret,
-                required_scopes: &scopes,
-                origin: "",
-                referer: "",
-                organization_id: None,
-                cost: 1,
-            }
+            keygate::domain::verify::Verification::new(secret, &scopes, "", "", "", None)
+                .expect("a valid verification")
         ),
         format!(
             "{:#?}",

@@ -187,7 +187,28 @@ pub async fn start_app_on_clock(
     extra: &[&str],
     clock: SharedClock,
 ) -> Result<App, AppError> {
+    test_log();
     App::build(serve_args(db, extra), clock).await
+}
+
+/// With `TEST_LOG=1` (any value), the in-process keygates log to the test's
+/// output at `RUST_LOG`'s level (default `debug`), shown for a failing test;
+/// child processes pass their stderr through too (`support::process`).
+/// Without it tests log nothing, so a passing run stays quiet.
+pub fn test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("TEST_LOG").is_none() {
+        return;
+    }
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+        // The test writer: libtest captures it per test and prints it on failure.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// Starts keygate on an existing test database.

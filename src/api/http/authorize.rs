@@ -107,7 +107,7 @@ async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> R
         Err(Error::Unavailable) => Answer::unavailable(),
         Err(e) => {
             tracing::error!(error = ?e, "forward auth failed");
-            return super::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            return e.into_response();
         }
     };
     respond(answer)

@@ -85,13 +85,11 @@ async fn report(State(route): State<Arc<LeakRoute>>, headers: HeaderMap, body: B
                 .into_response()
         }
         // GitHub retries a report that fails: nothing is lost by answering 503.
-        Err(Error::Unavailable) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the store is unavailable; retry later",
-        ),
         Err(e) => {
-            tracing::error!(error = ?e, "leak report failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            if !matches!(e, Error::Unavailable) {
+                tracing::error!(error = ?e, "leak report failed");
+            }
+            e.into_response()
         }
     }
 }

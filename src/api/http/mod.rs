@@ -4,6 +4,7 @@
 //! every request, so a slow or huge request costs a bounded amount.
 
 pub mod authorize;
+mod errors;
 pub mod leaks;
 
 use std::{sync::Arc, time::Duration};

@@ -92,8 +92,13 @@ impl Process {
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
+        let echo = std::env::var_os("TEST_LOG").is_some();
+        let pid = child.id();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("keygate[{pid}]: {line}");
+                }
                 let mut lines = sink.lock().expect("lines lock");
                 let kept = match keep {
                     Keep::All => true,
