@@ -22,8 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]);
 
     tonic_prost_build::configure()
-        // Bytes that are not a valid message are the caller's fault: see src/codec.rs.
-        .codec_path("crate::codec::Codec")
+        // Bytes that are not a valid message are the caller's fault: see src/api/grpc/codec.rs.
+        .codec_path("crate::api::grpc::codec::Codec")
         .file_descriptor_set_path(out.join("keygate_descriptor.bin"))
         .compile_with_config(
             config,

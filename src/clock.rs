@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::model::Micros;
+use crate::domain::model::Micros;
 
 pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> Micros;

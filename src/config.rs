@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::keys::KeyPrefix;
+use crate::domain::keys::{KeyPrefix, Sensitive};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -397,57 +397,6 @@ impl ServeArgs {
             .iter()
             .map(|u| u.expose().to_owned())
             .collect()
-    }
-}
-
-/// A flag's value that is or may hold a secret: a token, the webhook secret,
-/// a URL with a password or a token in its query. Its `Debug` shows none of
-/// it (a URL as scheme, host and path; anything else not at all), so the
-/// parsed flags, or anything holding them, print no secret. [`Sensitive::expose`]
-/// is the one way to the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sensitive(String);
-
-impl Sensitive {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for Sensitive {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl From<&str> for Sensitive {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
-impl std::fmt::Debug for Sensitive {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match url::Url::parse(&self.0) {
-            Ok(u) if u.has_host() || u.scheme() == "sqlite" => {
-                let credentials = if u.username().is_empty() && u.password().is_none() {
-                    ""
-                } else {
-                    "***@"
-                };
-                write!(
-                    f,
-                    "{}://{credentials}{}{}{}",
-                    u.scheme(),
-                    u.host_str().unwrap_or_default(),
-                    u.port().map(|p| format!(":{p}")).unwrap_or_default(),
-                    u.path()
-                )
-            }
-            _ => f.write_str("<redacted>"),
-        }
     }
 }
 

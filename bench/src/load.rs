@@ -19,7 +19,7 @@ use envoy_types::{
 };
 use hdrhistogram::Histogram;
 use keygate::{
-    keys::SecretHash,
+    domain::keys::SecretHash,
     proto::{VerifyCode, VerifyKeyRequest, key_verify_client::KeyVerifyClient},
 };
 use sqlx::mysql::MySqlPool;

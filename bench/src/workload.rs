@@ -13,7 +13,7 @@ use std::{
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keygate::{
-    keys::{KeyPrefix, Secret, SecretHash, parse_token},
+    domain::keys::{KeyPrefix, Secret, SecretHash, parse_token},
     proto::{
         CreateKeyRequest, KeyType, Quota, QuotaPeriod, RateLimit, VerifyCode,
         key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,

@@ -8,8 +8,7 @@
 
 use keygate::{
     api::edge::{CredentialHeader, credential},
-    domain::routes::{NormalPath, RoutePolicy},
-};
+    domain::routes::{NormalPath, RoutePolicy},};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 

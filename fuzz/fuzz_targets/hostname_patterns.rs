@@ -8,7 +8,7 @@
 
 use std::str::FromStr;
 
-use keygate::hostnames::{AllowedHostnames, HostnamePattern, HostnamesError};
+use keygate::domain::hostnames::{AllowedHostnames, HostnamePattern, HostnamesError};
 use libfuzzer_sys::fuzz_target;
 
 fn is_normal_name(name: &str) -> bool {

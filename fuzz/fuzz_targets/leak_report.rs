@@ -3,7 +3,7 @@
 //! Debug form or its error, and no signature made of the input verifies.
 #![no_main]
 
-use keygate::leaks::{LeakKeys, MAX_TOKENS, SignatureError, parse_report};
+use keygate::domain::leaks::{LeakKeys, MAX_TOKENS, SignatureError, parse_report};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 

@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use keygate::hostnames::{AllowedHostnames, HostnamePattern, origin_host, referer_host};
+use keygate::domain::hostnames::{AllowedHostnames, HostnamePattern, origin_host, referer_host};
 use libfuzzer_sys::fuzz_target;
 
 static LISTS: LazyLock<Vec<AllowedHostnames>> = LazyLock::new(|| {

@@ -11,16 +11,15 @@ use keygate::{
         commands::{Context, CreateKey, KeyRef, ListKeyEvents, ListKeys, RemoveMember, UpdateKey},
         verify::Verification,
     },
-    hostnames::AllowedHostnames,
-    keys::parse_token,
-    limits::RateLimits,
-    model::{KeyId, KeyName, Micros, OrganizationId, UserId},
+    domain::hostnames::AllowedHostnames,
+    domain::keys::parse_token,
+    domain::limits::RateLimits,
+    domain::model::{KeyId, KeyName, Micros, OrganizationId, UserId},
     proto::{
         CreateKeyRequest, GetKeyRequest, KeyType, ListKeyEventsRequest, ListKeysRequest,
         RemoveMemberRequest, RevokeKeyRequest, UpdateKeyRequest, VerifyKeyRequest,
     },
-    scopes::{ScopeSet, parse_scope},
-};
+    domain::scopes::{ScopeSet, parse_scope},};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use keygate::scopes::{ScopeSet, ScopeSetError, parse_scope};
+use keygate::domain::scopes::{ScopeSet, ScopeSetError, parse_scope};
 use libfuzzer_sys::fuzz_target;
 
 /// `[a-z][a-z0-9_]{0,62}`
@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         (Err(ScopeSetError::Invalid { index, value, .. }), Some(bad)) => {
             assert_eq!(*index, bad);
             assert!(held[bad].starts_with(value.as_str()));
-            assert!(value.len() <= keygate::scopes::MAX_ECHOED_LEN);
+            assert!(value.len() <= keygate::domain::scopes::MAX_ECHOED_LEN);
         }
         (Err(ScopeSetError::TooMany(n)), None) => {
             assert_eq!(*n, distinct.len());

@@ -1,10 +1,10 @@
-//! `keygate::keys::parse_token` on arbitrary input, checked against an independent
+//! `keygate::domain::keys::parse_token` on arbitrary input, checked against an independent
 //! reference implementation of the secret format (DESIGN.md §1), plus the
 //! generate → parse round trip under prefixes derived from the input.
 
 #![no_main]
 
-use keygate::keys::{
+use keygate::domain::keys::{
     BODY_LEN, CHECKSUM_LEN, KEY_PREFIX_DISPLAY_LEN, KeyPrefix, LAST_FOUR_LEN, MAX_TOKEN_LEN,
     Secret, parse_token,
 };

@@ -7,13 +7,14 @@
 use std::borrow::Cow;
 
 use crate::{
-    api::grpc::verify::verify_code,
-    cache::CachedKey,
+    api::verify_code,
+    domain::model::Micros,
     domain::{Error, verify::Code},
+    hotpath::cache::CachedKey,
+    hotpath::limiter::LimitStatus,
     metrics::{Timer, VerifyMetrics},
-    model::Micros,
     proto::KeyType,
-    services::{Outcome, authorizer::Decision, limiter::LimitStatus},
+    services::{Outcome, authorizer::Decision},
 };
 
 pub const AUTHORIZATION: &str = "authorization";

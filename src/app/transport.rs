@@ -25,7 +25,7 @@ use super::{
     connections::{Activity, InFlight, Protocol, TrackedBody},
 };
 
-/// See [`crate::codec::caller_fault_status`].
+/// See [`crate::api::grpc::codec::caller_fault_status`].
 pub(super) type StatusRewrite = fn(Response<Body>) -> Response<Body>;
 
 /// The services of one gRPC listener with the layers every call passes,
@@ -38,7 +38,7 @@ pub(super) type Services = tower::util::MapResponse<Admission<Routes>, StatusRew
 pub(super) fn services(routes: Routes, admission: &AdmissionLayer) -> Services {
     tower::ServiceBuilder::new()
         .layer(tower::util::MapResponseLayer::new(
-            crate::codec::caller_fault_status as StatusRewrite,
+            crate::api::grpc::codec::caller_fault_status as StatusRewrite,
         ))
         .layer(admission.clone())
         .service(routes.prepare())

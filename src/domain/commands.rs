@@ -8,12 +8,12 @@ use super::{
     violations::{All, Violations, field},
 };
 use crate::{
-    hostnames::{AllowedHostnames, HostnamePattern, HostnamesError},
-    keys::contains_secret,
-    limits::{LimitName, MAX_RATE_LIMITS, Quota, QuotaPeriod, RateLimit, RateLimits},
-    model::{KeyId, KeyName, KeyPatch, KeyType, Micros, OrganizationId, UserId},
+    domain::hostnames::{AllowedHostnames, HostnamePattern, HostnamesError},
+    domain::keys::contains_secret,
+    domain::limits::{LimitName, MAX_RATE_LIMITS, Quota, QuotaPeriod, RateLimit, RateLimits},
+    domain::model::{KeyId, KeyName, KeyPatch, KeyType, Micros, OrganizationId, UserId},
+    domain::scopes::{ScopeCatalog, ScopeSet, ScopeSetError, parse_scope},
     proto,
-    scopes::{ScopeCatalog, ScopeSet, ScopeSetError, parse_scope},
 };
 
 /// What parsing may consult: the operator's scope catalog and the time, given
@@ -159,8 +159,8 @@ fn rate_limits(list: &[proto::RateLimit]) -> Result<RateLimits, Violations> {
 }
 
 /// A window as microseconds, refused unless it is 1 s to 30 days in whole milliseconds.
-fn window(d: &prost_types::Duration) -> Result<Micros, crate::model::Invalid> {
-    use crate::model::Invalid;
+fn window(d: &prost_types::Duration) -> Result<Micros, crate::domain::model::Invalid> {
+    use crate::domain::model::Invalid;
     if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
         return Err(Invalid("must be from 1s to 30 days"));
     }
@@ -612,7 +612,8 @@ mod tests {
 
     #[test]
     fn a_pasted_secret_is_refused_as_a_name() {
-        let secret = crate::keys::Secret::generate(&crate::keys::KeyPrefix::default());
+        let secret =
+            crate::domain::keys::Secret::generate(&crate::domain::keys::KeyPrefix::default());
         let mut req = create();
         req.name = format!("my key {}", secret.expose());
         let err = CreateKey::parse(&req, cx())

@@ -15,7 +15,7 @@
 //! two live user keys), and an admin could push it out years. Its replacement
 //! is the key to change.
 
-use crate::model::{KeyRecord, Micros};
+use crate::domain::model::{KeyRecord, Micros};
 
 /// Where a key is in its life at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +101,8 @@ pub fn check(key: &KeyRecord, operation: Operation, now: Micros) -> Result<(), &
 mod tests {
     use super::*;
     use crate::{
-        keys::{KeyPrefix, Secret},
-        model::KeyId,
+        domain::keys::{KeyPrefix, Secret},
+        domain::model::KeyId,
     };
 
     const NOW: Micros = Micros(1_800_000_000_000_000);

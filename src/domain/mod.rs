@@ -1,17 +1,34 @@
-//! keygate's own rules, in terms of its own types: what a request means
-//! ([`commands`], [`verify`]), who may do what ([`policy`]), what a key in
-//! each state of its life allows ([`lifecycle`]), and why something
-//! failed ([`error`], [`violations`]). Nothing here knows a transport (tonic,
-//! axum) or a database driver (sqlx); `services` give these rules a store and a
-//! cache, and `api` translates them to and from the wire. [`routes`] is the
-//! route policy of requests keygate authorizes for a proxy.
+//! keygate's vocabulary and rules, in terms of its own types.
+//!
+//! - The vocabulary, parsed rather than validated: [`model`] (ids, names,
+//!   owners, a key's record and events), [`keys`] (the secret: format,
+//!   checksum, hash), [`scopes`], [`hostnames`] (with [`public_suffix`]),
+//!   [`limits`] (rate limits and quotas), and [`json`], the JSON form of a key
+//!   and an event (each event's key snapshot, the webhook body).
+//! - The rules: what a request means ([`commands`], [`verify`]), who may do
+//!   what ([`policy`]), what a key in each state of its life allows
+//!   ([`lifecycle`]), which routes a proxied request may take ([`routes`]),
+//!   what a leak report proves ([`leaks`]), and why something failed
+//!   ([`error`], [`violations`]).
+//!
+//! Nothing here knows a transport (tonic, axum) or a database driver (sqlx);
+//! `services` give these rules a store and the hot path, and `api` translates
+//! them to and from the wire.
 
 pub mod commands;
 pub mod error;
+pub mod hostnames;
+pub mod json;
+pub mod keys;
+pub mod leaks;
 pub mod lifecycle;
+pub mod limits;
+pub mod model;
 pub mod paging;
 pub mod policy;
+pub mod public_suffix;
 pub mod routes;
+pub mod scopes;
 pub mod verify;
 pub mod violations;
 

@@ -2,7 +2,7 @@
 //! Every rule answers with the reason a refused caller gets.
 
 use super::error::Error;
-use crate::model::{Actor, KeyRecord, KeyType, Owner, Role, UserId};
+use crate::domain::model::{Actor, KeyRecord, KeyType, Owner, Role, UserId};
 
 /// The owner a new key of `key_type` gets when `actor` creates it: members
 /// create only user keys, for themselves; only admins create bot keys.
@@ -72,8 +72,8 @@ pub fn list_owner(actor: &Actor, asked: Option<UserId>) -> Result<Option<UserId>
 mod tests {
     use super::*;
     use crate::{
-        keys::{KeyPrefix, Secret},
-        model::KeyId,
+        domain::keys::{KeyPrefix, Secret},
+        domain::model::KeyId,
     };
 
     fn actor(id: &str, role: Role) -> Actor {

@@ -14,7 +14,7 @@ use std::{fmt, path::Path};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::scopes::parse_scope;
+use crate::domain::scopes::parse_scope;
 
 /// Why a path cannot be normalised; such a request is denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

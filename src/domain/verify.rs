@@ -5,10 +5,10 @@
 
 use super::violations::{Violations, field};
 use crate::{
-    cache::CachedKey,
-    keys::{self, SecretHash},
-    model::{Micros, OrganizationId},
-    scopes::parse_scope,
+    domain::hostnames::AllowedHostnames,
+    domain::keys::{self, SecretHash},
+    domain::model::{KeyRecord, Micros, OrganizationId},
+    domain::scopes::{ScopeSet, parse_scope},
 };
 
 /// A verification's outcome; the contract's `VerifyCode` without its transport.
@@ -114,7 +114,7 @@ impl std::fmt::Debug for Verification<'_> {
             cost,
         } = self;
         f.debug_struct("Verification")
-            .field("key", &crate::keys::Redacted(key))
+            .field("key", &crate::domain::keys::Redacted(key))
             .field("required_scopes", required_scopes)
             .field("origin", origin)
             .field("referer", referer)
@@ -205,15 +205,43 @@ impl<'a> Verification<'a> {
     }
 }
 
+/// What the checks read of a key: the stored record has it, and so does the
+/// hot path's cached form of it, which the domain does not know.
+pub trait KeyFacts {
+    fn revoke_time(&self) -> Option<Micros>;
+    fn expire_time(&self) -> Option<Micros>;
+    fn organization_id(&self) -> &str;
+    fn allowed_hostnames(&self) -> &AllowedHostnames;
+    fn scopes(&self) -> &ScopeSet;
+}
+
+impl KeyFacts for KeyRecord {
+    fn revoke_time(&self) -> Option<Micros> {
+        self.revoke_time
+    }
+    fn expire_time(&self) -> Option<Micros> {
+        self.expire_time
+    }
+    fn organization_id(&self) -> &str {
+        self.organization_id.as_str()
+    }
+    fn allowed_hostnames(&self) -> &AllowedHostnames {
+        &self.allowed_hostnames
+    }
+    fn scopes(&self) -> &ScopeSet {
+        &self.scopes
+    }
+}
+
 /// The checks of the contract's table that follow a successful lookup, in order
 /// up to the usage limits (which need state: `services::verifier` applies them),
 /// with the missing scopes (each once, in the order asked) when that is the answer.
 /// Expiry is read against `now` on every call, never cached.
-pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<String>) {
-    if key.revoke_time.is_some() {
+pub fn check(key: &impl KeyFacts, v: &Verification<'_>, now: Micros) -> (Code, Vec<String>) {
+    if key.revoke_time().is_some() {
         return (Code::Revoked, Vec::new());
     }
-    if key.expire_time.is_some_and(|t| t <= now) {
+    if key.expire_time().is_some_and(|t| t <= now) {
         return (Code::Expired, Vec::new());
     }
     if v.organization_id
@@ -221,7 +249,7 @@ pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<S
     {
         return (Code::OrganizationMismatch, Vec::new());
     }
-    if !key.allowed_hostnames.allows(v.origin, v.referer) {
+    if !key.allowed_hostnames().allows(v.origin, v.referer) {
         return (Code::HostnameBlocked, Vec::new());
     }
     let mut missing: Vec<String> = Vec::new();
@@ -229,7 +257,7 @@ pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<S
         // Fails closed: a scope that does not parse is granted by no key
         // (`new` refuses one, so this only matters if that check is ever
         // skipped).
-        let granted = parse_scope(s).is_ok_and(|s| key.scopes.grants(s));
+        let granted = parse_scope(s).is_ok_and(|s| key.scopes().grants(s));
         if !granted && !missing.contains(s) {
             missing.push(s.clone());
         }
@@ -245,9 +273,9 @@ pub fn check(key: &CachedKey, v: &Verification<'_>, now: Micros) -> (Code, Vec<S
 mod tests {
     use super::*;
     use crate::{
-        hostnames::AllowedHostnames,
-        keys::{KeyPrefix, Secret},
-        model::{KeyId, KeyRecord},
+        domain::hostnames::AllowedHostnames,
+        domain::keys::{KeyPrefix, Secret},
+        domain::model::{KeyId, KeyRecord},
     };
 
     const NOW: Micros = Micros(1_000_000_000_000);
@@ -255,11 +283,11 @@ mod tests {
     /// A change to a key record, applied before it is cached.
     type Fix = Box<dyn Fn(&mut KeyRecord)>;
 
-    fn key(change: impl FnOnce(&mut KeyRecord)) -> CachedKey {
+    fn key(change: impl FnOnce(&mut KeyRecord)) -> KeyRecord {
         let secret = Secret::generate(&KeyPrefix::default());
         let mut record = KeyRecord::test_bot(KeyId::generate(), &secret, "k");
         change(&mut record);
-        CachedKey::new(record)
+        record
     }
 
     /// Each check is reached only once every earlier one passes: revoked, then
@@ -297,7 +325,7 @@ mod tests {
         }
         let k = key(|r| {
             applied.iter().for_each(|f| f(r));
-            r.scopes = crate::scopes::ScopeSet::parse(["links:write"]).expect("scopes");
+            r.scopes = crate::domain::scopes::ScopeSet::parse(["links:write"]).expect("scopes");
         });
         assert_eq!(check(&k, &v, NOW), (Code::Valid, Vec::new()));
     }

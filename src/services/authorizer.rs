@@ -7,14 +7,14 @@
 use std::{borrow::Cow, sync::Arc};
 
 use crate::{
+    domain::model::OrganizationId,
+    domain::scopes::parse_scope,
     domain::{
         Error,
         routes::{NormalPath, RoutePolicy},
         verify::Verification,
         violations::Violations,
     },
-    model::OrganizationId,
-    scopes::parse_scope,
     services::{Outcome, Verifier},
 };
 
@@ -51,7 +51,7 @@ impl std::fmt::Debug for EdgeRequest<'_> {
         f.debug_struct("EdgeRequest")
             .field("method", method)
             .field("path", path)
-            .field("key", &crate::keys::Redacted(key))
+            .field("key", &crate::domain::keys::Redacted(key))
             .field("origin", origin)
             .field("referer", referer)
             .field("extra_scopes", extra_scopes)
@@ -81,7 +81,7 @@ impl Authorizer {
     }
 
     /// What "now" is for the limits' reset times in an answer.
-    pub fn now(&self) -> crate::model::Micros {
+    pub fn now(&self) -> crate::domain::model::Micros {
         self.verifier.now()
     }
 

@@ -7,8 +7,11 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
-    cache::KeyCache,
     clock::SharedClock,
+    domain::keys::{KeyPrefix, Secret, SecretHash, parse_token},
+    domain::leaks::{self, Label, ReportedToken, TOKEN_TYPE, Verdict},
+    domain::model::{Actor, KeyEvent, KeyId, KeyRecord, Micros, OrganizationId, Role, UserId},
+    domain::scopes::ScopeCatalog,
     domain::{
         Error,
         commands::{
@@ -19,13 +22,11 @@ use crate::{
         paging::{Page, TokenKind},
         policy,
     },
-    filter::KnownKeys,
-    keys::{KeyPrefix, Secret, SecretHash, parse_token},
-    leaks::{self, Label, ReportedToken, TOKEN_TYPE, Verdict},
-    model::{Actor, KeyEvent, KeyId, KeyRecord, Micros, OrganizationId, Role, UserId},
-    replica::ReplicaState,
-    scopes::ScopeCatalog,
-    services::{limiter::RateLimiter, quota::Quotas},
+    hotpath::cache::KeyCache,
+    hotpath::filter::KnownKeys,
+    hotpath::limiter::RateLimiter,
+    hotpath::quota::Quotas,
+    hotpath::replica::ReplicaState,
     store::{KeyFilter, MAX_HASHES_PER_READ, Store, StoreError},
 };
 

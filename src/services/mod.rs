@@ -1,11 +1,11 @@
-//! The domain's entry points, shared by every transport: each owns what its
-//! rules need at run time (store, cache, usage, clock).
+//! The domain's entry points, shared by every transport: each gives the
+//! domain's rules what they need at run time (the store, the hot path's
+//! caches, limiters and usage counting, the clock). Keys are changed only
+//! through [`KeyService`], verified only through [`Verifier`], and proxied
+//! requests authorized only through [`authorizer::Authorizer`].
 
 pub mod authorizer;
 pub mod keys;
-pub mod limiter;
-pub mod quota;
-pub mod shared_limits;
 mod store_errors;
 pub mod verifier;
 

@@ -7,21 +7,19 @@
 use std::sync::Arc;
 
 use crate::{
-    cache::{CachedKey, KeyCache, Lookup, Ticket},
     clock::SharedClock,
+    domain::keys::SecretHash,
+    domain::model::Micros,
     domain::{
         Error,
         verify::{Code, Verification, check},
     },
-    filter::KnownKeys,
-    keys::SecretHash,
-    lookup::Lookups,
-    model::Micros,
-    services::{
-        limiter::{LimitStatus, RateLimiter},
-        quota::Quotas,
-    },
-    usage::UsageRecorder,
+    hotpath::cache::{CachedKey, KeyCache, Lookup, Ticket},
+    hotpath::filter::KnownKeys,
+    hotpath::limiter::{LimitStatus, RateLimiter},
+    hotpath::lookup::Lookups,
+    hotpath::quota::Quotas,
+    hotpath::usage::UsageRecorder,
 };
 
 /// A verification's answer. `key` is set whenever the key was found.
@@ -134,7 +132,7 @@ impl Verifier {
         let Some(key) = key else {
             return Ok(Outcome::without_key(Code::NotFound));
         };
-        let (code, missing_scopes) = check(&key, v, now);
+        let (code, missing_scopes) = check(&*key, v, now);
         let mut outcome = Outcome {
             code,
             key: None,

@@ -4,6 +4,7 @@
 //! `sqlite.rs` hold what really differs (connecting, migrations, the few words
 //! of `dialect.rs`).
 
+mod counters;
 mod dialect;
 mod mysql;
 mod outbox;
@@ -15,13 +16,15 @@ use std::time::Duration;
 
 use sqlx::{MySqlPool, SqlitePool};
 
+pub use counters::{QuotaTake, UsageDelta};
 pub use outbox::Delivery;
-pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ, QuotaTake, UsageDelta};
+pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ};
 
 /// The rule a write checks against the row it has locked before it changes
 /// anything (see `domain::lifecycle`): the store applies it atomically, the
 /// caller decides it. `Err` carries the reason the caller is refused with.
-pub type Guard<'a> = &'a (dyn Fn(&crate::model::KeyRecord) -> Result<(), &'static str> + Sync);
+pub type Guard<'a> =
+    &'a (dyn Fn(&crate::domain::model::KeyRecord) -> Result<(), &'static str> + Sync);
 
 /// Failures of the store, as the service layer needs to tell them apart.
 #[derive(Debug, thiserror::Error)]

@@ -107,7 +107,7 @@ fn untrusted_server(e: StoreError, url: &str) -> StoreError {
         "cannot verify the TLS certificate of the MySQL server in {:?} ({e}); \
          give its CA with ssl-ca=/path/ca.pem in --database-url (the system's CAs are \
          trusted too), or choose ssl-mode yourself",
-        crate::config::Sensitive::from(url)
+        crate::domain::keys::Sensitive::from(url)
     ))
 }
 

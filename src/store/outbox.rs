@@ -14,7 +14,7 @@ use super::{
     sql::on_pool,
     sqlite,
 };
-use crate::model::{KeyEvent, Micros};
+use crate::domain::model::{KeyEvent, Micros};
 
 /// One event to deliver to one endpoint, leased to this instance.
 #[derive(Debug, Clone)]

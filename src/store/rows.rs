@@ -7,14 +7,14 @@
 
 use super::StoreError;
 use crate::{
-    hostnames::AllowedHostnames,
-    keys::SecretHash,
-    limits::{Quota, QuotaPeriod, RateLimits},
-    model::{
+    domain::hostnames::AllowedHostnames,
+    domain::keys::SecretHash,
+    domain::limits::{Quota, QuotaPeriod, RateLimits},
+    domain::model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyRecord, KeyType, Micros, OrganizationId, Owner,
         UserId,
     },
-    scopes::ScopeSet,
+    domain::scopes::ScopeSet,
 };
 
 /// The columns of `api_keys` keygate both writes and reads.

@@ -18,10 +18,10 @@ use standardwebhooks::Webhook;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::payload;
+use crate::domain::json as payload;
 use crate::{
     clock::SharedClock,
-    model::Micros,
+    domain::model::Micros,
     store::{Delivery, Store},
 };
 
@@ -150,7 +150,7 @@ pub fn endpoint_ids(urls: &[String]) -> Result<Vec<String>, WebhookConfigError> 
 /// or query, so that no credential reaches the database, and a changed
 /// password does not orphan the deliveries still due.
 fn endpoint_id(shown: &str) -> String {
-    crate::keys::SecretHash::of(shown).to_hex()
+    crate::domain::keys::SecretHash::of(shown).to_hex()
 }
 
 /// Checks a `whsec_<base64>` secret; the secret itself is never echoed.

@@ -1,5 +1,6 @@
 //! Events out: every `KeyEvent` POSTed to the configured endpoints as signed
-//! JSON (docs/API.md and the README describe it). `payload` is the JSON, `delivery` the background task.
+//! JSON (docs/API.md and the README describe it). The JSON is the domain's
+//! (`crate::domain::json`, which the store also keeps as each event's key
+//! snapshot); `delivery` is the background task.
 
 pub mod delivery;
-pub mod payload;

@@ -1450,7 +1450,8 @@ fn table(s: &Seed) -> Vec<Row> {
 
     // --- VerifyKey's key: never an error, MALFORMED before any lookup. -----
     let valid_shape_unknown =
-        keygate::keys::Secret::generate(&keygate::keys::KeyPrefix::default()).into_exposed();
+        keygate::domain::keys::Secret::generate(&keygate::domain::keys::KeyPrefix::default())
+            .into_exposed();
     let mut flipped = s.user_secret.clone().into_bytes();
     let last = flipped.len() - 1;
     flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };

@@ -274,8 +274,8 @@ async fn first_run_serves_with_a_generated_token_and_stops_cleanly() {
     let store = Store::connect(&db.url, &PoolConfig::default())
         .await
         .expect("open store");
-    let org = keygate::model::OrganizationId::parse("acme").expect("org");
-    let key_id = keygate::model::KeyId::parse(&id).expect("id");
+    let org = keygate::domain::model::OrganizationId::parse("acme").expect("org");
+    let key_id = keygate::domain::model::KeyId::parse(&id).expect("id");
     let key = store
         .get_key(&org, &key_id)
         .await

@@ -182,9 +182,9 @@ crate::store_tests!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_racing_a_revocation_never_resurrects_the_key() {
     use keygate::{
-        cache::{CacheConfig, KeyCache, Lookup},
-        keys::{KeyPrefix, Secret},
-        model::Micros,
+        domain::keys::{KeyPrefix, Secret},
+        domain::model::Micros,
+        hotpath::cache::{CacheConfig, KeyCache, Lookup},
         store::{PoolConfig, Store},
     };
 
@@ -292,10 +292,10 @@ async fn a_read_racing_a_revocation_never_resurrects_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_committed_out_of_order_still_invalidates() {
     use keygate::{
-        cache::{CacheConfig, KeyCache, Lookup},
-        invalidation::Poller,
-        keys::{KeyPrefix, Secret},
-        model::Micros,
+        domain::keys::{KeyPrefix, Secret},
+        domain::model::Micros,
+        hotpath::cache::{CacheConfig, KeyCache, Lookup},
+        hotpath::invalidation::Poller,
         store::{PoolConfig, Store},
     };
     use sqlx::{Connection, MySqlConnection};
@@ -309,7 +309,7 @@ async fn an_event_committed_out_of_order_still_invalidates() {
     let mut poller = Poller::start(
         store.clone(),
         cache.clone(),
-        Arc::new(keygate::filter::KnownKeys::new(10)),
+        Arc::new(keygate::hotpath::filter::KnownKeys::new(10)),
         None,
     )
     .await

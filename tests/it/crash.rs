@@ -14,8 +14,8 @@ use std::{
 };
 
 use keygate::{
-    keys,
-    model::{EventAction, KeyId, OrganizationId},
+    domain::keys,
+    domain::model::{EventAction, KeyId, OrganizationId},
     proto::{VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient},
     store::{KeyFilter, PoolConfig, Store},
 };
@@ -50,8 +50,8 @@ struct Acked {
 async fn read_all(
     store: &Store,
 ) -> (
-    Vec<keygate::model::KeyRecord>,
-    Vec<keygate::model::KeyEvent>,
+    Vec<keygate::domain::model::KeyRecord>,
+    Vec<keygate::domain::model::KeyEvent>,
 ) {
     let org = OrganizationId::parse(ORG).expect("org");
     let mut keys = Vec::new();

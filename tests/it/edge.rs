@@ -16,7 +16,7 @@ use envoy_types::{
     },
 };
 use keygate::{
-    keys::{KeyPrefix, Secret},
+    domain::keys::{KeyPrefix, Secret},
     proto::{RateLimit, VerifyKeyRequest},
 };
 use serde_json::Value;

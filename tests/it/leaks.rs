@@ -6,7 +6,7 @@
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use keygate::{
-    keys::SecretHash,
+    domain::keys::SecretHash,
     proto::{KeyEventAction, VerifyCode},
 };
 use p256::{

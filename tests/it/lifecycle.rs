@@ -356,9 +356,9 @@ async fn a_change_of_the_newest_key_reaches_its_keys_in_grace_at_once(b: Backend
 async fn a_chain_rotated_by_the_previous_version_still_spends_its_quota(b: Backend) {
     use keygate::{
         clock::Clock,
-        keys::{KeyPrefix, Secret},
-        limits::{Quota as StoredQuota, QuotaPeriod as StoredPeriod},
-        model::{KeyId, KeyRecord, Micros},
+        domain::keys::{KeyPrefix, Secret},
+        domain::limits::{Quota as StoredQuota, QuotaPeriod as StoredPeriod},
+        domain::model::{KeyId, KeyRecord, Micros},
     };
     let app = spawn_app(b).await;
     let (old, old_secret) = limited(&app, Vec::new(), quota(5, QuotaPeriod::Total)).await;

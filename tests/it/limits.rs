@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use keygate::{
     config::Cli,
-    keys::{KeyPrefix, Secret},
+    domain::keys::{KeyPrefix, Secret},
     proto::{VerifyCode, VerifyKeyRequest, VerifyKeyResponse, key_verify_client::KeyVerifyClient},
 };
 use tokio::{

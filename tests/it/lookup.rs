@@ -5,8 +5,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use keygate::{
-    keys::{self, KeyPrefix, Secret, SecretHash},
-    lookup::Lookups,
+    domain::keys::{self, KeyPrefix, Secret, SecretHash},
+    hotpath::lookup::Lookups,
     proto::VerifyCode,
     store::{PoolConfig, Store, StoreError},
 };
@@ -246,7 +246,7 @@ async fn a_stalled_store_answers_unavailable_within_the_store_timeout() {
             "seeded",
             &format!("s{i}"),
             &secret,
-            keygate::model::Micros::now(),
+            keygate::domain::model::Micros::now(),
         );
         seed.create_key(&record).await.expect("seeded");
         secrets.push(secret.into_exposed());

@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod docs;
 mod edge;
+mod layers;
 mod leaks;
 mod lifecycle;
 mod limits;

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use keygate::{
-    keys::{KeyPrefix, Secret},
-    model::{KeyId, Micros, OrganizationId},
+    domain::keys::{KeyPrefix, Secret},
+    domain::model::{KeyId, Micros, OrganizationId},
     proto::{
         self, VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
     },

@@ -26,7 +26,7 @@ use std::{
 
 use keygate::{
     clock::{Clock, SharedClock},
-    model::Micros,
+    domain::model::Micros,
     proto::{
         self, CreateKeyRequest, KeyType, ListKeysRequest, Quota, QuotaPeriod, RateLimit,
         RevokeKeyRequest, RotateKeyRequest, UpdateKeyRequest, VerifyCode, VerifyKeyRequest,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use keygate::{
-    keys::{KeyPrefix, Secret},
+    domain::keys::{KeyPrefix, Secret},
     proto::VerifyCode,
 };
 use tonic::Code;
@@ -115,7 +115,7 @@ async fn quotas_and_webhooks_ride_out_a_store_outage() {
     use std::sync::atomic::Ordering;
 
     use keygate::{
-        model::{KeyId, OrganizationId},
+        domain::model::{KeyId, OrganizationId},
         proto::{Quota, QuotaPeriod},
     };
 

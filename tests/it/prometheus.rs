@@ -33,7 +33,7 @@ use std::{
 };
 
 use keygate::{
-    keys::{KeyPrefix, Secret},
+    domain::keys::{KeyPrefix, Secret},
     proto::{RevokeKeyRequest, VerifyCode, key_admin_client::KeyAdminClient},
 };
 use serde_json::Value;

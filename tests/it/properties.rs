@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::support::*;
 use keygate::{
-    hostnames::{AllowedHostnames, HostnamePattern, origin_host},
-    keys::{KeyPrefix, MAX_PREFIX_LEN, Secret, parse_token},
+    domain::hostnames::{AllowedHostnames, HostnamePattern, origin_host},
+    domain::keys::{KeyPrefix, MAX_PREFIX_LEN, Secret, parse_token},
     proto::{self, VerifyCode},
 };
 use proptest::{

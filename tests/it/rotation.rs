@@ -23,7 +23,7 @@ fn rotate(id: &str, grace_seconds: Option<i64>) -> RotateKeyRequest {
 
 fn in_seconds(app: &TestApp, s: i64) -> prost_types::Timestamp {
     use keygate::clock::Clock;
-    keygate::model::Micros(app.clock.now().0 + s * 1_000_000).to_timestamp()
+    keygate::domain::model::Micros(app.clock.now().0 + s * 1_000_000).to_timestamp()
 }
 
 pub(crate) async fn rotated(
@@ -74,7 +74,7 @@ async fn a_rotation_without_grace_revokes_the_old_key_and_copies_everything_else
     let (new, secret, previous) = rotated(&app, admin(rotate(&old.id, None))).await;
     assert_ne!(new.id, old.id);
     assert_ne!(secret, old_secret);
-    assert!(keygate::keys::parse_token(&secret).is_ok());
+    assert!(keygate::domain::keys::parse_token(&secret).is_ok());
     for (field, same) in [
         ("organization", new.organization_id == old.organization_id),
         ("type", new.r#type == old.r#type),

@@ -24,8 +24,8 @@ use std::{
 };
 
 use keygate::{
-    keys::{self, KeyPrefix, Secret},
-    model::{KeyId, OrganizationId},
+    domain::keys::{self, KeyPrefix, Secret},
+    domain::model::{KeyId, OrganizationId},
     proto::{
         self, GetKeyRequest, ListKeysRequest, RevokeKeyRequest, UpdateKeyRequest, VerifyCode,
         key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
@@ -760,7 +760,9 @@ async fn soak_with_store_restarts_loses_nothing() {
 /// usage flushes aborts its statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
-    use keygate::{cache::CachedKey, model::Micros, usage::UsageRecorder};
+    use keygate::{
+        domain::model::Micros, hotpath::cache::CachedKey, hotpath::usage::UsageRecorder,
+    };
     use sqlx::{Connection, SqliteConnection};
 
     const KEYS: usize = 1001;

@@ -183,9 +183,9 @@ async fn usage_writes_stay_within_the_budget_and_every_count_arrives() {
 }
 
 fn forged_keys(n: usize) -> Vec<String> {
-    let prefix = keygate::keys::KeyPrefix::default();
+    let prefix = keygate::domain::keys::KeyPrefix::default();
     (0..n)
-        .map(|_| keygate::keys::Secret::generate(&prefix).into_exposed())
+        .map(|_| keygate::domain::keys::Secret::generate(&prefix).into_exposed())
         .collect()
 }
 

@@ -8,15 +8,15 @@
 use std::collections::{HashMap, HashSet};
 
 use keygate::{
+    domain::hostnames::AllowedHostnames,
+    domain::keys::{KeyPrefix, Secret, SecretHash},
     domain::lifecycle::{self, Operation},
-    hostnames::AllowedHostnames,
-    keys::{KeyPrefix, Secret, SecretHash},
-    limits::{Quota, QuotaPeriod},
-    model::{
+    domain::limits::{Quota, QuotaPeriod},
+    domain::model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
         OrganizationId, Owner, UserId,
     },
-    scopes::ScopeSet,
+    domain::scopes::ScopeSet,
     store::{KeyFilter, PoolConfig, QuotaTake, Store, StoreError, UsageDelta},
 };
 

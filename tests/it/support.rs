@@ -22,8 +22,8 @@ use keygate::{
     app::{App, AppError},
     clock::{ManualClock, SharedClock},
     config::{Cli, Command, ServeArgs},
-    keys::SecretHash,
-    model::{KeyId, KeyRecord, OrganizationId},
+    domain::keys::SecretHash,
+    domain::model::{KeyId, KeyRecord, OrganizationId},
     proto::{
         self, CreateKeyRequest, KeyType, VerifyCode, VerifyKeyRequest, VerifyKeyResponse,
         key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
@@ -619,10 +619,10 @@ macro_rules! store_tests {
 pub fn bot_record(
     org: &str,
     name: &str,
-    secret: &keygate::keys::Secret,
-    now: keygate::model::Micros,
-) -> keygate::model::KeyRecord {
-    use keygate::model::{KeyId, KeyName, KeyRecord, OrganizationId, Owner, UserId};
+    secret: &keygate::domain::keys::Secret,
+    now: keygate::domain::model::Micros,
+) -> keygate::domain::model::KeyRecord {
+    use keygate::domain::model::{KeyId, KeyName, KeyRecord, OrganizationId, Owner, UserId};
     let id = KeyId::generate();
     KeyRecord {
         lineage_id: id.clone(),
@@ -630,8 +630,8 @@ pub fn bot_record(
         organization_id: OrganizationId::parse(org).expect("org"),
         owner: Owner::Bot,
         name: KeyName::parse(name).expect("name"),
-        scopes: keygate::scopes::ScopeSet::parse(["links:read"]).expect("scopes"),
-        allowed_hostnames: keygate::hostnames::AllowedHostnames::default(),
+        scopes: keygate::domain::scopes::ScopeSet::parse(["links:read"]).expect("scopes"),
+        allowed_hostnames: keygate::domain::hostnames::AllowedHostnames::default(),
         secret_hash: secret.hash(),
         key_prefix: secret.key_prefix(),
         last_four: secret.last_four(),
@@ -642,10 +642,10 @@ pub fn bot_record(
         revoke_time: None,
         expire_time: None,
         created_by: UserId::parse("admin-1").expect("user"),
-        rate_limits: keygate::limits::RateLimits::default(),
+        rate_limits: keygate::domain::limits::RateLimits::default(),
         quota: None,
         quota_used: 0,
-        quota_period_start: keygate::model::Micros(0),
+        quota_period_start: keygate::domain::model::Micros(0),
         rotated_to_id: None,
         rotated_from_id: None,
     }

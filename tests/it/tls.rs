@@ -12,7 +12,7 @@ use clap::Parser;
 use keygate::{
     app::{App, AppError},
     config::{Cli, Command as KeygateCommand},
-    keys::{KeyPrefix, Secret},
+    domain::keys::{KeyPrefix, Secret},
     proto::{VerifyCode, key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient},
 };
 use rcgen::{

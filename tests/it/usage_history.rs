@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keygate::{
     clock::Clock,
-    model::{KeyId, Micros},
+    domain::model::{KeyId, Micros},
     proto::{self, GetKeyUsageRequest, UsageGranularity, VerifyCode},
     store::UsageDelta,
 };

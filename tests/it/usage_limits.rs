@@ -13,7 +13,7 @@ use std::{
 
 use keygate::{
     clock::Clock,
-    model::{KeyId, Micros},
+    domain::model::{KeyId, Micros},
     proto::{
         self, ListKeysRequest, Quota, QuotaPeriod, RateLimit, UpdateKeyRequest, VerifyCode,
         VerifyKeyRequest, key_verify_client::KeyVerifyClient,
@@ -573,7 +573,7 @@ async fn unspent_credits_go_back_when_an_instance_idles(b: Backend) {
         r.expect("caller");
     }
     let id = KeyId::parse(&key.id).expect("id");
-    let org = keygate::model::OrganizationId::parse(ORG).expect("org");
+    let org = keygate::domain::model::OrganizationId::parse(ORG).expect("org");
     let used = || async {
         app.store
             .get_key(&org, &id)
@@ -634,7 +634,7 @@ async fn a_sigkilled_instance_holding_a_lease_never_over_grants() {
     let store = keygate::store::Store::connect(&db.url, &Default::default())
         .await
         .expect("store");
-    let org = keygate::model::OrganizationId::parse(ORG).expect("org");
+    let org = keygate::domain::model::OrganizationId::parse(ORG).expect("org");
     let key_id = KeyId::parse(&id).expect("id");
     let taken = store
         .get_key(&org, &key_id)

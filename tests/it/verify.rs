@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;
 use keygate::{
-    keys::{KeyPrefix, Secret},
+    domain::keys::{KeyPrefix, Secret},
     proto::{self, UpdateKeyRequest, VerifyCode, VerifyKeyRequest},
 };
 use prost_types::{FieldMask, Timestamp};

@@ -88,7 +88,7 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
     let expected = format!("v1,{}", STANDARD.encode(hmac_sha256(&key, &message)));
     let fresh = ts
         .parse::<i64>()
-        .is_ok_and(|t| (t - keygate::model::Micros::now().0 / 1_000_000).abs() < 300);
+        .is_ok_and(|t| (t - keygate::domain::model::Micros::now().0 / 1_000_000).abs() < 300);
     let signed = sig.split(' ').any(|s| s == expected) && fresh;
     let status = if !signed {
         StatusCode::UNAUTHORIZED

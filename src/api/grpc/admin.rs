@@ -9,7 +9,7 @@ use crate::{
     domain::commands::{
         CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey, UpdateKey,
     },
-    model::Actor,
+    domain::model::Actor,
     proto::{self, key_admin_server::KeyAdmin},
     services::KeyService,
 };

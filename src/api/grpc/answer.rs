@@ -18,13 +18,14 @@ use prost::{
 use std::sync::Arc;
 
 use crate::{
-    cache::CachedKey,
-    model::Micros,
+    domain::model::Micros,
+    hotpath::cache::CachedKey,
+    hotpath::limiter::LimitStatus,
     proto::{self, VerifyCode},
-    services::{Outcome, limiter::LimitStatus},
+    services::Outcome,
 };
 
-use super::verify::verify_code;
+use crate::api::verify_code;
 
 /// One `VerifyKeyResponse`, ready to encode. Encode-only: the server never
 /// reads one, so decoding skips every field.
@@ -180,10 +181,10 @@ mod tests {
 
     use super::*;
     use crate::{
+        domain::keys::{KeyPrefix, Secret},
+        domain::model::{KeyId, KeyName, KeyRecord, Owner, UserId},
+        domain::scopes::ScopeSet,
         domain::verify::Code,
-        keys::{KeyPrefix, Secret},
-        model::{KeyId, KeyName, KeyRecord, Owner, UserId},
-        scopes::ScopeSet,
         services::Limits,
     };
 

@@ -6,8 +6,8 @@ use tonic::metadata::MetadataMap;
 
 use crate::domain::Error as ApiError;
 use crate::{
-    keys,
-    model::{Actor, Role, UserId},
+    domain::keys,
+    domain::model::{Actor, Role, UserId},
 };
 
 /// The operator's service tokens, kept as SHA-256 digests: comparing fixed-length

@@ -2,8 +2,8 @@
 //! parsing in `admin` and `verify`, field by field, so errors can name the field.
 
 use crate::{
-    limits::QuotaPeriod,
-    model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
+    domain::limits::QuotaPeriod,
+    domain::model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
     proto,
 };
 

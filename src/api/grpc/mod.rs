@@ -3,6 +3,7 @@
 pub mod admin;
 mod answer;
 pub mod auth;
+pub mod codec;
 mod convert;
 pub mod errors;
 pub mod observe;

@@ -75,7 +75,7 @@ where
         Box::pin(async move {
             // Counted as the caller sees it: after the rewrite of refusals the
             // transport made before any handler ran.
-            let response = crate::codec::caller_fault_status(call.await?);
+            let response = crate::api::grpc::codec::caller_fault_status(call.await?);
             // A refused unary call is answered trailers-only: its status is in
             // the headers. An answer without one is a success.
             let status = Status::from_header_map(response.headers());

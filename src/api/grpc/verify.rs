@@ -17,11 +17,8 @@ use tower::Service;
 
 use super::answer::Answer;
 use crate::{
-    codec::Codec,
-    domain::verify::{Code, Verification},
-    metrics::VerifyMetrics,
-    proto::{self, VerifyCode},
-    services::Verifier,
+    api::grpc::codec::Codec, api::verify_code, domain::verify::Verification,
+    metrics::VerifyMetrics, proto, services::Verifier,
 };
 
 #[derive(Debug, Clone)]
@@ -36,22 +33,6 @@ impl VerifyApi {
             verifier,
             metrics: VerifyMetrics::new("grpc"),
         }
-    }
-}
-
-pub fn verify_code(code: Code) -> VerifyCode {
-    match code {
-        Code::Valid => VerifyCode::Valid,
-        Code::Missing => VerifyCode::Missing,
-        Code::Malformed => VerifyCode::Malformed,
-        Code::NotFound => VerifyCode::NotFound,
-        Code::Revoked => VerifyCode::Revoked,
-        Code::Expired => VerifyCode::Expired,
-        Code::OrganizationMismatch => VerifyCode::OrganizationMismatch,
-        Code::HostnameBlocked => VerifyCode::HostnameBlocked,
-        Code::InsufficientScope => VerifyCode::InsufficientScope,
-        Code::RateLimited => VerifyCode::RateLimited,
-        Code::QuotaExceeded => VerifyCode::QuotaExceeded,
     }
 }
 

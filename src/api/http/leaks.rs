@@ -17,7 +17,7 @@ use axum::{
 use super::{error, header_text};
 use crate::{
     domain::Error,
-    leaks::{LeakKeys, MAX_BODY_BYTES, parse_report},
+    domain::leaks::{LeakKeys, MAX_BODY_BYTES, parse_report},
     services::KeyService,
 };
 
@@ -73,7 +73,7 @@ async fn report(State(route): State<Arc<LeakRoute>>, headers: HeaderMap, body: B
         Ok(verdicts) => {
             let revoked = verdicts
                 .iter()
-                .filter(|v| v.label == crate::leaks::Label::TruePositive)
+                .filter(|v| v.label == crate::domain::leaks::Label::TruePositive)
                 .count();
             tracing::info!(tokens = tokens.len(), revoked, "leak report handled");
             let body = serde_json::to_string(&verdicts).unwrap_or_else(|_| "[]".into());

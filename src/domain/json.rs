@@ -1,4 +1,5 @@
-//! The JSON a webhook carries: `{"type", "timestamp", "data": {"event", "key"}}`,
+//! The JSON form of keys and events: the key snapshot each event keeps (the
+//! store writes it in the event's transaction), and the body a webhook carries: `{"type", "timestamp", "data": {"event", "key"}}`,
 //! with the event and the key in the protobuf JSON mapping of `KeyEvent` and
 //! `ApiKey` (lowerCamelCase names, enum value names, 64-bit integers as
 //! strings, RFC 3339 times in UTC), so a consumer can decode them with the
@@ -8,8 +9,8 @@
 use serde_json::{Value, json};
 
 use crate::{
-    limits::QuotaPeriod,
-    model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
+    domain::limits::QuotaPeriod,
+    domain::model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
 };
 
 /// RFC 3339 in UTC with microseconds, as the protobuf JSON mapping writes a

@@ -1,5 +1,5 @@
 //! Rate limits on the verify path. Each instance keeps one bucket per limit of
-//! every key it has seen recently (the arithmetic is in `crate::limits`); with
+//! every key it has seen recently (the arithmetic is in `crate::domain::limits`); with
 //! `--rate-limit-redis-url` the fleet shares buckets in Redis through
 //! `super::shared_limits`.
 //!
@@ -28,9 +28,9 @@ use moka::{Expiry, sync::Cache};
 
 use super::shared_limits::{SharedLimits, SharedReply};
 use crate::{
-    cache::CachedKey,
-    limits::{Bucket, Gauge, MAX_WINDOW, RateLimit, RateLimits},
-    model::{KeyId, Micros},
+    domain::limits::{Bucket, Gauge, MAX_WINDOW, RateLimit, RateLimits},
+    domain::model::{KeyId, Micros},
+    hotpath::cache::CachedKey,
 };
 
 /// Where a key stands against one of its limits after a call.
@@ -446,9 +446,9 @@ impl RateLimiter {
 mod tests {
     use super::*;
     use crate::{
-        keys::{KeyPrefix, Secret},
-        limits::LimitName,
-        model::KeyRecord,
+        domain::keys::{KeyPrefix, Secret},
+        domain::limits::LimitName,
+        domain::model::KeyRecord,
     };
 
     const T0: Micros = Micros(1_000_000_000_000);

@@ -1,6 +1,6 @@
 //! A key's usage limits (rate limits and quotas, docs/LIMITS.md) as parsed values, and the arithmetic the
 //! limiters share: the rate-limit algorithm and the quota periods. Nothing here
-//! holds state or reads a clock; `services::limiter` and `services::quota` do.
+//! holds state or reads a clock; `hotpath::limiter` and `hotpath::quota` do.
 //!
 //! # Why GCRA, in integers
 //! A rate limit is a generic cell rate algorithm (a leaky bucket written as one
@@ -22,7 +22,7 @@
 
 use std::fmt;
 
-use crate::model::{Invalid, Micros};
+use crate::domain::model::{Invalid, Micros};
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;

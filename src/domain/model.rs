@@ -6,10 +6,10 @@
 use std::{fmt, sync::Arc, time::SystemTime};
 
 use crate::{
-    hostnames::AllowedHostnames,
-    keys::SecretHash,
-    limits::{Quota, RateLimits},
-    scopes::ScopeSet,
+    domain::hostnames::AllowedHostnames,
+    domain::keys::SecretHash,
+    domain::limits::{Quota, RateLimits},
+    domain::scopes::ScopeSet,
 };
 
 /// Why a value was refused; the service layer names the field it came from.
@@ -39,7 +39,7 @@ impl OrganizationId {
         if !ok {
             return Err(Invalid("must be 1-64 characters of [A-Za-z0-9_-]"));
         }
-        if crate::keys::is_secret_shaped(s) {
+        if crate::domain::keys::is_secret_shaped(s) {
             return Err(KEY_AS_ID);
         }
         Ok(())
@@ -58,7 +58,7 @@ pub struct UserId(Arc<str>);
 impl UserId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
-        if ok && crate::keys::is_secret_shaped(s) {
+        if ok && crate::domain::keys::is_secret_shaped(s) {
             return Err(KEY_AS_ID);
         }
         if ok {
@@ -263,7 +263,7 @@ pub struct KeyRecord {
     pub rate_limits: RateLimits,
     pub quota: Option<Quota>,
     /// Credits taken in the quota period that starts at `quota_period_start`,
-    /// spent or leased by an instance (see `services::quota`); a row whose period
+    /// spent or leased by an instance (see `hotpath::quota`); a row whose period
     /// has ended has used nothing of the current one.
     pub quota_used: u64,
     pub quota_period_start: Micros,
@@ -309,7 +309,7 @@ impl KeyRecord {
 
     /// A bot key of `acme` with scope `links:read`, for unit tests.
     #[cfg(test)]
-    pub(crate) fn test_bot(id: KeyId, secret: &crate::keys::Secret, name: &str) -> Self {
+    pub(crate) fn test_bot(id: KeyId, secret: &crate::domain::keys::Secret, name: &str) -> Self {
         Self {
             id: id.clone(),
             organization_id: OrganizationId::parse("acme").expect("org"),
@@ -454,7 +454,8 @@ mod tests {
 
     #[test]
     fn api_keys_are_not_ids() {
-        let secret = crate::keys::Secret::generate(&crate::keys::KeyPrefix::default());
+        let secret =
+            crate::domain::keys::Secret::generate(&crate::domain::keys::KeyPrefix::default());
         assert_eq!(OrganizationId::parse(secret.expose()), Err(KEY_AS_ID));
         assert_eq!(UserId::parse(secret.expose()), Err(KEY_AS_ID));
     }

@@ -28,7 +28,7 @@ use fastbloom::AtomicBloomFilter;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{keys::SecretHash, store::Store};
+use crate::{domain::keys::SecretHash, store::Store};
 
 const FALSE_POSITIVES: f64 = 0.01;
 /// Keys read per page while loading.
@@ -222,7 +222,7 @@ impl KnownKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyPrefix, Secret};
+    use crate::domain::keys::{KeyPrefix, Secret};
 
     fn hash() -> SecretHash {
         Secret::generate(&KeyPrefix::default()).hash()

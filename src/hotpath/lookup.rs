@@ -22,10 +22,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    keys::SecretHash,
+    domain::keys::SecretHash,
+    domain::model::{KeyId, KeyRecord},
+    hotpath::replica::ReplicaState,
     metrics::LookupMetrics,
-    model::{KeyId, KeyRecord},
-    replica::ReplicaState,
     store::{MAX_HASHES_PER_READ, Store, StoreError},
 };
 
@@ -66,7 +66,7 @@ impl Lookups {
     /// that hold them have stopped), so shutdown can wait for it.
     ///
     /// With a `replica`, reads go there while it is known to hold this
-    /// instance's writes (see `crate::replica`); what it lacks is read again
+    /// instance's writes (see `crate::hotpath::replica`); what it lacks is read again
     /// from `store`, the primary, before it is called unknown.
     pub fn start(
         store: Store,

@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::limiter::LimitStatus;
 use crate::{
-    cache::CachedKey,
     domain::Error,
-    limits::{Quota, QuotaPeriod},
-    model::{KeyId, Micros},
+    domain::limits::{Quota, QuotaPeriod},
+    domain::model::{KeyId, Micros},
+    hotpath::cache::CachedKey,
     store::{QuotaTake, Store, StoreError},
 };
 

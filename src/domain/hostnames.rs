@@ -521,9 +521,9 @@ fn check_ipv4(name: &str) -> Result<(), HostnameError> {
 }
 
 /// Whether a wildcard over `suffix` would span unrelated owners: `suffix` is a
-/// public suffix, or one lies below it (see [`crate::public_suffix`]).
+/// public suffix, or one lies below it (see [`crate::domain::public_suffix`]).
 fn is_public_suffix(suffix: &str) -> bool {
-    crate::public_suffix::PublicSuffixList::get().wildcard_spans_owners(suffix)
+    crate::domain::public_suffix::PublicSuffixList::get().wildcard_spans_owners(suffix)
 }
 
 fn quote_prefix(raw: &str) -> String {
@@ -779,7 +779,7 @@ mod tests {
     /// adds can be missed by a hand-picked set.
     #[test]
     fn no_wildcard_spans_a_public_suffix_of_the_list() {
-        use crate::public_suffix::{PublicSuffixList, RuleKind};
+        use crate::domain::public_suffix::{PublicSuffixList, RuleKind};
         let list = PublicSuffixList::get();
         let parses = |name: &str| name.parse::<HostnamePattern>().is_ok();
         let (mut checked, mut allowed_exceptions) = (0, 0);

@@ -29,13 +29,13 @@ use moka::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
 
 use crate::{
-    hostnames::AllowedHostnames,
-    keys::SecretHash,
-    limits::{Quota, RateLimits},
+    domain::hostnames::AllowedHostnames,
+    domain::keys::SecretHash,
+    domain::limits::{Quota, RateLimits},
+    domain::model::{KeyId, KeyRecord, Micros},
+    domain::scopes::ScopeSet,
     metrics::CacheMetrics,
-    model::{KeyId, KeyRecord, Micros},
     proto,
-    scopes::ScopeSet,
 };
 
 /// What verification needs of a key, and nothing else: the cache holds up to
@@ -126,7 +126,7 @@ impl CachedKey {
                     .iter()
                     .map(|h| h.to_string().len() + 32),
             )
-            + self.rate_limits.len() * std::mem::size_of::<crate::limits::RateLimit>() * 2;
+            + self.rate_limits.len() * std::mem::size_of::<crate::domain::limits::RateLimit>() * 2;
         // The Arc's counters, and the cache's own entry (hash, deadline).
         let fixed = std::mem::size_of::<Self>() + 16 + std::mem::size_of::<Entry>() + 32;
         u64::try_from(heap + fixed).unwrap_or(u64::MAX)
@@ -157,6 +157,25 @@ impl CachedKey {
             scopes: self.scopes.to_vec(),
             ..self.verified.clone()
         }
+    }
+}
+
+/// The domain's checks read a cached key as they would its record.
+impl crate::domain::verify::KeyFacts for CachedKey {
+    fn revoke_time(&self) -> Option<Micros> {
+        self.revoke_time
+    }
+    fn expire_time(&self) -> Option<Micros> {
+        self.expire_time
+    }
+    fn organization_id(&self) -> &str {
+        CachedKey::organization_id(self)
+    }
+    fn allowed_hostnames(&self) -> &AllowedHostnames {
+        &self.allowed_hostnames
+    }
+    fn scopes(&self) -> &ScopeSet {
+        &self.scopes
     }
 }
 
@@ -413,7 +432,7 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyPrefix, Secret};
+    use crate::domain::keys::{KeyPrefix, Secret};
 
     const NOW: Micros = Micros(1_700_000_000_000_000);
 

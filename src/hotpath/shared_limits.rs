@@ -2,7 +2,7 @@
 //!
 //! The fleet's buckets live in Redis, one per limit of a key, with the same
 //! algorithm as an instance's own (a GCRA "theoretical arrival time" per limit,
-//! see `crate::limits`). A call does not go to Redis each time: an instance
+//! see `crate::domain::limits`). A call does not go to Redis each time: an instance
 //! leases a few calls at once (every limit of the key checked and charged
 //! together, in one script) and spends them locally until they are gone or
 //! their short lifetime ends. Calls are charged when leased, so the fleet never
@@ -31,8 +31,8 @@ use redis::{
 };
 
 use crate::{
-    limits::RateLimits,
-    model::{KeyId, Micros},
+    domain::limits::RateLimits,
+    domain::model::{KeyId, Micros},
 };
 
 /// The longest a verification waits on Redis before counting alone.

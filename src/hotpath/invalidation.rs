@@ -15,10 +15,10 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::KeyCache,
-    filter::KnownKeys,
-    model::Micros,
-    replica::ReplicaState,
+    domain::model::Micros,
+    hotpath::cache::KeyCache,
+    hotpath::filter::KnownKeys,
+    hotpath::replica::ReplicaState,
     store::{Store, StoreError},
 };
 
@@ -40,7 +40,7 @@ pub struct Poller {
     /// created on other instances here.
     filter: Arc<KnownKeys>,
     /// With a replica: the primary, sampled each poll to learn how far the
-    /// replica has come (see `crate::replica`).
+    /// replica has come (see `crate::hotpath::replica`).
     primary: Option<(Store, Arc<ReplicaState>)>,
     /// Highest event id seen.
     high: u64,

@@ -17,7 +17,7 @@
 
 use std::{collections::HashSet, sync::LazyLock};
 
-static LIST: &str = include_str!("../data/public_suffix_list.dat");
+static LIST: &str = include_str!("../../data/public_suffix_list.dat");
 
 /// The list's rules, in ASCII (punycode) form, without their `*.`/`!` marks.
 #[derive(Debug, Default)]

@@ -31,9 +31,9 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::CachedKey,
+    domain::model::{KeyId, Micros},
     domain::verify::Code,
-    model::{KeyId, Micros},
+    hotpath::cache::CachedKey,
     store::{Store, StoreError, UsageDelta},
 };
 
@@ -436,8 +436,8 @@ pub async fn prune_history(
 mod tests {
     use super::*;
     use crate::{
-        keys::{KeyPrefix, Secret},
-        model::KeyRecord,
+        domain::keys::{KeyPrefix, Secret},
+        domain::model::KeyRecord,
     };
 
     fn entry(id: &KeyId) -> Arc<CachedKey> {
