@@ -724,16 +724,39 @@ pub(crate) struct PrivateRedis {
 
 impl PrivateRedis {
     pub(crate) fn start_on(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args([
+        Self::launch(port, &["--port", &port.to_string(), "--bind", "127.0.0.1"])
+    }
+
+    /// A Redis that speaks only TLS on `port`, with `cert` and `key` (PEM
+    /// files) and no client certificates asked for.
+    pub(crate) fn start_tls_on(port: u16, cert: &str, key: &str, ca: &str) -> Self {
+        Self::launch(
+            port,
+            &[
                 "--port",
+                "0",
+                "--tls-port",
                 &port.to_string(),
                 "--bind",
                 "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
+    }
+
+    /// `redis-server` with `args`, keeping nothing on disk; returns once `port`
+    /// accepts connections.
+    fn launch(port: u16, args: &[&str]) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(args)
+            .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (.ci/run installs it)");
@@ -742,28 +765,6 @@ impl PrivateRedis {
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child: Some(child) }
-    }
-
-    /// A Redis that speaks only TLS on `port`, with `cert` and `key` (PEM
-    /// files) and no client certificates asked for.
-    pub(crate) fn start_tls_on(port: u16, cert: &str, key: &str, ca: &str) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--tls-cert-file", cert, "--tls-key-file", key])
-            .args(["--tls-ca-cert-file", ca, "--tls-auth-clients", "no"])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server (TLS) did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
