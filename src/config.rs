@@ -24,7 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC server (migrates the database first).
+    /// Serve keygate: gRPC (KeyVerify, KeyAdmin, Envoy ext_authz, health), and the
+    /// HTTP and metrics listeners when configured (migrates the database first).
     Serve(Box<ServeArgs>),
     /// Apply the embedded database migrations and exit.
     Migrate(DatabaseArgs),
@@ -64,6 +65,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Store")]
 pub struct DatabaseArgs {
     /// `sqlite://FILE` (created if missing) or `mysql://user:password@host:port/db`.
     #[arg(
@@ -88,20 +90,30 @@ pub struct ServeArgs {
     /// `mysql://…` of a replica of `--database-url`: cache misses, the
     /// invalidation poll and the forged-key filter read there; writes and admin
     /// reads stay on the primary.
-    #[arg(long, env = "KEYGATE_DATABASE_READ_URL", hide_env_values = true)]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "KEYGATE_DATABASE_READ_URL",
+        hide_env_values = true
+    )]
     pub database_read_url: Option<Sensitive>,
 
     #[command(flatten)]
     pub database: DatabaseArgs,
 
     /// Address of the gRPC server.
-    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        help_heading = "Listeners",
+        long,
+        env = "KEYGATE_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub listen: SocketAddr,
 
     /// Most live keys one organization may have; a create past it is refused
     /// RESOURCE_EXHAUSTED, so one tenant cannot grow everyone's storage and
     /// memory.
-    #[arg(
+    #[arg(help_heading = "Keys and admin", 
         long,
         env = "KEYGATE_MAX_KEYS_PER_ORGANIZATION",
         default_value_t = 10_000,
@@ -113,6 +125,7 @@ pub struct ServeArgs {
     /// (and shown only to a terminal, or in a file of mode 0600) when none is
     /// set and every listener is on loopback.
     #[arg(
+        help_heading = "Keys and admin",
         long,
         env = "KEYGATE_ADMIN_TOKENS",
         value_delimiter = ',',
@@ -121,25 +134,40 @@ pub struct ServeArgs {
     pub admin_tokens: Vec<Sensitive>,
 
     /// Prefix of the keys this deployment issues (keys of any prefix verify).
-    #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg_live")]
+    #[arg(
+        help_heading = "Keys and admin",
+        long,
+        env = "KEYGATE_KEY_PREFIX",
+        default_value = "kg_live"
+    )]
     pub key_prefix: KeyPrefix,
 
     /// Address of the Prometheus metrics endpoint.
-    #[arg(long, env = "KEYGATE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    #[arg(
+        help_heading = "Listeners",
+        long,
+        env = "KEYGATE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
     pub metrics_listen: SocketAddr,
 
     /// How often to poll the event table for other instances' changes.
-    #[arg(long, env = "KEYGATE_INVALIDATION_INTERVAL", default_value = "250ms")]
+    #[arg(
+        help_heading = "Cache",
+        long,
+        env = "KEYGATE_INVALIDATION_INTERVAL",
+        default_value = "250ms"
+    )]
     pub invalidation_interval: humantime::Duration,
 
     /// A file of allowed scopes, one per line; without it any well-formed scope is accepted.
-    #[arg(long, env = "KEYGATE_SCOPE_CATALOG")]
+    #[arg(help_heading = "Keys and admin", long, env = "KEYGATE_SCOPE_CATALOG")]
     pub scope_catalog: Option<PathBuf>,
 
     /// Store reads the verify path keeps out at once. Cache misses that arrive
     /// while they are busy queue and are read together (up to 64 keys a read),
     /// so fewer reads mean larger ones and less work for the store.
-    #[arg(
+    #[arg(help_heading = "Store", 
         long,
         env = "KEYGATE_LOOKUP_CONCURRENCY",
         default_value_t = 4,
@@ -148,13 +176,18 @@ pub struct ServeArgs {
     pub lookup_concurrency: u16,
 
     /// Keys held in the verify cache; 0 disables it.
-    #[arg(long, env = "KEYGATE_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(
+        help_heading = "Cache",
+        long,
+        env = "KEYGATE_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
     pub cache_capacity: u64,
 
     /// Bytes the verify cache may hold (`128MiB`; also KiB, GiB or plain
     /// bytes): each key weighs its size, so large keys take their share and
     /// not one slot.
-    #[arg(
+    #[arg(help_heading = "Cache", 
         long,
         env = "KEYGATE_CACHE_MAX_BYTES",
         default_value = "128MiB",
@@ -163,11 +196,17 @@ pub struct ServeArgs {
     pub cache_max_bytes: u64,
 
     /// How long a cached key is trusted without asking the store.
-    #[arg(long, env = "KEYGATE_CACHE_TTL", default_value = "60s")]
+    #[arg(
+        help_heading = "Cache",
+        long,
+        env = "KEYGATE_CACHE_TTL",
+        default_value = "60s"
+    )]
     pub cache_ttl: humantime::Duration,
 
     /// Unknown keys remembered, to absorb floods of made-up keys; 0 disables it.
     #[arg(
+        help_heading = "Cache",
         long,
         env = "KEYGATE_NEGATIVE_CACHE_CAPACITY",
         default_value_t = 100_000
@@ -175,17 +214,27 @@ pub struct ServeArgs {
     pub negative_cache_capacity: u64,
 
     /// How long an unknown key is remembered.
-    #[arg(long, env = "KEYGATE_NEGATIVE_CACHE_TTL", default_value = "10s")]
+    #[arg(
+        help_heading = "Cache",
+        long,
+        env = "KEYGATE_NEGATIVE_CACHE_TTL",
+        default_value = "10s"
+    )]
     pub negative_cache_ttl: humantime::Duration,
 
     /// How often usage counts are written to the store.
-    #[arg(long, env = "KEYGATE_USAGE_FLUSH_INTERVAL", default_value = "1s")]
+    #[arg(
+        help_heading = "Usage and retention",
+        long,
+        env = "KEYGATE_USAGE_FLUSH_INTERVAL",
+        default_value = "1s"
+    )]
     pub usage_flush_interval: humantime::Duration,
 
     /// Usage rows written per second at most (key rows and usage-history rows);
     /// counts above it wait in memory, oldest first, and are all written on
     /// shutdown.
-    #[arg(
+    #[arg(help_heading = "Usage and retention", 
         long,
         env = "KEYGATE_USAGE_WRITE_BUDGET",
         default_value_t = 5000,
@@ -195,14 +244,14 @@ pub struct ServeArgs {
 
     /// HTTP listener for forward auth (`/v1/authorize`: nginx, Traefik, Caddy)
     /// and leak reports (`POST /v1/leaks/github`); off by default.
-    #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
+    #[arg(help_heading = "Listeners", long, env = "KEYGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
     /// How long an HTTP client may take to send a request's headers. The
     /// clock starts as soon as a connection waits for a request, so it is
     /// also how long an HTTP/1 keep-alive connection may stay idle (hyper has
     /// one timer for both).
-    #[arg(
+    #[arg(help_heading = "Connections", 
         long,
         env = "KEYGATE_HTTP_HEADER_TIMEOUT",
         default_value = "10s",
@@ -213,7 +262,7 @@ pub struct ServeArgs {
     /// Most connections the HTTP listener holds open; more are closed at once
     /// (and counted), so a flood of idle connections cannot take the open
     /// files the gRPC listener, the store and Redis need.
-    #[arg(
+    #[arg(help_heading = "Connections", 
         long,
         env = "KEYGATE_HTTP_MAX_CONNECTIONS",
         default_value_t = 1024,
@@ -224,17 +273,27 @@ pub struct ServeArgs {
     /// TOML route policy: the scopes each method and path needs when keygate
     /// authorizes requests for a proxy (Envoy ext_authz, `/v1/authorize`).
     /// Without it every route needs only a valid key.
-    #[arg(long, env = "KEYGATE_ROUTE_POLICY")]
+    #[arg(
+        help_heading = "Edge (Envoy and forward auth)",
+        long,
+        env = "KEYGATE_ROUTE_POLICY"
+    )]
     pub route_policy: Option<PathBuf>,
 
     /// GitHub's secret-scanning public keys (`{"public_keys": [...]}` JSON), to
     /// check the signature of leak reports; needs `--http-listen`.
-    #[arg(long, env = "KEYGATE_LEAK_REPORT_KEYS", requires = "http_listen")]
+    #[arg(
+        help_heading = "Webhooks and leak reports",
+        long,
+        env = "KEYGATE_LEAK_REPORT_KEYS",
+        requires = "http_listen"
+    )]
     pub leak_report_keys: Option<PathBuf>,
 
     /// Endpoints every key event is POSTed to, comma-separated (signed with
     /// `--webhook-secret`).
     #[arg(
+        help_heading = "Webhooks and leak reports",
         long,
         env = "KEYGATE_WEBHOOK_URL",
         value_delimiter = ',',
@@ -242,19 +301,31 @@ pub struct ServeArgs {
     )]
     pub webhook_url: Vec<Sensitive>,
 
-    /// `whsec_<base64>`: the Standard Webhooks signing secret.
-    #[arg(long, env = "KEYGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    /// `whsec_<base64>`: the Standard Webhooks signing secret; required with
+    /// `--webhook-url`.
+    #[arg(
+        help_heading = "Webhooks and leak reports",
+        long,
+        env = "KEYGATE_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
     pub webhook_secret: Option<Sensitive>,
 
     /// `redis://host:port/db`, or `rediss://` for TLS: share rate-limit
     /// counters across instances through this Redis; without it each instance
     /// counts alone.
-    #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "KEYGATE_RATE_LIMIT_REDIS_URL",
+        hide_env_values = true
+    )]
     pub rate_limit_redis_url: Option<Sensitive>,
 
     /// PEM CA certificates a `rediss://` server's certificate must chain to
     /// (default: the system's CAs). Its name is verified either way.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "KEYGATE_RATE_LIMIT_REDIS_CA",
         requires = "rate_limit_redis_url"
@@ -263,7 +334,7 @@ pub struct ServeArgs {
 
     /// How long key events (the audit trail) and their webhook deliveries are
     /// kept; older ones are deleted in batches of 1000.
-    #[arg(
+    #[arg(help_heading = "Usage and retention", 
         long,
         env = "KEYGATE_EVENT_RETENTION",
         default_value = "400d",
@@ -272,11 +343,17 @@ pub struct ServeArgs {
     pub event_retention: humantime::Duration,
 
     /// How long hourly usage-history buckets are kept (daily ones: 400 days).
-    #[arg(long, env = "KEYGATE_USAGE_HISTORY_RETENTION", default_value = "35d")]
+    #[arg(
+        help_heading = "Usage and retention",
+        long,
+        env = "KEYGATE_USAGE_HISTORY_RETENTION",
+        default_value = "35d"
+    )]
     pub usage_history_retention: humantime::Duration,
 
     /// How often old usage history is pruned (tests shorten it).
     #[arg(
+        help_heading = "Usage and retention",
         long,
         env = "KEYGATE_USAGE_HISTORY_PRUNE_INTERVAL",
         default_value = "60s",
@@ -285,31 +362,46 @@ pub struct ServeArgs {
     pub usage_history_prune_interval: humantime::Duration,
 
     /// Tokio worker threads; defaults to the number of cores.
-    #[arg(long, env = "KEYGATE_WORKER_THREADS")]
+    #[arg(help_heading = "Connections", long, env = "KEYGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 
     /// PEM certificate chain of every listener (gRPC, admin, HTTP); with
     /// `--tls-key`, they serve TLS only.
-    #[arg(long, env = "KEYGATE_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "KEYGATE_TLS_CERT",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of `--tls-cert`.
-    #[arg(long, env = "KEYGATE_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "KEYGATE_TLS_KEY",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificate(s); when set, every client must present a certificate
     /// signed by one of them (mTLS). Needs `--tls-cert` and `--tls-key`.
-    #[arg(long, env = "KEYGATE_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "KEYGATE_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Serve KeyAdmin only on this address (with the same TLS and limits);
     /// `--listen` then serves KeyVerify, health and reflection.
-    #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
+    #[arg(help_heading = "Listeners", long, env = "KEYGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
     /// Calls one connection may have in progress; more are refused at once with
     /// RESOURCE_EXHAUSTED instead of queueing.
-    #[arg(
+    #[arg(help_heading = "Connections", 
         long,
         env = "KEYGATE_MAX_CONCURRENT_REQUESTS_PER_CONNECTION",
         default_value_t = 1024,
@@ -320,7 +412,7 @@ pub struct ServeArgs {
     /// gRPC calls in progress on the whole instance (health checks aside);
     /// past it new calls are answered RESOURCE_EXHAUSTED at once instead of
     /// queueing, so an overloaded instance stays fast for what it accepts.
-    #[arg(
+    #[arg(help_heading = "Connections", 
         long,
         env = "KEYGATE_MAX_IN_FLIGHT",
         default_value_t = 4096,
@@ -331,7 +423,7 @@ pub struct ServeArgs {
     /// How long a gRPC connection may stay open, idle or not; then it is
     /// closed gracefully (calls in progress finish, clients reconnect on their
     /// next call), so clients spread over instances added since they connected.
-    #[arg(
+    #[arg(help_heading = "Connections", 
         long,
         env = "KEYGATE_GRPC_MAX_CONNECTION_AGE",
         default_value = "30m",
@@ -342,7 +434,7 @@ pub struct ServeArgs {
     /// How long a gRPC connection may go without a call in progress (pings
     /// do not count); then it is closed gracefully (GOAWAY), and the client
     /// reconnects on its next call.
-    #[arg(
+    #[arg(help_heading = "Connections", 
         long,
         env = "KEYGATE_GRPC_IDLE_TIMEOUT",
         default_value = "5m",
@@ -352,7 +444,7 @@ pub struct ServeArgs {
 
     /// Longest a call may take (a shorter client deadline wins); then it is
     /// answered CANCELLED.
-    #[arg(
+    #[arg(help_heading = "Connections", 
         long,
         env = "KEYGATE_REQUEST_TIMEOUT",
         default_value = "5s",

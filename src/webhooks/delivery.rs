@@ -153,6 +153,33 @@ fn endpoint_id(shown: &str) -> String {
     crate::domain::keys::SecretHash::of(shown).to_hex()
 }
 
+/// Why an attempt failed, as an operator needs it: the kind (connect,
+/// timeout, …) and the cause's own words ("Connection refused", a TLS
+/// error), without the URL, which may hold credentials. reqwest's own message
+/// is only "error sending request".
+fn failure_reason(e: reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "cannot connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_request() {
+        "request failed"
+    } else if e.is_body() {
+        "body failed"
+    } else {
+        "failed"
+    };
+    let e = e.without_url();
+    let mut out = kind.to_owned();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Checks a `whsec_<base64>` secret; the secret itself is never echoed.
 pub fn signer(secret: &str) -> Result<Webhook, WebhookConfigError> {
     use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -307,7 +334,7 @@ impl Webhooks {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| format!("{}", e.without_url()))?;
+                .map_err(failure_reason)?;
             let status = response.status();
             if status.is_success() {
                 Ok(())
@@ -331,14 +358,14 @@ impl Webhooks {
             }
             Err(e) if now.0 - d.event.time.0 > GIVE_UP_AFTER.0 => {
                 self.metrics.given_up.increment(1);
-                tracing::error!(endpoint = %endpoint.shown, event_id = d.event_id, error = %e,
+                tracing::error!(endpoint = %endpoint.shown, endpoint_id = %endpoint.id, event_id = d.event_id, error = %e,
                     "webhook given up after 24 hours of failed attempts");
                 Err((None, e.as_str()))
             }
             Err(e) => {
                 self.metrics.failed.increment(1);
                 let retry = Micros(now.0 + backoff(d.attempts + 1).0);
-                tracing::warn!(endpoint = %endpoint.shown, event_id = d.event_id, attempt = d.attempts + 1,
+                tracing::warn!(endpoint = %endpoint.shown, endpoint_id = %endpoint.id, event_id = d.event_id, attempt = d.attempts + 1,
                     error = %e, "webhook attempt failed; will retry");
                 Err((Some(retry), e.as_str()))
             }
@@ -404,5 +431,27 @@ mod tests {
         assert!(err.contains("https://hooks.example.com/keygate"), "{err}");
         assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
         assert_eq!(endpoint_ids(&urls[..2]).expect("distinct").len(), 2);
+    }
+
+    /// A failed attempt says why, not only reqwest's "error sending request",
+    /// and never the URL (it may carry credentials).
+    #[tokio::test]
+    async fn a_failed_attempt_says_why_without_the_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let e = reqwest::Client::new()
+            .post(format!("http://user:hunter2@127.0.0.1:{port}/hook"))
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        let reason = failure_reason(e);
+        assert!(reason.starts_with("cannot connect"), "{reason}");
+        assert!(reason.to_lowercase().contains("refused"), "{reason}");
+        assert!(
+            !reason.contains("hunter2") && !reason.contains("/hook"),
+            "{reason}"
+        );
     }
 }

@@ -305,6 +305,44 @@ async fn migrate_is_idempotent(backend: Backend) {
     db.drop_db().await;
 }
 
+/// `serve --help` groups its flags under headings, one per part of keygate,
+/// and says what a flag needs with it.
+#[test]
+fn serve_help_is_grouped_by_part() {
+    let out = keygate_command()
+        .args(["serve", "--help"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let mut at = 0;
+    for heading in [
+        "Store:",
+        "Listeners:",
+        "Keys and admin:",
+        "Cache:",
+        "Usage and retention:",
+        "Connections:",
+        "Edge (Envoy and forward auth):",
+        "Webhooks and leak reports:",
+        "Limits:",
+        "TLS:",
+    ] {
+        let found = help[at..]
+            .find(&format!("\n{heading}\n"))
+            .unwrap_or_else(|| panic!("{heading} in\n{help}"));
+        at += found + 1;
+    }
+    assert!(
+        help.contains("required with\n") || help.contains("required with `--webhook-url`"),
+        "{help}"
+    );
+    assert!(
+        !help.contains('\u{1b}'),
+        "no colour codes when not on a terminal"
+    );
+}
+
 #[test]
 fn bad_flags_are_refused_with_a_clear_message() {
     for (args, says) in [
@@ -351,6 +389,8 @@ fn no_generated_admin_token_on_a_public_listener() {
             stderr.contains("--admin-tokens") && stderr.contains("0.0.0.0:0"),
             "{flag}: {stderr}"
         );
+        // Logged (pretty format) to a pipe, not a terminal: no colour codes.
+        assert!(!stderr.contains('\u{1b}'), "{flag}: colour codes in {stderr:?}");
     }
     assert!(
         !dir.join("keygate.db").exists(),

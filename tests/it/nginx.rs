@@ -50,7 +50,20 @@ struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, not SIGKILL: the master then stops its workers before it
+    /// exits. Killed outright, it would leave them running, still holding
+    /// the listening socket.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -287,6 +300,12 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_without_the_secre
         2,
         "no refused request reached the upstream"
     );
+    let listening = nginx.addr;
     drop(nginx);
+    // Every process nginx started is gone: nothing listens on its port.
+    assert!(
+        std::net::TcpStream::connect(listening).is_err(),
+        "an nginx worker outlived the test"
+    );
     app.stop().await;
 }
