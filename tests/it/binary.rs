@@ -390,7 +390,10 @@ fn no_generated_admin_token_on_a_public_listener() {
             "{flag}: {stderr}"
         );
         // Logged (pretty format) to a pipe, not a terminal: no colour codes.
-        assert!(!stderr.contains('\u{1b}'), "{flag}: colour codes in {stderr:?}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{flag}: colour codes in {stderr:?}"
+        );
     }
     assert!(
         !dir.join("keygate.db").exists(),

@@ -6,7 +6,7 @@
 //! what `clients/install-deps` installs. Without them these tests fail, they never
 //! skip.
 //!
-//! Size: five client languages, each a short test, plus the README-snippet check.
+//! Size: five client languages, each a short test, plus the check that docs/CLIENTS.md shows their code.
 
 use std::{
     ffi::OsStr,
@@ -106,7 +106,7 @@ fn assert_no_secret(out: &str) {
     }
 }
 
-/// Generates the Python modules of `proto/keygate/v1` into `out` as the README says.
+/// Generates the Python modules of `proto/keygate/v1` into `out` as docs/CLIENTS.md says.
 fn generate_python_stubs(out: &Path) {
     let mut protos: Vec<String> = std::fs::read_dir(repo().join("proto/keygate/v1"))
         .expect("read proto/keygate/v1")
@@ -498,13 +498,14 @@ fn source_region_names(path: &str) -> Vec<String> {
     names
 }
 
-/// Every Go, Java and Node.js snippet of the README is a region of a compiled and
+/// Every Go, Java and Node.js snippet of docs/CLIENTS.md is a region of a compiled and
 /// tested client: each such code block follows a `<!-- snippet: PATH NAME -->` line and
 /// equals that region, and every region appears in the README. The import paths the
 /// README gives are the ones the proto files' options produce.
 #[test]
 fn readme_snippets_are_the_tested_clients_code() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let readme =
+        std::fs::read_to_string(repo().join("docs/CLIENTS.md")).expect("read docs/CLIENTS.md");
     let lines: Vec<&str> = readme.lines().collect();
     let mut used: Vec<(String, String)> = Vec::new();
     let mut i = 0;
@@ -518,7 +519,7 @@ fn readme_snippets_are_the_tested_clients_code() {
             .iter()
             .position(|l| *l == "```")
             .map(|n| i + 1 + n)
-            .unwrap_or_else(|| panic!("README.md:{}: unclosed code block", i + 1));
+            .unwrap_or_else(|| panic!("docs/CLIENTS.md:{}: unclosed code block", i + 1));
         let body = lines[i + 1..end].join("\n");
         let marker = i
             .checked_sub(1)
@@ -527,11 +528,11 @@ fn readme_snippets_are_the_tested_clients_code() {
         if let Some(marker) = marker {
             let (path, name) = marker
                 .split_once(' ')
-                .unwrap_or_else(|| panic!("README.md:{i}: `<!-- snippet: PATH NAME -->`"));
+                .unwrap_or_else(|| panic!("docs/CLIENTS.md:{i}: `<!-- snippet: PATH NAME -->`"));
             let region = source_region(path, name);
             assert!(
                 body == region,
-                "README.md:{}: the {lang} block differs from region `{name}` of {path}; \
+                "docs/CLIENTS.md:{}: the {lang} block differs from region `{name}` of {path}; \
                  copy the region into the README:\n--- README\n{body}\n--- {path}\n{region}",
                 i + 1
             );
@@ -539,7 +540,7 @@ fn readme_snippets_are_the_tested_clients_code() {
         } else {
             assert!(
                 !matches!(lang, "go" | "java" | "js"),
-                "README.md:{}: a {lang} block that is not a `<!-- snippet: PATH NAME -->` \
+                "docs/CLIENTS.md:{}: a {lang} block that is not a `<!-- snippet: PATH NAME -->` \
                  of a tested client:\n{body}",
                 i + 1
             );
