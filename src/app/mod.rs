@@ -1,13 +1,19 @@
 //! Wiring only: assembles keygate from its named parts and runs it until told
 //! to stop. No rule of the product lives here.
 //!
-//! - **services**: the keys service and the verifier (`crate::services`), over
-//!   one store, one cache, one usage recorder and one clock;
-//! - **transport**: the gRPC listeners with their TLS and tower stack
-//!   (`transport.rs`), serving the `api::grpc` translations of those services;
-//! - **background tasks** on one `TaskTracker`: the invalidation poll, the usage
-//!   flush, the store-health watcher, `/metrics` and the lookup reader;
-//! - **health** (`health.rs`): `grpc.health.v1` in step with the store.
+//! - **parts** (`parts.rs`): the keys service, the verifier and the edge's
+//!   authorizer (`crate::services`), over one store, one cache, one usage
+//!   recorder, one set of limiters and one clock;
+//! - **listeners** (`listeners.rs`): every listener bound before any serves,
+//!   each on the one accept loop (`connections.rs`: the connection cap, TLS from
+//!   `tls.rs`, idle and age timeouts), speaking gRPC (`transport.rs`, behind
+//!   `admission.rs`) or HTTP (`http_server.rs`);
+//! - **background tasks** (`tasks.rs`) on one `TaskTracker`: the filter load,
+//!   the invalidation poll, the usage flush, retention pruning, the lease
+//!   sweeps, webhooks, the store-health watcher and `/metrics`;
+//! - **health** (`health.rs`): `grpc.health.v1` in step with the store;
+//! - **errors** (`errors.rs`): why keygate could not start, each saying what to
+//!   change; **files** (`files.rs`): the open-file limit.
 //!
 //! Shutdown runs in that order backwards: the servers stop accepting and drain,
 //! then the background tasks stop (the usage flush writes a last time), then the
