@@ -3,7 +3,8 @@
 //! - The vocabulary, parsed rather than validated: [`model`] (ids, names,
 //!   owners, a key's record and events), [`keys`] (the secret: format,
 //!   checksum, hash), [`scopes`], [`hostnames`] (with [`public_suffix`]),
-//!   [`limits`] (rate limits and quotas), and [`json`], the JSON form of a key
+//!   [`limits`] (rate limits and quotas), [`networks`] (where a key may be
+//!   used from, and by which workload), and [`json`], the JSON form of a key
 //!   and an event (each event's key snapshot, the webhook body).
 //! - The rules: what a request means ([`commands`], [`verify`]), who may do
 //!   what ([`policy`]), what a key in each state of its life allows
@@ -24,6 +25,7 @@ pub mod leaks;
 pub mod lifecycle;
 pub mod limits;
 pub mod model;
+pub mod networks;
 pub mod paging;
 pub mod policy;
 pub mod public_suffix;
