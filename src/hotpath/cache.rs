@@ -109,7 +109,6 @@ impl CachedKey {
     /// the cache weighs it by, so that a tenant's large keys (64 hostnames,
     /// 128 scopes) take their share of `--cache-max-bytes`, not one slot.
     pub fn approx_bytes(&self) -> u64 {
-        let strings = |it: &mut dyn Iterator<Item = usize>| it.sum::<usize>();
         let v = &self.verified;
         let heap = self.id.as_str().len()
             + self.limits_id.as_str().len()
@@ -119,13 +118,12 @@ impl CachedKey {
             + v.name.len()
             + v.rotated_to_id.len()
             + self.encoded.len()
-            + strings(&mut self.scopes.iter().map(|s| s.len() + 16))
-            + strings(
-                &mut self
-                    .allowed_hostnames
-                    .iter()
-                    .map(|h| h.to_string().len() + 32),
-            )
+            + self.scopes.iter().map(|s| s.len() + 16).sum::<usize>()
+            + self
+                .allowed_hostnames
+                .iter()
+                .map(|h| h.to_string().len() + 32)
+                .sum::<usize>()
             + self.rate_limits.len() * std::mem::size_of::<crate::domain::limits::RateLimit>() * 2;
         // The Arc's counters, and the cache's own entry (hash, deadline).
         let fixed = std::mem::size_of::<Self>() + 16 + std::mem::size_of::<Entry>() + 32;
