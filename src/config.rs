@@ -280,6 +280,21 @@ pub struct ServeArgs {
     )]
     pub route_policy: Option<PathBuf>,
 
+    /// Proxies in front of the HTTP listener whose word forward auth takes,
+    /// comma-separated CIDRs or addresses: from a peer in these networks, the
+    /// presenter's address is the right-most `X-Forwarded-For` entry that is
+    /// not itself a trusted proxy, and its workload identity is
+    /// `X-Client-Principal`. From any other peer both headers are ignored and
+    /// the presenter is the peer itself.
+    #[arg(
+        help_heading = "Edge (Envoy and forward auth)",
+        long,
+        env = "KEYGATE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_trusted_proxy
+    )]
+    pub trusted_proxies: Vec<String>,
+
     /// GitHub's secret-scanning public keys (`{"public_keys": [...]}` JSON), to
     /// check the signature of leak reports; needs `--http-listen`.
     #[arg(
@@ -471,6 +486,16 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_shl(shift)
         .filter(|b| b >> shift == n && *b > 0)
         .ok_or_else(|| format!("{s:?} must be greater than zero and fit in 64 bits"))
+}
+
+/// One `--trusted-proxies` entry, checked as a key's network would be.
+fn parse_trusted_proxy(s: &str) -> Result<String, String> {
+    crate::domain::networks::AllowedNetworks::parse([s])
+        .map(|_| s.trim().to_owned())
+        .map_err(|e| match e {
+            crate::domain::networks::NetworksError::Invalid { reason, .. } => reason,
+            other => other.to_string(),
+        })
 }
 
 /// A humantime duration greater than zero.

@@ -296,6 +296,8 @@ fn code_label(code: VerifyCode) -> &'static str {
         VerifyCode::RateLimited => "rate_limited",
         VerifyCode::QuotaExceeded => "quota_exceeded",
         VerifyCode::InsufficientScope => "insufficient_scope",
+        VerifyCode::NetworkBlocked => "network_blocked",
+        VerifyCode::PrincipalMismatch => "principal_mismatch",
     }
 }
 
@@ -311,7 +313,7 @@ pub struct Timer(Option<std::time::Instant>);
 #[derive(Debug, Clone)]
 pub struct VerifyMetrics {
     /// Indexed by `VerifyCode as usize`.
-    by_code: [Counter; 12],
+    by_code: [Counter; 14],
     rpc_errors: Counter,
     route_not_allowed: Counter,
     duration: Histogram,
@@ -333,6 +335,8 @@ impl VerifyMetrics {
             VerifyCode::InsufficientScope,
             VerifyCode::RateLimited,
             VerifyCode::QuotaExceeded,
+            VerifyCode::NetworkBlocked,
+            VerifyCode::PrincipalMismatch,
         ];
         let verify_total = |code: &'static str| counter!("keygate_verify_total", "code" => code, "entry_point" => entry_point);
         Self {

@@ -32,6 +32,8 @@ impl std::fmt::Debug for VerifyKeyRequest {
             referer,
             organization_id,
             cost,
+            client_ip,
+            client_principal,
         } = self;
         f.debug_struct("VerifyKeyRequest")
             .field("key", &redacted(key))
@@ -40,6 +42,8 @@ impl std::fmt::Debug for VerifyKeyRequest {
             .field("referer", referer)
             .field("organization_id", organization_id)
             .field("cost", cost)
+            .field("client_ip", client_ip)
+            .field("client_principal", client_principal)
             .finish()
     }
 }

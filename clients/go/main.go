@@ -26,6 +26,9 @@ import (
 
 const origin = "https://app.acme.example"
 
+// The address the key's presenter connected from, in the key's networks.
+const clientIP = "10.1.2.3"
+
 var failures int
 
 // check records one expectation, printing it either way.
@@ -83,6 +86,7 @@ func main() {
 		Name:             "go client",
 		Scopes:           []string{"links:read", "links:write"},
 		AllowedHostnames: []string{"*.acme.example"},
+		AllowedNetworks:  []string{"10.0.0.0/8", "2001:db8::/32"},
 	})
 	if err != nil {
 		log.Fatalf("FAIL CreateKey: %v", err)
@@ -92,10 +96,11 @@ func main() {
 	check("create type", key.GetType(), keygatev1.KeyType_KEY_TYPE_BOT)
 	check("create created_by", key.GetCreatedBy(), userID)
 	check("create scopes", key.GetScopes(), []string{"links:read", "links:write"})
+	check("create networks", key.GetAllowedNetworks(), []string{"10.0.0.0/8", "2001:db8::/32"})
 	check("secret starts with key_prefix", len(secret) > 40 && secret[:len(key.GetKeyPrefix())] == key.GetKeyPrefix(), true)
 
 	ok := verifyKey(bg, verify, &keygatev1.VerifyKeyRequest{
-		Key: secret, RequiredScopes: []string{"links:read"}, Origin: origin,
+		Key: secret, RequiredScopes: []string{"links:read"}, Origin: origin, ClientIp: clientIP,
 	})
 	check("verify code", ok.GetCode(), keygatev1.VerifyCode_VERIFY_CODE_VALID)
 	check("verify valid", ok.GetValid(), true)
@@ -103,20 +108,26 @@ func main() {
 	check("verify organization", ok.GetKey().GetOrganizationId(), "acme")
 
 	scope := verifyKey(bg, verify, &keygatev1.VerifyKeyRequest{
-		Key: secret, RequiredScopes: []string{"links:read", "billing:write"}, Origin: origin,
+		Key: secret, RequiredScopes: []string{"links:read", "billing:write"}, Origin: origin, ClientIp: clientIP,
 	})
 	check("missing scope code", scope.GetCode(), keygatev1.VerifyCode_VERIFY_CODE_INSUFFICIENT_SCOPE)
 	check("missing scope valid", scope.GetValid(), false)
 	check("missing scopes", scope.GetMissingScopes(), []string{"billing:write"})
 
 	host := verifyKey(bg, verify, &keygatev1.VerifyKeyRequest{
-		Key: secret, RequiredScopes: []string{"links:read"}, Origin: "https://evil.example",
+		Key: secret, RequiredScopes: []string{"links:read"}, Origin: "https://evil.example", ClientIp: clientIP,
 	})
 	check("other origin code", host.GetCode(), keygatev1.VerifyCode_VERIFY_CODE_HOSTNAME_BLOCKED)
 	check("other origin valid", host.GetValid(), false)
 
-	check("httpStatus valid", httpStatus(bg, verify, secret, origin), http.StatusOK)
-	check("httpStatus other origin", httpStatus(bg, verify, secret, "https://evil.example"), http.StatusForbidden)
+	outside := verifyKey(bg, verify, &keygatev1.VerifyKeyRequest{
+		Key: secret, RequiredScopes: []string{"links:read"}, Origin: origin, ClientIp: "192.0.2.1",
+	})
+	check("other network code", outside.GetCode(), keygatev1.VerifyCode_VERIFY_CODE_NETWORK_BLOCKED)
+
+	check("httpStatus valid", httpStatus(bg, verify, secret, origin, clientIP), http.StatusOK)
+	check("httpStatus other origin", httpStatus(bg, verify, secret, "https://evil.example", clientIP), http.StatusForbidden)
+	check("httpStatus other network", httpStatus(bg, verify, secret, origin, "192.0.2.1"), http.StatusForbidden)
 
 	revoked, err := admin.RevokeKey(ctx, &keygatev1.RevokeKeyRequest{OrganizationId: "acme", Id: key.GetId()})
 	if err != nil {
@@ -127,7 +138,7 @@ func main() {
 	after := verifyKey(bg, verify, &keygatev1.VerifyKeyRequest{Key: secret})
 	check("after revoke code", after.GetCode(), keygatev1.VerifyCode_VERIFY_CODE_REVOKED)
 	check("after revoke valid", after.GetValid(), false)
-	check("httpStatus revoked", httpStatus(bg, verify, secret, origin), http.StatusUnauthorized)
+	check("httpStatus revoked", httpStatus(bg, verify, secret, origin, clientIP), http.StatusUnauthorized)
 
 	// Bad input: INVALID_ARGUMENT with a google.rpc.BadRequest naming the field.
 	_, err = admin.CreateKey(ctx, &keygatev1.CreateKeyRequest{
@@ -153,11 +164,13 @@ func main() {
 }
 
 // README:begin verify
-func httpStatus(ctx context.Context, verify keygatev1.KeyVerifyClient, key, origin string) int {
+// clientIP is the address of the caller that presented the key, as your
+// service saw it (the connection's peer, or what your trusted proxy says).
+func httpStatus(ctx context.Context, verify keygatev1.KeyVerifyClient, key, origin, clientIP string) int {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	resp, err := verify.VerifyKey(ctx, &keygatev1.VerifyKeyRequest{
-		Key: key, RequiredScopes: []string{"links:read"}, Origin: origin,
+		Key: key, RequiredScopes: []string{"links:read"}, Origin: origin, ClientIp: clientIP,
 	})
 	switch code := resp.GetCode(); {
 	case err != nil:
@@ -166,8 +179,10 @@ func httpStatus(ctx context.Context, verify keygatev1.KeyVerifyClient, key, orig
 		return http.StatusOK // resp.GetKey().GetOrganizationId() is the tenant
 	case code >= 2 && code <= 6:
 		return http.StatusUnauthorized
-	case code >= 7 && code <= 9:
+	case code >= 7 && code <= 9, code == 12, code == 13:
 		return http.StatusForbidden // resp.GetMissingScopes() with INSUFFICIENT_SCOPE
+	case code == 10 || code == 11:
+		return http.StatusTooManyRequests // resp.GetRetryAfter() says when to retry
 	default:
 		return http.StatusInternalServerError
 	}

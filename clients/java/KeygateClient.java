@@ -27,6 +27,8 @@ import java.util.concurrent.TimeUnit;
 
 public final class KeygateClient {
     private static final String ORIGIN = "https://app.acme.example";
+    // The address the key's presenter connected from, in the key's networks.
+    private static final String CLIENT_IP = "10.1.2.3";
     private static int failures = 0;
 
     /** Records one expectation, printing it either way. */
@@ -97,6 +99,8 @@ public final class KeygateClient {
                 .addScopes("links:read")
                 .addScopes("links:write")
                 .addAllowedHostnames("*.acme.example")
+                .addAllowedNetworks("10.0.0.0/8")
+                .addAllowedNetworks("2001:db8::/32")
                 .build());
         } catch (StatusRuntimeException e) {
             fail("CreateKey: " + e.getStatus().getCode() + ": " + e.getStatus().getDescription());
@@ -108,10 +112,11 @@ public final class KeygateClient {
         check("create type", key.getType(), KeyType.KEY_TYPE_BOT);
         check("create created_by", key.getCreatedBy(), userId);
         check("create scopes", key.getScopesList(), List.of("links:read", "links:write"));
+        check("create networks", key.getAllowedNetworksList(), List.of("10.0.0.0/8", "2001:db8::/32"));
         check("secret starts with key_prefix", secret.length() > 40 && secret.startsWith(key.getKeyPrefix()), true);
 
         VerifyKeyResponse ok = verifyKey(verify, VerifyKeyRequest.newBuilder()
-            .setKey(secret).addRequiredScopes("links:read").setOrigin(ORIGIN).build());
+            .setKey(secret).addRequiredScopes("links:read").setOrigin(ORIGIN).setClientIp(CLIENT_IP).build());
         check("verify code", ok.getCode(), VerifyCode.VERIFY_CODE_VALID);
         check("verify valid", ok.getValid(), true);
         check("verify key id", ok.getKey().getId(), key.getId());
@@ -119,18 +124,24 @@ public final class KeygateClient {
 
         VerifyKeyResponse scope = verifyKey(verify, VerifyKeyRequest.newBuilder()
             .setKey(secret).addRequiredScopes("links:read").addRequiredScopes("billing:write").setOrigin(ORIGIN)
-            .build());
+            .setClientIp(CLIENT_IP).build());
         check("missing scope code", scope.getCode(), VerifyCode.VERIFY_CODE_INSUFFICIENT_SCOPE);
         check("missing scope valid", scope.getValid(), false);
         check("missing scopes", scope.getMissingScopesList(), List.of("billing:write"));
 
         VerifyKeyResponse host = verifyKey(verify, VerifyKeyRequest.newBuilder()
-            .setKey(secret).addRequiredScopes("links:read").setOrigin("https://evil.example").build());
+            .setKey(secret).addRequiredScopes("links:read").setOrigin("https://evil.example").setClientIp(CLIENT_IP)
+            .build());
         check("other origin code", host.getCode(), VerifyCode.VERIFY_CODE_HOSTNAME_BLOCKED);
         check("other origin valid", host.getValid(), false);
 
-        check("httpStatus valid", httpStatus(verify, secret, ORIGIN), 200);
-        check("httpStatus other origin", httpStatus(verify, secret, "https://evil.example"), 403);
+        VerifyKeyResponse outside = verifyKey(verify, VerifyKeyRequest.newBuilder()
+            .setKey(secret).addRequiredScopes("links:read").setOrigin(ORIGIN).setClientIp("192.0.2.1").build());
+        check("other network code", outside.getCode(), VerifyCode.VERIFY_CODE_NETWORK_BLOCKED);
+
+        check("httpStatus valid", httpStatus(verify, secret, ORIGIN, CLIENT_IP), 200);
+        check("httpStatus other origin", httpStatus(verify, secret, "https://evil.example", CLIENT_IP), 403);
+        check("httpStatus other network", httpStatus(verify, secret, ORIGIN, "192.0.2.1"), 403);
 
         try {
             ApiKey revoked = admin.withDeadlineAfter(5, TimeUnit.SECONDS).revokeKey(RevokeKeyRequest.newBuilder()
@@ -143,22 +154,25 @@ public final class KeygateClient {
         VerifyKeyResponse after = verifyKey(verify, VerifyKeyRequest.newBuilder().setKey(secret).build());
         check("after revoke code", after.getCode(), VerifyCode.VERIFY_CODE_REVOKED);
         check("after revoke valid", after.getValid(), false);
-        check("httpStatus revoked", httpStatus(verify, secret, ORIGIN), 401);
+        check("httpStatus revoked", httpStatus(verify, secret, ORIGIN, CLIENT_IP), 401);
     }
 
     // README:begin verify
-    static int httpStatus(KeyVerifyGrpc.KeyVerifyBlockingStub verify, String key, String origin) {
+    // clientIp: the address of the caller that presented the key, as your service
+    // saw it (the connection's peer, or what your trusted proxy says).
+    static int httpStatus(KeyVerifyGrpc.KeyVerifyBlockingStub verify, String key, String origin, String clientIp) {
         VerifyKeyResponse resp;
         try {
             resp = verify.withDeadlineAfter(1, TimeUnit.SECONDS).verifyKey(VerifyKeyRequest.newBuilder()
-                .setKey(key).addRequiredScopes("links:read").setOrigin(origin).build());
+                .setKey(key).addRequiredScopes("links:read").setOrigin(origin).setClientIp(clientIp).build());
         } catch (StatusRuntimeException e) {
             return 503;
         }
         int code = resp.getCodeValue();
         if (resp.getCode() == VerifyCode.VERIFY_CODE_VALID) return 200; // resp.getKey().getOrganizationId()
         if (code >= 2 && code <= 6) return 401;
-        if (code >= 7 && code <= 9) return 403; // resp.getMissingScopesList() with INSUFFICIENT_SCOPE
+        if ((code >= 7 && code <= 9) || code == 12 || code == 13) return 403; // resp.getMissingScopesList()
+        if (code == 10 || code == 11) return 429; // resp.getRetryAfter() says when to retry
         return 500;
     }
     // README:end

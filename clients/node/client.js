@@ -11,6 +11,8 @@ const assert = require("node:assert");
 const path = require("node:path");
 
 const ORIGIN = "https://app.acme.example";
+// The address the key's presenter connected from, in the key's networks.
+const CLIENT_IP = "10.1.2.3";
 let failures = 0;
 
 /** Records one expectation, printing it either way. */
@@ -82,6 +84,7 @@ async function main() {
       name: "node client",
       scopes: ["links:read", "links:write"],
       allowed_hostnames: ["*.acme.example"],
+      allowed_networks: ["10.0.0.0/8", "2001:db8::/32"],
     },
     md,
   );
@@ -90,9 +93,15 @@ async function main() {
   check("create type", key.type, "KEY_TYPE_BOT");
   check("create created_by", key.created_by, userId);
   check("create scopes", key.scopes, ["links:read", "links:write"]);
+  check("create networks", key.allowed_networks, ["10.0.0.0/8", "2001:db8::/32"]);
   check("secret starts with key_prefix", secret.length > 40 && secret.startsWith(key.key_prefix), true);
 
-  const ok = await unary(verify, "VerifyKey", { key: secret, required_scopes: ["links:read"], origin: ORIGIN });
+  const ok = await unary(verify, "VerifyKey", {
+    key: secret,
+    required_scopes: ["links:read"],
+    origin: ORIGIN,
+    client_ip: CLIENT_IP,
+  });
   check("verify code", ok.code, "VERIFY_CODE_VALID");
   check("verify valid", ok.valid, true);
   check("verify key id", ok.key.id, key.id);
@@ -102,6 +111,7 @@ async function main() {
     key: secret,
     required_scopes: ["links:read", "billing:write"],
     origin: ORIGIN,
+    client_ip: CLIENT_IP,
   });
   check("missing scope code", scope.code, "VERIFY_CODE_INSUFFICIENT_SCOPE");
   check("missing scope valid", scope.valid, false);
@@ -111,12 +121,22 @@ async function main() {
     key: secret,
     required_scopes: ["links:read"],
     origin: "https://evil.example",
+    client_ip: CLIENT_IP,
   });
   check("other origin code", host.code, "VERIFY_CODE_HOSTNAME_BLOCKED");
   check("other origin valid", host.valid, false);
 
-  check("httpStatus valid", await httpStatus(verify, secret, ORIGIN), 200);
-  check("httpStatus other origin", await httpStatus(verify, secret, "https://evil.example"), 403);
+  const outside = await unary(verify, "VerifyKey", {
+    key: secret,
+    required_scopes: ["links:read"],
+    origin: ORIGIN,
+    client_ip: "192.0.2.1",
+  });
+  check("other network code", outside.code, "VERIFY_CODE_NETWORK_BLOCKED");
+
+  check("httpStatus valid", await httpStatus(verify, secret, ORIGIN, CLIENT_IP), 200);
+  check("httpStatus other origin", await httpStatus(verify, secret, "https://evil.example", CLIENT_IP), 403);
+  check("httpStatus other network", await httpStatus(verify, secret, ORIGIN, "192.0.2.1"), 403);
 
   const revoked = await unary(admin, "RevokeKey", { organization_id: "acme", id: key.id }, md);
   check("revoke revoked", revoked.key.revoked, true);
@@ -124,7 +144,7 @@ async function main() {
   const after = await unary(verify, "VerifyKey", { key: secret });
   check("after revoke code", after.code, "VERIFY_CODE_REVOKED");
   check("after revoke valid", after.valid, false);
-  check("httpStatus revoked", await httpStatus(verify, secret, ORIGIN), 401);
+  check("httpStatus revoked", await httpStatus(verify, secret, ORIGIN, CLIENT_IP), 401);
 
   // Bad input: INVALID_ARGUMENT, with a google.rpc.Status (and its BadRequest) in the
   // grpc-status-details-bin trailer.
@@ -154,8 +174,10 @@ async function main() {
 }
 
 // README:begin verify
-function httpStatus(verify, key, origin) {
-  const request = { key, required_scopes: ["links:read"], origin };
+// clientIp: the address of the caller that presented the key, as your service
+// saw it (the connection's peer, or what your trusted proxy says).
+function httpStatus(verify, key, origin, clientIp) {
+  const request = { key, required_scopes: ["links:read"], origin, client_ip: clientIp };
   return new Promise((resolve) => {
     verify.VerifyKey(request, { deadline: Date.now() + 1000 }, (err, resp) => {
       if (err) return resolve(503);
@@ -171,7 +193,12 @@ function httpStatus(verify, key, origin) {
         case "VERIFY_CODE_ORGANIZATION_MISMATCH":
         case "VERIFY_CODE_HOSTNAME_BLOCKED":
         case "VERIFY_CODE_INSUFFICIENT_SCOPE":
+        case "VERIFY_CODE_NETWORK_BLOCKED":
+        case "VERIFY_CODE_PRINCIPAL_MISMATCH":
           return resolve(403); // resp.missing_scopes with INSUFFICIENT_SCOPE
+        case "VERIFY_CODE_RATE_LIMITED":
+        case "VERIFY_CODE_QUOTA_EXCEEDED":
+          return resolve(429); // resp.retry_after says when to retry
         default:
           return resolve(500);
       }

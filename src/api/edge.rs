@@ -240,6 +240,8 @@ fn message(outcome: &Outcome) -> Cow<'static, str> {
             _ => "the key's rate limit is exceeded",
         },
         Code::QuotaExceeded => "the key's quota is used up",
+        Code::NetworkBlocked => "the key may not be used from this network",
+        Code::PrincipalMismatch => "the key may not be used by this workload",
     })
 }
 

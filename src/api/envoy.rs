@@ -10,12 +10,16 @@ use envoy_types::{
         Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
         HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
     },
-    pb::{envoy::service::auth::v3::attribute_context::HttpRequest, google::rpc},
+    pb::{
+        envoy::config::core::v3::address::Address as EnvoyAddress,
+        envoy::service::auth::v3::attribute_context::HttpRequest, google::rpc,
+    },
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
     api::edge::{self, Answer, CredentialHeader},
+    domain::networks::parse_client_ip,
     metrics::VerifyMetrics,
     services::authorizer::{Authorizer, Decision, EdgeRequest},
 };
@@ -221,6 +225,17 @@ impl Authorization for EnvoyApi {
                 .get(name)
                 .map_or("", String::as_str)
         };
+        // Envoy has applied its own trusted hops (`xff_num_trusted_hops`) to
+        // the source address already. A source that is not an IP address (a
+        // Unix socket) is no address: a key restricted to networks fails closed.
+        let source = attributes.source.as_ref();
+        let client_ip = source
+            .and_then(|s| s.address.as_ref())
+            .and_then(|a| match &a.address {
+                Some(EnvoyAddress::SocketAddress(s)) => parse_client_ip(&s.address).ok(),
+                _ => None,
+            });
+        let client_principal = source.map_or("", |s| s.principal.as_str());
         let request = EdgeRequest {
             method: &http.method,
             path: Some(http.path.as_str()),
@@ -229,6 +244,8 @@ impl Authorization for EnvoyApi {
             referer: seen.referer.unwrap_or_default(),
             extra_scopes: extension(SCOPES_EXTENSION),
             organization_id: extension(ORGANIZATION_EXTENSION),
+            client_ip,
+            client_principal,
         };
         let decision = if seen.repeated_identity {
             Ok(Decision::RouteNotAllowed(

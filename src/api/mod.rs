@@ -24,5 +24,7 @@ pub fn verify_code(code: Code) -> VerifyCode {
         Code::InsufficientScope => VerifyCode::InsufficientScope,
         Code::RateLimited => VerifyCode::RateLimited,
         Code::QuotaExceeded => VerifyCode::QuotaExceeded,
+        Code::NetworkBlocked => VerifyCode::NetworkBlocked,
+        Code::PrincipalMismatch => VerifyCode::PrincipalMismatch,
     }
 }

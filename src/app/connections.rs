@@ -95,6 +95,7 @@ impl std::fmt::Debug for Listener {
 /// One connection's calls in progress, and when it last had none.
 #[derive(Debug)]
 pub struct Activity {
+    peer: Option<std::net::SocketAddr>,
     in_flight: AtomicUsize,
     /// Nanoseconds from `opened` to the end of the latest call.
     last_end: AtomicU64,
@@ -102,12 +103,19 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(peer: Option<std::net::SocketAddr>) -> Self {
         Self {
+            peer,
             in_flight: AtomicUsize::new(0),
             last_end: AtomicU64::new(0),
             opened: Instant::now(),
         }
+    }
+
+    /// The connection's peer: forward auth's presenter unless the peer is a
+    /// trusted proxy.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer
     }
 
     /// Calls in progress on this connection.
@@ -253,8 +261,8 @@ pub(super) async fn serve<P: Protocol>(listener: Listener, protocol: P, stop: Ca
             a = tcp.accept() => a,
             () = stop.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 if let Some(failed) = accept_errors.count(Instant::now()) {
                     tracing::warn!(error = %e, failed, listener = name, "a listener could not accept connections");
@@ -294,7 +302,7 @@ pub(super) async fn serve<P: Protocol>(listener: Listener, protocol: P, stop: Ca
         let open = crate::metrics::connection_opened(name);
         let (protocol, tls, stop) = (protocol.clone(), tls.clone(), stop.clone());
         connections.spawn(async move {
-            let activity = Arc::new(Activity::new());
+            let activity = Arc::new(Activity::new(Some(peer)));
             match tls {
                 None => {
                     let conn =
@@ -468,7 +476,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_closed_after_the_idle_timeout() {
         let (fake, asked, _) = Fake::new();
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(None));
         let stop = CancellationToken::new();
         let t0 = Instant::now();
         let a = Arc::clone(&activity);
@@ -484,7 +492,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_in_progress_keeps_it_open_and_idle_counts_from_its_end() {
         let (fake, asked, ends) = Fake::new();
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(None));
         let stop = CancellationToken::new();
         let t0 = Instant::now();
         let a = Arc::clone(&activity);
@@ -515,7 +523,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn age_and_stop_close_gracefully_then_drop_after_the_grace() {
         let (fake, asked, _) = Fake::new();
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(None));
         let _call = activity.begin();
         let stop = CancellationToken::new();
         let t0 = Instant::now();

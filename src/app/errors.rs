@@ -33,6 +33,8 @@ pub enum AppError {
     LeakKeys(#[from] crate::domain::leaks::KeysFileError),
     #[error("cannot open the replica (--database-read-url): {0}")]
     Replica(crate::store::StoreError),
+    #[error("--trusted-proxies: {0}")]
+    TrustedProxies(#[from] crate::domain::networks::NetworksError),
     #[error("--route-policy: {0}")]
     RoutePolicy(#[from] crate::domain::routes::PolicyError),
     #[error(

@@ -27,6 +27,7 @@ use hyper_util::{rt::TokioTimer, service::TowerToHyperService};
 use tower::{ServiceExt, util::Oneshot};
 
 use super::connections::{Activity, InFlight, Protocol, TrackedBody};
+use crate::api::http::Peer;
 
 /// The HTTP listener's way of serving a connection.
 #[derive(Debug, Clone)]
@@ -83,7 +84,10 @@ impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<hyper::body::Incoming>) -> TrackedFuture {
+    fn call(&mut self, mut req: Request<hyper::body::Incoming>) -> TrackedFuture {
+        if let Some(peer) = self.activity.peer() {
+            req.extensions_mut().insert(Peer(peer));
+        }
         TrackedFuture {
             inner: self.router.clone().oneshot(req.map(axum::body::Body::new)),
             call: Some(self.activity.begin()),

@@ -22,7 +22,11 @@ use crate::{
     api::{
         envoy::EnvoyApi,
         grpc::{AdminApi, AdminTokens, VerifyApi, VerifyService, observe::ObserveAdminLayer},
-        http::{HttpConfig, authorize::AuthorizeRoute, leaks::LeakRoute},
+        http::{
+            HttpConfig,
+            authorize::{AuthorizeRoute, TrustedProxies},
+            leaks::LeakRoute,
+        },
     },
     config::ServeArgs,
     domain::leaks::LeakKeys,
@@ -119,7 +123,10 @@ pub(super) fn serve(
                 .transpose()?
                 .map(|keys| Arc::new(LeakRoute::new(keys, http_keys)));
             let config = HttpConfig {
-                authorize: AuthorizeRoute::new(services.authorizer.clone()),
+                authorize: AuthorizeRoute::new(
+                    services.authorizer.clone(),
+                    TrustedProxies::parse(&args.trusted_proxies)?,
+                ),
                 leaks,
                 request_timeout,
             };

@@ -9,9 +9,11 @@ use super::{
 };
 use crate::{
     domain::hostnames::{AllowedHostnames, HostnamePattern, HostnamesError},
+    domain::key_policy::{self, KeyPolicy},
     domain::keys::contains_secret,
     domain::limits::{LimitName, MAX_RATE_LIMITS, Quota, QuotaPeriod, RateLimit, RateLimits},
     domain::model::{KeyId, KeyName, KeyPatch, KeyType, Micros, OrganizationId, UserId},
+    domain::networks::{AllowedNetworks, BoundPrincipals, NetworksError},
     domain::scopes::{ScopeCatalog, ScopeSet, ScopeSetError, parse_scope},
     proto,
 };
@@ -87,6 +89,39 @@ fn hostnames(list: &[String]) -> Result<AllowedHostnames, Violations> {
             Violations::one(format!("allowed_hostnames[{index}]"), source.to_string())
         }
     })
+}
+
+/// A key's networks or principals: every bad entry is named by its index.
+fn restriction<T>(
+    name: &str,
+    list: &[String],
+    parse: impl Fn(&[String]) -> Result<T, NetworksError>,
+) -> Result<T, Violations> {
+    let mut v = Violations::default();
+    for (i, entry) in list.iter().enumerate() {
+        if contains_secret(entry) {
+            v.add(format!("{name}[{i}]"), SECRET_HERE);
+        } else if let Err(NetworksError::Invalid { reason, .. }) =
+            parse(std::slice::from_ref(entry))
+        {
+            v.add(format!("{name}[{i}]"), reason);
+        }
+    }
+    v.into_result()?;
+    parse(list).map_err(|e| match e {
+        NetworksError::Invalid { index, reason } => {
+            Violations::one(format!("{name}[{index}]"), reason)
+        }
+        other => Violations::one(name, other.to_string()),
+    })
+}
+
+fn networks(list: &[String]) -> Result<AllowedNetworks, Violations> {
+    restriction("allowed_networks", list, |l| AllowedNetworks::parse(l))
+}
+
+fn principals(list: &[String]) -> Result<BoundPrincipals, Violations> {
+    restriction("bound_principals", list, |l| BoundPrincipals::parse(l))
 }
 
 /// An expiry must lie in the future when it is set.
@@ -224,6 +259,8 @@ pub struct CreateKey {
     pub name: KeyName,
     pub scopes: ScopeSet,
     pub allowed_hostnames: AllowedHostnames,
+    pub allowed_networks: AllowedNetworks,
+    pub bound_principals: BoundPrincipals,
     pub expire_time: Option<Micros>,
     pub rate_limits: RateLimits,
     pub quota: Option<Quota>,
@@ -248,6 +285,8 @@ impl CreateKey {
             expire_time,
             rate_limits,
             quota,
+            allowed_networks,
+            bound_principals,
         ) = (
             organization(&req.organization_id),
             key_type,
@@ -257,6 +296,8 @@ impl CreateKey {
             expiry(req.expire_time.as_ref(), cx.now),
             rate_limits(&req.rate_limits),
             quota(req.quota.as_ref()),
+            networks(&req.allowed_networks),
+            principals(&req.bound_principals),
         )
             .all()?;
         Ok(Self {
@@ -265,6 +306,8 @@ impl CreateKey {
             name,
             scopes,
             allowed_hostnames,
+            allowed_networks,
+            bound_principals,
             expire_time,
             rate_limits,
             quota,
@@ -349,7 +392,7 @@ impl UpdateKey {
         if paths.is_empty() {
             return Err(Violations::one(
                 "update_mask",
-                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time, rate_limits, quota)",
+                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals)",
             ));
         }
         let mut patch = KeyPatch::default();
@@ -373,10 +416,16 @@ impl UpdateKey {
                     take(rate_limits(&req.rate_limits).map(|l| patch.rate_limits = Some(l)));
                 }
                 "quota" => take(quota(req.quota.as_ref()).map(|q| patch.quota = Some(q))),
+                "allowed_networks" => {
+                    take(networks(&req.allowed_networks).map(|n| patch.allowed_networks = Some(n)))
+                }
+                "bound_principals" => take(
+                    principals(&req.bound_principals).map(|p| patch.bound_principals = Some(p)),
+                ),
                 _ => take(Err(Violations::one(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "unknown path {path:?}: expected name, scopes, allowed_hostnames, expire_time, rate_limits or quota"
+                        "unknown path {path:?}: expected name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks or bound_principals"
                     ),
                 ))),
             }
@@ -543,6 +592,85 @@ impl ListKeyEvents {
             key_id,
             page_size,
             after,
+        })
+    }
+}
+
+/// A duration field of the key policy as microseconds, within `range`.
+fn policy_duration(
+    name: &str,
+    d: &prost_types::Duration,
+    range: std::ops::RangeInclusive<Micros>,
+    bounds: &str,
+) -> Result<Micros, Violations> {
+    let micros = (d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos))
+        .then(|| {
+            d.seconds
+                .checked_mul(1_000_000)?
+                .checked_add(i64::from(d.nanos / 1_000))
+        })
+        .flatten()
+        .map(Micros)
+        .filter(|m| range.contains(m));
+    micros.ok_or_else(|| Violations::one(name, format!("must be {bounds}")))
+}
+
+#[derive(Debug, Clone)]
+pub struct SetKeyPolicy {
+    pub organization_id: OrganizationId,
+    pub policy: KeyPolicy,
+}
+
+impl SetKeyPolicy {
+    pub fn parse(req: &proto::SetKeyPolicyRequest, cx: Context<'_>) -> Result<Self, Violations> {
+        let empty = proto::KeyPolicy::default();
+        let p = req.policy.as_ref().unwrap_or(&empty);
+        let max_lifetime = p
+            .max_lifetime
+            .as_ref()
+            .map(|d| {
+                policy_duration(
+                    "policy.max_lifetime",
+                    d,
+                    key_policy::MIN_LIFETIME..=key_policy::MAX_LIFETIME,
+                    "from 60s to 3650 days",
+                )
+            })
+            .transpose();
+        let max_rotation_grace = p
+            .max_rotation_grace
+            .as_ref()
+            .map(|d| {
+                policy_duration(
+                    "policy.max_rotation_grace",
+                    d,
+                    Micros(0)..=MAX_GRACE,
+                    "from 0 (revoke at once) to 7 days",
+                )
+            })
+            .transpose();
+        let allowed_bot_scopes = if p.allowed_bot_scopes.is_empty() {
+            Ok(None)
+        } else {
+            scopes(&p.allowed_bot_scopes, cx.catalog)
+                .map(Some)
+                .map_err(|v| v.prefixed("policy.allowed_bot_"))
+        };
+        let (organization_id, max_lifetime, max_rotation_grace, allowed_bot_scopes) = (
+            organization(&req.organization_id),
+            max_lifetime,
+            max_rotation_grace,
+            allowed_bot_scopes,
+        )
+            .all()?;
+        Ok(Self {
+            organization_id,
+            policy: KeyPolicy {
+                max_lifetime,
+                require_networks_for_bot_keys: p.require_networks_for_bot_keys,
+                allowed_bot_scopes,
+                max_rotation_grace,
+            },
         })
     }
 }

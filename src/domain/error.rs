@@ -12,6 +12,9 @@ pub enum Error {
     NotFound,
     AlreadyExists(&'static str),
     FailedPrecondition(&'static str),
+    /// The request breaks a rule of the organization's key policy; the text
+    /// names the rule.
+    BreaksKeyPolicy(String),
     /// Each bad field with what is wrong with it.
     Invalid(Violations),
     /// A bound of the deployment is reached (keys per organization); the

@@ -9,8 +9,10 @@
 use serde_json::{Value, json};
 
 use crate::{
+    domain::key_policy::KeyPolicy,
     domain::limits::QuotaPeriod,
     domain::model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
+    domain::scopes::ScopeSet,
 };
 
 /// RFC 3339 in UTC with microseconds, as the protobuf JSON mapping writes a
@@ -48,6 +50,7 @@ pub fn action_name(a: EventAction) -> &'static str {
         EventAction::Deleted => "KEY_EVENT_ACTION_DELETED",
         EventAction::Rotated => "KEY_EVENT_ACTION_ROTATED",
         EventAction::Leaked => "KEY_EVENT_ACTION_LEAKED",
+        EventAction::PolicyChanged => "KEY_EVENT_ACTION_POLICY_CHANGED",
     }
 }
 
@@ -60,6 +63,7 @@ pub fn event_type(a: EventAction) -> &'static str {
         EventAction::Deleted => "key.deleted",
         EventAction::Rotated => "key.rotated",
         EventAction::Leaked => "key.leaked",
+        EventAction::PolicyChanged => "key_policy.changed",
     }
 }
 
@@ -108,6 +112,8 @@ pub fn key_json(k: &KeyRecord) -> Value {
         "quotaUsage": usage,
         "rotatedToId": k.rotated_to_id.as_ref().map_or("", |i| i.as_str()),
         "rotatedFromId": k.rotated_from_id.as_ref().map_or("", |i| i.as_str()),
+        "allowedNetworks": k.allowed_networks.to_vec(),
+        "boundPrincipals": k.bound_principals.to_vec(),
     })
 }
 
@@ -115,16 +121,80 @@ pub fn key_json(k: &KeyRecord) -> Value {
 pub fn event_json(e: &KeyEvent) -> Value {
     json!({
         "id": e.id.to_string(),
-        "keyId": e.key_id.as_str(),
+        "keyId": e.key_id.as_ref().map_or("", |k| k.as_str()),
         "organizationId": e.organization_id.as_str(),
         "action": action_name(e.action),
         "actorId": e.actor_id.as_str(),
         "time": rfc3339(e.time),
+        "policy": e.policy.as_ref().map_or(Value::Null, policy_json),
     })
 }
 
+/// `KeyPolicy` in the protobuf JSON mapping: what a POLICY_CHANGED event
+/// keeps, and what its webhook carries.
+pub fn policy_json(p: &KeyPolicy) -> Value {
+    let opt = |d: Option<Micros>| d.map_or(Value::Null, |d| Value::String(duration(d.0)));
+    json!({
+        "maxLifetime": opt(p.max_lifetime),
+        "requireNetworksForBotKeys": p.require_networks_for_bot_keys,
+        "allowedBotScopes": p.allowed_bot_scopes.as_ref().map_or(Vec::new(), |s| s.to_vec()),
+        "maxRotationGrace": opt(p.max_rotation_grace),
+    })
+}
+
+/// A stored policy that [`policy_json`] cannot have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAPolicy;
+
+/// A policy as [`policy_json`] wrote it; anything else is refused.
+pub fn policy_from_json(s: &str) -> Result<KeyPolicy, NotAPolicy> {
+    let v: Value = serde_json::from_str(s).map_err(|_| NotAPolicy)?;
+    let opt = |name: &str| -> Result<Option<Micros>, NotAPolicy> {
+        match &v[name] {
+            Value::Null => Ok(None),
+            Value::String(d) => parse_duration(d).map(Some).map_err(|()| NotAPolicy),
+            _ => Err(NotAPolicy),
+        }
+    };
+    let scopes: Vec<&str> = match &v["allowedBotScopes"] {
+        Value::Array(a) => a
+            .iter()
+            .map(|s| s.as_str().ok_or(NotAPolicy))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(NotAPolicy),
+    };
+    Ok(KeyPolicy {
+        max_lifetime: opt("maxLifetime")?,
+        require_networks_for_bot_keys: v["requireNetworksForBotKeys"]
+            .as_bool()
+            .ok_or(NotAPolicy)?,
+        allowed_bot_scopes: match scopes.is_empty() {
+            true => None,
+            false => Some(ScopeSet::parse(scopes).map_err(|_| NotAPolicy)?),
+        },
+        max_rotation_grace: opt("maxRotationGrace")?,
+    })
+}
+
+/// `60s` or `1.500000s`, as [`duration`] writes it.
+fn parse_duration(s: &str) -> Result<Micros, ()> {
+    let s = s.strip_suffix('s').ok_or(())?;
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    let seconds: i64 = whole.parse().map_err(|_| ())?;
+    let micros: i64 = format!("{frac:0<6}").parse().map_err(|_| ())?;
+    seconds
+        .checked_mul(1_000_000)
+        .and_then(|m| m.checked_add(micros))
+        .map(Micros)
+        .ok_or(())
+}
+
 /// The whole body. `key` is the key as stored by the event's transaction
-/// (`Value::Null` for events written before snapshots existed).
+/// (`Value::Null` for events written before snapshots existed, and for a
+/// policy change, which is about no key and carries its policy in the event).
 pub fn body(event: &KeyEvent, key: Value) -> String {
     json!({
         "type": event_type(event.action),
@@ -147,5 +217,28 @@ mod tests {
         );
         assert_eq!(duration(60_000_000), "60s");
         assert_eq!(duration(1_500_000), "1.500000s");
+        assert_eq!(parse_duration("60s"), Ok(Micros(60_000_000)));
+        assert_eq!(parse_duration("1.500000s"), Ok(Micros(1_500_000)));
+        assert_eq!(parse_duration("1.5s"), Ok(Micros(1_500_000)));
+        for bad in ["60", "s", "1.1234567s", "-x s", "1.-5s"] {
+            assert_eq!(parse_duration(bad), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_policy_reads_back_as_written() {
+        let p = KeyPolicy {
+            max_lifetime: Some(Micros(90 * 86_400_000_000)),
+            require_networks_for_bot_keys: true,
+            allowed_bot_scopes: Some(ScopeSet::parse(["links:read", "reports:*"]).expect("scopes")),
+            max_rotation_grace: Some(Micros(0)),
+        };
+        let written = policy_json(&p).to_string();
+        assert_eq!(policy_from_json(&written), Ok(p));
+        assert_eq!(
+            policy_from_json(&policy_json(&KeyPolicy::default()).to_string()),
+            Ok(KeyPolicy::default())
+        );
+        assert_eq!(policy_from_json("{}"), Err(NotAPolicy));
     }
 }

@@ -7,7 +7,8 @@
 //!   used from, and by which workload), and [`json`], the JSON form of a key
 //!   and an event (each event's key snapshot, the webhook body).
 //! - The rules: what a request means ([`commands`], [`verify`]), who may do
-//!   what ([`policy`]), what a key in each state of its life allows
+//!   what ([`policy`]), what an organization allows its keys to be
+//!   ([`key_policy`]), what a key in each state of its life allows
 //!   ([`lifecycle`]), which routes a proxied request may take ([`routes`]),
 //!   what a leak report proves ([`leaks`]), and why something failed
 //!   ([`error`], [`violations`]).
@@ -20,6 +21,7 @@ pub mod commands;
 pub mod error;
 pub mod hostnames;
 pub mod json;
+pub mod key_policy;
 pub mod keys;
 pub mod leaks;
 pub mod lifecycle;

@@ -9,6 +9,7 @@ use crate::{
     domain::hostnames::AllowedHostnames,
     domain::keys::SecretHash,
     domain::limits::{Quota, RateLimits},
+    domain::networks::{AllowedNetworks, BoundPrincipals},
     domain::scopes::ScopeSet,
 };
 
@@ -250,6 +251,10 @@ pub struct KeyRecord {
     pub name: KeyName,
     pub scopes: ScopeSet,
     pub allowed_hostnames: AllowedHostnames,
+    /// Where the key may be presented from; empty allows anywhere.
+    pub allowed_networks: AllowedNetworks,
+    /// Which workload identities may present it; empty allows any presenter.
+    pub bound_principals: BoundPrincipals,
     pub secret_hash: SecretHash,
     pub key_prefix: String,
     pub last_four: String,
@@ -317,6 +322,8 @@ impl KeyRecord {
             name: KeyName::parse(name).expect("name"),
             scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
             allowed_hostnames: AllowedHostnames::default(),
+            allowed_networks: AllowedNetworks::default(),
+            bound_principals: BoundPrincipals::default(),
             secret_hash: secret.hash(),
             key_prefix: secret.key_prefix(),
             last_four: secret.last_four(),
@@ -344,6 +351,8 @@ pub struct KeyPatch {
     pub name: Option<KeyName>,
     pub scopes: Option<ScopeSet>,
     pub allowed_hostnames: Option<AllowedHostnames>,
+    pub allowed_networks: Option<AllowedNetworks>,
+    pub bound_principals: Option<BoundPrincipals>,
     /// `Some(None)` removes the expiry.
     pub expire_time: Option<Option<Micros>>,
     /// An empty set removes every rate limit.
@@ -362,6 +371,12 @@ impl KeyPatch {
         }
         if let Some(hosts) = &self.allowed_hostnames {
             key.allowed_hostnames = hosts.clone();
+        }
+        if let Some(nets) = &self.allowed_networks {
+            key.allowed_networks = nets.clone();
+        }
+        if let Some(principals) = &self.bound_principals {
+            key.bound_principals = principals.clone();
         }
         if let Some(expire) = self.expire_time {
             key.expire_time = expire;
@@ -384,6 +399,8 @@ pub enum EventAction {
     Deleted,
     Rotated,
     Leaked,
+    /// The organization's key policy was set; about no key.
+    PolicyChanged,
 }
 
 impl EventAction {
@@ -395,6 +412,7 @@ impl EventAction {
             Self::Deleted => 4,
             Self::Rotated => 5,
             Self::Leaked => 6,
+            Self::PolicyChanged => 7,
         }
     }
 }
@@ -411,6 +429,7 @@ impl TryFrom<i64> for EventAction {
             4 => Ok(Self::Deleted),
             5 => Ok(Self::Rotated),
             6 => Ok(Self::Leaked),
+            7 => Ok(Self::PolicyChanged),
             _ => Err(Invalid("not an event action")),
         }
     }
@@ -422,11 +441,14 @@ pub struct KeyEvent {
     /// The event's number in its organization's own sequence (1, 2, 3, …): ids
     /// tell a caller nothing about other organizations' activity.
     pub id: u64,
-    pub key_id: KeyId,
+    /// `None` for an event about no key (a policy change).
+    pub key_id: Option<KeyId>,
     pub organization_id: OrganizationId,
     pub action: EventAction,
     pub actor_id: UserId,
     pub time: Micros,
+    /// The policy a `PolicyChanged` event set.
+    pub policy: Option<crate::domain::key_policy::KeyPolicy>,
 }
 
 #[cfg(test)]

@@ -103,6 +103,13 @@ pub struct AllowedNetworks {
 }
 
 impl AllowedNetworks {
+    /// No networks: every address passes.
+    pub const NONE: Self = Self {
+        nets: Vec::new(),
+        v4: Vec::new(),
+        v6: Vec::new(),
+    };
+
     pub fn parse<I, S>(entries: I) -> Result<Self, NetworksError>
     where
         I: IntoIterator<Item = S>,
@@ -151,6 +158,17 @@ impl AllowedNetworks {
             IpAddr::V4(a) => within(&self.v4, u32::from(a)),
             IpAddr::V6(a) => within(&self.v6, u128::from(a)),
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nets.len()
+    }
+
+    /// About how many heap bytes the networks hold.
+    pub fn heap_bytes(&self) -> usize {
+        self.nets.len() * std::mem::size_of::<IpNet>()
+            + self.v4.len() * std::mem::size_of::<(u32, u32)>()
+            + self.v6.len() * std::mem::size_of::<(u128, u128)>()
     }
 
     /// The networks as stored and shown, e.g. `["10.0.0.0/8", "2001:db8::/32"]`.
@@ -214,6 +232,9 @@ enum Principal {
 pub struct BoundPrincipals(Vec<Principal>);
 
 impl BoundPrincipals {
+    /// Bound to no principal: every presenter passes.
+    pub const NONE: Self = Self(Vec::new());
+
     pub fn parse<I, S>(entries: I) -> Result<Self, NetworksError>
     where
         I: IntoIterator<Item = S>,
@@ -252,6 +273,16 @@ impl BoundPrincipals {
                 .strip_prefix(&**prefix)
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
         })
+    }
+
+    /// About how many heap bytes the principals hold.
+    pub fn heap_bytes(&self) -> usize {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Principal::Exact(e) | Principal::OneSegment(e) => e.len() + 24,
+            })
+            .sum()
     }
 
     /// As stored and shown.

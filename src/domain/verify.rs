@@ -3,11 +3,14 @@
 //! HTTP forward auth) parse their own requests into a [`Verification`] and
 //! translate the [`Code`] back; the order of checks lives only here.
 
+use std::net::IpAddr;
+
 use super::violations::{Violations, field};
 use crate::{
     domain::hostnames::AllowedHostnames,
     domain::keys::{self, SecretHash},
     domain::model::{KeyRecord, Micros, OrganizationId},
+    domain::networks::{AllowedNetworks, BoundPrincipals, parse_client_ip},
     domain::scopes::{ScopeSet, parse_scope},
 };
 
@@ -25,6 +28,8 @@ pub enum Code {
     InsufficientScope,
     RateLimited,
     QuotaExceeded,
+    NetworkBlocked,
+    PrincipalMismatch,
 }
 
 impl Code {
@@ -42,18 +47,24 @@ impl Code {
             Self::InsufficientScope => 9,
             Self::RateLimited => 10,
             Self::QuotaExceeded => 11,
+            Self::NetworkBlocked => 12,
+            Self::PrincipalMismatch => 13,
         }
     }
 
-    /// What the code means to the end client in HTTP (the contract's §2 and
-    /// §10): 200 valid, 401 for no usable key (2–6), 403 for a key that may
-    /// not do this (7–9), 429 for a spent limit (10–11). Every entry point that
+    /// What the code means to the end client in HTTP: 200 valid, 401 for no
+    /// usable key (2–6), 403 for a key that may not do this (7–9, 12–13), 429
+    /// for a spent limit (10–11). Every entry point that
     /// answers in HTTP terms (Envoy, forward auth) takes it from here.
     pub fn http_status(self) -> u16 {
         match self {
             Self::Valid => 200,
             Self::Missing | Self::Malformed | Self::NotFound | Self::Revoked | Self::Expired => 401,
-            Self::OrganizationMismatch | Self::HostnameBlocked | Self::InsufficientScope => 403,
+            Self::OrganizationMismatch
+            | Self::HostnameBlocked
+            | Self::InsufficientScope
+            | Self::NetworkBlocked
+            | Self::PrincipalMismatch => 403,
             Self::RateLimited | Self::QuotaExceeded => 429,
         }
     }
@@ -79,6 +90,8 @@ impl Code {
             Self::InsufficientScope,
             Self::RateLimited,
             Self::QuotaExceeded,
+            Self::NetworkBlocked,
+            Self::PrincipalMismatch,
         ]
         .get(i)
         .copied()
@@ -97,6 +110,11 @@ pub struct Verification<'a> {
     referer: &'a str,
     /// Only a key of this organization passes, when set.
     organization_id: Option<&'a str>,
+    /// The presenter's address, when the caller gave one (IPv4-mapped
+    /// addresses already made IPv4).
+    client_ip: Option<IpAddr>,
+    /// The presenter's workload identity; empty when the caller gave none.
+    client_principal: &'a str,
     /// Rate-limit calls and quota credits this call consumes; 0 asks whether a
     /// call of cost 1 would pass and consumes nothing.
     cost: u32,
@@ -111,6 +129,8 @@ impl std::fmt::Debug for Verification<'_> {
             origin,
             referer,
             organization_id,
+            client_ip,
+            client_principal,
             cost,
         } = self;
         f.debug_struct("Verification")
@@ -119,6 +139,8 @@ impl std::fmt::Debug for Verification<'_> {
             .field("origin", origin)
             .field("referer", referer)
             .field("organization_id", organization_id)
+            .field("client_ip", client_ip)
+            .field("client_principal", client_principal)
             .field("cost", cost)
             .finish()
     }
@@ -128,8 +150,9 @@ impl std::fmt::Debug for Verification<'_> {
 pub const MAX_COST: u32 = 1_000;
 
 impl<'a> Verification<'a> {
-    /// The caller's own mistakes come first: a malformed required scope or
-    /// organization is a bug to fix (INVALID_ARGUMENT), not a denial.
+    /// The caller's own mistakes come first: a malformed required scope,
+    /// organization or client address is a bug to fix (INVALID_ARGUMENT), not
+    /// a denial.
     pub fn new(
         key: &'a str,
         required_scopes: &'a [String],
@@ -167,8 +190,32 @@ impl<'a> Verification<'a> {
             origin,
             referer,
             organization_id,
+            client_ip: None,
+            client_principal: "",
             cost,
         })
+    }
+
+    /// Who presented the key, as the caller saw it: its address (empty when
+    /// the caller does not know it) and its authenticated workload identity
+    /// (empty when it has none). A malformed address is the caller's bug.
+    pub fn presented_by(
+        mut self,
+        client_ip: &str,
+        client_principal: &'a str,
+    ) -> Result<Self, Violations> {
+        if !client_ip.is_empty() {
+            self.client_ip = Some(field("client_ip", parse_client_ip(client_ip))?);
+        }
+        self.client_principal = client_principal;
+        Ok(self)
+    }
+
+    /// The same, for a transport that has the address parsed already.
+    pub fn presented_from(mut self, client_ip: Option<IpAddr>, client_principal: &'a str) -> Self {
+        self.client_ip = client_ip;
+        self.client_principal = client_principal;
+        self
     }
 
     pub fn key(&self) -> &'a str {
@@ -195,6 +242,14 @@ impl<'a> Verification<'a> {
         self.cost
     }
 
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    pub fn client_principal(&self) -> &'a str {
+        self.client_principal
+    }
+
     /// The checks before any lookup: no key is MISSING; a wrong shape, length or
     /// checksum is MALFORMED and never reaches the cache or the store.
     pub fn presented(&self) -> Result<SecretHash, Code> {
@@ -212,6 +267,8 @@ pub trait KeyFacts {
     fn expire_time(&self) -> Option<Micros>;
     fn organization_id(&self) -> &str;
     fn allowed_hostnames(&self) -> &AllowedHostnames;
+    fn allowed_networks(&self) -> &AllowedNetworks;
+    fn bound_principals(&self) -> &BoundPrincipals;
     fn scopes(&self) -> &ScopeSet;
 }
 
@@ -227,6 +284,12 @@ impl KeyFacts for KeyRecord {
     }
     fn allowed_hostnames(&self) -> &AllowedHostnames {
         &self.allowed_hostnames
+    }
+    fn allowed_networks(&self) -> &AllowedNetworks {
+        &self.allowed_networks
+    }
+    fn bound_principals(&self) -> &BoundPrincipals {
+        &self.bound_principals
     }
     fn scopes(&self) -> &ScopeSet {
         &self.scopes
@@ -251,6 +314,19 @@ pub fn check(key: &impl KeyFacts, v: &Verification<'_>, now: Micros) -> (Code, V
     }
     if !key.allowed_hostnames().allows(v.origin, v.referer) {
         return (Code::HostnameBlocked, Vec::new());
+    }
+    // Fail closed: a key restricted to networks or principals is refused when
+    // the caller cannot say who presented it; otherwise leaving the attribute
+    // out would be a way around the restriction.
+    let networks = key.allowed_networks();
+    if !networks.is_empty() && !v.client_ip.is_some_and(|ip| networks.allows(ip)) {
+        return (Code::NetworkBlocked, Vec::new());
+    }
+    let principals = key.bound_principals();
+    if !principals.is_empty()
+        && (v.client_principal.is_empty() || !principals.allows(v.client_principal))
+    {
+        return (Code::PrincipalMismatch, Vec::new());
     }
     let mut missing: Vec<String> = Vec::new();
     for s in v.required_scopes {
@@ -295,8 +371,9 @@ mod tests {
     #[test]
     fn the_checks_run_in_the_contracts_order() {
         let scopes = vec!["links:write".to_owned()];
-        let v =
-            Verification::new("k", &scopes, "https://evil.test", "", "other", None).expect("valid");
+        let v = Verification::new("k", &scopes, "https://evil.test", "", "other", None)
+            .and_then(|v| v.presented_by("192.0.2.7", "spiffe://acme.test/ns/api"))
+            .expect("valid");
         let mut fixes: Vec<(Code, Fix)> = vec![
             (Code::Revoked, Box::new(|_| {})),
             (Code::Expired, Box::new(|r| r.revoke_time = None)),
@@ -309,14 +386,24 @@ mod tests {
                 Box::new(|r| r.organization_id = OrganizationId::parse("other").expect("org")),
             ),
             (
-                Code::InsufficientScope,
+                Code::NetworkBlocked,
                 Box::new(|r| r.allowed_hostnames = AllowedHostnames::default()),
+            ),
+            (
+                Code::PrincipalMismatch,
+                Box::new(|r| r.allowed_networks = nets(&["192.0.2.0/24"])),
+            ),
+            (
+                Code::InsufficientScope,
+                Box::new(|r| r.bound_principals = principals(&["spiffe://acme.test/ns/*"])),
             ),
         ];
         let mut applied: Vec<Fix> = vec![Box::new(|r| {
             r.revoke_time = Some(Micros(1));
             r.expire_time = Some(Micros(2));
             r.allowed_hostnames = AllowedHostnames::parse(["example.com"]).expect("hostnames");
+            r.allowed_networks = nets(&["10.0.0.0/8"]);
+            r.bound_principals = principals(&["spiffe://acme.test/ns/other"]);
         })];
         for (expected, fix) in fixes.drain(..) {
             applied.push(fix);
@@ -328,6 +415,63 @@ mod tests {
             r.scopes = crate::domain::scopes::ScopeSet::parse(["links:write"]).expect("scopes");
         });
         assert_eq!(check(&k, &v, NOW), (Code::Valid, Vec::new()));
+    }
+
+    fn nets(list: &[&str]) -> AllowedNetworks {
+        AllowedNetworks::parse(list).expect("networks")
+    }
+
+    fn principals(list: &[&str]) -> BoundPrincipals {
+        BoundPrincipals::parse(list).expect("principals")
+    }
+
+    /// A restricted key presented without the attribute it is restricted by is
+    /// refused, whatever else the caller says; an unrestricted key ignores both.
+    #[test]
+    fn networks_and_principals_fail_closed() {
+        let scopes = Vec::new();
+        let bare = Verification::new("k", &scopes, "", "", "", None).expect("valid");
+        let netted = key(|r| r.allowed_networks = nets(&["10.0.0.0/8", "2001:db8::/32"]));
+        let bound = key(|r| r.bound_principals = principals(&["spiffe://acme.test/sa/api"]));
+        assert_eq!(check(&netted, &bare, NOW).0, Code::NetworkBlocked);
+        assert_eq!(check(&bound, &bare, NOW).0, Code::PrincipalMismatch);
+        let only_principal = bare
+            .presented_by("", "spiffe://acme.test/sa/api")
+            .expect("ok");
+        assert_eq!(check(&netted, &only_principal, NOW).0, Code::NetworkBlocked);
+        assert_eq!(check(&bound, &only_principal, NOW).0, Code::Valid);
+        for (ip, code) in [
+            ("10.255.255.255", Code::Valid),
+            ("::ffff:10.0.0.1", Code::Valid),
+            ("11.0.0.0", Code::NetworkBlocked),
+            ("2001:db8:ffff::1", Code::Valid),
+            ("2001:db9::", Code::NetworkBlocked),
+        ] {
+            let v = bare.presented_by(ip, "").expect("address");
+            assert_eq!(check(&netted, &v, NOW).0, code, "{ip}");
+            assert_eq!(check(&key(|_| {}), &v, NOW).0, Code::Valid, "{ip}");
+        }
+        let other = bare
+            .presented_by("10.0.0.1", "spiffe://acme.test/sa/other")
+            .expect("ok");
+        assert_eq!(check(&bound, &other, NOW).0, Code::PrincipalMismatch);
+    }
+
+    #[test]
+    fn a_malformed_client_ip_is_the_callers_mistake() {
+        let scopes = Vec::new();
+        let v = Verification::new("k", &scopes, "", "", "", None).expect("valid");
+        for bad in [
+            "10.0.0.1:443",
+            "[::1]",
+            "10.0.0",
+            "fe80::1%eth0",
+            " 10.0.0.1",
+            "localhost",
+        ] {
+            let e = v.presented_by(bad, "").expect_err(bad);
+            assert_eq!(e.to_vec()[0].field, "client_ip", "{bad}");
+        }
     }
 
     #[test]
@@ -366,6 +510,8 @@ mod tests {
             origin: "",
             referer: "",
             organization_id: None,
+            client_ip: None,
+            client_principal: "",
             cost: 1,
         };
         assert_eq!(

@@ -43,6 +43,16 @@ impl Violations {
         v
     }
 
+    /// The same violations with `prefix` before each field's name, for a
+    /// list parsed on its own and then placed in a larger message
+    /// (`scopes[2]` becomes `policy.allowed_bot_scopes[2]`).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        for v in &mut self.found {
+            v.field = format!("{prefix}{}", v.field);
+        }
+        self
+    }
+
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         if self.found.len() < MAX_VIOLATIONS {
             self.found.push(Violation {
@@ -140,6 +150,8 @@ all_tuple!(A a, B b, C c, D d, E e);
 all_tuple!(A a, B b, C c, D d, E e, F f);
 all_tuple!(A a, B b, C c, D d, E e, F f, G g);
 all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h);
+all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i);
+all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j);
 
 #[cfg(test)]
 mod tests {

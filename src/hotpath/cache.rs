@@ -33,6 +33,7 @@ use crate::{
     domain::keys::SecretHash,
     domain::limits::{Quota, RateLimits},
     domain::model::{KeyId, KeyRecord, Micros},
+    domain::networks::{AllowedNetworks, BoundPrincipals},
     domain::scopes::ScopeSet,
     metrics::CacheMetrics,
     proto,
@@ -52,6 +53,9 @@ pub struct CachedKey {
     encoded: Box<[u8]>,
     pub scopes: ScopeSet,
     pub allowed_hostnames: AllowedHostnames,
+    /// The key's networks and principals, boxed: most keys have neither, and
+    /// then they cost the entry one pointer rather than four empty lists.
+    presenters: Option<Box<(AllowedNetworks, BoundPrincipals)>>,
     pub revoke_time: Option<Micros>,
     pub expire_time: Option<Micros>,
     pub rate_limits: RateLimits,
@@ -96,6 +100,9 @@ impl CachedKey {
             encoded,
             scopes: record.scopes,
             allowed_hostnames: record.allowed_hostnames,
+            presenters: (!record.allowed_networks.is_empty()
+                || !record.bound_principals.is_empty())
+            .then(|| Box::new((record.allowed_networks, record.bound_principals))),
             revoke_time: record.revoke_time,
             expire_time: record.expire_time,
             rate_limits: record.rate_limits,
@@ -124,7 +131,10 @@ impl CachedKey {
                 .iter()
                 .map(|h| h.to_string().len() + 32)
                 .sum::<usize>()
-            + self.rate_limits.len() * std::mem::size_of::<crate::domain::limits::RateLimit>() * 2;
+            + self.rate_limits.len() * std::mem::size_of::<crate::domain::limits::RateLimit>() * 2
+            + self.presenters.as_ref().map_or(0, |p| {
+                std::mem::size_of_val(&**p) + p.0.heap_bytes() + p.1.heap_bytes()
+            });
         // The Arc's counters, and the cache's own entry (hash, deadline).
         let fixed = std::mem::size_of::<Self>() + 16 + std::mem::size_of::<Entry>() + 32;
         u64::try_from(heap + fixed).unwrap_or(u64::MAX)
@@ -158,6 +168,10 @@ impl CachedKey {
     }
 }
 
+/// What a key without networks or principals answers for them.
+static NO_NETWORKS: AllowedNetworks = AllowedNetworks::NONE;
+static NO_PRINCIPALS: BoundPrincipals = BoundPrincipals::NONE;
+
 /// The domain's checks read a cached key as they would its record.
 impl crate::domain::verify::KeyFacts for CachedKey {
     fn revoke_time(&self) -> Option<Micros> {
@@ -171,6 +185,12 @@ impl crate::domain::verify::KeyFacts for CachedKey {
     }
     fn allowed_hostnames(&self) -> &AllowedHostnames {
         &self.allowed_hostnames
+    }
+    fn allowed_networks(&self) -> &AllowedNetworks {
+        self.presenters.as_ref().map_or(&NO_NETWORKS, |p| &p.0)
+    }
+    fn bound_principals(&self) -> &BoundPrincipals {
+        self.presenters.as_ref().map_or(&NO_PRINCIPALS, |p| &p.1)
     }
     fn scopes(&self) -> &ScopeSet {
         &self.scopes
@@ -198,8 +218,8 @@ pub struct HourSlot {
     pub(crate) by_code: [AtomicU64; OUTCOMES],
 }
 
-/// Outcomes a verification that found its key can have (codes 1 and 5–11).
-pub const OUTCOMES: usize = 8;
+/// Outcomes a verification that found its key can have (codes 1 and 5–13).
+pub const OUTCOMES: usize = 10;
 
 /// Sizes and lifetimes; a capacity of 0 disables that cache.
 #[derive(Debug, Clone)]

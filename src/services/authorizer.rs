@@ -4,7 +4,7 @@
 //! transports only read their request into an [`EdgeRequest`] and write the
 //! [`Decision`] back.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use crate::{
     domain::model::OrganizationId,
@@ -35,6 +35,11 @@ pub struct EdgeRequest<'a> {
     /// Only a key of this organization passes, when not empty
     /// (Envoy `context_extensions["keygate_organization_id"]`).
     pub organization_id: &'a str,
+    /// The presenter's address, as the proxy established it; `None` when it
+    /// could not (a key restricted to networks is then refused).
+    pub client_ip: Option<IpAddr>,
+    /// The presenter's authenticated workload identity; empty for none.
+    pub client_principal: &'a str,
 }
 
 impl std::fmt::Debug for EdgeRequest<'_> {
@@ -47,6 +52,8 @@ impl std::fmt::Debug for EdgeRequest<'_> {
             referer,
             extra_scopes,
             organization_id,
+            client_ip,
+            client_principal,
         } = self;
         f.debug_struct("EdgeRequest")
             .field("method", method)
@@ -56,6 +63,8 @@ impl std::fmt::Debug for EdgeRequest<'_> {
             .field("referer", referer)
             .field("extra_scopes", extra_scopes)
             .field("organization_id", organization_id)
+            .field("client_ip", client_ip)
+            .field("client_principal", client_principal)
             .finish()
     }
 }
@@ -130,7 +139,8 @@ impl Authorizer {
             })?;
         }
         let v = Verification::new(r.key, &scopes, r.origin, r.referer, r.organization_id, None)
-            .map_err(Error::Invalid)?;
+            .map_err(Error::Invalid)?
+            .presented_from(r.client_ip, r.client_principal);
         Ok(Decision::Verified(self.verifier.verify(&v).await?))
     }
 }

@@ -16,8 +16,9 @@ use crate::{
         Error,
         commands::{
             Context, CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember,
-            RotateKey, UpdateKey,
+            RotateKey, SetKeyPolicy, UpdateKey,
         },
+        key_policy::KeyPolicy,
         lifecycle::{self, Operation},
         paging::{Page, TokenKind},
         policy,
@@ -154,6 +155,47 @@ impl KeyService {
         }
     }
 
+    /// The organization's key policy, read for each change it governs: a
+    /// change of policy applies to the next request on every instance, with
+    /// nothing to invalidate. A request already past this read when the policy
+    /// changes finishes under the policy it read.
+    async fn key_policy_of(&self, org: &OrganizationId) -> Result<KeyPolicy, Error> {
+        self.stored(self.store.key_policy(org)).await
+    }
+
+    /// `SetKeyPolicy`: admins only; recorded as an event (and a webhook).
+    pub async fn set_key_policy(
+        &self,
+        actor: &Actor,
+        cmd: SetKeyPolicy,
+    ) -> Result<KeyPolicy, Error> {
+        policy::require_admin(actor, "only admins set the key policy")?;
+        let now = self.clock.now();
+        self.store
+            .set_key_policy(&cmd.organization_id, &cmd.policy, &actor.id, now)
+            .await?;
+        if let Some(replica) = &self.replica {
+            replica.wrote();
+        }
+        tracing::info!(
+            actor = actor.id.as_str(),
+            organization_id = cmd.organization_id.as_str(),
+            action = "key_policy_set",
+            "key policy changed"
+        );
+        Ok(cmd.policy)
+    }
+
+    /// `GetKeyPolicy`: admins only.
+    pub async fn key_policy(
+        &self,
+        actor: &Actor,
+        org: &OrganizationId,
+    ) -> Result<KeyPolicy, Error> {
+        policy::require_admin(actor, "only admins read the key policy")?;
+        self.key_policy_of(org).await
+    }
+
     /// A key the actor may act on; another organization's key does not exist for it.
     async fn accessible(&self, actor: &Actor, key: &KeyRef) -> Result<KeyRecord, Error> {
         let record = self
@@ -173,6 +215,13 @@ impl KeyService {
         let owner = policy::owner_of_new_key(actor, cmd.key_type)?;
         policy::may_set_limits(actor, !cmd.rate_limits.is_empty(), cmd.quota.is_some())?;
         let now = self.clock.now();
+        let expire_time = self.key_policy_of(&cmd.organization_id).await?.admit_new(
+            cmd.key_type,
+            &cmd.scopes,
+            &cmd.allowed_networks,
+            cmd.expire_time,
+            now,
+        )?;
         let secret = Secret::generate(&self.prefix);
         let id = KeyId::generate();
         let key = KeyRecord {
@@ -183,6 +232,8 @@ impl KeyService {
             name: cmd.name,
             scopes: cmd.scopes,
             allowed_hostnames: cmd.allowed_hostnames,
+            allowed_networks: cmd.allowed_networks,
+            bound_principals: cmd.bound_principals,
             secret_hash: secret.hash(),
             key_prefix: secret.key_prefix(),
             last_four: secret.last_four(),
@@ -191,7 +242,7 @@ impl KeyService {
             update_time: now,
             last_used_time: None,
             revoke_time: None,
-            expire_time: cmd.expire_time,
+            expire_time,
             created_by: actor.id.clone(),
             rate_limits: cmd.rate_limits,
             quota: cmd.quota,
@@ -246,6 +297,9 @@ impl KeyService {
         let UpdateKey { key, patch } = cmd;
         let current = self.accessible(actor, &key).await?;
         policy::may_set_limits(actor, patch.rate_limits.is_some(), patch.quota.is_some())?;
+        self.key_policy_of(&key.organization_id)
+            .await?
+            .admit_update(&current, &patch)?;
         let now = self.clock.now();
         // Credits this instance leased under the old quota go back before the
         // quota changes (a new quota starts from nothing, so none may stay
@@ -310,6 +364,10 @@ impl KeyService {
     ) -> Result<(KeyRecord, Secret, KeyRecord), Error> {
         let old = self.accessible(actor, &cmd.key).await?;
         let now = self.clock.now();
+        let expire_time = self
+            .key_policy_of(&old.organization_id)
+            .await?
+            .admit_rotation(&old, cmd.grace, now)?;
         let secret = Secret::generate(&self.prefix);
         let new = KeyRecord {
             id: KeyId::generate(),
@@ -327,6 +385,7 @@ impl KeyService {
             quota_period_start: old.quota.map_or(Micros(0), |q| q.period.start(now)),
             rotated_to_id: None,
             rotated_from_id: Some(old.id.clone()),
+            expire_time,
             ..old.clone()
         };
         let grace_until = cmd.grace.map(|g| Micros(now.0.saturating_add(g.0)));

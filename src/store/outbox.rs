@@ -56,7 +56,8 @@ impl Store {
             WHERE endpoint = ? AND event_id = ? AND state = 0 AND lease_until <= ? \
             AND next_attempt_time <= ?";
         let load = "SELECT e.id, d.attempts, e.org_seq, e.key_id, e.organization_id, e.action, \
-            e.actor_id, e.event_time, e.key_snapshot \
+            e.actor_id, e.event_time, e.key_snapshot, \
+            CASE WHEN e.action = 7 THEN e.key_snapshot END AS policy \
             FROM webhook_deliveries d JOIN key_events e ON e.id = d.event_id \
             WHERE d.endpoint = ? AND d.event_id = ?";
         let mut claimed = Vec::new();

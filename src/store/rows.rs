@@ -8,12 +8,15 @@
 use super::StoreError;
 use crate::{
     domain::hostnames::AllowedHostnames,
+    domain::json,
+    domain::key_policy::KeyPolicy,
     domain::keys::SecretHash,
     domain::limits::{Quota, QuotaPeriod, RateLimits},
     domain::model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyRecord, KeyType, Micros, OrganizationId, Owner,
         UserId,
     },
+    domain::networks::{AllowedNetworks, BoundPrincipals},
     domain::scopes::ScopeSet,
 };
 
@@ -23,7 +26,8 @@ macro_rules! written_key_columns {
         "id, organization_id, key_type, user_id, name, scopes, \
          allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
          update_time, last_used_time, revoke_time, expire_time, created_by, rate_limits, \
-         quota_limit, quota_period, quota_used, quota_period_start, rotated_to_id, rotated_from_id"
+         quota_limit, quota_period, quota_used, quota_period_start, rotated_to_id, rotated_from_id, \
+         allowed_networks, bound_principals"
     };
 }
 pub(super) use written_key_columns;
@@ -63,6 +67,8 @@ pub(super) struct KeyRow {
     quota_period_start: i64,
     rotated_to_id: Option<Vec<u8>>,
     rotated_from_id: Option<Vec<u8>>,
+    allowed_networks: Option<Vec<u8>>,
+    bound_principals: Option<Vec<u8>>,
     lineage_id: Option<Vec<u8>>,
 }
 
@@ -74,6 +80,9 @@ pub(super) struct EventRow {
     action: i64,
     actor_id: Vec<u8>,
     event_time: i64,
+    /// The policy a POLICY_CHANGED event set (its snapshot column, read only
+    /// for those events).
+    policy: Option<Vec<u8>>,
 }
 
 /// An event due for a webhook delivery, with its delivery's attempts so far.
@@ -84,6 +93,36 @@ pub(super) struct DeliveryRow {
     #[sqlx(flatten)]
     event: EventRow,
     key_snapshot: Option<Vec<u8>>,
+}
+
+/// An organization's key policy.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct PolicyRow {
+    max_lifetime: Option<i64>,
+    require_networks_for_bot_keys: i64,
+    allowed_bot_scopes: Vec<u8>,
+    max_rotation_grace: Option<i64>,
+}
+
+impl TryFrom<PolicyRow> for KeyPolicy {
+    type Error = StoreError;
+
+    fn try_from(r: PolicyRow) -> Result<Self, StoreError> {
+        const T: &str = "key_policies";
+        let scopes = text(r.allowed_bot_scopes, T, "allowed_bot_scopes")?;
+        Ok(Self {
+            max_lifetime: r.max_lifetime.map(Micros),
+            require_networks_for_bot_keys: r.require_networks_for_bot_keys != 0,
+            allowed_bot_scopes: match scopes.is_empty() {
+                true => None,
+                false => Some(
+                    ScopeSet::parse(scopes.split(' '))
+                        .map_err(|_| corrupt(T, "allowed_bot_scopes"))?,
+                ),
+            },
+            max_rotation_grace: r.max_rotation_grace.map(Micros),
+        })
+    }
 }
 
 /// What the invalidation poll reads of an event.
@@ -113,6 +152,20 @@ fn parsed<T, E>(
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Result<T, StoreError> {
     parse(&text(bytes, table, column)?).map_err(|_| corrupt(table, column))
+}
+
+/// A space-separated list column (NULL or empty for none) parsed by `parse`.
+fn list<T: Default, E>(
+    bytes: Option<Vec<u8>>,
+    column: &'static str,
+    parse: impl FnOnce(Vec<&str>) -> Result<T, E>,
+) -> Result<T, StoreError> {
+    const T: &str = "api_keys";
+    let Some(bytes) = bytes else {
+        return Ok(T::default());
+    };
+    let s = text(bytes, T, column)?;
+    parse(s.split(' ').filter(|e| !e.is_empty()).collect()).map_err(|_| corrupt(T, column))
 }
 
 fn hash(bytes: &[u8], table: &'static str) -> Result<SecretHash, StoreError> {
@@ -185,6 +238,12 @@ impl TryFrom<KeyRow> for KeyRecord {
                 .rotated_from_id
                 .map(|id| parsed(id, T, "rotated_from_id", KeyId::parse))
                 .transpose()?,
+            allowed_networks: list(r.allowed_networks, "allowed_networks", |l| {
+                AllowedNetworks::parse(l)
+            })?,
+            bound_principals: list(r.bound_principals, "bound_principals", |l| {
+                BoundPrincipals::parse(l)
+            })?,
         })
     }
 }
@@ -196,7 +255,15 @@ impl TryFrom<EventRow> for KeyEvent {
         const T: &str = "key_events";
         Ok(Self {
             id: u64::try_from(r.org_seq).map_err(|_| corrupt(T, "org_seq"))?,
-            key_id: parsed(r.key_id, T, "key_id", KeyId::parse)?,
+            // A policy event is about no key: its key id is empty.
+            key_id: match r.key_id.is_empty() {
+                true => None,
+                false => Some(parsed(r.key_id, T, "key_id", KeyId::parse)?),
+            },
+            policy: r
+                .policy
+                .map(|p| parsed(p, T, "key_snapshot", json::policy_from_json))
+                .transpose()?,
             organization_id: parsed(
                 r.organization_id,
                 T,
@@ -215,14 +282,19 @@ impl TryFrom<DeliveryRow> for super::Delivery {
 
     fn try_from(r: DeliveryRow) -> Result<Self, StoreError> {
         const T: &str = "key_events";
+        let event = KeyEvent::try_from(r.event)?;
         Ok(Self {
             event_id: u64::try_from(r.id).map_err(|_| corrupt(T, "id"))?,
             attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
-            event: KeyEvent::try_from(r.event)?,
-            key_json: r
-                .key_snapshot
-                .map(|b| text(b, T, "key_snapshot"))
-                .transpose()?,
+            // A policy event's snapshot is its policy, which the event has.
+            key_json: match event.action {
+                EventAction::PolicyChanged => None,
+                _ => r
+                    .key_snapshot
+                    .map(|b| text(b, T, "key_snapshot"))
+                    .transpose()?,
+            },
+            event,
         })
     }
 }

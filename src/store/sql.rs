@@ -13,10 +13,13 @@ use std::sync::LazyLock;
 
 use super::{
     Guard, Pool, Store, StoreError, mysql,
-    rows::{ChangeRow, EventRow, KeyRow, convert, corrupt, key_columns, written_key_columns},
+    rows::{
+        ChangeRow, EventRow, KeyRow, PolicyRow, convert, corrupt, key_columns, written_key_columns,
+    },
     sqlite,
 };
 use crate::{
+    domain::key_policy::KeyPolicy,
     domain::keys::SecretHash,
     domain::limits::RateLimits,
     domain::model::{
@@ -114,26 +117,28 @@ macro_rules! lock_organization {
     }};
 }
 
-/// Writes one event of `$e` (an [`Event`]) in transaction `$tx`, with the next
-/// id of its organization: the only place an event is inserted.
+/// Writes one event of `$e` (an [`Event`] or a [`PolicyEvent`]) in transaction
+/// `$tx`, with the next id of its organization: the only place an event is
+/// inserted.
 macro_rules! record_event {
     ($store:expr, $tx:expr, $d:expr, $e:expr) => {{
-        let e: Event<'_> = $e;
-        let seq = reserve_event_ids!($tx, $d, e.key.organization_id.as_str(), 1);
+        let e = $e;
+        let subject = e.subject();
+        let seq = reserve_event_ids!($tx, $d, subject.organization_id.as_str(), 1);
         sqlx::query(
             "INSERT INTO key_events \
              (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq, \
               key_snapshot) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(e.key.id.as_str())
-        .bind(e.key.organization_id.as_str())
+        .bind(subject.key_id)
+        .bind(subject.organization_id.as_str())
         .bind(e.action.as_i64())
         .bind(e.actor.as_str())
         .bind(e.time.0)
-        .bind(&e.key.secret_hash.as_bytes()[..])
+        .bind(&subject.hash[..])
         .bind(seq)
-        .bind(crate::domain::json::key_json(e.key).to_string())
+        .bind(subject.snapshot)
         .execute(&mut *$tx)
         .await?;
         for endpoint in $store.webhook_endpoints.iter() {
@@ -143,7 +148,7 @@ macro_rules! record_event {
             )
             .bind(endpoint)
             .bind(e.time.0)
-            .bind(e.key.organization_id.as_str())
+            .bind(subject.organization_id.as_str())
             .bind(seq)
             .execute(&mut *$tx)
             .await?;
@@ -184,6 +189,8 @@ macro_rules! insert_key {
             .bind(key.quota_period_start.0)
             .bind(key.rotated_to_id.as_ref().map(KeyId::as_str))
             .bind(key.rotated_from_id.as_ref().map(KeyId::as_str))
+            .bind(optional_list(key.allowed_networks.to_vec()))
+            .bind(optional_list(key.bound_principals.to_vec()))
             // The lineage is stored only for a rotation's replacement; the
             // database makes it the key's own id otherwise.
             .bind((key.lineage_id != key.id).then(|| key.lineage_id.as_str()))
@@ -196,7 +203,7 @@ const INSERT_KEY: &str = concat!(
     "INSERT INTO api_keys (",
     written_key_columns!(),
     ", lineage_root",
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 /// An event to record, borrowed from the change it belongs to.
@@ -210,6 +217,48 @@ struct Event<'a> {
     time: Micros,
 }
 
+impl Event<'_> {
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            key_id: self.key.id.as_str(),
+            organization_id: &self.key.organization_id,
+            hash: *self.key.secret_hash.as_bytes(),
+            snapshot: crate::domain::json::key_json(self.key).to_string(),
+        }
+    }
+}
+
+/// A change of an organization's key policy, to record as an event.
+struct PolicyEvent<'a> {
+    organization_id: &'a OrganizationId,
+    policy: &'a KeyPolicy,
+    action: EventAction,
+    actor: &'a UserId,
+    time: Micros,
+}
+
+impl PolicyEvent<'_> {
+    /// About no key: an empty key id, and a hash no key has (all zeros), so the
+    /// invalidation poll drops nothing for it.
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            key_id: "",
+            organization_id: self.organization_id,
+            hash: [0; 32],
+            snapshot: crate::domain::json::policy_json(self.policy).to_string(),
+        }
+    }
+}
+
+/// The columns of an event row that its subject decides.
+struct Subject<'a> {
+    key_id: &'a str,
+    organization_id: &'a OrganizationId,
+    hash: [u8; 32],
+    /// The key, or the policy, as the event's transaction left it.
+    snapshot: String,
+}
+
 /// Which keys `list_keys` returns, after `after` in id order.
 #[derive(Debug, Clone)]
 pub struct KeyFilter {
@@ -219,6 +268,12 @@ pub struct KeyFilter {
     pub include_revoked: bool,
     pub after: Option<KeyId>,
     pub limit: u32,
+}
+
+/// A list column that is NULL when empty (networks, principals): a key
+/// without them stores nothing.
+fn optional_list(items: Vec<String>) -> Option<String> {
+    (!items.is_empty()).then(|| items.join(" "))
 }
 
 /// Lists are stored space-separated: neither scopes nor hostnames can contain a space.
@@ -381,6 +436,8 @@ impl Store {
         let update = "UPDATE api_keys SET update_time = ?, \
             name = COALESCE(?, name), scopes = COALESCE(?, scopes), \
             allowed_hostnames = COALESCE(?, allowed_hostnames), \
+            allowed_networks = CASE WHEN ? = 1 THEN ? ELSE allowed_networks END, \
+            bound_principals = CASE WHEN ? = 1 THEN ? ELSE bound_principals END, \
             expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END, \
             rate_limits = COALESCE(?, rate_limits), \
             quota_used = CASE WHEN ? = 0 THEN quota_used WHEN ? = 2 THEN 0 \
@@ -392,6 +449,14 @@ impl Store {
             WHERE organization_id = ? AND id = ?";
         let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
+        let networks = patch
+            .allowed_networks
+            .as_ref()
+            .and_then(|n| optional_list(n.to_vec()));
+        let principals = patch
+            .bound_principals
+            .as_ref()
+            .and_then(|p| optional_list(p.to_vec()));
         let rate_limits = patch.rate_limits.as_ref().map(RateLimits::encode);
         // 0: unchanged, 1: set, 2: removed.
         let (mode, quota) = match patch.quota {
@@ -414,6 +479,10 @@ impl Store {
                 .bind(patch.name.as_ref().map(KeyName::as_str))
                 .bind(scopes.as_deref())
                 .bind(hosts.as_deref())
+                .bind(i64::from(patch.allowed_networks.is_some()))
+                .bind(networks.as_deref())
+                .bind(i64::from(patch.bound_principals.is_some()))
+                .bind(principals.as_deref())
                 .bind(i64::from(patch.expire_time.is_some()))
                 .bind(patch.expire_time.flatten().map(|t| t.0))
                 .bind(rate_limits.as_deref())
@@ -698,7 +767,8 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<KeyEvent>, StoreError> {
-        let sql = "SELECT org_seq, key_id, organization_id, action, actor_id, event_time \
+        let sql = "SELECT org_seq, key_id, organization_id, action, actor_id, event_time, \
+             CASE WHEN action = 7 THEN key_snapshot END AS policy \
              FROM key_events \
              WHERE organization_id = ? AND (? = '' OR key_id = ?) AND org_seq > ? \
              ORDER BY org_seq LIMIT ?";
@@ -865,6 +935,71 @@ impl Store {
     }
 
     /// Whether the database answers; drives the health service.
+    /// The organization's key policy; the empty policy when none was set.
+    pub async fn key_policy(&self, org: &OrganizationId) -> Result<KeyPolicy, StoreError> {
+        let sql = "SELECT max_lifetime, require_networks_for_bot_keys, allowed_bot_scopes, \
+             max_rotation_grace FROM key_policies WHERE organization_id = ?";
+        let row: Option<PolicyRow> = on_pool!(self, |p, _d| {
+            sqlx::query_as(sql)
+                .bind(org.as_str())
+                .fetch_optional(p)
+                .await?
+        });
+        row.map_or(Ok(KeyPolicy::default()), KeyPolicy::try_from)
+    }
+
+    /// Replaces the organization's key policy (the empty policy removes its
+    /// row), with a POLICY_CHANGED event in the same transaction.
+    pub async fn set_key_policy(
+        &self,
+        org: &OrganizationId,
+        policy: &KeyPolicy,
+        actor: &UserId,
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let scopes = policy
+            .allowed_bot_scopes
+            .as_ref()
+            .map_or(String::new(), |s| join(s.iter()));
+        on_pool!(self, |p, d| {
+            let mut tx = p.begin().await?;
+            lock_organization!(tx, d, org.as_str());
+            sqlx::query("DELETE FROM key_policies WHERE organization_id = ?")
+                .bind(org.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if !policy.is_empty() {
+                sqlx::query(
+                    "INSERT INTO key_policies (organization_id, max_lifetime, \
+                     require_networks_for_bot_keys, allowed_bot_scopes, max_rotation_grace, \
+                     update_time) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(org.as_str())
+                .bind(policy.max_lifetime.map(|m| m.0))
+                .bind(i64::from(policy.require_networks_for_bot_keys))
+                .bind(&scopes)
+                .bind(policy.max_rotation_grace.map(|m| m.0))
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await?;
+            }
+            record_event!(
+                self,
+                tx,
+                d,
+                PolicyEvent {
+                    organization_id: org,
+                    policy,
+                    action: EventAction::PolicyChanged,
+                    actor,
+                    time: now,
+                }
+            );
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_pool!(self, |p, _d| {
             sqlx::query("SELECT 1").execute(p).await?;

@@ -215,7 +215,9 @@ async fn burst_and_kill(
             EventAction::Created,
             "only creations happened: {e:?}"
         );
-        *created.entry(e.key_id.as_str()).or_default() += 1;
+        *created
+            .entry(e.key_id.as_ref().map_or("", |k| k.as_str()))
+            .or_default() += 1;
     }
     let row_ids: HashSet<&str> = rows.iter().map(|k| k.id.as_str()).collect();
     for k in &rows {

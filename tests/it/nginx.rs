@@ -309,3 +309,75 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_without_the_secre
     );
     app.stop().await;
 }
+
+/// The shipped config tells keygate who presented the key: the address nginx
+/// saw, replacing whatever `X-Forwarded-For` the client wrote, and never the
+/// client's own `X-Client-Principal`. keygate trusts nginx's address
+/// (`--trusted-proxies`), as the config's header says to run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_passes_the_client_address_and_drops_a_forged_one() {
+    let policy = hoko_policy();
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--route-policy",
+            &policy,
+            "--trusted-proxies",
+            "127.0.0.1/32",
+        ],
+    )
+    .await;
+    let keygate = app.app.as_ref().and_then(|a| a.http_addr()).expect("http");
+    let (upstream, seen) = upstream().await;
+    let nginx = nginx(keygate, upstream).await;
+    let base = format!("http://{}", nginx.addr);
+    let restricted = |name: &str, networks: &[&str], principals: &[&str]| {
+        let mut req = bot_key(ORG, name, &["links:read"]);
+        req.allowed_networks = networks.iter().map(|s| (*s).to_owned()).collect();
+        req.bound_principals = principals.iter().map(|s| (*s).to_owned()).collect();
+        admin(req)
+    };
+    let (_, here) = app.create(restricted("here", &["127.0.0.1"], &[])).await;
+    let (_, elsewhere) = app
+        .create(restricted("elsewhere", &["10.0.0.0/8"], &[]))
+        .await;
+    let (_, bound) = app
+        .create(restricted(
+            "bound",
+            &[],
+            &["spiffe://hoko.example/ns/billing/sa/api"],
+        ))
+        .await;
+    let client = reqwest::Client::new();
+    for (secret, status, code) in [
+        (&here, 200, "VERIFY_CODE_VALID"),
+        (&elsewhere, 403, "VERIFY_CODE_NETWORK_BLOCKED"),
+        (&bound, 403, "VERIFY_CODE_PRINCIPAL_MISMATCH"),
+    ] {
+        let resp = client
+            .get(format!("{base}/api/links"))
+            .bearer_auth(secret)
+            // What a client would write to step around the restrictions.
+            .header("x-forwarded-for", "10.1.2.3")
+            .header(
+                "x-client-principal",
+                "spiffe://hoko.example/ns/billing/sa/api",
+            )
+            .send()
+            .await
+            .expect("nginx answers");
+        assert_eq!(resp.status().as_u16(), status, "{code}");
+        if status != 200 {
+            assert_eq!(resp.headers()["x-keygate-code"], code);
+        }
+    }
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        1,
+        "only the allowed request"
+    );
+    drop(nginx);
+    app.stop().await;
+}

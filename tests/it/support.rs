@@ -632,6 +632,8 @@ pub fn bot_record(
         name: KeyName::parse(name).expect("name"),
         scopes: keygate::domain::scopes::ScopeSet::parse(["links:read"]).expect("scopes"),
         allowed_hostnames: keygate::domain::hostnames::AllowedHostnames::default(),
+        allowed_networks: keygate::domain::networks::AllowedNetworks::default(),
+        bound_principals: keygate::domain::networks::BoundPrincipals::default(),
         secret_hash: secret.hash(),
         key_prefix: secret.key_prefix(),
         last_four: secret.last_four(),

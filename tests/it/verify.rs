@@ -82,6 +82,7 @@ async fn every_row_of_the_check_order_table(backend: Backend) {
         referer: String::new(),
         organization_id: "acme".into(),
         cost: None,
+        ..VerifyKeyRequest::default()
     };
     let resp = check(valid.clone()).await;
     assert!(resp.valid, "{resp:?}");

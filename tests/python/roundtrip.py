@@ -69,6 +69,7 @@ def main():
                 name="python bot",
                 scopes=["links:write", "links:read"],
                 allowed_hostnames=["*.acme.example"],
+                allowed_networks=["10.0.0.0/8", "2001:db8::/32"],
             ),
             metadata=admin_md,
             timeout=10,
@@ -90,15 +91,28 @@ def main():
             "secret_length": len(secret),
         }
 
-        def verify_key(scopes):
+        # client_ip: the address of the caller that presented the key, as the
+        # service saw it (the connection's peer, or what a trusted proxy says).
+        def verify_key(scopes, client_ip="10.1.2.3"):
             return verify.VerifyKey(
                 key_verify_pb2.VerifyKeyRequest(
                     key=secret,
                     required_scopes=scopes,
                     origin="https://app.acme.example",
+                    client_ip=client_ip,
                 ),
                 timeout=10,
             )
+
+        outside = verify_key(["links:read"], client_ip="192.0.2.1")
+        check(
+            outside.code == key_verify_pb2.VERIFY_CODE_NETWORK_BLOCKED,
+            f"outside the key's networks: {code_name(outside.code)}",
+        )
+        check(
+            list(key.allowed_networks) == ["10.0.0.0/8", "2001:db8::/32"],
+            f"networks: {list(key.allowed_networks)}",
+        )
 
         ok = verify_key(["links:read"])
         check(ok.valid and ok.code == key_verify_pb2.VERIFY_CODE_VALID, f"valid: {code_name(ok.code)}")

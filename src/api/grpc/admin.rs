@@ -7,9 +7,11 @@ use tonic::{Request, Response, Status};
 use super::auth::AdminTokens;
 use crate::{
     domain::commands::{
-        CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey, UpdateKey,
+        CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey,
+        SetKeyPolicy, UpdateKey,
     },
-    domain::model::Actor,
+    domain::model::{Actor, OrganizationId},
+    domain::violations::field,
     proto::{self, key_admin_server::KeyAdmin},
     services::KeyService,
 };
@@ -34,6 +36,33 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl KeyAdmin for AdminApi {
+    async fn set_key_policy(
+        &self,
+        request: Request<proto::SetKeyPolicyRequest>,
+    ) -> Result<Response<proto::SetKeyPolicyResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let cmd = SetKeyPolicy::parse(&req, self.keys.context())?;
+        let policy = self.keys.set_key_policy(&actor, cmd).await?;
+        Ok(Response::new(proto::SetKeyPolicyResponse {
+            policy: Some((&policy).into()),
+        }))
+    }
+
+    async fn get_key_policy(
+        &self,
+        request: Request<proto::GetKeyPolicyRequest>,
+    ) -> Result<Response<proto::GetKeyPolicyResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let org = field(
+            "organization_id",
+            OrganizationId::parse(&req.organization_id),
+        )?;
+        let policy = self.keys.key_policy(&actor, &org).await?;
+        Ok(Response::new(proto::GetKeyPolicyResponse {
+            policy: Some((&policy).into()),
+        }))
+    }
+
     async fn create_key(
         &self,
         request: Request<proto::CreateKeyRequest>,

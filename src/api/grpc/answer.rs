@@ -217,7 +217,7 @@ mod tests {
         Arc::new(CachedKey::new(record))
     }
 
-    const CODES: [Code; 11] = [
+    const CODES: [Code; 13] = [
         Code::Valid,
         Code::Missing,
         Code::Malformed,
@@ -229,6 +229,8 @@ mod tests {
         Code::InsufficientScope,
         Code::RateLimited,
         Code::QuotaExceeded,
+        Code::NetworkBlocked,
+        Code::PrincipalMismatch,
     ];
 
     fn status(name: String, limit: u64, remaining: u64, reset: Option<i64>) -> LimitStatus {

@@ -2,6 +2,7 @@
 //! parsing in `admin` and `verify`, field by field, so errors can name the field.
 
 use crate::{
+    domain::key_policy::KeyPolicy,
     domain::limits::QuotaPeriod,
     domain::model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
     proto,
@@ -35,6 +36,7 @@ impl From<EventAction> for proto::KeyEventAction {
             EventAction::Deleted => Self::Deleted,
             EventAction::Rotated => Self::Rotated,
             EventAction::Leaked => Self::Leaked,
+            EventAction::PolicyChanged => Self::PolicyChanged,
         }
     }
 }
@@ -53,6 +55,8 @@ impl From<&KeyRecord> for proto::ApiKey {
             name: k.name.as_str().to_owned(),
             scopes: k.scopes.to_vec(),
             allowed_hostnames: k.allowed_hostnames.to_vec(),
+            allowed_networks: k.allowed_networks.to_vec(),
+            bound_principals: k.bound_principals.to_vec(),
             key_prefix: k.key_prefix.clone(),
             last_four: k.last_four.clone(),
             request_count: k.request_count,
@@ -98,11 +102,31 @@ impl From<&KeyEvent> for proto::KeyEvent {
     fn from(e: &KeyEvent) -> Self {
         Self {
             id: e.id,
-            key_id: e.key_id.as_str().to_owned(),
+            key_id: e
+                .key_id
+                .as_ref()
+                .map(|k| k.as_str().to_owned())
+                .unwrap_or_default(),
             organization_id: e.organization_id.as_str().to_owned(),
             action: proto::KeyEventAction::from(e.action).into(),
             actor_id: e.actor_id.as_str().to_owned(),
             time: Some(e.time.to_timestamp()),
+            policy: e.policy.as_ref().map(Into::into),
+        }
+    }
+}
+
+impl From<&KeyPolicy> for proto::KeyPolicy {
+    fn from(p: &KeyPolicy) -> Self {
+        Self {
+            max_lifetime: p.max_lifetime.map(Micros::to_duration),
+            require_networks_for_bot_keys: p.require_networks_for_bot_keys,
+            allowed_bot_scopes: p
+                .allowed_bot_scopes
+                .as_ref()
+                .map(|s| s.to_vec())
+                .unwrap_or_default(),
+            max_rotation_grace: p.max_rotation_grace.map(Micros::to_duration),
         }
     }
 }

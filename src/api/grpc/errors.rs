@@ -28,6 +28,7 @@ impl From<Error> for Status {
             Error::NotFound => Status::not_found("key not found"),
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::BreaksKeyPolicy(m) => Status::failed_precondition(m),
             Error::Invalid(v) => invalid_argument(&v),
             Error::LimitReached(m) => Status::resource_exhausted(m),
             Error::Unavailable => Status::unavailable("the key store is unavailable; retry later"),

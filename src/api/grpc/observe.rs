@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 /// The method names a metric label may take: bounded, whatever path is asked.
 /// A unit test walks KeyAdmin's descriptor, so a new RPC missing here fails it
 /// instead of being counted as "unknown".
-const METHODS: [&str; 9] = [
+const METHODS: [&str; 11] = [
     "CreateKey",
     "GetKey",
     "ListKeys",
@@ -26,6 +26,8 @@ const METHODS: [&str; 9] = [
     "ListKeyEvents",
     "RotateKey",
     "GetKeyUsage",
+    "SetKeyPolicy",
+    "GetKeyPolicy",
 ];
 
 fn method_of(path: &str) -> &'static str {

@@ -119,7 +119,9 @@ impl VerifyApi {
             &req.referer,
             &req.organization_id,
             req.cost,
-        ) {
+        )
+        .and_then(|v| v.presented_by(&req.client_ip, &req.client_principal))
+        {
             Ok(v) => self.verifier.verify(&v).await.map_err(Status::from),
             Err(violations) => Err(Status::from(violations)),
         };

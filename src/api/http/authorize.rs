@@ -4,20 +4,21 @@
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` from Traefik and Caddy); keygate
 //! answers 200 with the caller's identity, or the same denial Envoy would get.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use axum::{
-    Router,
+    Extension, Router,
     extract::State,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::any,
 };
 
-use super::header_text;
+use super::{Peer, header_text};
 use crate::{
     api::edge::{self, Answer},
     domain::Error,
+    domain::networks::{AllowedNetworks, NetworksError, parse_client_ip},
     metrics::VerifyMetrics,
     services::authorizer::{Authorizer, Decision, EdgeRequest},
 };
@@ -26,14 +27,72 @@ use crate::{
 pub struct AuthorizeRoute {
     authorizer: Authorizer,
     metrics: VerifyMetrics,
+    trusted: TrustedProxies,
 }
 
 impl AuthorizeRoute {
-    pub fn new(authorizer: Authorizer) -> Self {
+    pub fn new(authorizer: Authorizer, trusted: TrustedProxies) -> Self {
         Self {
             authorizer,
             metrics: VerifyMetrics::new("http"),
+            trusted,
         }
+    }
+}
+
+/// `--trusted-proxies`: the peers whose `X-Forwarded-For` and
+/// `X-Client-Principal` forward auth believes. None by default: a client that
+/// reaches keygate directly could write either header.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Option<Arc<AllowedNetworks>>);
+
+impl TrustedProxies {
+    pub fn parse(entries: &[String]) -> Result<Self, NetworksError> {
+        if entries.is_empty() {
+            return Ok(Self(None));
+        }
+        AllowedNetworks::parse(entries).map(|n| Self(Some(Arc::new(n))))
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.as_ref().is_some_and(|n| n.allows(ip))
+    }
+
+    /// Who presented the key: the peer; or, from a trusted proxy, the
+    /// right-most `X-Forwarded-For` address that is not a trusted proxy (each
+    /// proxy appends the address it saw, so entries to its left are the
+    /// client's own words), and the proxy's `X-Client-Principal`. An entry that
+    /// is not an address stops the walk with no address: what lies beyond it
+    /// cannot be told apart from what a client wrote, and a key restricted to
+    /// networks then fails closed.
+    pub fn presenter<'a>(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &'a HeaderMap,
+    ) -> (Option<IpAddr>, &'a str) {
+        let Some(peer) = peer.filter(|p| self.trusts(*p)) else {
+            return (peer, "");
+        };
+        let principal = header_text(headers, "x-client-principal").unwrap_or_default();
+        let entries: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .flat_map(|v| v.to_str().map_or(vec![""], |v| v.split(',').collect()))
+            .map(str::trim)
+            .collect();
+        let mut client = peer;
+        for entry in entries.iter().rev() {
+            match parse_client_ip(entry) {
+                Ok(ip) => {
+                    client = ip;
+                    if !self.trusts(ip) {
+                        break;
+                    }
+                }
+                Err(_) => return (None, principal),
+            }
+        }
+        (Some(client), principal)
     }
 }
 
@@ -73,8 +132,14 @@ fn original<'a>(headers: &'a HeaderMap, names: [&str; 2]) -> Result<Option<&'a s
     Ok(found)
 }
 
-async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> Response {
+async fn authorize(
+    State(route): State<AuthorizeRoute>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
     let start = route.metrics.start();
+    let peer = peer.map(|Extension(Peer(p))| p.ip());
+    let (client_ip, client_principal) = route.trusted.presenter(peer, &headers);
     let (key, _) = edge::credential(
         header_text(&headers, edge::AUTHORIZATION),
         header_text(&headers, edge::API_KEY),
@@ -99,6 +164,8 @@ async fn authorize(State(route): State<AuthorizeRoute>, headers: HeaderMap) -> R
         referer: header_text(&headers, "referer").unwrap_or_default(),
         extra_scopes: "",
         organization_id: "",
+        client_ip,
+        client_principal,
     };
     let decision = route.authorizer.authorize(&request).await;
     edge::observe(&route.metrics, &decision, start);

@@ -18,6 +18,7 @@ impl IntoResponse for Error {
             Error::AlreadyExists(m) | Error::FailedPrecondition(m) => {
                 (StatusCode::CONFLICT, m.to_owned())
             }
+            Error::BreaksKeyPolicy(m) => (StatusCode::CONFLICT, m),
             Error::Invalid(v) => (StatusCode::BAD_REQUEST, v.to_string()),
             Error::LimitReached(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             // Callers retry these (GitHub retries a failed leak report).

@@ -25,6 +25,11 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
+/// The address of the connection a request came on, which the accept loop
+/// puts in each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// A request header as text; one that is not visible ASCII counts as absent.
 pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
