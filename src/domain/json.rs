@@ -225,6 +225,43 @@ mod tests {
         }
     }
 
+    /// The JSON of a key and of a policy has every field of its proto
+    /// message, by its JSON name: a field added to the proto and forgotten
+    /// here fails this test, not a receiver.
+    #[test]
+    fn every_proto_field_is_written() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let fields = |message: &str| -> Vec<String> {
+            let mut names: Vec<String> = set
+                .file
+                .iter()
+                .flat_map(|f| &f.message_type)
+                .find(|m| m.name() == message)
+                .unwrap_or_else(|| panic!("{message} in the descriptors"))
+                .field
+                .iter()
+                .map(|f| f.json_name().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let keys = |v: &Value| -> Vec<String> {
+            let mut names: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+            names.sort();
+            names
+        };
+        let secret =
+            crate::domain::keys::Secret::generate(&crate::domain::keys::KeyPrefix::default());
+        let key = KeyRecord::test_bot(crate::domain::model::KeyId::generate(), &secret, "k");
+        assert_eq!(keys(&key_json(&key)), fields("ApiKey"));
+        assert_eq!(
+            keys(&policy_json(&KeyPolicy::default())),
+            fields("KeyPolicy")
+        );
+    }
+
     #[test]
     fn a_policy_reads_back_as_written() {
         let p = KeyPolicy {

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use keygate::{
     domain::hostnames::AllowedHostnames,
+    domain::key_policy::KeyPolicy,
     domain::keys::{KeyPrefix, Secret, SecretHash},
     domain::lifecycle::{self, Operation},
     domain::limits::{Quota, QuotaPeriod},
@@ -16,6 +17,7 @@ use keygate::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
         OrganizationId, Owner, UserId,
     },
+    domain::networks::{AllowedNetworks, BoundPrincipals},
     domain::scopes::ScopeSet,
     store::{KeyFilter, PoolConfig, QuotaTake, Store, StoreError, UsageDelta},
 };
@@ -53,12 +55,16 @@ fn scopes(s: &[&str]) -> ScopeSet {
 }
 
 /// A new key as CreateKey builds it (see `services::keys`), created at `now`, with
-/// a hostname and an expiry so that every column round-trips.
+/// a hostname, networks, a principal and an expiry so that every column
+/// round-trips.
 fn record(org_id: &str, owner: Owner, name: &str, now: Micros) -> KeyRecord {
     let secret = Secret::generate(&KeyPrefix::default());
     KeyRecord {
         owner,
         allowed_hostnames: AllowedHostnames::parse(["example.com"]).expect("hostnames"),
+        allowed_networks: AllowedNetworks::parse(["10.0.0.0/8", "2001:db8::/32"])
+            .expect("networks"),
+        bound_principals: BoundPrincipals::parse(["spiffe://acme.test/sa/*"]).expect("principals"),
         expire_time: Some(Micros(now.0 + 86_400_000_000)),
         ..bot_record(org_id, name, &secret, now)
     }
@@ -1244,7 +1250,53 @@ async fn webhook_delivery_takes_turns_between_organizations(backend: Backend) {
     finish(db, store).await;
 }
 
+/// A key policy reads back as set, per organization; setting one is an event
+/// about no key, with the policy; the empty policy removes it.
+async fn a_key_policy_round_trips_with_its_event(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let (acme, other) = (org("acme"), org("other"));
+    assert_eq!(
+        store.key_policy(&acme).await.expect("read"),
+        KeyPolicy::default()
+    );
+    let policy = KeyPolicy {
+        max_lifetime: Some(Micros(90 * 86_400_000_000)),
+        require_networks_for_bot_keys: true,
+        allowed_bot_scopes: Some(scopes(&["links:read", "reports:*"])),
+        max_rotation_grace: Some(Micros(0)),
+    };
+    let now = Micros::now();
+    store
+        .set_key_policy(&acme, &policy, &user("alice"), now)
+        .await
+        .expect("set");
+    assert_eq!(store.key_policy(&acme).await.expect("read"), policy);
+    assert_eq!(
+        store.key_policy(&other).await.expect("read"),
+        KeyPolicy::default()
+    );
+    store
+        .set_key_policy(&acme, &KeyPolicy::default(), &user("alice"), now)
+        .await
+        .expect("clear");
+    assert_eq!(
+        store.key_policy(&acme).await.expect("read"),
+        KeyPolicy::default()
+    );
+    let events = events(&store, "acme", None).await;
+    assert_eq!(events.len(), 2);
+    for (e, want) in events.iter().zip([&policy, &KeyPolicy::default()]) {
+        assert_eq!(
+            (e.action, e.key_id.as_ref()),
+            (EventAction::PolicyChanged, None)
+        );
+        assert_eq!(e.policy.as_ref(), Some(want));
+    }
+    finish(db, store).await;
+}
+
 crate::store_tests!(
+    a_key_policy_round_trips_with_its_event,
     events_past_retention_go_in_batches_with_their_deliveries,
     webhook_delivery_takes_turns_between_organizations,
     a_rotation_chain_is_one_lineage,
