@@ -60,6 +60,19 @@ fn assert_breaks<T: std::fmt::Debug>(result: Result<T, tonic::Status>, rule: &st
     );
 }
 
+/// The organization's policy as an admin reads it.
+async fn policy_of(app: &TestApp, org: &str) -> Option<KeyPolicy> {
+    app.admin
+        .clone()
+        .get_key_policy(admin(GetKeyPolicyRequest {
+            organization_id: org.into(),
+        }))
+        .await
+        .expect("get")
+        .into_inner()
+        .policy
+}
+
 fn at(seconds: i64) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos: 0 })
 }
@@ -74,14 +87,7 @@ async fn only_admins_set_and_read_the_policy_and_bad_fields_are_named(b: Backend
     let app = spawn_app(b).await;
     let mut client = app.admin.clone();
     // None set: every field unset.
-    let empty = client
-        .get_key_policy(admin(GetKeyPolicyRequest {
-            organization_id: ORG.into(),
-        }))
-        .await
-        .expect("get")
-        .into_inner()
-        .policy;
+    let empty = policy_of(&app, ORG).await;
     assert_eq!(empty, Some(KeyPolicy::default()));
     assert_code(
         client
@@ -155,14 +161,7 @@ async fn only_admins_set_and_read_the_policy_and_bad_fields_are_named(b: Backend
         "organization_id",
     );
     // Nothing refused was stored, and no event written.
-    let got = client
-        .get_key_policy(admin(GetKeyPolicyRequest {
-            organization_id: ORG.into(),
-        }))
-        .await
-        .expect("get")
-        .into_inner()
-        .policy;
+    let got = policy_of(&app, ORG).await;
     assert_eq!(got, Some(KeyPolicy::default()));
     assert!(app.events(ORG, "").await.is_empty());
 
@@ -173,24 +172,10 @@ async fn only_admins_set_and_read_the_policy_and_bad_fields_are_named(b: Backend
         .into_inner()
         .policy;
     assert_eq!(stored, Some(strict()));
-    let got = client
-        .get_key_policy(admin(GetKeyPolicyRequest {
-            organization_id: ORG.into(),
-        }))
-        .await
-        .expect("get")
-        .into_inner()
-        .policy;
+    let got = policy_of(&app, ORG).await;
     assert_eq!(got, Some(strict()));
     // Another organization has its own (none).
-    let other = client
-        .get_key_policy(admin(GetKeyPolicyRequest {
-            organization_id: "globex".into(),
-        }))
-        .await
-        .expect("get")
-        .into_inner()
-        .policy;
+    let other = policy_of(&app, "globex").await;
     assert_eq!(other, Some(KeyPolicy::default()));
     app.create(admin(bot_key("globex", "free", &["admin:*"])))
         .await;
