@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
     // The messages that carry a key's secret get a `Debug` that prints none of
     // it (src/proto.rs), so logging one by mistake leaks nothing.
+    // Maps in name order: a key's metadata then encodes the same way on every
+    // instance and every call, and reads back sorted.
+    config.btree_map(["."]);
     config.skip_debug([
         "keygate.v1.VerifyKeyRequest",
         "keygate.v1.CreateKeyResponse",

@@ -25,7 +25,7 @@ use crate::{
         http::{
             HttpConfig,
             authorize::{AuthorizeRoute, TrustedProxies},
-            leaks::LeakRoute,
+            leaks::{LeakRoute, PublicReportRoute},
         },
     },
     config::ServeArgs,
@@ -121,12 +121,11 @@ pub(super) fn serve(
                 .as_deref()
                 .map(LeakKeys::load)
                 .transpose()?
-                .map(|keys| Arc::new(LeakRoute::new(keys, http_keys)));
+                .map(|keys| Arc::new(LeakRoute::new(keys, http_keys.clone())));
+            let trusted = TrustedProxies::parse(&args.trusted_proxies)?;
             let config = HttpConfig {
-                authorize: AuthorizeRoute::new(
-                    services.authorizer.clone(),
-                    TrustedProxies::parse(&args.trusted_proxies)?,
-                ),
+                authorize: AuthorizeRoute::new(services.authorizer.clone(), trusted.clone()),
+                public_reports: PublicReportRoute::new(http_keys, trusted),
                 leaks,
                 request_timeout,
             };

@@ -12,6 +12,7 @@ use crate::{
     domain::key_policy::{self, KeyPolicy},
     domain::keys::contains_secret,
     domain::limits::{LimitName, MAX_RATE_LIMITS, Quota, QuotaPeriod, RateLimit, RateLimits},
+    domain::metadata::Metadata,
     domain::model::{KeyId, KeyName, KeyPatch, KeyType, Micros, OrganizationId, UserId},
     domain::networks::{AllowedNetworks, BoundPrincipals, NetworksError},
     domain::scopes::{ScopeCatalog, ScopeSet, ScopeSetError, parse_scope},
@@ -261,6 +262,7 @@ pub struct CreateKey {
     pub allowed_hostnames: AllowedHostnames,
     pub allowed_networks: AllowedNetworks,
     pub bound_principals: BoundPrincipals,
+    pub metadata: Metadata,
     pub expire_time: Option<Micros>,
     pub rate_limits: RateLimits,
     pub quota: Option<Quota>,
@@ -287,6 +289,7 @@ impl CreateKey {
             quota,
             allowed_networks,
             bound_principals,
+            metadata,
         ) = (
             organization(&req.organization_id),
             key_type,
@@ -298,6 +301,7 @@ impl CreateKey {
             quota(req.quota.as_ref()),
             networks(&req.allowed_networks),
             principals(&req.bound_principals),
+            Metadata::parse("metadata", &req.metadata),
         )
             .all()?;
         Ok(Self {
@@ -308,6 +312,7 @@ impl CreateKey {
             allowed_hostnames,
             allowed_networks,
             bound_principals,
+            metadata,
             expire_time,
             rate_limits,
             quota,
@@ -392,7 +397,7 @@ impl UpdateKey {
         if paths.is_empty() {
             return Err(Violations::one(
                 "update_mask",
-                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals)",
+                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals, metadata)",
             ));
         }
         let mut patch = KeyPatch::default();
@@ -422,10 +427,13 @@ impl UpdateKey {
                 "bound_principals" => take(
                     principals(&req.bound_principals).map(|p| patch.bound_principals = Some(p)),
                 ),
+                "metadata" => take(
+                    Metadata::parse("metadata", &req.metadata).map(|m| patch.metadata = Some(m)),
+                ),
                 _ => take(Err(Violations::one(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "unknown path {path:?}: expected name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks or bound_principals"
+                        "unknown path {path:?}: expected name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals or metadata"
                     ),
                 ))),
             }

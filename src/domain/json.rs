@@ -114,6 +114,7 @@ pub fn key_json(k: &KeyRecord) -> Value {
         "rotatedFromId": k.rotated_from_id.as_ref().map_or("", |i| i.as_str()),
         "allowedNetworks": k.allowed_networks.to_vec(),
         "boundPrincipals": k.bound_principals.to_vec(),
+        "metadata": k.metadata.to_json(),
     })
 }
 

@@ -19,6 +19,55 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const MAX_TOKENS: usize = 10_000;
 /// The actor of every change a leak report makes, in events and logs.
 pub const ACTOR: &str = "secret-scanning";
+/// The actor of a revocation by an anonymous report (`POST /v1/leaks/report`).
+pub const PUBLIC_ACTOR: &str = "public-report";
+
+/// A body that is not the expected JSON, said without serde's own message:
+/// that repeats a string found in the wrong place ("invalid type: string
+/// \"kg_live_…\""), and a report's strings may be live keys.
+fn unreadable(e: &serde_json::Error, expected: &str) -> ReportError {
+    let what = match e.classify() {
+        serde_json::error::Category::Data => "JSON of another shape",
+        _ => "not JSON",
+    };
+    ReportError::Format(format!(
+        "{what} at line {}, column {}: expected {expected}",
+        e.line(),
+        e.column()
+    ))
+}
+
+/// The most tokens an anonymous report may name.
+pub const MAX_PUBLIC_TOKENS: usize = 100;
+
+/// The body of an anonymous report: `{"tokens": ["…", …]}`, at most
+/// [`MAX_PUBLIC_TOKENS`] tokens. Its error never repeats the input (it may
+/// hold keys).
+pub fn parse_public_report(body: &[u8]) -> Result<Vec<ReportedToken>, ReportError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        tokens: Vec<String>,
+    }
+    let body: Body =
+        serde_json::from_slice(body).map_err(|e| unreadable(&e, r#"{"tokens": ["…"]}"#))?;
+    if body.tokens.len() > MAX_PUBLIC_TOKENS {
+        return Err(ReportError::Format(format!(
+            "a report may name at most {MAX_PUBLIC_TOKENS} tokens, got {}",
+            body.tokens.len()
+        )));
+    }
+    Ok(body
+        .tokens
+        .into_iter()
+        .map(|token| ReportedToken {
+            token,
+            kind: String::new(),
+            url: String::new(),
+            source: String::new(),
+        })
+        .collect())
+}
 /// The `token_type` keygate registers with GitHub and answers with.
 pub const TOKEN_TYPE: &str = "keygate_api_key";
 
@@ -203,11 +252,8 @@ pub enum ReportError {
 
 /// A report's body: a JSON array of `{token, type, url, source}`.
 pub fn parse_report(body: &[u8]) -> Result<Vec<ReportedToken>, ReportError> {
-    let tokens: Vec<ReportedToken> = serde_json::from_slice(body).map_err(|e| {
-        // serde's message names the position and the expected shape, never
-        // the input (which may hold a secret).
-        ReportError::Format(e.to_string())
-    })?;
+    let tokens: Vec<ReportedToken> = serde_json::from_slice(body)
+        .map_err(|e| unreadable(&e, r#"[{"token": "…", "type": "…", "url": "…"}]"#))?;
     if tokens.len() > MAX_TOKENS {
         return Err(ReportError::TooMany);
     }
@@ -337,9 +383,27 @@ mod tests {
         .expect("report");
         assert_eq!(tokens.len(), 1);
         assert!(!format!("{tokens:?}").contains("secret"));
-        for bad in [&b"{}"[..], b"[{\"type\":\"x\"}]", b"not json", b"[1]"] {
+        // A string in the wrong place is where serde's own message would
+        // repeat it.
+        for bad in [
+            &b"{}"[..],
+            b"[{\"type\":\"x\"}]",
+            b"not json",
+            b"[1]",
+            b"[\"kg_live_secret\"]",
+            b"[{\"token\": 5, \"type\": \"kg_live_secret\"}]",
+        ] {
             let e = parse_report(bad).expect_err("refused");
-            assert!(!e.to_string().contains("kg_live"));
+            assert!(!e.to_string().contains("kg_live"), "{e}");
+        }
+        for bad in [
+            &b"[\"kg_live_secret\"]"[..],
+            b"{\"tokens\": \"kg_live_secret\"}",
+            b"{\"tokens\": [1, \"kg_live_secret\"]}",
+            b"{\"kg_live_secret\": []}",
+        ] {
+            let e = parse_public_report(bad).expect_err("refused");
+            assert!(!e.to_string().contains("kg_live"), "{e}");
         }
         let many = format!("[{}]", vec![r#"{"token":"t"}"#; MAX_TOKENS + 1].join(","));
         assert_eq!(

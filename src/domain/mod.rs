@@ -4,7 +4,8 @@
 //!   owners, a key's record and events), [`keys`] (the secret: format,
 //!   checksum, hash), [`scopes`], [`hostnames`] (with [`public_suffix`]),
 //!   [`limits`] (rate limits and quotas), [`networks`] (where a key may be
-//!   used from, and by which workload), and [`json`], the JSON form of a key
+//!   used from, and by which workload), [`metadata`] (what a verification
+//!   returns about the key's owner), and [`json`], the JSON form of a key
 //!   and an event (each event's key snapshot, the webhook body).
 //! - The rules: what a request means ([`commands`], [`verify`]), who may do
 //!   what ([`policy`]), what an organization allows its keys to be
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod leaks;
 pub mod lifecycle;
 pub mod limits;
+pub mod metadata;
 pub mod model;
 pub mod networks;
 pub mod paging;

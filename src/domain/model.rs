@@ -9,6 +9,7 @@ use crate::{
     domain::hostnames::AllowedHostnames,
     domain::keys::SecretHash,
     domain::limits::{Quota, RateLimits},
+    domain::metadata::Metadata,
     domain::networks::{AllowedNetworks, BoundPrincipals},
     domain::scopes::ScopeSet,
 };
@@ -255,6 +256,8 @@ pub struct KeyRecord {
     pub allowed_networks: AllowedNetworks,
     /// Which workload identities may present it; empty allows any presenter.
     pub bound_principals: BoundPrincipals,
+    /// Returned with every verification of the key.
+    pub metadata: Metadata,
     pub secret_hash: SecretHash,
     pub key_prefix: String,
     pub last_four: String,
@@ -324,6 +327,7 @@ impl KeyRecord {
             allowed_hostnames: AllowedHostnames::default(),
             allowed_networks: AllowedNetworks::default(),
             bound_principals: BoundPrincipals::default(),
+            metadata: Metadata::default(),
             secret_hash: secret.hash(),
             key_prefix: secret.key_prefix(),
             last_four: secret.last_four(),
@@ -353,6 +357,8 @@ pub struct KeyPatch {
     pub allowed_hostnames: Option<AllowedHostnames>,
     pub allowed_networks: Option<AllowedNetworks>,
     pub bound_principals: Option<BoundPrincipals>,
+    /// Replaces the whole map.
+    pub metadata: Option<Metadata>,
     /// `Some(None)` removes the expiry.
     pub expire_time: Option<Option<Micros>>,
     /// An empty set removes every rate limit.
@@ -377,6 +383,9 @@ impl KeyPatch {
         }
         if let Some(principals) = &self.bound_principals {
             key.bound_principals = principals.clone();
+        }
+        if let Some(metadata) = &self.metadata {
+            key.metadata = metadata.clone();
         }
         if let Some(expire) = self.expire_time {
             key.expire_time = expire;

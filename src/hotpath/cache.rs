@@ -86,10 +86,16 @@ impl CachedKey {
                 .as_ref()
                 .map(|id| id.as_str().to_owned())
                 .unwrap_or_default(),
+            metadata: Default::default(),
         };
+        // Scopes and metadata are in the encoded answer only: the entry keeps
+        // the scopes in their own form for the checks, and nothing reads the
+        // metadata but the answer.
         verified.scopes = record.scopes.to_vec();
+        verified.metadata = record.metadata.to_map();
         let encoded = prost::Message::encode_to_vec(&verified).into_boxed_slice();
         verified.scopes = Vec::new();
+        verified.metadata = Default::default();
         // Every link of a rotation chain spends the chain's limits: the links
         // never hold two quotas or two bursts at once, and a rotation carries
         // the calls already made over.

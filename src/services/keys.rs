@@ -234,6 +234,7 @@ impl KeyService {
             allowed_hostnames: cmd.allowed_hostnames,
             allowed_networks: cmd.allowed_networks,
             bound_principals: cmd.bound_principals,
+            metadata: cmd.metadata,
             secret_hash: secret.hash(),
             key_prefix: secret.key_prefix(),
             last_four: secret.last_four(),
@@ -408,10 +409,20 @@ impl KeyService {
     /// token that is not a keygate key, or names no key, is a false positive; so
     /// is a key revoked already (nothing left to do).
     pub async fn report_leaks(&self, tokens: &[ReportedToken]) -> Result<Vec<Verdict>, Error> {
-        // Whoever sent the report, the change is secret scanning's: a verified
-        // report may revoke any key it names, in any organization.
+        self.report_leaks_as(leaks::ACTOR, tokens).await
+    }
+
+    /// As [`KeyService::report_leaks`], with the revocations' events by
+    /// `actor`: `secret-scanning` for a signed report, `public-report` for an
+    /// anonymous one. Either may revoke any key whose whole secret it names, in
+    /// any organization: whoever holds the secret could use the key anyway.
+    pub async fn report_leaks_as(
+        &self,
+        actor: &str,
+        tokens: &[ReportedToken],
+    ) -> Result<Vec<Verdict>, Error> {
         let actor = &Actor {
-            id: UserId::parse(leaks::ACTOR).map_err(|_| Error::Internal)?,
+            id: UserId::parse(actor).map_err(|_| Error::Internal)?,
             role: Role::Admin,
         };
         let hashes: Vec<Option<SecretHash>> =

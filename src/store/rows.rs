@@ -12,6 +12,7 @@ use crate::{
     domain::key_policy::KeyPolicy,
     domain::keys::SecretHash,
     domain::limits::{Quota, QuotaPeriod, RateLimits},
+    domain::metadata::Metadata,
     domain::model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyRecord, KeyType, Micros, OrganizationId, Owner,
         UserId,
@@ -27,7 +28,7 @@ macro_rules! written_key_columns {
          allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
          update_time, last_used_time, revoke_time, expire_time, created_by, rate_limits, \
          quota_limit, quota_period, quota_used, quota_period_start, rotated_to_id, rotated_from_id, \
-         allowed_networks, bound_principals"
+         allowed_networks, bound_principals, metadata"
     };
 }
 pub(super) use written_key_columns;
@@ -69,6 +70,7 @@ pub(super) struct KeyRow {
     rotated_from_id: Option<Vec<u8>>,
     allowed_networks: Option<Vec<u8>>,
     bound_principals: Option<Vec<u8>>,
+    metadata: Option<Vec<u8>>,
     lineage_id: Option<Vec<u8>>,
 }
 
@@ -244,6 +246,10 @@ impl TryFrom<KeyRow> for KeyRecord {
             bound_principals: list(r.bound_principals, "bound_principals", |l| {
                 BoundPrincipals::parse(l)
             })?,
+            metadata: match r.metadata {
+                None => Metadata::default(),
+                Some(m) => parsed(m, T, "metadata", |s| Metadata::from_json(s).ok_or(()))?,
+            },
         })
     }
 }

@@ -191,6 +191,7 @@ macro_rules! insert_key {
             .bind(key.rotated_from_id.as_ref().map(KeyId::as_str))
             .bind(optional_list(key.allowed_networks.to_vec()))
             .bind(optional_list(key.bound_principals.to_vec()))
+            .bind(optional_metadata(&key.metadata))
             // The lineage is stored only for a rotation's replacement; the
             // database makes it the key's own id otherwise.
             .bind((key.lineage_id != key.id).then(|| key.lineage_id.as_str()))
@@ -203,7 +204,7 @@ const INSERT_KEY: &str = concat!(
     "INSERT INTO api_keys (",
     written_key_columns!(),
     ", lineage_root",
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 /// An event to record, borrowed from the change it belongs to.
@@ -274,6 +275,11 @@ pub struct KeyFilter {
 /// without them stores nothing.
 fn optional_list(items: Vec<String>) -> Option<String> {
     (!items.is_empty()).then(|| items.join(" "))
+}
+
+/// Metadata as a JSON object, NULL when there is none.
+fn optional_metadata(m: &crate::domain::metadata::Metadata) -> Option<String> {
+    (!m.is_empty()).then(|| m.to_json().to_string())
 }
 
 /// Lists are stored space-separated: neither scopes nor hostnames can contain a space.
@@ -438,6 +444,7 @@ impl Store {
             allowed_hostnames = COALESCE(?, allowed_hostnames), \
             allowed_networks = CASE WHEN ? = 1 THEN ? ELSE allowed_networks END, \
             bound_principals = CASE WHEN ? = 1 THEN ? ELSE bound_principals END, \
+            metadata = CASE WHEN ? = 1 THEN ? ELSE metadata END, \
             expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END, \
             rate_limits = COALESCE(?, rate_limits), \
             quota_used = CASE WHEN ? = 0 THEN quota_used WHEN ? = 2 THEN 0 \
@@ -457,6 +464,7 @@ impl Store {
             .bound_principals
             .as_ref()
             .and_then(|p| optional_list(p.to_vec()));
+        let metadata = patch.metadata.as_ref().and_then(optional_metadata);
         let rate_limits = patch.rate_limits.as_ref().map(RateLimits::encode);
         // 0: unchanged, 1: set, 2: removed.
         let (mode, quota) = match patch.quota {
@@ -483,6 +491,8 @@ impl Store {
                 .bind(networks.as_deref())
                 .bind(i64::from(patch.bound_principals.is_some()))
                 .bind(principals.as_deref())
+                .bind(i64::from(patch.metadata.is_some()))
+                .bind(metadata.as_deref())
                 .bind(i64::from(patch.expire_time.is_some()))
                 .bind(patch.expire_time.flatten().map(|t| t.0))
                 .bind(rate_limits.as_deref())

@@ -13,6 +13,7 @@ use keygate::{
     domain::keys::{KeyPrefix, Secret, SecretHash},
     domain::lifecycle::{self, Operation},
     domain::limits::{Quota, QuotaPeriod},
+    domain::metadata::Metadata,
     domain::model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
         OrganizationId, Owner, UserId,
@@ -65,6 +66,13 @@ fn record(org_id: &str, owner: Owner, name: &str, now: Micros) -> KeyRecord {
         allowed_networks: AllowedNetworks::parse(["10.0.0.0/8", "2001:db8::/32"])
             .expect("networks"),
         bound_principals: BoundPrincipals::parse(["spiffe://acme.test/sa/*"]).expect("principals"),
+        metadata: Metadata::parse(
+            "metadata",
+            &[("plan".to_owned(), "pro ✓".to_owned())]
+                .into_iter()
+                .collect(),
+        )
+        .expect("metadata"),
         expire_time: Some(Micros(now.0 + 86_400_000_000)),
         ..bot_record(org_id, name, &secret, now)
     }

@@ -634,6 +634,7 @@ pub fn bot_record(
         allowed_hostnames: keygate::domain::hostnames::AllowedHostnames::default(),
         allowed_networks: keygate::domain::networks::AllowedNetworks::default(),
         bound_principals: keygate::domain::networks::BoundPrincipals::default(),
+        metadata: keygate::domain::metadata::Metadata::default(),
         secret_hash: secret.hash(),
         key_prefix: secret.key_prefix(),
         last_four: secret.last_four(),

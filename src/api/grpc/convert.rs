@@ -57,6 +57,7 @@ impl From<&KeyRecord> for proto::ApiKey {
             allowed_hostnames: k.allowed_hostnames.to_vec(),
             allowed_networks: k.allowed_networks.to_vec(),
             bound_principals: k.bound_principals.to_vec(),
+            metadata: k.metadata.to_map(),
             key_prefix: k.key_prefix.clone(),
             last_four: k.last_four.clone(),
             request_count: k.request_count,

@@ -22,6 +22,7 @@ use axum::{
 pub struct HttpConfig {
     pub authorize: authorize::AuthorizeRoute,
     pub leaks: Option<Arc<leaks::LeakRoute>>,
+    pub public_reports: leaks::PublicReportRoute,
     pub request_timeout: Duration,
 }
 
@@ -99,7 +100,8 @@ async fn limit_headers(req: Request, next: Next) -> Response {
 
 /// The routes; a route whose feature is not configured is absent (404).
 pub fn router(config: HttpConfig) -> Router {
-    let mut router = authorize::routes(config.authorize);
+    let mut router =
+        authorize::routes(config.authorize).merge(leaks::public_routes(config.public_reports));
     if let Some(leaks) = config.leaks {
         router = router.merge(leaks::routes(leaks));
     }
