@@ -243,7 +243,8 @@ pub struct ServeArgs {
     pub usage_write_budget: u32,
 
     /// HTTP listener for forward auth (`/v1/authorize`: nginx, Traefik, Caddy)
-    /// and leak reports (`POST /v1/leaks/github`); off by default.
+    /// and leak reports (GitHub's at `POST /v1/leaks/github`, anyone's at
+    /// `POST /v1/leaks/report`); off by default.
     #[arg(help_heading = "Listeners", long, env = "KEYGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
