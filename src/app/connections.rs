@@ -45,6 +45,61 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// would have taken a moment later).
 const BACKLOG: u32 = 1024;
 
+pin_project_lite::pin_project! {
+    /// A connection's stream, telling hyper it has no vectored writes. With
+    /// vectored writes, HTTP/2 (the h2 crate) sends every DATA frame over 256
+    /// bytes from its own buffer and must flush it before it buffers the next
+    /// frame: one write per answer for a `VerifyKey` answer carrying a few
+    /// metadata entries, where answers of 256 bytes or less go out many to a
+    /// write. Without them the bound is 1 KiB, which keygate's answers stay
+    /// under; anything larger is still sent, by more writes.
+    #[derive(Debug)]
+    pub(super) struct Coalesced<I> {
+        #[pin]
+        inner: hyper_util::rt::TokioIo<I>,
+    }
+}
+
+impl<I> Coalesced<I> {
+    fn new(io: I) -> Self {
+        Self {
+            inner: hyper_util::rt::TokioIo::new(io),
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead> hyper::rt::Read for Coalesced<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        hyper::rt::Read::poll_read(self.project().inner, cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite> hyper::rt::Write for Coalesced<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        hyper::rt::Write::poll_write(self.project().inner, cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        hyper::rt::Write::poll_flush(self.project().inner, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        hyper::rt::Write::poll_shutdown(self.project().inner, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
 /// Binds a listener with keygate's backlog.
 pub(super) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -305,15 +360,14 @@ pub(super) async fn serve<P: Protocol>(listener: Listener, protocol: P, stop: Ca
             let activity = Arc::new(Activity::new(Some(peer)));
             match tls {
                 None => {
-                    let conn =
-                        protocol.serve(hyper_util::rt::TokioIo::new(stream), Arc::clone(&activity));
+                    let conn = protocol.serve(Coalesced::new(stream), Arc::clone(&activity));
                     drive(conn, &activity, lifetime, &stop).await;
                 }
                 Some(tls) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let conn = protocol
-                                .serve(hyper_util::rt::TokioIo::new(stream), Arc::clone(&activity));
+                            let conn =
+                                protocol.serve(Coalesced::new(stream), Arc::clone(&activity));
                             drive(conn, &activity, lifetime, &stop).await;
                         }
                         Ok(Err(e)) => {
