@@ -14,6 +14,7 @@ use crate::{
     hotpath::{
         cache::{CacheConfig, KeyCache},
         filter::KnownKeys,
+        identities::IdentityCache,
         limiter::RateLimiter,
         lookup::Lookups,
         quota::Quotas,
@@ -36,6 +37,7 @@ pub(super) struct Services {
     pub(super) rate_limits: Arc<RateLimiter>,
     pub(super) quotas: Arc<Quotas>,
     pub(super) cache: Arc<KeyCache>,
+    pub(super) identities: Arc<IdentityCache>,
     pub(super) webhooks: Option<Arc<Webhooks>>,
     /// Every key hash, so forged keys cost no store read.
     pub(super) known: Arc<KnownKeys>,
@@ -129,6 +131,13 @@ impl Services {
             args.database.database_timeout.into(),
             tasks,
         );
+        // As many identities as keys, each trusted as long as a key is.
+        let identities = Arc::new(IdentityCache::new(
+            store.clone(),
+            args.cache_capacity,
+            args.cache_ttl.into(),
+            args.database.database_timeout.into(),
+        ));
         let verifier = Verifier::new(
             lookups,
             Arc::clone(&known),
@@ -136,6 +145,7 @@ impl Services {
             Arc::clone(&usage),
             Arc::clone(&rate_limits),
             Arc::clone(&quotas),
+            Arc::clone(&identities),
             Arc::clone(clock),
         );
         // Checked before anything starts: a bad policy stops the start.
@@ -160,13 +170,18 @@ impl Services {
                 Arc::clone(&known),
                 replica_ref.map(|r| Arc::clone(&r.state)),
             )
-            .with_limits(Arc::clone(&rate_limits), Arc::clone(&quotas)),
+            .with_limits(
+                Arc::clone(&rate_limits),
+                Arc::clone(&quotas),
+                Arc::clone(&identities),
+            ),
             known,
             replica,
             usage,
             rate_limits,
             quotas,
             cache,
+            identities,
             webhooks,
         })
     }

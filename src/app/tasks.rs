@@ -25,6 +25,7 @@ pub(super) async fn start_background(
     let poller = Poller::start(
         reads.clone(),
         Arc::clone(&services.cache),
+        Arc::clone(&services.identities),
         Arc::clone(&services.known),
         replica.map(|r| (store.clone(), Arc::clone(&r.state))),
     )

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{
     domain::hostnames::{AllowedHostnames, HostnamePattern, HostnamesError},
+    domain::identities::{IdentityId, key_identity},
     domain::key_policy::{self, KeyPolicy},
     domain::keys::contains_secret,
     domain::limits::{LimitName, MAX_RATE_LIMITS, Quota, QuotaPeriod, RateLimit, RateLimits},
@@ -27,9 +28,9 @@ pub struct Context<'a> {
     pub now: Micros,
 }
 
-const SECRET_HERE: &str = "looks like an API key; a secret must never be stored here";
+pub(super) const SECRET_HERE: &str = "looks like an API key; a secret must never be stored here";
 
-fn organization(s: &str) -> Result<OrganizationId, Violations> {
+pub(super) fn organization(s: &str) -> Result<OrganizationId, Violations> {
     field("organization_id", OrganizationId::parse(s))
 }
 
@@ -136,7 +137,7 @@ fn expiry(ts: Option<&prost_types::Timestamp>, now: Micros) -> Result<Option<Mic
 }
 
 /// Every bad rate limit is named by its index and field (within the cap).
-fn rate_limits(list: &[proto::RateLimit]) -> Result<RateLimits, Violations> {
+pub(super) fn rate_limits(list: &[proto::RateLimit]) -> Result<RateLimits, Violations> {
     if list.len() > MAX_RATE_LIMITS {
         return Err(Violations::one(
             "rate_limits",
@@ -213,7 +214,7 @@ fn window(d: &prost_types::Duration) -> Result<Micros, crate::domain::model::Inv
 }
 
 /// An unset quota is none; a set one needs a limit and a period.
-fn quota(q: Option<&proto::Quota>) -> Result<Option<Quota>, Violations> {
+pub(super) fn quota(q: Option<&proto::Quota>) -> Result<Option<Quota>, Violations> {
     let Some(q) = q else { return Ok(None) };
     let limit = match Quota::limit_invalid(q.limit) {
         Some(e) => Err(Violations::one("quota.limit", e.to_string())),
@@ -232,7 +233,7 @@ fn quota(q: Option<&proto::Quota>) -> Result<Option<Quota>, Violations> {
     Ok(Some(Quota { limit, period }))
 }
 
-fn page_size(n: i32) -> Result<u32, Violations> {
+pub(super) fn page_size(n: i32) -> Result<u32, Violations> {
     field("page_size", paging::page_size(n))
 }
 
@@ -266,6 +267,7 @@ pub struct CreateKey {
     pub expire_time: Option<Micros>,
     pub rate_limits: RateLimits,
     pub quota: Option<Quota>,
+    pub identity_id: Option<IdentityId>,
 }
 
 impl CreateKey {
@@ -290,6 +292,7 @@ impl CreateKey {
             allowed_networks,
             bound_principals,
             metadata,
+            identity_id,
         ) = (
             organization(&req.organization_id),
             key_type,
@@ -302,6 +305,7 @@ impl CreateKey {
             networks(&req.allowed_networks),
             principals(&req.bound_principals),
             Metadata::parse("metadata", &req.metadata),
+            key_identity(&req.identity_id),
         )
             .all()?;
         Ok(Self {
@@ -316,6 +320,7 @@ impl CreateKey {
             expire_time,
             rate_limits,
             quota,
+            identity_id,
         })
     }
 }
@@ -397,7 +402,7 @@ impl UpdateKey {
         if paths.is_empty() {
             return Err(Violations::one(
                 "update_mask",
-                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals, metadata)",
+                "is required: name the fields to change (name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals, metadata, identity_id)",
             ));
         }
         let mut patch = KeyPatch::default();
@@ -430,10 +435,13 @@ impl UpdateKey {
                 "metadata" => take(
                     Metadata::parse("metadata", &req.metadata).map(|m| patch.metadata = Some(m)),
                 ),
+                "identity_id" => {
+                    take(key_identity(&req.identity_id).map(|id| patch.identity_id = Some(id)))
+                }
                 _ => take(Err(Violations::one(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "unknown path {path:?}: expected name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals or metadata"
+                        "unknown path {path:?}: expected name, scopes, allowed_hostnames, expire_time, rate_limits, quota, allowed_networks, bound_principals, metadata or identity_id"
                     ),
                 ))),
             }

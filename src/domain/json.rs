@@ -9,8 +9,9 @@
 use serde_json::{Value, json};
 
 use crate::{
+    domain::identities::IdentityRecord,
     domain::key_policy::KeyPolicy,
-    domain::limits::QuotaPeriod,
+    domain::limits::{Quota, QuotaPeriod, RateLimits},
     domain::model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
     domain::scopes::ScopeSet,
 };
@@ -51,6 +52,9 @@ pub fn action_name(a: EventAction) -> &'static str {
         EventAction::Rotated => "KEY_EVENT_ACTION_ROTATED",
         EventAction::Leaked => "KEY_EVENT_ACTION_LEAKED",
         EventAction::PolicyChanged => "KEY_EVENT_ACTION_POLICY_CHANGED",
+        EventAction::IdentityCreated => "KEY_EVENT_ACTION_IDENTITY_CREATED",
+        EventAction::IdentityUpdated => "KEY_EVENT_ACTION_IDENTITY_UPDATED",
+        EventAction::IdentityDeleted => "KEY_EVENT_ACTION_IDENTITY_DELETED",
     }
 }
 
@@ -64,24 +68,70 @@ pub fn event_type(a: EventAction) -> &'static str {
         EventAction::Rotated => "key.rotated",
         EventAction::Leaked => "key.leaked",
         EventAction::PolicyChanged => "key_policy.changed",
+        EventAction::IdentityCreated => "identity.created",
+        EventAction::IdentityUpdated => "identity.updated",
+        EventAction::IdentityDeleted => "identity.deleted",
     }
 }
 
-/// `ApiKey` in the protobuf JSON mapping, as of the event that wrote it.
-pub fn key_json(k: &KeyRecord) -> Value {
-    let opt_time = |t: Option<Micros>| t.map_or(Value::Null, |t| Value::String(rfc3339(t)));
-    let quota = k.quota.map_or(Value::Null, |q| {
+/// Whether an event is about an identity (its snapshot is the identity's).
+pub fn is_identity_event(a: EventAction) -> bool {
+    matches!(
+        a,
+        EventAction::IdentityCreated | EventAction::IdentityUpdated | EventAction::IdentityDeleted
+    )
+}
+
+fn quota_json(q: Option<Quota>) -> Value {
+    q.map_or(Value::Null, |q| {
         let period = match q.period {
             QuotaPeriod::Day => "QUOTA_PERIOD_DAY",
             QuotaPeriod::Month => "QUOTA_PERIOD_MONTH",
             QuotaPeriod::Total => "QUOTA_PERIOD_TOTAL",
         };
         json!({"limit": q.limit.to_string(), "period": period})
-    });
-    let usage = k.quota_usage().map_or(
-        Value::Null,
-        |(used, reset)| json!({"used": used.to_string(), "resetTime": opt_time(reset)}),
-    );
+    })
+}
+
+fn rate_limits_json(limits: &RateLimits) -> Value {
+    limits
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name.as_str(),
+                "limit": l.limit.to_string(),
+                "window": duration(l.window.0),
+            })
+        })
+        .collect()
+}
+
+fn quota_usage_json(usage: Option<(u64, Option<Micros>)>) -> Value {
+    usage.map_or(Value::Null, |(used, reset)| {
+        json!({
+            "used": used.to_string(),
+            "resetTime": reset.map_or(Value::Null, |t| Value::String(rfc3339(t))),
+        })
+    })
+}
+
+/// `Identity` in the protobuf JSON mapping, as of the event that wrote it.
+pub fn identity_json(i: &IdentityRecord) -> Value {
+    json!({
+        "id": i.id.as_str(),
+        "organizationId": i.organization_id.as_str(),
+        "externalId": i.external_id.as_str(),
+        "metadata": i.metadata.to_json(),
+        "rateLimits": rate_limits_json(&i.rate_limits),
+        "quota": quota_json(i.quota),
+        "quotaUsage": quota_usage_json(i.quota_usage()),
+        "createTime": rfc3339(i.create_time),
+    })
+}
+
+/// `ApiKey` in the protobuf JSON mapping, as of the event that wrote it.
+pub fn key_json(k: &KeyRecord) -> Value {
+    let opt_time = |t: Option<Micros>| t.map_or(Value::Null, |t| Value::String(rfc3339(t)));
     json!({
         "id": k.id.as_str(),
         "organizationId": k.organization_id.as_str(),
@@ -103,18 +153,15 @@ pub fn key_json(k: &KeyRecord) -> Value {
         "revokeTime": opt_time(k.revoke_time),
         "expireTime": opt_time(k.expire_time),
         "createdBy": k.created_by.as_str(),
-        "rateLimits": k.rate_limits.iter().map(|l| json!({
-            "name": l.name.as_str(),
-            "limit": l.limit.to_string(),
-            "window": duration(l.window.0),
-        })).collect::<Vec<_>>(),
-        "quota": quota,
-        "quotaUsage": usage,
+        "rateLimits": rate_limits_json(&k.rate_limits),
+        "quota": quota_json(k.quota),
+        "quotaUsage": quota_usage_json(k.quota_usage()),
         "rotatedToId": k.rotated_to_id.as_ref().map_or("", |i| i.as_str()),
         "rotatedFromId": k.rotated_from_id.as_ref().map_or("", |i| i.as_str()),
         "allowedNetworks": k.allowed_networks.to_vec(),
         "boundPrincipals": k.bound_principals.to_vec(),
         "metadata": k.metadata.to_json(),
+        "identityId": k.identity_id.as_ref().map_or("", |i| i.as_str()),
     })
 }
 
@@ -128,6 +175,7 @@ pub fn event_json(e: &KeyEvent) -> Value {
         "actorId": e.actor_id.as_str(),
         "time": rfc3339(e.time),
         "policy": e.policy.as_ref().map_or(Value::Null, policy_json),
+        "identityId": e.identity_id.as_ref().map_or("", |i| i.as_str()),
     })
 }
 
@@ -193,14 +241,19 @@ fn parse_duration(s: &str) -> Result<Micros, ()> {
         .ok_or(())
 }
 
-/// The whole body. `key` is the key as stored by the event's transaction
-/// (`Value::Null` for events written before snapshots existed, and for a
-/// policy change, which is about no key and carries its policy in the event).
-pub fn body(event: &KeyEvent, key: Value) -> String {
+/// The whole body. `snapshot` is what the event's transaction stored: the
+/// key (`Value::Null` for events written before snapshots existed, and for a
+/// policy change, which carries its policy in the event), or for an identity
+/// event the identity, which goes in `data.identity` with `data.key` null.
+pub fn body(event: &KeyEvent, snapshot: Value) -> String {
+    let (key, identity) = match is_identity_event(event.action) {
+        true => (Value::Null, snapshot),
+        false => (snapshot, Value::Null),
+    };
     json!({
         "type": event_type(event.action),
         "timestamp": rfc3339(event.time),
-        "data": {"event": event_json(event), "key": key},
+        "data": {"event": event_json(event), "key": key, "identity": identity},
     })
     .to_string()
 }
@@ -261,6 +314,30 @@ mod tests {
             keys(&policy_json(&KeyPolicy::default())),
             fields("KeyPolicy")
         );
+        let identity = IdentityRecord {
+            id: crate::domain::identities::IdentityId::generate(),
+            organization_id: key.organization_id.clone(),
+            external_id: crate::domain::identities::ExternalId::parse("cus_1").expect("id"),
+            metadata: Default::default(),
+            rate_limits: Default::default(),
+            quota: None,
+            quota_used: 0,
+            quota_period_start: Micros(0),
+            create_time: Micros(0),
+            update_time: Micros(0),
+        };
+        assert_eq!(keys(&identity_json(&identity)), fields("Identity"));
+        let event = KeyEvent {
+            id: 1,
+            key_id: None,
+            organization_id: key.organization_id.clone(),
+            action: EventAction::IdentityCreated,
+            actor_id: key.created_by.clone(),
+            time: Micros(0),
+            policy: None,
+            identity_id: Some(identity.id.clone()),
+        };
+        assert_eq!(keys(&event_json(&event)), fields("KeyEvent"));
     }
 
     #[test]

@@ -22,7 +22,28 @@
 
 use std::fmt;
 
-use crate::domain::model::{Invalid, Micros};
+use crate::domain::identities::IdentityId;
+use crate::domain::model::{Invalid, KeyId, Micros};
+
+/// Whose rate limits and quota a verification spends: a key's rotation chain
+/// (every link spends the newest key's), or the identity that owns the key
+/// (every key of it spends the identity's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitsOwner {
+    Lineage(KeyId),
+    Identity(IdentityId),
+}
+
+/// A chain is its first key's id, as it always was in shared counters'
+/// names; an identity is marked, so no chain and identity can share one.
+impl fmt::Display for LimitsOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lineage(id) => f.write_str(id.as_str()),
+            Self::Identity(id) => write!(f, "identity:{id}"),
+        }
+    }
+}
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;

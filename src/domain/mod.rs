@@ -5,7 +5,8 @@
 //!   checksum, hash), [`scopes`], [`hostnames`] (with [`public_suffix`]),
 //!   [`limits`] (rate limits and quotas), [`networks`] (where a key may be
 //!   used from, and by which workload), [`metadata`] (what a verification
-//!   returns about the key's owner), and [`json`], the JSON form of a key
+//!   returns about the key's owner), [`identities`] (who owns keys and
+//!   shares their limits, and the identity calls' requests), and [`json`], the JSON form of a key
 //!   and an event (each event's key snapshot, the webhook body).
 //! - The rules: what a request means ([`commands`], [`verify`]), who may do
 //!   what ([`policy`]), what an organization allows its keys to be
@@ -21,6 +22,7 @@
 pub mod commands;
 pub mod error;
 pub mod hostnames;
+pub mod identities;
 pub mod json;
 pub mod key_policy;
 pub mod keys;

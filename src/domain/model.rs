@@ -283,6 +283,8 @@ pub struct KeyRecord {
     /// never a rotation's replacement): every link of a chain spends the usage
     /// limits of the chain's newest key, found by this id.
     pub lineage_id: KeyId,
+    /// The identity whose limits the key shares with its other keys.
+    pub identity_id: Option<crate::domain::identities::IdentityId>,
 }
 
 impl KeyRecord {
@@ -345,6 +347,7 @@ impl KeyRecord {
             rotated_to_id: None,
             rotated_from_id: None,
             lineage_id: id,
+            identity_id: None,
         }
     }
 }
@@ -365,6 +368,8 @@ pub struct KeyPatch {
     pub rate_limits: Option<RateLimits>,
     /// `Some(None)` removes the quota.
     pub quota: Option<Option<Quota>>,
+    /// `Some(None)` takes the key out of its identity.
+    pub identity_id: Option<Option<crate::domain::identities::IdentityId>>,
 }
 
 impl KeyPatch {
@@ -396,6 +401,9 @@ impl KeyPatch {
         if let Some(quota) = self.quota {
             key.quota = quota;
         }
+        if let Some(identity) = &self.identity_id {
+            key.identity_id = identity.clone();
+        }
     }
 }
 
@@ -410,6 +418,10 @@ pub enum EventAction {
     Leaked,
     /// The organization's key policy was set; about no key.
     PolicyChanged,
+    /// An identity was created, changed or deleted; about no key.
+    IdentityCreated,
+    IdentityUpdated,
+    IdentityDeleted,
 }
 
 impl EventAction {
@@ -422,6 +434,9 @@ impl EventAction {
             Self::Rotated => 5,
             Self::Leaked => 6,
             Self::PolicyChanged => 7,
+            Self::IdentityCreated => 8,
+            Self::IdentityUpdated => 9,
+            Self::IdentityDeleted => 10,
         }
     }
 }
@@ -439,6 +454,9 @@ impl TryFrom<i64> for EventAction {
             5 => Ok(Self::Rotated),
             6 => Ok(Self::Leaked),
             7 => Ok(Self::PolicyChanged),
+            8 => Ok(Self::IdentityCreated),
+            9 => Ok(Self::IdentityUpdated),
+            10 => Ok(Self::IdentityDeleted),
             _ => Err(Invalid("not an event action")),
         }
     }
@@ -458,6 +476,8 @@ pub struct KeyEvent {
     pub time: Micros,
     /// The policy a `PolicyChanged` event set.
     pub policy: Option<crate::domain::key_policy::KeyPolicy>,
+    /// The identity an identity event is about.
+    pub identity_id: Option<crate::domain::identities::IdentityId>,
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ impl<T> Page<T> {
 pub enum TokenKind {
     Keys,
     Events,
+    Identities,
 }
 
 impl TokenKind {
@@ -66,6 +67,7 @@ impl TokenKind {
             // v2: since event ids count per organization, a v1 token (a global
             // id) would start the page at the wrong place; it is refused instead.
             Self::Events => "events/v2:",
+            Self::Identities => "identities/v1:",
         }
     }
 }

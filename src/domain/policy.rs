@@ -46,7 +46,19 @@ pub fn may_set_limits(actor: &Actor, rate_limits: bool, quota: bool) -> Result<(
     }
 }
 
-/// Operations on the whole organization (`RemoveMember`, the audit trail).
+/// A key joins or leaves an identity: admins only, since the key then
+/// spends the identity's limits, which other keys share.
+pub fn may_set_identity(actor: &Actor, setting: bool) -> Result<(), Error> {
+    match actor.role {
+        Role::Member if setting => Err(Error::PermissionDenied(
+            "members may not set or change a key's identity_id; ask an admin",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Operations on the whole organization (`RemoveMember`, the audit trail,
+/// identities).
 pub fn require_admin(actor: &Actor, what: &'static str) -> Result<(), Error> {
     match actor.role {
         Role::Admin => Ok(()),

@@ -153,6 +153,7 @@ all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h);
 all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i);
 all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j);
 all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k);
+all_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j, K k, L l);
 
 #[cfg(test)]
 mod tests {

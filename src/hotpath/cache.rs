@@ -30,8 +30,9 @@ use quick_cache::{Lifecycle, Weighter};
 
 use crate::{
     domain::hostnames::AllowedHostnames,
+    domain::identities::IdentityId,
     domain::keys::SecretHash,
-    domain::limits::{Quota, RateLimits},
+    domain::limits::{LimitsOwner, Quota, RateLimits},
     domain::model::{KeyId, KeyRecord, Micros},
     domain::networks::{AllowedNetworks, BoundPrincipals},
     domain::scopes::ScopeSet,
@@ -62,7 +63,11 @@ pub struct CachedKey {
     pub quota: Option<Quota>,
     /// Whose rate-limit buckets and quota this key spends: its lineage's (its
     /// rotation chain's), so every link of a chain spends the same ones.
-    pub limits_id: KeyId,
+    pub limits_id: LimitsOwner,
+    /// The identity that owns the key: its limits are spent after the key's,
+    /// and the answer carries it (`hotpath::identities` caches it apart, so
+    /// a change of it reaches all its keys with one invalidation).
+    pub identity_id: Option<IdentityId>,
     /// Verifications since the last usage flush (see `usage`).
     pub(crate) usage: Usage,
 }
@@ -87,6 +92,9 @@ impl CachedKey {
                 .map(|id| id.as_str().to_owned())
                 .unwrap_or_default(),
             metadata: Default::default(),
+            // Cached apart (`hotpath::identities`) and appended to the
+            // encoded answer.
+            identity: None,
         };
         // Scopes and metadata are in the encoded answer only: the entry keeps
         // the scopes in their own form for the checks, and nothing reads the
@@ -99,7 +107,7 @@ impl CachedKey {
         // Every link of a rotation chain spends the chain's limits: the links
         // never hold two quotas or two bursts at once, and a rotation carries
         // the calls already made over.
-        let limits_id = record.lineage_id.clone();
+        let limits_id = LimitsOwner::Lineage(record.lineage_id.clone());
         Self {
             id: record.id,
             verified,
@@ -114,6 +122,7 @@ impl CachedKey {
             rate_limits: record.rate_limits,
             quota: record.quota,
             limits_id,
+            identity_id: record.identity_id,
             usage: Usage::default(),
         }
     }
@@ -124,7 +133,11 @@ impl CachedKey {
     pub fn approx_bytes(&self) -> u64 {
         let v = &self.verified;
         let heap = self.id.as_str().len()
-            + self.limits_id.as_str().len()
+            + match &self.limits_id {
+                LimitsOwner::Lineage(id) => id.as_str().len(),
+                LimitsOwner::Identity(id) => id.as_str().len(),
+            }
+            + self.identity_id.as_ref().map_or(0, |i| i.as_str().len())
             + v.id.len()
             + v.organization_id.len()
             + v.user_id.len()

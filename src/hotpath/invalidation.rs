@@ -18,6 +18,7 @@ use crate::{
     domain::model::Micros,
     hotpath::cache::KeyCache,
     hotpath::filter::KnownKeys,
+    hotpath::identities::IdentityCache,
     hotpath::replica::ReplicaState,
     store::{Store, StoreError},
 };
@@ -36,6 +37,8 @@ pub struct Poller {
     /// Where events are read: the replica when there is one.
     store: Store,
     cache: Arc<KeyCache>,
+    /// An identity event ends the identity's entry here.
+    identities: Arc<IdentityCache>,
     /// Every key an event names exists: the forged-key filter learns of keys
     /// created on other instances here.
     filter: Arc<KnownKeys>,
@@ -55,6 +58,7 @@ impl Poller {
     pub async fn start(
         store: Store,
         cache: Arc<KeyCache>,
+        identities: Arc<IdentityCache>,
         filter: Arc<KnownKeys>,
         primary: Option<(Store, Arc<ReplicaState>)>,
     ) -> Result<Self, StoreError> {
@@ -62,6 +66,7 @@ impl Poller {
         Ok(Self {
             store,
             cache,
+            identities,
             filter,
             primary,
             high,
@@ -120,10 +125,10 @@ impl Poller {
             // whose clock runs ahead of this one may still count them in
             // grace, and an extra invalidation costs nothing.
             let links = match (events.first(), events.last()) {
-                (Some((first, _, _)), Some((last, _, _))) => {
+                (Some(first), Some(last)) => {
                     let since = Micros(wall.0 - 86_400_000_000);
                     self.store
-                        .grace_links_of_events(*first, *last, since)
+                        .grace_links_of_events(first.id, last.id, since)
                         .await?
                 }
                 _ => Vec::new(),
@@ -131,8 +136,8 @@ impl Poller {
             for hash in &links {
                 self.cache.invalidate(hash);
             }
-            for (id, hash, time) in &events {
-                let (id, hash) = (*id, hash);
+            for event in &events {
+                let (id, hash, time) = (event.id, &event.hash, &event.time);
                 if id > self.high {
                     // A jump larger than MAX_GAPS (a mass rollback) keeps only its newest part.
                     let first = (self.high + 1).max(id.saturating_sub(MAX_GAPS as u64));
@@ -145,6 +150,9 @@ impl Poller {
                 }
                 self.cache.invalidate(hash);
                 self.filter.insert(hash);
+                if let Some(identity) = &event.identity_id {
+                    self.identities.invalidate(identity);
+                }
                 crate::metrics::invalidation_lag(Duration::from_micros(
                     u64::try_from(wall.0 - time.0).unwrap_or(0),
                 ));
@@ -154,7 +162,7 @@ impl Poller {
                 self.gaps.pop_first();
             }
             match events.last() {
-                Some((last, _, _)) if events.len() == PAGE as usize => from = *last,
+                Some(last) if events.len() == PAGE as usize => from = last.id,
                 _ => return Ok(invalidated),
             }
         }

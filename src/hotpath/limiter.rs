@@ -28,9 +28,8 @@ use moka::{Expiry, sync::Cache};
 
 use super::shared_limits::{SharedLimits, SharedReply};
 use crate::{
-    domain::limits::{Bucket, Gauge, MAX_WINDOW, RateLimit, RateLimits},
-    domain::model::{KeyId, Micros},
-    hotpath::cache::CachedKey,
+    domain::limits::{Bucket, Gauge, LimitsOwner, MAX_WINDOW, RateLimit, RateLimits},
+    domain::model::Micros,
 };
 
 /// Where a key stands against one of its limits after a call.
@@ -202,14 +201,14 @@ impl IdleForLongestWindow {
     }
 }
 
-impl Expiry<KeyId, Entry> for IdleForLongestWindow {
-    fn expire_after_create(&self, _: &KeyId, entry: &Entry, _: Instant) -> Option<Duration> {
+impl Expiry<LimitsOwner, Entry> for IdleForLongestWindow {
+    fn expire_after_create(&self, _: &LimitsOwner, entry: &Entry, _: Instant) -> Option<Duration> {
         Self::of(entry)
     }
 
     fn expire_after_read(
         &self,
-        _: &KeyId,
+        _: &LimitsOwner,
         entry: &Entry,
         _: Instant,
         _: Option<Duration>,
@@ -225,7 +224,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[derive(Debug)]
 pub struct RateLimiter {
-    local: Cache<KeyId, Entry>,
+    local: Cache<LimitsOwner, Entry>,
     shared: Option<SharedLimits>,
 }
 
@@ -240,24 +239,29 @@ impl RateLimiter {
         }
     }
 
-    fn entry(&self, key: &CachedKey) -> Entry {
-        self.local.get_with_by_ref(&key.limits_id, || {
-            Arc::new(Mutex::new(KeyBuckets::new(&key.rate_limits)))
-        })
+    fn entry(&self, owner: &LimitsOwner, limits: &RateLimits) -> Entry {
+        self.local
+            .get_with_by_ref(owner, || Arc::new(Mutex::new(KeyBuckets::new(limits))))
     }
 
-    /// Checks every rate limit of `key` for a call of `cost` (0: would one call
-    /// pass) and, when all pass and `cost` > 0, counts the call in each. A refused
-    /// call counts nowhere. `None` when the key has no rate limits.
-    pub async fn check(&self, key: &CachedKey, cost: u32, now: Micros) -> Option<RateDecision> {
-        if key.rate_limits.is_empty() {
+    /// Checks every rate limit of `owner` (`limits`) for a call of `cost` (0:
+    /// would one call pass) and, when all pass and `cost` > 0, counts the call
+    /// in each. A refused call counts nowhere. `None` when there are no limits.
+    pub async fn check(
+        &self,
+        owner: &LimitsOwner,
+        limits: &RateLimits,
+        cost: u32,
+        now: Micros,
+    ) -> Option<RateDecision> {
+        if limits.is_empty() {
             return None;
         }
-        let entry = self.entry(key);
+        let entry = self.entry(owner, limits);
         let give;
         {
             let mut b = lock(&entry);
-            b.follow(&key.rate_limits, now);
+            b.follow(limits, now);
             let (i, g) = b.gauge(cost, now);
             // This instance's own calls already exceed a limit: so does the
             // fleet's, and no shared state can change that answer.
@@ -282,26 +286,18 @@ impl RateLimiter {
         }
         let shared = self.shared.as_ref()?;
         if give > 0 {
-            shared
-                .give_back(&key.limits_id, &key.rate_limits, give, now)
-                .await;
+            shared.give_back(owner, limits, give, now).await;
         }
         let want = if cost == 0 {
             0
         } else {
-            shared.lease_size(&key.rate_limits).max(u64::from(cost))
+            shared.lease_size(limits).max(u64::from(cost))
         };
         let reply = shared
-            .lease(
-                &key.limits_id,
-                &key.rate_limits,
-                u64::from(cost.max(1)),
-                want,
-                now,
-            )
+            .lease(owner, limits, u64::from(cost.max(1)), want, now)
             .await;
         let mut b = lock(&entry);
-        b.follow(&key.rate_limits, now);
+        b.follow(limits, now);
         match reply {
             // Redis is unreachable: count alone, as without Redis (the metric
             // and the log line are `shared_limits`' business).
@@ -325,7 +321,7 @@ impl RateLimiter {
                     };
                     b.lease = Lease {
                         credits: left + credits.saturating_sub(u64::from(cost)),
-                        until: Micros(now.0 + shared.lease_lifetime(&key.rate_limits).0),
+                        until: Micros(now.0 + shared.lease_lifetime(limits).0),
                         remaining,
                     };
                 }
@@ -370,7 +366,7 @@ impl RateLimiter {
     /// already made count against the new limits from the moment of the
     /// change. (Without this, an instance would rescale at the key's next
     /// call, having drained the time in between at the old rate.)
-    pub fn follow(&self, lineage: &KeyId, limits: &RateLimits, now: Micros) {
+    pub fn follow(&self, lineage: &LimitsOwner, limits: &RateLimits, now: Micros) {
         if let Some(entry) = self.local.get(lineage) {
             lock(&entry).follow(limits, now);
         }
@@ -380,7 +376,7 @@ impl RateLimiter {
     /// ended leases (`all` false), or every lease (`all`: shutting down).
     pub async fn give_back_unspent(&self, now: Micros, all: bool) {
         let Some(shared) = &self.shared else { return };
-        let due: Vec<(KeyId, RateLimits, u64)> = self
+        let due: Vec<(LimitsOwner, RateLimits, u64)> = self
             .local
             .iter()
             .filter_map(|(id, entry)| {
@@ -417,27 +413,31 @@ impl RateLimiter {
     }
 
     /// Gives back a call counted by [`RateLimiter::check`] whose verification was
-    /// then refused by its quota: a refused call consumes nothing.
+    /// then refused by a later limit: a refused call consumes nothing.
     ///
     /// With Redis the call goes back to the fleet at once, not into this
     /// instance's lease: the quota's last credits may be leased by another
     /// instance, which then needs this call to spend them. Kept here, each
     /// instance would hold what the other needs and the fleet would pass less
     /// than its limit.
-    pub async fn give_back(&self, key: &CachedKey, cost: u32, now: Micros) {
+    pub async fn give_back(
+        &self,
+        owner: &LimitsOwner,
+        limits: &RateLimits,
+        cost: u32,
+        now: Micros,
+    ) {
         if cost == 0 {
             return;
         }
-        if let Some(entry) = self.local.get(&key.limits_id) {
+        if let Some(entry) = self.local.get(owner) {
             let mut b = lock(&entry);
             for (l, bucket) in b.limits.clone().iter().zip(b.buckets.iter_mut()) {
                 bucket.give_back(l, cost);
             }
         }
         if let Some(shared) = &self.shared {
-            shared
-                .give_back(&key.limits_id, &key.rate_limits, u64::from(cost), now)
-                .await;
+            shared.give_back(owner, limits, u64::from(cost), now).await;
         }
     }
 }
@@ -445,25 +445,35 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        domain::keys::{KeyPrefix, Secret},
-        domain::limits::LimitName,
-        domain::model::KeyRecord,
-    };
+    use crate::{domain::limits::LimitName, domain::model::KeyId};
 
     const T0: Micros = Micros(1_000_000_000_000);
     const MINUTE: i64 = 60_000_000;
 
-    fn limited(limit: u64) -> CachedKey {
-        let secret = Secret::generate(&KeyPrefix::default());
-        let mut record = KeyRecord::test_bot(KeyId::generate(), &secret, "k");
-        record.rate_limits = RateLimits::new(vec![RateLimit {
-            name: LimitName::parse("per_minute").expect("name"),
-            limit,
-            window: Micros(MINUTE),
-        }])
-        .expect("limits");
-        CachedKey::new(record)
+    /// A key's lineage with one limit of `limit` calls a minute.
+    struct Limited(LimitsOwner, RateLimits);
+
+    impl Limited {
+        async fn check(
+            &self,
+            limiter: &RateLimiter,
+            cost: u32,
+            now: Micros,
+        ) -> Option<RateDecision> {
+            limiter.check(&self.0, &self.1, cost, now).await
+        }
+    }
+
+    fn limited(limit: u64) -> Limited {
+        Limited(
+            LimitsOwner::Lineage(KeyId::generate()),
+            RateLimits::new(vec![RateLimit {
+                name: LimitName::parse("per_minute").expect("name"),
+                limit,
+                window: Micros(MINUTE),
+            }])
+            .expect("limits"),
+        )
     }
 
     /// On a clock moved by hand: a burst passes exactly `limit` calls, the
@@ -473,19 +483,18 @@ mod tests {
         let limiter = RateLimiter::new(100, None);
         let key = limited(3);
         for left in [2, 1, 0] {
-            let d = limiter.check(&key, 1, T0).await.expect("limited");
+            let d = key.check(&limiter, 1, T0).await.expect("limited");
             assert!(d.allowed);
             assert_eq!(d.status.remaining, left);
         }
-        let refused = limiter.check(&key, 1, T0).await.expect("limited");
+        let refused = key.check(&limiter, 1, T0).await.expect("limited");
         assert!(!refused.allowed);
         let wait = refused.retry_after.expect("it will fit later");
         assert!(wait.0 > 0 && wait.0 <= MINUTE, "{wait:?}");
         // A question (cost 0) consumes nothing, refused or not.
-        assert!(!limiter.check(&key, 0, T0).await.expect("limited").allowed);
+        assert!(!key.check(&limiter, 0, T0).await.expect("limited").allowed);
         assert!(
-            limiter
-                .check(&key, 1, Micros(T0.0 + MINUTE))
+            key.check(&limiter, 1, Micros(T0.0 + MINUTE))
                 .await
                 .expect("limited")
                 .allowed
@@ -496,12 +505,11 @@ mod tests {
     async fn a_cost_above_the_whole_limit_never_fits_and_gets_no_retry_after() {
         let limiter = RateLimiter::new(100, None);
         let key = limited(5);
-        let d = limiter.check(&key, 6, T0).await.expect("limited");
+        let d = key.check(&limiter, 6, T0).await.expect("limited");
         assert!(!d.allowed);
         assert_eq!(d.retry_after, None);
         assert_eq!(
-            limiter
-                .check(&key, 5, T0)
+            key.check(&limiter, 5, T0)
                 .await
                 .expect("limited")
                 .status
@@ -512,11 +520,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_without_rate_limits_is_not_limited() {
-        let secret = Secret::generate(&KeyPrefix::default());
-        let key = CachedKey::new(KeyRecord::test_bot(KeyId::generate(), &secret, "k"));
+        let key = Limited(
+            LimitsOwner::Lineage(KeyId::generate()),
+            RateLimits::default(),
+        );
         assert!(
-            RateLimiter::new(100, None)
-                .check(&key, 1, T0)
+            key.check(&RateLimiter::new(100, None), 1, T0)
                 .await
                 .is_none()
         );

@@ -23,8 +23,8 @@
 //!   until the replica holds them.
 //! - **Usage is counted off the request path, exactly** ([`usage`]): atomics on
 //!   the cache entry, flushed in batches that add up across instances.
-//! - **Limits are spent per rotation chain, and leases never over-grant**
-//!   ([`limiter`], [`shared_limits`], [`quota`]): rate-limit calls leased from
+//! - **Limits are spent per rotation chain and per identity, and leases never
+//!   over-grant** ([`limiter`], [`shared_limits`], [`quota`], [`identities`]): rate-limit calls leased from
 //!   Redis are charged when leased and given back when unspent; quota credits
 //!   are leased from the store's row with a conditional update, so a crash can
 //!   lose only its open leases' credits (erring towards refusing), never grant
@@ -32,6 +32,7 @@
 
 pub mod cache;
 pub mod filter;
+pub mod identities;
 pub mod invalidation;
 pub mod limiter;
 pub mod lookup;

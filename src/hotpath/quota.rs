@@ -1,7 +1,8 @@
 //! Quotas on the verify path: exact across instances, restarts and crashes,
-//! because the store hands out every credit. A quota belongs to a key's lineage
-//! (its rotation chain): every link spends the chain's newest key's quota, and
-//! the store's takes go to that key's row.
+//! because the store hands out every credit. A key's quota belongs to its
+//! lineage (its rotation chain): every link spends the chain's newest key's
+//! quota, and the store's takes go to that key's row. An identity's quota is
+//! the same machinery on the identity's row, spent by every key it owns.
 //!
 //! An instance takes credits in blocks (a lease) with the store's conditional
 //! `UPDATE … WHERE quota_used + n <= quota_limit` and spends them from memory;
@@ -31,9 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::limiter::LimitStatus;
 use crate::{
     domain::Error,
-    domain::limits::{Quota, QuotaPeriod},
-    domain::model::{KeyId, Micros},
-    hotpath::cache::CachedKey,
+    domain::limits::{LimitsOwner, Quota, QuotaPeriod},
+    domain::model::Micros,
     store::{QuotaTake, Store, StoreError},
 };
 
@@ -99,7 +99,7 @@ struct Metrics {
 pub struct Quotas {
     store: Store,
     timeout: Duration,
-    leases: Mutex<HashMap<KeyId, Arc<tokio::sync::Mutex<Lease>>>>,
+    leases: Mutex<HashMap<LimitsOwner, Arc<tokio::sync::Mutex<Lease>>>>,
     metrics: Metrics,
 }
 
@@ -126,7 +126,7 @@ impl Quotas {
         }
     }
 
-    fn lease(&self, id: &KeyId) -> Arc<tokio::sync::Mutex<Lease>> {
+    fn lease(&self, id: &LimitsOwner) -> Arc<tokio::sync::Mutex<Lease>> {
         Arc::clone(lock(&self.leases).entry(id.clone()).or_default())
     }
 
@@ -135,14 +135,14 @@ impl Quotas {
     /// leased are spent; beyond them the answer is UNAVAILABLE.
     pub async fn spend(
         &self,
-        key: &CachedKey,
+        owner: &LimitsOwner,
         quota: Quota,
         cost: u32,
         now: Micros,
     ) -> Result<QuotaDecision, Error> {
         let period = quota.period.start(now);
         let need = u64::from(cost.max(1));
-        let entry = self.lease(&key.limits_id);
+        let entry = self.lease(owner);
         let mut lease = entry.lock().await;
         if lease.period != period {
             // Credits of an ended period are gone with it (the store agrees).
@@ -164,7 +164,7 @@ impl Quotas {
         if lease.limit != quota.limit {
             // Credits leased under another limit go back first: spent, they
             // would count against a limit that no longer holds.
-            self.return_credits(&key.limits_id, &mut lease).await;
+            self.return_credits(owner, &mut lease).await;
             lease.limit = quota.limit;
         }
         lease.last_use = now;
@@ -178,8 +178,7 @@ impl Quotas {
                 now.0 < at.0 + KNOWN_FOR.0 && lease.credits + left < need
             });
             if !known_short {
-                self.take(&key.limits_id, &mut lease, need, quota, now)
-                    .await?;
+                self.take(owner, &mut lease, need, quota, now).await?;
             }
         }
         let allowed = lease.credits >= need;
@@ -205,10 +204,30 @@ impl Quotas {
         })
     }
 
-    /// Gives this lineage's leased credits back and keeps any verification
+    /// Puts back `cost` credits that [`Quotas::spend`] spent at `now` for a
+    /// call refused later on (by its identity's quota): a refused call
+    /// consumes nothing. They go back into this instance's lease, which the
+    /// store already counts, so nothing is written; if the lease has moved to
+    /// another period or limit since, they are gone with the old one.
+    pub async fn refund(&self, owner: &LimitsOwner, quota: Quota, cost: u32, now: Micros) {
+        if cost == 0 {
+            return;
+        }
+        let entry = self.lease(owner);
+        let mut lease = entry.lock().await;
+        if lease.period == quota.period.start(now)
+            && lease.kind == Some(quota.period)
+            && lease.limit == quota.limit
+        {
+            lease.credits += u64::from(cost);
+            self.metrics.leased.increment(f64::from(cost));
+        }
+    }
+
+    /// Gives this owner's leased credits back and keeps any verification
     /// from leasing more until the returned [`Held`] is dropped: for a change
     /// of the quota, which must find no credit leased against the old one.
-    pub async fn hold(&self, lineage: &KeyId, now: Micros) -> Held {
+    pub async fn hold(&self, lineage: &LimitsOwner, now: Micros) -> Held {
         let entry = self.lease(lineage);
         let mut lease = entry.lock_owned().await;
         self.return_credits(lineage, &mut lease).await;
@@ -225,7 +244,7 @@ impl Quotas {
     /// outcome they are this lease's no more: a return that failed may have
     /// committed all the same, and returning again could hand them out twice
     /// (at worst they are lost for the period, never granted twice).
-    async fn return_credits(&self, lineage: &KeyId, lease: &mut Lease) {
+    async fn return_credits(&self, lineage: &LimitsOwner, lease: &mut Lease) {
         lease.known_left = None;
         let Some(kind) = lease.kind.filter(|_| lease.credits > 0) else {
             return;
@@ -255,7 +274,7 @@ impl Quotas {
     /// Takes at least `need - credits` more credits from the store.
     async fn take(
         &self,
-        id: &KeyId,
+        id: &LimitsOwner,
         lease: &mut Lease,
         need: u64,
         quota: Quota,
@@ -313,7 +332,7 @@ impl Quotas {
     /// Gives back the credits of leases idle since `idle_since` (all of them
     /// with `None`), and forgets leases with nothing left to give.
     pub async fn give_back(&self, idle_since: Option<Micros>) {
-        let entries: Vec<(KeyId, Arc<tokio::sync::Mutex<Lease>>)> = lock(&self.leases)
+        let entries: Vec<(LimitsOwner, Arc<tokio::sync::Mutex<Lease>>)> = lock(&self.leases)
             .iter()
             .map(|(id, l)| (id.clone(), Arc::clone(l)))
             .collect();

@@ -32,7 +32,7 @@ use redis::{
 
 use crate::{
     domain::limits::RateLimits,
-    domain::model::{KeyId, Micros},
+    domain::{limits::LimitsOwner, model::Micros},
 };
 
 /// The longest a verification waits on Redis before counting alone.
@@ -113,7 +113,7 @@ return 1
 
 /// Appends one key, and its limit and window as arguments, per rate limit of
 /// `id`: what both scripts take after their own arguments.
-fn add_limits(invocation: &mut redis::ScriptInvocation<'_>, id: &KeyId, limits: &RateLimits) {
+fn add_limits(invocation: &mut redis::ScriptInvocation<'_>, id: &LimitsOwner, limits: &RateLimits) {
     for l in limits.iter() {
         // The braces keep every limit of a key in one Redis Cluster slot.
         invocation
@@ -223,7 +223,7 @@ impl SharedLimits {
     /// answer now (the caller counts alone).
     pub async fn lease(
         &self,
-        id: &KeyId,
+        id: &LimitsOwner,
         limits: &RateLimits,
         need: u64,
         want: u64,
@@ -290,7 +290,7 @@ impl SharedLimits {
     /// take them now they are dropped, not retried: a give-back that timed out
     /// may have happened all the same, and giving twice would let the fleet
     /// pass more than the limit.
-    pub async fn give_back(&self, id: &KeyId, limits: &RateLimits, n: u64, now: Micros) {
+    pub async fn give_back(&self, id: &LimitsOwner, limits: &RateLimits, n: u64, now: Micros) {
         if self.down.load(Ordering::Relaxed) {
             return;
         }

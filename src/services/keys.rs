@@ -10,6 +10,7 @@ use crate::{
     clock::SharedClock,
     domain::keys::{KeyPrefix, Secret, SecretHash, parse_token},
     domain::leaks::{self, Label, ReportedToken, TOKEN_TYPE, Verdict},
+    domain::limits::LimitsOwner,
     domain::model::{Actor, KeyEvent, KeyId, KeyRecord, Micros, OrganizationId, Role, UserId},
     domain::scopes::ScopeCatalog,
     domain::{
@@ -25,6 +26,7 @@ use crate::{
     },
     hotpath::cache::KeyCache,
     hotpath::filter::KnownKeys,
+    hotpath::identities::IdentityCache,
     hotpath::limiter::RateLimiter,
     hotpath::quota::Quotas,
     hotpath::replica::ReplicaState,
@@ -32,18 +34,19 @@ use crate::{
 };
 
 /// What a change did, for its log line.
-enum Change<'a> {
+pub(super) enum Change<'a> {
     Key(&'a KeyId, &'static str),
     MemberRemoved(&'a UserId),
+    Identity(&'a crate::domain::identities::IdentityId, &'static str),
 }
 
 #[derive(Debug, Clone)]
 pub struct KeyService {
-    store: Store,
+    pub(super) store: Store,
     cache: Arc<KeyCache>,
     prefix: KeyPrefix,
     catalog: Option<Arc<ScopeCatalog>>,
-    clock: SharedClock,
+    pub(super) clock: SharedClock,
     /// `--database-timeout`: the longest an operation waits on the store,
     /// whatever it waits for (a connection, a lock, a stalled network).
     store_timeout: Duration,
@@ -52,8 +55,18 @@ pub struct KeyService {
     /// Told of every write, so verify-path reads avoid a replica that lacks it.
     replica: Option<Arc<ReplicaState>>,
     /// This instance's rate-limit buckets and quota leases: a change of a
-    /// key's limits applies to them at once (see [`KeyService::update`]).
-    limits: Option<(Arc<RateLimiter>, Arc<Quotas>)>,
+    /// key's or an identity's limits applies to them at once (see
+    /// [`KeyService::update`]).
+    pub(super) limits: Option<LimitsState>,
+}
+
+/// The verify path's usage-limit state, which a change of limits must reach
+/// at once on this instance.
+#[derive(Debug, Clone)]
+pub(super) struct LimitsState {
+    pub(super) rate_limits: Arc<RateLimiter>,
+    pub(super) quotas: Arc<Quotas>,
+    pub(super) identities: Arc<IdentityCache>,
 }
 
 impl KeyService {
@@ -92,8 +105,17 @@ impl KeyService {
 
     /// The verify path's usage-limit state, which an update of a key's limits
     /// must reach at once on this instance.
-    pub fn with_limits(mut self, rate_limits: Arc<RateLimiter>, quotas: Arc<Quotas>) -> Self {
-        self.limits = Some((rate_limits, quotas));
+    pub fn with_limits(
+        mut self,
+        rate_limits: Arc<RateLimiter>,
+        quotas: Arc<Quotas>,
+        identities: Arc<IdentityCache>,
+    ) -> Self {
+        self.limits = Some(LimitsState {
+            rate_limits,
+            quotas,
+            identities,
+        });
         self
     }
 
@@ -112,7 +134,10 @@ impl KeyService {
     /// it. Their waits are bounded by the store itself (the pool's acquire
     /// timeout, MySQL's lock-wait timeouts and SQLite's busy timeout, all set to
     /// `--database-timeout`).
-    async fn stored<T>(&self, op: impl Future<Output = Result<T, StoreError>>) -> Result<T, Error> {
+    pub(super) async fn stored<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, Error> {
         tokio::time::timeout(self.store_timeout, op)
             .await
             .unwrap_or(Err(StoreError::Timeout(self.store_timeout)))
@@ -121,7 +146,7 @@ impl KeyService {
 
     /// After a change was written: drop the keys from this instance's cache
     /// (other instances learn it from the event poll) and log who did what.
-    fn changed(
+    pub(super) fn changed(
         &self,
         actor: &Actor,
         org: &OrganizationId,
@@ -143,6 +168,13 @@ impl KeyService {
                 key_id = key_id.as_str(),
                 action,
                 "key changed"
+            ),
+            Change::Identity(id, action) => tracing::info!(
+                actor = actor.id.as_str(),
+                organization_id = org.as_str(),
+                identity_id = id.as_str(),
+                action,
+                "identity changed"
             ),
             Change::MemberRemoved(user_id) => tracing::info!(
                 actor = actor.id.as_str(),
@@ -214,6 +246,7 @@ impl KeyService {
     ) -> Result<(KeyRecord, Secret), Error> {
         let owner = policy::owner_of_new_key(actor, cmd.key_type)?;
         policy::may_set_limits(actor, !cmd.rate_limits.is_empty(), cmd.quota.is_some())?;
+        policy::may_set_identity(actor, cmd.identity_id.is_some())?;
         let now = self.clock.now();
         let expire_time = self.key_policy_of(&cmd.organization_id).await?.admit_new(
             cmd.key_type,
@@ -251,6 +284,7 @@ impl KeyService {
             quota_period_start: cmd.quota.map_or(Micros(0), |q| q.period.start(now)),
             rotated_to_id: None,
             rotated_from_id: None,
+            identity_id: cmd.identity_id,
         };
         self.store.create_key(&key).await?;
         // Someone may have presented this exact secret before it existed: the
@@ -298,6 +332,7 @@ impl KeyService {
         let UpdateKey { key, patch } = cmd;
         let current = self.accessible(actor, &key).await?;
         policy::may_set_limits(actor, patch.rate_limits.is_some(), patch.quota.is_some())?;
+        policy::may_set_identity(actor, patch.identity_id.is_some())?;
         self.key_policy_of(&key.organization_id)
             .await?
             .admit_update(&current, &patch)?;
@@ -307,7 +342,12 @@ impl KeyService {
         // leased against it), and no verification leases more until the
         // change is written.
         let held = match (&self.limits, patch.quota.is_some()) {
-            (Some((_, quotas)), true) => Some(quotas.hold(&current.lineage_id, now).await),
+            (Some(limits), true) => Some(
+                limits
+                    .quotas
+                    .hold(&LimitsOwner::Lineage(current.lineage_id.clone()), now)
+                    .await,
+            ),
             _ => None,
         };
         let allowed = move |k: &KeyRecord| lifecycle::check(k, Operation::Update, now);
@@ -322,10 +362,14 @@ impl KeyService {
                 &allowed,
             )
             .await?;
-        if let (Some((rate_limits, _)), Some(limits)) = (&self.limits, &patch.rate_limits) {
+        if let (Some(state), Some(limits)) = (&self.limits, &patch.rate_limits) {
             // Calls already made count against the new limits from this
             // moment, not from the next verification.
-            rate_limits.follow(&updated.lineage_id, limits, now);
+            state.rate_limits.follow(
+                &LimitsOwner::Lineage(updated.lineage_id.clone()),
+                limits,
+                now,
+            );
         }
         let mut hashes = vec![current.secret_hash];
         if current.rotated_from_id.is_some() {

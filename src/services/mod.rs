@@ -5,6 +5,7 @@
 //! requests authorized only through [`authorizer::Authorizer`].
 
 pub mod authorizer;
+mod identities;
 pub mod keys;
 mod store_errors;
 pub mod verifier;

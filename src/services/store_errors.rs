@@ -39,6 +39,9 @@ impl From<&StoreError> for Error {
             StoreError::LiveUserKeyExists => Self::AlreadyExists(
                 "this user already has a live user key in this organization; revoke it first",
             ),
+            StoreError::ExternalIdTaken => Self::AlreadyExists(
+                "the organization has an identity with this external_id already",
+            ),
             other => {
                 crate::metrics::store_error("internal");
                 tracing::error!(error = %other, "store failure");

@@ -5,9 +5,22 @@
 
 use super::{Pool, Store, StoreError, mysql, rows::corrupt, sql::on_pool, sqlite};
 use crate::domain::{
-    limits::QuotaPeriod,
+    limits::{LimitsOwner, QuotaPeriod},
     model::{KeyId, Micros},
 };
+
+/// The row that holds an owner's quota, as `(table, condition on one bound id)`:
+/// a chain's newest key, or the identity.
+fn quota_row(owner: &LimitsOwner) -> (&'static str, &'static str, &str) {
+    match owner {
+        LimitsOwner::Lineage(id) => (
+            "api_keys",
+            "lineage_id = ? AND rotated_to_id IS NULL",
+            id.as_str(),
+        ),
+        LimitsOwner::Identity(id) => ("identities", "id = ?", id.as_str()),
+    }
+}
 
 /// Keys per usage-flush statement: keeps the statement far below both back ends'
 /// placeholder limits (SQLite 32 766, MySQL 65 535) at 3 placeholders a key.
@@ -101,8 +114,8 @@ impl Store {
     }
 
     /// Takes up to `want` credits, and at least `need`, of the quota of
-    /// `lineage` (a rotation chain, spending its newest key's quota) in the
-    /// period that starts at `period`: the only way a credit is handed out. The
+    /// `owner` (a rotation chain, spending its newest key's quota, or an
+    /// identity) in the period that starts at `period`: the only way a credit is handed out. The
     /// conditional `UPDATE` is what makes quotas exact across instances: two
     /// instances racing for the last credits cannot both get them, whatever their
     /// caches say. A row still in an earlier period is moved to this one first.
@@ -113,39 +126,40 @@ impl Store {
     /// kind.
     pub async fn take_quota(
         &self,
-        lineage: &KeyId,
+        owner: &LimitsOwner,
         period: Micros,
         kind: QuotaPeriod,
         need: u64,
         want: u64,
     ) -> Result<QuotaTake, StoreError> {
-        let read = "SELECT quota_limit, quota_used, quota_period_start, quota_period \
-            FROM api_keys WHERE lineage_id = ? AND rotated_to_id IS NULL";
-        let roll = "UPDATE api_keys SET quota_used = 0, quota_period_start = ? \
-            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period_start = ? \
-            AND quota_period = ?";
+        let (table, row, id) = quota_row(owner);
+        let read = format!(
+            "SELECT quota_limit, quota_used, quota_period_start, quota_period \
+             FROM {table} WHERE {row}"
+        );
+        let roll = format!(
+            "UPDATE {table} SET quota_used = 0, quota_period_start = ? \
+             WHERE {row} AND quota_period_start = ? AND quota_period = ?"
+        );
         // Each retry follows another instance's successful write, so this ends;
         // the bound only keeps a pathological race from spinning.
         for _ in 0..16 {
-            let row: Option<(Option<i64>, i64, i64, Option<i64>)> = on_pool!(self, |p, _d| {
-                sqlx::query_as(read)
-                    .bind(lineage.as_str())
-                    .fetch_optional(p)
-                    .await?
+            let found: Option<(Option<i64>, i64, i64, Option<i64>)> = on_pool!(self, |p, _d| {
+                sqlx::query_as(&read).bind(id).fetch_optional(p).await?
             });
-            let Some((Some(limit), used, start, Some(stored_kind))) = row else {
+            let Some((Some(limit), used, start, Some(stored_kind))) = found else {
                 return Ok(QuotaTake::NoQuota);
             };
             if stored_kind != kind.as_i64() {
                 return Ok(QuotaTake::NoQuota);
             }
-            let limit = u64::try_from(limit).map_err(|_| corrupt("api_keys", "quota_limit"))?;
-            let used = u64::try_from(used).map_err(|_| corrupt("api_keys", "quota_used"))?;
+            let limit = u64::try_from(limit).map_err(|_| corrupt(table, "quota_limit"))?;
+            let used = u64::try_from(used).map_err(|_| corrupt(table, "quota_used"))?;
             if start < period.0 {
                 on_pool!(self, |p, _d| {
-                    sqlx::query(roll)
+                    sqlx::query(&roll)
                         .bind(period.0)
-                        .bind(lineage.as_str())
+                        .bind(id)
                         .bind(start)
                         .bind(kind.as_i64())
                         .execute(p)
@@ -160,7 +174,7 @@ impl Store {
                 return Ok(QuotaTake::Exhausted { used, limit });
             }
             let n = want.clamp(need.max(1), available);
-            if self.try_take_quota(lineage, period, kind, n).await? {
+            if self.try_take_quota(owner, period, kind, n).await? {
                 return Ok(QuotaTake::Taken {
                     credits: n,
                     used: used + n,
@@ -172,23 +186,26 @@ impl Store {
     }
 
     /// The conditional write under [`Store::take_quota`]: takes exactly `n`
-    /// credits if the lineage's newest row is in `period` and has `n` left,
-    /// whatever the caller read before. `false` changes nothing.
+    /// credits if the owner's row is in `period` and has `n` left, whatever
+    /// the caller read before. `false` changes nothing.
     pub async fn try_take_quota(
         &self,
-        lineage: &KeyId,
+        owner: &LimitsOwner,
         period: Micros,
         kind: QuotaPeriod,
         n: u64,
     ) -> Result<bool, StoreError> {
-        let sql = "UPDATE api_keys SET quota_used = quota_used + ? \
-            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period = ? \
-            AND quota_period_start = ? AND quota_used + ? <= quota_limit";
+        let (table, row, id) = quota_row(owner);
+        let sql = format!(
+            "UPDATE {table} SET quota_used = quota_used + ? \
+             WHERE {row} AND quota_period = ? \
+             AND quota_period_start = ? AND quota_used + ? <= quota_limit"
+        );
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let taken = on_pool!(self, |p, _d| {
-            sqlx::query(sql)
+            sqlx::query(&sql)
                 .bind(n)
-                .bind(lineage.as_str())
+                .bind(id)
                 .bind(kind.as_i64())
                 .bind(period.0)
                 .bind(n)
@@ -207,19 +224,22 @@ impl Store {
     /// since) are not returned: the changed quota counts from its own start.
     pub async fn return_quota(
         &self,
-        lineage: &KeyId,
+        owner: &LimitsOwner,
         period: Micros,
         kind: QuotaPeriod,
         credits: u64,
     ) -> Result<(), StoreError> {
-        let sql = "UPDATE api_keys SET quota_used = quota_used - ? \
-            WHERE lineage_id = ? AND rotated_to_id IS NULL AND quota_period = ? \
-            AND quota_period_start = ? AND quota_used >= ?";
+        let (table, row, id) = quota_row(owner);
+        let sql = format!(
+            "UPDATE {table} SET quota_used = quota_used - ? \
+             WHERE {row} AND quota_period = ? \
+             AND quota_period_start = ? AND quota_used >= ?"
+        );
         let n = i64::try_from(credits).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
-            sqlx::query(sql)
+            sqlx::query(&sql)
                 .bind(n)
-                .bind(lineage.as_str())
+                .bind(id)
                 .bind(kind.as_i64())
                 .bind(period.0)
                 .bind(n)

@@ -6,6 +6,7 @@
 
 mod counters;
 mod dialect;
+mod identities;
 mod mysql;
 mod outbox;
 mod rows;
@@ -25,6 +26,16 @@ pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ};
 /// caller decides it. `Err` carries the reason the caller is refused with.
 pub type Guard<'a> =
     &'a (dyn Fn(&crate::domain::model::KeyRecord) -> Result<(), &'static str> + Sync);
+
+/// An event as the invalidation poll reads it: which key's cache entry it
+/// ends (by hash: the row may be gone), and which identity's, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub id: u64,
+    pub hash: crate::domain::keys::SecretHash,
+    pub time: crate::domain::model::Micros,
+    pub identity_id: Option<crate::domain::identities::IdentityId>,
+}
 
 /// Failures of the store, as the service layer needs to tell them apart.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +59,9 @@ pub enum StoreError {
     /// The unique index on live user keys refused a second one.
     #[error("a live user key already exists for this user and organization")]
     LiveUserKeyExists,
+    /// The organization has an identity with this external id already.
+    #[error("an identity with this external id exists in the organization")]
+    ExternalIdTaken,
     #[error("key not found")]
     NotFound,
     /// The key is not in a state the operation applies to; the text says why.

@@ -24,8 +24,9 @@ pub struct Delivery {
     /// Failed attempts so far.
     pub attempts: u32,
     pub event: KeyEvent,
-    /// `ApiKey` JSON as the event's transaction left the key.
-    pub key_json: Option<String>,
+    /// `ApiKey` JSON as the event's transaction left the key; for an
+    /// identity event, `Identity` JSON as it left the identity.
+    pub snapshot: Option<String>,
 }
 
 impl Store {
@@ -56,7 +57,7 @@ impl Store {
             WHERE endpoint = ? AND event_id = ? AND state = 0 AND lease_until <= ? \
             AND next_attempt_time <= ?";
         let load = "SELECT e.id, d.attempts, e.org_seq, e.key_id, e.organization_id, e.action, \
-            e.actor_id, e.event_time, e.key_snapshot, \
+            e.actor_id, e.event_time, e.key_snapshot, e.identity_id, \
             CASE WHEN e.action = 7 THEN e.key_snapshot END AS policy \
             FROM webhook_deliveries d JOIN key_events e ON e.id = d.event_id \
             WHERE d.endpoint = ? AND d.event_id = ?";

@@ -8,6 +8,7 @@
 use super::StoreError;
 use crate::{
     domain::hostnames::AllowedHostnames,
+    domain::identities::{ExternalId, IdentityId, IdentityRecord},
     domain::json,
     domain::key_policy::KeyPolicy,
     domain::keys::SecretHash,
@@ -28,7 +29,7 @@ macro_rules! written_key_columns {
          allowed_hostnames, secret_hash, key_prefix, last_four, request_count, create_time, \
          update_time, last_used_time, revoke_time, expire_time, created_by, rate_limits, \
          quota_limit, quota_period, quota_used, quota_period_start, rotated_to_id, rotated_from_id, \
-         allowed_networks, bound_principals, metadata"
+         allowed_networks, bound_principals, metadata, identity_id"
     };
 }
 pub(super) use written_key_columns;
@@ -71,7 +72,28 @@ pub(super) struct KeyRow {
     allowed_networks: Option<Vec<u8>>,
     bound_principals: Option<Vec<u8>>,
     metadata: Option<Vec<u8>>,
+    identity_id: Option<Vec<u8>>,
     lineage_id: Option<Vec<u8>>,
+}
+
+/// The columns of `identities` keygate reads, in the order [`IdentityRow`] names them.
+pub(super) const IDENTITY_COLUMNS: &str = "id, organization_id, external_id, metadata, \
+    rate_limits, quota_limit, quota_period, quota_used, quota_period_start, create_time, \
+    update_time";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct IdentityRow {
+    id: Vec<u8>,
+    organization_id: Vec<u8>,
+    external_id: Vec<u8>,
+    metadata: Option<Vec<u8>>,
+    rate_limits: Vec<u8>,
+    quota_limit: Option<i64>,
+    quota_period: Option<i64>,
+    quota_used: i64,
+    quota_period_start: i64,
+    create_time: i64,
+    update_time: i64,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -85,6 +107,7 @@ pub(super) struct EventRow {
     /// The policy a POLICY_CHANGED event set (its snapshot column, read only
     /// for those events).
     policy: Option<Vec<u8>>,
+    identity_id: Option<Vec<u8>>,
 }
 
 /// An event due for a webhook delivery, with its delivery's attempts so far.
@@ -133,6 +156,7 @@ pub(super) struct ChangeRow {
     id: i64,
     secret_hash: Vec<u8>,
     event_time: i64,
+    identity_id: Option<Vec<u8>>,
 }
 
 pub(super) fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
@@ -170,6 +194,66 @@ fn list<T: Default, E>(
     parse(s.split(' ').filter(|e| !e.is_empty()).collect()).map_err(|_| corrupt(T, column))
 }
 
+/// A quota's two columns: both NULL (none) or both set.
+fn quota(
+    limit: Option<i64>,
+    period: Option<i64>,
+    table: &'static str,
+) -> Result<Option<Quota>, StoreError> {
+    match (limit, period) {
+        (None, None) => Ok(None),
+        (Some(limit), Some(period)) => Ok(Some(Quota {
+            limit: u64::try_from(limit)
+                .ok()
+                .filter(|l| Quota::limit_invalid(*l).is_none())
+                .ok_or_else(|| corrupt(table, "quota_limit"))?,
+            period: QuotaPeriod::try_from(period).map_err(|_| corrupt(table, "quota_period"))?,
+        })),
+        _ => Err(corrupt(table, "quota_limit does not match quota_period")),
+    }
+}
+
+fn metadata(bytes: Option<Vec<u8>>, table: &'static str) -> Result<Metadata, StoreError> {
+    match bytes {
+        None => Ok(Metadata::default()),
+        Some(m) => parsed(m, table, "metadata", |s| Metadata::from_json(s).ok_or(())),
+    }
+}
+
+fn identity_id(
+    bytes: Option<Vec<u8>>,
+    table: &'static str,
+) -> Result<Option<IdentityId>, StoreError> {
+    bytes
+        .map(|b| parsed(b, table, "identity_id", IdentityId::parse))
+        .transpose()
+}
+
+impl TryFrom<IdentityRow> for IdentityRecord {
+    type Error = StoreError;
+
+    fn try_from(r: IdentityRow) -> Result<Self, StoreError> {
+        const T: &str = "identities";
+        Ok(Self {
+            id: parsed(r.id, T, "id", IdentityId::parse)?,
+            organization_id: parsed(
+                r.organization_id,
+                T,
+                "organization_id",
+                OrganizationId::parse,
+            )?,
+            external_id: parsed(r.external_id, T, "external_id", ExternalId::parse)?,
+            metadata: metadata(r.metadata, T)?,
+            rate_limits: parsed(r.rate_limits, T, "rate_limits", RateLimits::decode)?,
+            quota: quota(r.quota_limit, r.quota_period, T)?,
+            quota_used: u64::try_from(r.quota_used).map_err(|_| corrupt(T, "quota_used"))?,
+            quota_period_start: Micros(r.quota_period_start),
+            create_time: Micros(r.create_time),
+            update_time: Micros(r.update_time),
+        })
+    }
+}
+
 fn hash(bytes: &[u8], table: &'static str) -> Result<SecretHash, StoreError> {
     SecretHash::from_slice(bytes).ok_or_else(|| corrupt(table, "secret_hash"))
 }
@@ -187,17 +271,7 @@ impl TryFrom<KeyRow> for KeyRecord {
         };
         let scopes = text(r.scopes, T, "scopes")?;
         let hosts = text(r.allowed_hostnames, T, "allowed_hostnames")?;
-        let quota = match (r.quota_limit, r.quota_period) {
-            (None, None) => None,
-            (Some(limit), Some(period)) => Some(Quota {
-                limit: u64::try_from(limit)
-                    .ok()
-                    .filter(|l| Quota::limit_invalid(*l).is_none())
-                    .ok_or_else(|| corrupt(T, "quota_limit"))?,
-                period: QuotaPeriod::try_from(period).map_err(|_| corrupt(T, "quota_period"))?,
-            }),
-            _ => return Err(corrupt(T, "quota_limit does not match quota_period")),
-        };
+        let quota = quota(r.quota_limit, r.quota_period, T)?;
         let id = parsed(r.id, T, "id", KeyId::parse)?;
         Ok(Self {
             // Generated by the database (migration 0007), never NULL.
@@ -246,10 +320,8 @@ impl TryFrom<KeyRow> for KeyRecord {
             bound_principals: list(r.bound_principals, "bound_principals", |l| {
                 BoundPrincipals::parse(l)
             })?,
-            metadata: match r.metadata {
-                None => Metadata::default(),
-                Some(m) => parsed(m, T, "metadata", |s| Metadata::from_json(s).ok_or(()))?,
-            },
+            metadata: metadata(r.metadata, T)?,
+            identity_id: identity_id(r.identity_id, T)?,
         })
     }
 }
@@ -279,6 +351,7 @@ impl TryFrom<EventRow> for KeyEvent {
             action: EventAction::try_from(r.action).map_err(|_| corrupt(T, "action"))?,
             actor_id: parsed(r.actor_id, T, "actor_id", UserId::parse)?,
             time: Micros(r.event_time),
+            identity_id: identity_id(r.identity_id, T)?,
         })
     }
 }
@@ -292,8 +365,9 @@ impl TryFrom<DeliveryRow> for super::Delivery {
         Ok(Self {
             event_id: u64::try_from(r.id).map_err(|_| corrupt(T, "id"))?,
             attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
-            // A policy event's snapshot is its policy, which the event has.
-            key_json: match event.action {
+            // A policy event's snapshot is its policy, which the event has;
+            // an identity event's is the identity.
+            snapshot: match event.action {
                 EventAction::PolicyChanged => None,
                 _ => r
                     .key_snapshot
@@ -305,16 +379,17 @@ impl TryFrom<DeliveryRow> for super::Delivery {
     }
 }
 
-impl TryFrom<ChangeRow> for (u64, SecretHash, Micros) {
+impl TryFrom<ChangeRow> for super::Change {
     type Error = StoreError;
 
     fn try_from(r: ChangeRow) -> Result<Self, StoreError> {
         const T: &str = "key_events";
-        Ok((
-            u64::try_from(r.id).map_err(|_| corrupt(T, "id"))?,
-            hash(&r.secret_hash, T)?,
-            Micros(r.event_time),
-        ))
+        Ok(Self {
+            id: u64::try_from(r.id).map_err(|_| corrupt(T, "id"))?,
+            hash: hash(&r.secret_hash, T)?,
+            time: Micros(r.event_time),
+            identity_id: identity_id(r.identity_id, T)?,
+        })
     }
 }
 

@@ -12,13 +12,14 @@
 use std::sync::LazyLock;
 
 use super::{
-    Guard, Pool, Store, StoreError, mysql,
+    Change, Guard, Pool, Store, StoreError, mysql,
     rows::{
         ChangeRow, EventRow, KeyRow, PolicyRow, convert, corrupt, key_columns, written_key_columns,
     },
     sqlite,
 };
 use crate::{
+    domain::identities::IdentityId,
     domain::key_policy::KeyPolicy,
     domain::keys::SecretHash,
     domain::limits::RateLimits,
@@ -116,6 +117,7 @@ macro_rules! lock_organization {
         let _ = reserve_event_ids!($tx, $d, $org, 0);
     }};
 }
+pub(super) use {lock_organization, reserve_event_ids};
 
 /// Writes one event of `$e` (an [`Event`] or a [`PolicyEvent`]) in transaction
 /// `$tx`, with the next id of its organization: the only place an event is
@@ -128,8 +130,8 @@ macro_rules! record_event {
         sqlx::query(
             "INSERT INTO key_events \
              (key_id, organization_id, action, actor_id, event_time, secret_hash, org_seq, \
-              key_snapshot) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              key_snapshot, identity_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(subject.key_id)
         .bind(subject.organization_id.as_str())
@@ -139,6 +141,7 @@ macro_rules! record_event {
         .bind(&subject.hash[..])
         .bind(seq)
         .bind(subject.snapshot)
+        .bind(subject.identity_id)
         .execute(&mut *$tx)
         .await?;
         for endpoint in $store.webhook_endpoints.iter() {
@@ -152,6 +155,27 @@ macro_rules! record_event {
             .bind(seq)
             .execute(&mut *$tx)
             .await?;
+        }
+    }};
+}
+pub(super) use record_event;
+
+/// Refuses (`Precondition`) unless `$org` has the identity `$id`, as
+/// transaction `$tx` sees it: under the organization's lock, so a concurrent
+/// `DeleteIdentity` either sees the key this transaction writes or deletes
+/// the identity before this check.
+macro_rules! identity_exists {
+    ($tx:expr, $org:expr, $id:expr) => {{
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM identities WHERE organization_id = ? AND id = ?")
+                .bind($org)
+                .bind($id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        if found.is_none() {
+            return Err(StoreError::Precondition(
+                "identity_id names no identity of this organization",
+            ));
         }
     }};
 }
@@ -192,6 +216,7 @@ macro_rules! insert_key {
             .bind(optional_list(key.allowed_networks.to_vec()))
             .bind(optional_list(key.bound_principals.to_vec()))
             .bind(optional_metadata(&key.metadata))
+            .bind(key.identity_id.as_ref().map(IdentityId::as_str))
             // The lineage is stored only for a rotation's replacement; the
             // database makes it the key's own id otherwise.
             .bind((key.lineage_id != key.id).then(|| key.lineage_id.as_str()))
@@ -204,7 +229,7 @@ const INSERT_KEY: &str = concat!(
     "INSERT INTO api_keys (",
     written_key_columns!(),
     ", lineage_root",
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 /// An event to record, borrowed from the change it belongs to.
@@ -225,6 +250,7 @@ impl Event<'_> {
             organization_id: &self.key.organization_id,
             hash: *self.key.secret_hash.as_bytes(),
             snapshot: crate::domain::json::key_json(self.key).to_string(),
+            identity_id: None,
         }
     }
 }
@@ -247,17 +273,21 @@ impl PolicyEvent<'_> {
             organization_id: self.organization_id,
             hash: [0; 32],
             snapshot: crate::domain::json::policy_json(self.policy).to_string(),
+            identity_id: None,
         }
     }
 }
 
 /// The columns of an event row that its subject decides.
-struct Subject<'a> {
-    key_id: &'a str,
-    organization_id: &'a OrganizationId,
-    hash: [u8; 32],
-    /// The key, or the policy, as the event's transaction left it.
-    snapshot: String,
+pub(super) struct Subject<'a> {
+    pub(super) key_id: &'a str,
+    pub(super) organization_id: &'a OrganizationId,
+    pub(super) hash: [u8; 32],
+    /// The key, the policy or the identity, as the event's transaction left it.
+    pub(super) snapshot: String,
+    /// Set for an event about an identity: every instance drops it from its
+    /// identity cache.
+    pub(super) identity_id: Option<&'a str>,
 }
 
 /// Which keys `list_keys` returns, after `after` in id order.
@@ -278,7 +308,7 @@ fn optional_list(items: Vec<String>) -> Option<String> {
 }
 
 /// Metadata as a JSON object, NULL when there is none.
-fn optional_metadata(m: &crate::domain::metadata::Metadata) -> Option<String> {
+pub(super) fn optional_metadata(m: &crate::domain::metadata::Metadata) -> Option<String> {
     (!m.is_empty()).then(|| m.to_json().to_string())
 }
 
@@ -329,6 +359,9 @@ impl Store {
                 if u64::try_from(live).unwrap_or(0) >= cap {
                     return Err(StoreError::TooManyKeys(cap));
                 }
+            }
+            if let Some(identity) = &key.identity_id {
+                identity_exists!(tx, key.organization_id.as_str(), identity.as_str());
             }
             let inserted = insert_key!(tx, key);
             match inserted {
@@ -445,6 +478,7 @@ impl Store {
             allowed_networks = CASE WHEN ? = 1 THEN ? ELSE allowed_networks END, \
             bound_principals = CASE WHEN ? = 1 THEN ? ELSE bound_principals END, \
             metadata = CASE WHEN ? = 1 THEN ? ELSE metadata END, \
+            identity_id = CASE WHEN ? = 1 THEN ? ELSE identity_id END, \
             expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END, \
             rate_limits = COALESCE(?, rate_limits), \
             quota_used = CASE WHEN ? = 0 THEN quota_used WHEN ? = 2 THEN 0 \
@@ -482,6 +516,9 @@ impl Store {
             lock_organization!(tx, d, org.as_str());
             let before = read_key!(tx, org.as_str(), id.as_str());
             allowed(&before).map_err(StoreError::Precondition)?;
+            if let Some(Some(identity)) = &patch.identity_id {
+                identity_exists!(tx, org.as_str(), identity.as_str());
+            }
             sqlx::query(update)
                 .bind(now.0)
                 .bind(patch.name.as_ref().map(KeyName::as_str))
@@ -493,6 +530,13 @@ impl Store {
                 .bind(principals.as_deref())
                 .bind(i64::from(patch.metadata.is_some()))
                 .bind(metadata.as_deref())
+                .bind(i64::from(patch.identity_id.is_some()))
+                .bind(
+                    patch
+                        .identity_id
+                        .as_ref()
+                        .and_then(|i| i.as_ref().map(IdentityId::as_str)),
+                )
                 .bind(i64::from(patch.expire_time.is_some()))
                 .bind(patch.expire_time.flatten().map(|t| t.0))
                 .bind(rate_limits.as_deref())
@@ -778,7 +822,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<KeyEvent>, StoreError> {
         let sql = "SELECT org_seq, key_id, organization_id, action, actor_id, event_time, \
-             CASE WHEN action = 7 THEN key_snapshot END AS policy \
+             identity_id, CASE WHEN action = 7 THEN key_snapshot END AS policy \
              FROM key_events \
              WHERE organization_id = ? AND (? = '' OR key_id = ?) AND org_seq > ? \
              ORDER BY org_seq LIMIT ?";
@@ -797,15 +841,11 @@ impl Store {
         convert(rows)
     }
 
-    /// `(event id, key hash, event time)` of every organization's events after
-    /// `after`, oldest first: what the invalidation poll needs.
-    pub async fn events_after(
-        &self,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<(u64, SecretHash, Micros)>, StoreError> {
-        let sql =
-            "SELECT id, secret_hash, event_time FROM key_events WHERE id > ? ORDER BY id LIMIT ?";
+    /// Every organization's events after `after`, oldest first, as the
+    /// invalidation poll needs them.
+    pub async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let sql = "SELECT id, secret_hash, event_time, identity_id FROM key_events \
+            WHERE id > ? ORDER BY id LIMIT ?";
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows: Vec<ChangeRow> = on_pool!(self, |p, _d| {
             sqlx::query_as(sql)

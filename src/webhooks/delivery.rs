@@ -308,12 +308,12 @@ impl Webhooks {
         endpoint: &Endpoint,
         d: &Delivery,
     ) -> impl Future<Output = Result<(), String>> + Send + 'static {
-        let key = d
-            .key_json
+        let snapshot = d
+            .snapshot
             .as_deref()
             .and_then(|k| serde_json::from_str(k).ok())
             .unwrap_or(serde_json::Value::Null);
-        let body = payload::body(&d.event, key);
+        let body = payload::body(&d.event, snapshot);
         // The organization's own event id: the same on every attempt, unique
         // across organizations, and telling nothing of other tenants' activity.
         let id = format!("{}-{}", d.event.organization_id.as_str(), d.event.id);

@@ -309,6 +309,12 @@ async fn an_event_committed_out_of_order_still_invalidates() {
     let mut poller = Poller::start(
         store.clone(),
         cache.clone(),
+        Arc::new(keygate::hotpath::identities::IdentityCache::new(
+            store.clone(),
+            100,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(5),
+        )),
         Arc::new(keygate::hotpath::filter::KnownKeys::new(10)),
         None,
     )

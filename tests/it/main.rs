@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod docs;
 mod edge;
+mod identities;
 mod key_policy;
 mod layers;
 mod leaks;

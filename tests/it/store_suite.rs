@@ -9,10 +9,11 @@ use std::collections::{HashMap, HashSet};
 
 use keygate::{
     domain::hostnames::AllowedHostnames,
+    domain::identities::{ExternalId, IdentityId, IdentityName, IdentityPatch, IdentityRecord},
     domain::key_policy::KeyPolicy,
     domain::keys::{KeyPrefix, Secret, SecretHash},
     domain::lifecycle::{self, Operation},
-    domain::limits::{Quota, QuotaPeriod},
+    domain::limits::{LimitsOwner, Quota, QuotaPeriod},
     domain::metadata::Metadata,
     domain::model::{
         EventAction, KeyEvent, KeyId, KeyName, KeyPatch, KeyRecord, KeyType, Micros,
@@ -639,16 +640,16 @@ async fn events_after_reads_all_organizations_in_order(backend: Backend) {
     let all = store.events_after(0, 1000).await.expect("read");
     assert_eq!(all.len(), written.len());
     assert!(
-        all.windows(2).all(|w| w[0].0 < w[1].0),
+        all.windows(2).all(|w| w[0].id < w[1].id),
         "ascending ids: {:?}",
-        all.iter().map(|e| e.0).collect::<Vec<_>>()
+        all.iter().map(|e| e.id).collect::<Vec<_>>()
     );
     assert_eq!(
-        all.iter().map(|e| (e.1, e.2)).collect::<Vec<_>>(),
+        all.iter().map(|e| (e.hash, e.time)).collect::<Vec<_>>(),
         written,
         "each event's hash and time, in the order written"
     );
-    let last = all.last().expect("events").0;
+    let last = all.last().expect("events").id;
     assert_eq!(store.last_event_id().await.expect("last id"), last);
 
     // Limits and `after`: pages of 2 read the same sequence.
@@ -659,12 +660,12 @@ async fn events_after_reads_all_organizations_in_order(backend: Backend) {
         let page = store.events_after(after, 2).await.expect("read");
         assert!(page.len() <= 2);
         let Some(l) = page.last() else { break };
-        after = l.0;
+        after = l.id;
         paged.extend(page);
     }
     assert_eq!(paged, all);
     assert_eq!(
-        store.events_after(all[3].0, 1000).await.expect("read"),
+        store.events_after(all[3].id, 1000).await.expect("read"),
         all[4..]
     );
     assert!(
@@ -896,6 +897,7 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
         ..bot("quota", "metered")
     };
     store.create_key(&key).await.expect("create");
+    let owner = LimitsOwner::Lineage(key.id.clone());
     let used = || async {
         let k = store
             .get_key(&key.organization_id, &key.id)
@@ -907,20 +909,20 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
 
     assert!(
         store
-            .try_take_quota(&key.id, day, QuotaPeriod::Day, 8)
+            .try_take_quota(&owner, day, QuotaPeriod::Day, 8)
             .await
             .expect("take")
     );
     // A caller that read "10 left" before the 8 were taken asks for 3: refused.
     assert!(
         !store
-            .try_take_quota(&key.id, day, QuotaPeriod::Day, 3)
+            .try_take_quota(&owner, day, QuotaPeriod::Day, 3)
             .await
             .expect("take")
     );
     assert!(
         !store
-            .try_take_quota(&key.id, next_day, QuotaPeriod::Day, 1)
+            .try_take_quota(&owner, next_day, QuotaPeriod::Day, 1)
             .await
             .expect("take"),
         "other period"
@@ -928,7 +930,7 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     assert_eq!(used().await, (8, day));
     assert_eq!(
         store
-            .take_quota(&key.id, day, QuotaPeriod::Day, 1, 5)
+            .take_quota(&owner, day, QuotaPeriod::Day, 1, 5)
             .await
             .expect("take"),
         QuotaTake::Taken {
@@ -940,7 +942,7 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     );
     assert_eq!(
         store
-            .take_quota(&key.id, day, QuotaPeriod::Day, 1, 1)
+            .take_quota(&owner, day, QuotaPeriod::Day, 1, 1)
             .await
             .expect("take"),
         QuotaTake::Exhausted {
@@ -949,13 +951,13 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
         }
     );
     store
-        .return_quota(&key.id, day, QuotaPeriod::Day, 4)
+        .return_quota(&owner, day, QuotaPeriod::Day, 4)
         .await
         .expect("return");
     assert_eq!(used().await, (6, day));
     assert_eq!(
         store
-            .take_quota(&key.id, day, QuotaPeriod::Day, 5, 5)
+            .take_quota(&owner, day, QuotaPeriod::Day, 5, 5)
             .await
             .expect("take"),
         QuotaTake::Exhausted { used: 6, limit: 10 },
@@ -966,7 +968,7 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     // The next day: the row moves on, and the old day's credits are gone with it.
     assert_eq!(
         store
-            .take_quota(&key.id, next_day, QuotaPeriod::Day, 1, 3)
+            .take_quota(&owner, next_day, QuotaPeriod::Day, 1, 3)
             .await
             .expect("take"),
         QuotaTake::Taken {
@@ -976,7 +978,7 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
         }
     );
     store
-        .return_quota(&key.id, day, QuotaPeriod::Day, 2)
+        .return_quota(&owner, day, QuotaPeriod::Day, 2)
         .await
         .expect("return");
     assert_eq!(
@@ -987,7 +989,7 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     // A clock behind the row's period spends nothing.
     assert!(matches!(
         store
-            .take_quota(&key.id, day, QuotaPeriod::Day, 1, 1)
+            .take_quota(&owner, day, QuotaPeriod::Day, 1, 1)
             .await
             .expect("take"),
         QuotaTake::Exhausted { .. }
@@ -998,19 +1000,19 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     let month = QuotaPeriod::Month.start(next_day);
     assert_eq!(
         store
-            .take_quota(&key.id, month, QuotaPeriod::Month, 1, 1)
+            .take_quota(&owner, month, QuotaPeriod::Month, 1, 1)
             .await
             .expect("take"),
         QuotaTake::NoQuota
     );
     assert!(
         !store
-            .try_take_quota(&key.id, next_day, QuotaPeriod::Month, 1)
+            .try_take_quota(&owner, next_day, QuotaPeriod::Month, 1)
             .await
             .expect("take")
     );
     store
-        .return_quota(&key.id, next_day, QuotaPeriod::Month, 3)
+        .return_quota(&owner, next_day, QuotaPeriod::Month, 3)
         .await
         .expect("return");
     assert_eq!(used().await, (3, next_day), "untouched");
@@ -1019,14 +1021,25 @@ async fn quota_credits_are_handed_out_by_a_conditional_write(backend: Backend) {
     store.create_key(&plain).await.expect("create");
     assert_eq!(
         store
-            .take_quota(&plain.id, day, QuotaPeriod::Day, 1, 1)
+            .take_quota(
+                &LimitsOwner::Lineage(plain.id.clone()),
+                day,
+                QuotaPeriod::Day,
+                1,
+                1
+            )
             .await
             .expect("take"),
         QuotaTake::NoQuota
     );
     assert!(
         !store
-            .try_take_quota(&plain.id, Micros(0), QuotaPeriod::Day, 1)
+            .try_take_quota(
+                &LimitsOwner::Lineage(plain.id.clone()),
+                Micros(0),
+                QuotaPeriod::Day,
+                1
+            )
             .await
             .expect("take")
     );
@@ -1053,9 +1066,10 @@ async fn a_rotation_chain_is_one_lineage(backend: Backend) {
     store.create_key(&first).await.expect("create");
     assert_eq!(first.lineage_id, first.id);
     let lineage = first.lineage_id.clone();
+    let owner = LimitsOwner::Lineage(lineage.clone());
     assert!(
         store
-            .try_take_quota(&lineage, Micros(0), QuotaPeriod::Total, 3)
+            .try_take_quota(&owner, Micros(0), QuotaPeriod::Total, 3)
             .await
             .expect("take")
     );
@@ -1098,18 +1112,18 @@ async fn a_rotation_chain_is_one_lineage(backend: Backend) {
     // Takes and returns go to the newest row.
     assert!(
         store
-            .try_take_quota(&lineage, Micros(0), QuotaPeriod::Total, 7)
+            .try_take_quota(&owner, Micros(0), QuotaPeriod::Total, 7)
             .await
             .expect("take")
     );
     assert!(
         !store
-            .try_take_quota(&lineage, Micros(0), QuotaPeriod::Total, 1)
+            .try_take_quota(&owner, Micros(0), QuotaPeriod::Total, 1)
             .await
             .expect("take")
     );
     store
-        .return_quota(&lineage, Micros(0), QuotaPeriod::Total, 2)
+        .return_quota(&owner, Micros(0), QuotaPeriod::Total, 2)
         .await
         .expect("return");
     let read = |id: KeyId| {
@@ -1304,6 +1318,8 @@ async fn a_key_policy_round_trips_with_its_event(backend: Backend) {
 }
 
 crate::store_tests!(
+    an_identity_round_trips_with_its_events_and_keys,
+    an_identity_quota_is_handed_out_by_the_same_conditional_write,
     a_key_policy_round_trips_with_its_event,
     events_past_retention_go_in_batches_with_their_deliveries,
     webhook_delivery_takes_turns_between_organizations,
@@ -1318,3 +1334,273 @@ crate::store_tests!(
     usage_beyond_one_chunk_lands_exactly,
     find_by_hashes_returns_each_stored_key_once,
 );
+
+fn identity(org_id: &str, external: &str, now: Micros) -> IdentityRecord {
+    IdentityRecord {
+        id: IdentityId::generate(),
+        organization_id: org(org_id),
+        external_id: ExternalId::parse(external).expect("external id"),
+        metadata: Metadata::parse(
+            "metadata",
+            &[("plan".to_owned(), "pro ✓".to_owned())]
+                .into_iter()
+                .collect(),
+        )
+        .expect("metadata"),
+        rate_limits: keygate::domain::limits::RateLimits::decode("per_minute:100:60000")
+            .expect("limits"),
+        quota: Some(Quota {
+            limit: 50,
+            period: QuotaPeriod::Month,
+        }),
+        quota_used: 0,
+        quota_period_start: QuotaPeriod::Month.start(now),
+        create_time: now,
+        update_time: now,
+    }
+}
+
+/// Every column of an identity round-trips; external ids are unique per
+/// organization; a key can name only its own organization's identity; the
+/// identity is not deleted while a live key uses it; each change has its
+/// event, naming the identity, which the invalidation poll reads.
+async fn an_identity_round_trips_with_its_events_and_keys(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let now = Micros::now();
+    let actor = user("admin-1");
+    let first = identity("acme", "cus_1", now);
+    store.create_identity(&first, &actor).await.expect("create");
+    let by_id = IdentityName::Id(first.id.clone());
+    assert_eq!(
+        store.get_identity(&org("acme"), &by_id).await.expect("get"),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store
+            .get_identity(
+                &org("acme"),
+                &IdentityName::External(ExternalId::parse("cus_1").expect("id"))
+            )
+            .await
+            .expect("get"),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store
+            .get_identity(&org("other"), &by_id)
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        store.identity_by_id(&first.id).await.expect("read"),
+        Some(first.clone())
+    );
+    // Unique per organization, not across them.
+    assert!(matches!(
+        store
+            .create_identity(&identity("acme", "cus_1", now), &actor)
+            .await,
+        Err(StoreError::ExternalIdTaken)
+    ));
+    let elsewhere = identity("other", "cus_1", now);
+    store
+        .create_identity(&elsewhere, &actor)
+        .await
+        .expect("another organization");
+    let second = identity("acme", "cus_2", now);
+    store
+        .create_identity(&second, &actor)
+        .await
+        .expect("create");
+    let page = store
+        .list_identities(&org("acme"), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(page, [first.clone(), second.clone()]);
+    assert_eq!(
+        store
+            .list_identities(&org("acme"), Some(&first.id), 10)
+            .await
+            .expect("list"),
+        std::slice::from_ref(&second)
+    );
+
+    // Only the patched fields change; a new quota period starts from zero.
+    let later = Micros(now.0 + 1);
+    let patch = IdentityPatch {
+        external_id: Some(ExternalId::parse("cus_1b").expect("id")),
+        quota: Some(Some(Quota {
+            limit: 5,
+            period: QuotaPeriod::Total,
+        })),
+        ..Default::default()
+    };
+    let updated = store
+        .update_identity(&org("acme"), &first.id, &patch, &actor, later)
+        .await
+        .expect("update");
+    let mut expected = first.clone();
+    patch.apply(&mut expected);
+    expected.quota_period_start = Micros(0);
+    expected.update_time = later;
+    assert_eq!(updated, expected);
+    assert!(matches!(
+        store
+            .update_identity(
+                &org("acme"),
+                &second.id,
+                &IdentityPatch {
+                    external_id: Some(ExternalId::parse("cus_1b").expect("id")),
+                    ..Default::default()
+                },
+                &actor,
+                later,
+            )
+            .await,
+        Err(StoreError::ExternalIdTaken)
+    ));
+
+    // A key names an identity of its own organization only.
+    let secret = Secret::generate(&KeyPrefix::default());
+    let stranger = KeyRecord {
+        identity_id: Some(elsewhere.id.clone()),
+        ..bot_record("acme", "k", &secret, now)
+    };
+    assert!(matches!(
+        store.create_key(&stranger).await,
+        Err(StoreError::Precondition(_))
+    ));
+    let key = KeyRecord {
+        identity_id: Some(first.id.clone()),
+        ..bot_record("acme", "k", &secret, now)
+    };
+    store.create_key(&key).await.expect("create key");
+    assert_eq!(
+        store
+            .get_key(&org("acme"), &key.id)
+            .await
+            .expect("get")
+            .map(|k| k.identity_id),
+        Some(Some(first.id.clone()))
+    );
+    assert!(matches!(
+        store
+            .delete_identity(&org("acme"), &first.id, &actor, later)
+            .await,
+        Err(StoreError::Precondition(_))
+    ));
+    store
+        .revoke_key(&org("acme"), &key.id, &actor, later)
+        .await
+        .expect("revoke");
+    let deleted = store
+        .delete_identity(&org("acme"), &first.id, &actor, later)
+        .await
+        .expect("delete");
+    assert_eq!(deleted.id, first.id);
+    assert_eq!(store.identity_by_id(&first.id).await.expect("read"), None);
+    assert_eq!(
+        store
+            .get_key(&org("acme"), &key.id)
+            .await
+            .expect("get")
+            .map(|k| k.identity_id),
+        Some(None),
+        "a dead key names no deleted identity"
+    );
+
+    // The audit trail, and what the invalidation poll reads of it.
+    let events = store
+        .list_events(&org("acme"), None, 0, 100)
+        .await
+        .expect("events");
+    let about_first: Vec<EventAction> = events
+        .iter()
+        .filter(|e| e.identity_id.as_ref() == Some(&first.id))
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        about_first,
+        [
+            EventAction::IdentityCreated,
+            EventAction::IdentityUpdated,
+            EventAction::IdentityDeleted
+        ]
+    );
+    let changes = store.events_after(0, 1000).await.expect("changes");
+    assert_eq!(
+        changes
+            .iter()
+            .filter(|c| c.identity_id.as_ref() == Some(&first.id))
+            .count(),
+        3
+    );
+    finish(db, store).await;
+}
+
+/// An identity's credits come from its own row by the conditional write a
+/// key's do, whichever key asks, never beyond the limit.
+async fn an_identity_quota_is_handed_out_by_the_same_conditional_write(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let now = Micros::now();
+    let i = identity("acme", "cus_1", now);
+    store
+        .create_identity(&i, &user("admin-1"))
+        .await
+        .expect("create");
+    let owner = LimitsOwner::Identity(i.id.clone());
+    let period = QuotaPeriod::Month.start(now);
+    assert!(
+        store
+            .try_take_quota(&owner, period, QuotaPeriod::Month, 45)
+            .await
+            .expect("take")
+    );
+    assert!(
+        !store
+            .try_take_quota(&owner, period, QuotaPeriod::Month, 6)
+            .await
+            .expect("take")
+    );
+    assert_eq!(
+        store
+            .take_quota(&owner, period, QuotaPeriod::Month, 1, 100)
+            .await
+            .expect("take"),
+        QuotaTake::Taken {
+            credits: 5,
+            used: 50,
+            limit: 50
+        }
+    );
+    assert_eq!(
+        store
+            .take_quota(&owner, period, QuotaPeriod::Month, 1, 1)
+            .await
+            .expect("take"),
+        QuotaTake::Exhausted {
+            used: 50,
+            limit: 50
+        }
+    );
+    store
+        .return_quota(&owner, period, QuotaPeriod::Month, 2)
+        .await
+        .expect("give back");
+    let read = store
+        .identity_by_id(&i.id)
+        .await
+        .expect("read")
+        .expect("identity");
+    assert_eq!(read.quota_used, 48);
+    // A kind of period the row does not have is no quota of it.
+    assert_eq!(
+        store
+            .take_quota(&owner, Micros(0), QuotaPeriod::Total, 1, 1)
+            .await
+            .expect("take"),
+        QuotaTake::NoQuota
+    );
+    finish(db, store).await;
+}

@@ -651,5 +651,6 @@ pub fn bot_record(
         quota_period_start: keygate::domain::model::Micros(0),
         rotated_to_id: None,
         rotated_from_id: None,
+        identity_id: None,
     }
 }

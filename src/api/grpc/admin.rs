@@ -10,6 +10,9 @@ use crate::{
         CreateKey, GetKeyUsage, KeyRef, ListKeyEvents, ListKeys, RemoveMember, RotateKey,
         SetKeyPolicy, UpdateKey,
     },
+    domain::identities::{
+        CreateIdentity, GetIdentity, IdentityRef, ListIdentities, UpdateIdentity,
+    },
     domain::model::{Actor, OrganizationId},
     domain::violations::field,
     proto::{self, key_admin_server::KeyAdmin},
@@ -36,6 +39,73 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl KeyAdmin for AdminApi {
+    async fn create_identity(
+        &self,
+        request: Request<proto::CreateIdentityRequest>,
+    ) -> Result<Response<proto::CreateIdentityResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let identity = self
+            .keys
+            .create_identity(&actor, CreateIdentity::parse(&req)?)
+            .await?;
+        Ok(Response::new(proto::CreateIdentityResponse {
+            identity: Some((&identity).into()),
+        }))
+    }
+
+    async fn get_identity(
+        &self,
+        request: Request<proto::GetIdentityRequest>,
+    ) -> Result<Response<proto::GetIdentityResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let identity = self
+            .keys
+            .get_identity(&actor, GetIdentity::parse(&req)?)
+            .await?;
+        Ok(Response::new(proto::GetIdentityResponse {
+            identity: Some((&identity).into()),
+        }))
+    }
+
+    async fn update_identity(
+        &self,
+        request: Request<proto::UpdateIdentityRequest>,
+    ) -> Result<Response<proto::UpdateIdentityResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let identity = self
+            .keys
+            .update_identity(&actor, UpdateIdentity::parse(&req)?)
+            .await?;
+        Ok(Response::new(proto::UpdateIdentityResponse {
+            identity: Some((&identity).into()),
+        }))
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<proto::ListIdentitiesRequest>,
+    ) -> Result<Response<proto::ListIdentitiesResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let page = self
+            .keys
+            .list_identities(&actor, ListIdentities::parse(&req)?)
+            .await?;
+        Ok(Response::new(proto::ListIdentitiesResponse {
+            identities: page.items.iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn delete_identity(
+        &self,
+        request: Request<proto::DeleteIdentityRequest>,
+    ) -> Result<Response<proto::DeleteIdentityResponse>, Status> {
+        let (actor, req) = self.open(request)?;
+        let identity = IdentityRef::parse(&req.organization_id, &req.id)?;
+        self.keys.delete_identity(&actor, identity).await?;
+        Ok(Response::new(proto::DeleteIdentityResponse {}))
+    }
+
     async fn set_key_policy(
         &self,
         request: Request<proto::SetKeyPolicyRequest>,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::{
     domain::model::Micros,
     hotpath::cache::CachedKey,
+    hotpath::identities::CachedIdentity,
     hotpath::limiter::LimitStatus,
     proto::{self, VerifyCode},
     services::Outcome,
@@ -30,13 +31,15 @@ use crate::api::verify_code;
 /// One `VerifyKeyResponse`, ready to encode. Encode-only: the server never
 /// reads one, so decoding skips every field.
 ///
-/// 24 bytes for a valid key without limits, since tonic moves the answer
+/// 32 bytes for a valid key without limits, since tonic moves the answer
 /// through several futures: the fields most answers leave empty are boxed,
 /// and allocated only when one is set.
 #[derive(Debug, Default)]
 pub struct Answer {
     code: i32,
     key: Option<Arc<CachedKey>>,
+    /// Encoded inside the key's message, after the key's own fields.
+    identity: Option<Arc<CachedIdentity>>,
     rest: Option<Box<Rest>>,
 }
 
@@ -67,6 +70,7 @@ impl From<Outcome> for Answer {
         Self {
             code: verify_code(o.code).into(),
             key: o.key,
+            identity: o.identity,
             rest: (!empty).then(|| {
                 Box::new(Rest {
                     missing_scopes: o.missing_scopes,
@@ -91,6 +95,15 @@ fn limit_status(s: LimitStatus) -> proto::LimitStatus {
 impl Answer {
     fn valid(&self) -> bool {
         self.code == VerifyCode::Valid as i32
+    }
+
+    /// The `VerifiedKey` message's length: the key's fields and its identity.
+    fn key_len(&self, key: &CachedKey) -> usize {
+        key.encoded().len()
+            + self
+                .identity
+                .as_ref()
+                .map_or(0, |i| i.encoded_field().len())
     }
 }
 
@@ -123,10 +136,12 @@ impl Message for Answer {
             encoding::int32::encode(CODE, &self.code, buf);
         }
         if let Some(key) = &self.key {
-            let bytes = key.encoded();
             encoding::encode_key(KEY, WireType::LengthDelimited, buf);
-            encoding::encode_varint(bytes.len() as u64, buf);
-            buf.put_slice(bytes);
+            encoding::encode_varint(self.key_len(key) as u64, buf);
+            buf.put_slice(key.encoded());
+            if let Some(identity) = &self.identity {
+                buf.put_slice(identity.encoded_field());
+            }
         }
         let Some(rest) = &self.rest else {
             return;
@@ -155,7 +170,7 @@ impl Message for Answer {
 
     fn encoded_len(&self) -> usize {
         let key = self.key.as_ref().map_or(0, |k| {
-            let n = k.encoded().len();
+            let n = self.key_len(k);
             encoding::key_len(KEY) + encoding::encoded_len_varint(n as u64) + n
         });
         (if self.valid() {
@@ -195,12 +210,42 @@ mod tests {
         proto::VerifyKeyResponse {
             valid: code == VerifyCode::Valid,
             code: code.into(),
-            key: o.key.as_deref().map(CachedKey::verified),
+            key: o.key.as_deref().map(|k| proto::VerifiedKey {
+                identity: o.identity.as_deref().map(shown),
+                ..k.verified()
+            }),
             missing_scopes: o.missing_scopes.clone(),
             rate_limit: o.rate_limit().cloned().map(limit_status),
             quota: o.quota().cloned().map(limit_status),
             retry_after: o.retry_after().map(Micros::to_duration),
         }
+    }
+
+    /// The identity as clients decode it: its field read as a `VerifiedKey`
+    /// that has nothing else.
+    fn shown(i: &CachedIdentity) -> proto::Identity {
+        proto::VerifiedKey::decode(i.encoded_field())
+            .expect("a VerifiedKey field")
+            .identity
+            .expect("the identity field")
+    }
+
+    fn identity(external: &str, plan: &str) -> Arc<CachedIdentity> {
+        use crate::domain::identities::{ExternalId, IdentityId, IdentityRecord};
+        let metadata = [("plan".to_owned(), plan.to_owned())].into();
+        Arc::new(CachedIdentity::new(&IdentityRecord {
+            id: IdentityId::generate(),
+            organization_id: crate::domain::model::OrganizationId::parse("acme").expect("org"),
+            external_id: ExternalId::parse(external).expect("external id"),
+            metadata: crate::domain::metadata::Metadata::parse("metadata", &metadata)
+                .expect("metadata"),
+            rate_limits: Default::default(),
+            quota: None,
+            quota_used: 0,
+            quota_period_start: Micros(0),
+            create_time: Micros(0),
+            update_time: Micros(0),
+        }))
     }
 
     fn key(name: &str, scopes: &[String], user: bool, expire: Option<i64>) -> Arc<CachedKey> {
@@ -256,6 +301,7 @@ mod tests {
             quota in proptest::option::of(("[a-z]{0,8}", any::<u64>(), any::<u64>(), proptest::option::of(0i64..4_000_000_000_000_000))),
             retry in proptest::option::of(0i64..4_000_000_000_000),
             limits_reached in any::<bool>(),
+            owner in proptest::option::of(("[a-z0-9_]{1,12}", "[a-z]{0,12}")),
         ) {
             let limits = Limits {
                 rate_limit: rate.map(|(n, l, r, t)| status(n, l, r, t)),
@@ -270,6 +316,7 @@ mod tests {
             let outcome = Outcome {
                 code: CODES[code],
                 key: with_key.then(|| key(&name, &scopes, user, expire)),
+                identity: owner.map(|(external, plan)| identity(&external, &plan)),
                 missing_scopes: missing,
                 limits: reached.then(|| Box::new(limits)),
             };

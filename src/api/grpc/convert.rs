@@ -2,8 +2,9 @@
 //! parsing in `admin` and `verify`, field by field, so errors can name the field.
 
 use crate::{
+    domain::identities::IdentityRecord,
     domain::key_policy::KeyPolicy,
-    domain::limits::QuotaPeriod,
+    domain::limits::{Quota, QuotaPeriod, RateLimits},
     domain::model::{EventAction, KeyEvent, KeyRecord, KeyType, Micros},
     proto,
 };
@@ -37,6 +38,9 @@ impl From<EventAction> for proto::KeyEventAction {
             EventAction::Rotated => Self::Rotated,
             EventAction::Leaked => Self::Leaked,
             EventAction::PolicyChanged => Self::PolicyChanged,
+            EventAction::IdentityCreated => Self::IdentityCreated,
+            EventAction::IdentityUpdated => Self::IdentityUpdated,
+            EventAction::IdentityDeleted => Self::IdentityDeleted,
         }
     }
 }
@@ -68,23 +72,14 @@ impl From<&KeyRecord> for proto::ApiKey {
             revoke_time: k.revoke_time.map(|t| t.to_timestamp()),
             expire_time: k.expire_time.map(|t| t.to_timestamp()),
             created_by: k.created_by.as_str().to_owned(),
-            rate_limits: k
-                .rate_limits
-                .iter()
-                .map(|l| proto::RateLimit {
-                    name: l.name.as_str().to_owned(),
-                    limit: l.limit,
-                    window: Some(l.window.to_duration()),
-                })
-                .collect(),
-            quota: k.quota.map(|q| proto::Quota {
-                limit: q.limit,
-                period: proto::QuotaPeriod::from(q.period).into(),
-            }),
-            quota_usage: k.quota_usage().map(|(used, reset)| proto::QuotaUsage {
-                used,
-                reset_time: reset.map(Micros::to_timestamp),
-            }),
+            rate_limits: rate_limits(&k.rate_limits),
+            quota: k.quota.map(quota),
+            quota_usage: k.quota_usage().map(quota_usage),
+            identity_id: k
+                .identity_id
+                .as_ref()
+                .map(|i| i.as_str().to_owned())
+                .unwrap_or_default(),
             rotated_to_id: k
                 .rotated_to_id
                 .as_ref()
@@ -113,6 +108,51 @@ impl From<&KeyEvent> for proto::KeyEvent {
             actor_id: e.actor_id.as_str().to_owned(),
             time: Some(e.time.to_timestamp()),
             policy: e.policy.as_ref().map(Into::into),
+            identity_id: e
+                .identity_id
+                .as_ref()
+                .map(|i| i.as_str().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn rate_limits(limits: &RateLimits) -> Vec<proto::RateLimit> {
+    limits
+        .iter()
+        .map(|l| proto::RateLimit {
+            name: l.name.as_str().to_owned(),
+            limit: l.limit,
+            window: Some(l.window.to_duration()),
+        })
+        .collect()
+}
+
+fn quota(q: Quota) -> proto::Quota {
+    proto::Quota {
+        limit: q.limit,
+        period: proto::QuotaPeriod::from(q.period).into(),
+    }
+}
+
+fn quota_usage((used, reset): (u64, Option<Micros>)) -> proto::QuotaUsage {
+    proto::QuotaUsage {
+        used,
+        reset_time: reset.map(Micros::to_timestamp),
+    }
+}
+
+impl From<&IdentityRecord> for proto::Identity {
+    fn from(i: &IdentityRecord) -> Self {
+        Self {
+            id: i.id.as_str().to_owned(),
+            organization_id: i.organization_id.as_str().to_owned(),
+            external_id: i.external_id.as_str().to_owned(),
+            metadata: i.metadata.to_map(),
+            rate_limits: rate_limits(&i.rate_limits),
+            quota: i.quota.map(quota),
+            quota_usage: i.quota_usage().map(quota_usage),
+            create_time: Some(i.create_time.to_timestamp()),
         }
     }
 }

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 /// The method names a metric label may take: bounded, whatever path is asked.
 /// A unit test walks KeyAdmin's descriptor, so a new RPC missing here fails it
 /// instead of being counted as "unknown".
-const METHODS: [&str; 11] = [
+const METHODS: [&str; 16] = [
     "CreateKey",
     "GetKey",
     "ListKeys",
@@ -28,6 +28,11 @@ const METHODS: [&str; 11] = [
     "GetKeyUsage",
     "SetKeyPolicy",
     "GetKeyPolicy",
+    "CreateIdentity",
+    "GetIdentity",
+    "UpdateIdentity",
+    "ListIdentities",
+    "DeleteIdentity",
 ];
 
 fn method_of(path: &str) -> &'static str {
