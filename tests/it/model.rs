@@ -1,6 +1,7 @@
 //! A key's life against a reference model. Random sequences of CreateKey,
 //! UpdateKey (every mask path), RotateKey (with and without grace), RevokeKey,
-//! VerifyKey (with costs) and clock steps run against the real service, in
+//! CreateIdentity, UpdateIdentity (its limits), VerifyKey (with costs) and
+//! clock steps run against the real service, in
 //! process, on a clock the test holds, on both stores; every answer is compared
 //! with what a small model of keys, rotation chains, rate limits, quotas and
 //! time says: the admin call's status code, and the verification's code, each
@@ -11,7 +12,8 @@
 //! one set of limits, one bucket per rate limit (the generic cell rate
 //! algorithm as its definition reads: a bucket of `limit × window` units that
 //! drains `limit` units a microsecond, a call weighing `window`) and one quota
-//! count. It does no I/O.
+//! count; an identity has the same, shared by every key that names it and
+//! checked after the key's own, all or nothing. It does no I/O.
 //!
 //! `KEYGATE_MODEL_CASES` sets the number of sequences per store (default 48).
 
@@ -98,16 +100,22 @@ struct MKey {
     expire: Option<i64>,
     /// Holds `stats:read` as well as `links:read`.
     wide: bool,
+    /// The identity whose limits the key also spends.
+    identity: Option<usize>,
 }
 
 /// One change of an UpdateKey, by mask path.
 #[derive(Debug, Clone)]
 enum Change {
     Name,
-    Scopes { wide: bool },
+    Scopes {
+        wide: bool,
+    },
     Expire(Option<i64>),
     RateLimits(Vec<Limit>),
     Quota(Option<QuotaCfg>),
+    /// The key joins an identity (by index, when there is one) or leaves it.
+    Identity(Option<Index>),
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +125,16 @@ enum Op {
         limits: Vec<Limit>,
         quota: Option<QuotaCfg>,
         expire_in_s: Option<i64>,
+        identity: Option<Index>,
+    },
+    CreateIdentity {
+        limits: Vec<Limit>,
+        quota: Option<QuotaCfg>,
+    },
+    /// Only `RateLimits` and `Quota` changes.
+    UpdateIdentity {
+        identity: Index,
+        changes: Vec<Change>,
     },
     Update {
         key: Index,
@@ -158,6 +176,7 @@ struct Model {
     now: i64,
     keys: Vec<MKey>,
     lineages: Vec<Lineage>,
+    identities: Vec<Lineage>,
     expected: Expected,
 }
 
@@ -179,6 +198,126 @@ fn window(l: &Limit) -> u128 {
     u128::try_from(l.window_s * SEC).expect("positive")
 }
 
+impl Lineage {
+    fn new(limits: &[Limit], quota: Option<QuotaCfg>, now: i64) -> Self {
+        Self {
+            limits: limits.to_vec(),
+            buckets: vec![Bucket::default(); limits.len()],
+            quota,
+            used: 0,
+            period_start: quota.map_or(0, |q| period_start(q.period, now)),
+        }
+    }
+
+    /// A change of the limits: a limit that keeps its name keeps the calls
+    /// made, measured against the new limit from now; a new one starts
+    /// empty. A quota keeps its use while its period stays the same.
+    fn change(&mut self, change: &Change, now: i64) {
+        match change {
+            Change::RateLimits(new) => {
+                let buckets = new
+                    .iter()
+                    .map(|n| {
+                        match self
+                            .limits
+                            .iter()
+                            .zip(&self.buckets)
+                            .find(|(o, _)| o.name == n.name)
+                        {
+                            None => Bucket::default(),
+                            Some((o, b)) if o.limit == n.limit && o.window_s == n.window_s => *b,
+                            Some((o, b)) => Bucket {
+                                level: b.drained(o, now) * window(n) / window(o),
+                                at: now.max(b.at),
+                            },
+                        }
+                    })
+                    .collect();
+                self.limits = new.clone();
+                self.buckets = buckets;
+            }
+            Change::Quota(q) => {
+                match (self.quota, q) {
+                    (_, None) => {
+                        self.used = 0;
+                        self.period_start = 0;
+                    }
+                    (Some(old), Some(new)) if old.period == new.period => {}
+                    (_, Some(new)) => {
+                        self.used = 0;
+                        self.period_start = period_start(new.period, now);
+                    }
+                }
+                self.quota = *q;
+            }
+            _ => {}
+        }
+    }
+
+    /// Every rate limit checked for `cost` at `now`, nothing taken:
+    /// `(allowed, remaining of the reported limit, never fits)`, `None`
+    /// without rate limits. The reported limit is the first refusing one, or
+    /// else the one with the fewest calls left.
+    fn rate(&self, cost: u32, now: i64) -> Option<(bool, u64, bool)> {
+        let ask = u128::from(cost.max(1));
+        let mut pick: Option<(bool, u64)> = None;
+        for (lim, b) in self.limits.iter().zip(&self.buckets) {
+            let (w, size) = (window(lim), u128::from(lim.limit) * window(lim));
+            let level = b.drained(lim, now);
+            let allowed = level + ask * w <= size;
+            let after = if allowed && cost > 0 {
+                level + u128::from(cost) * w
+            } else {
+                level
+            };
+            let remaining = u64::try_from((size - after.min(size)) / w).expect("small");
+            pick = match pick {
+                None => Some((allowed, remaining)),
+                Some((false, r)) => Some((false, r)),
+                Some((true, r)) if !allowed || remaining < r => Some((allowed, remaining)),
+                p => p,
+            };
+        }
+        let never = self.limits.iter().any(|lim| u64::from(cost) > lim.limit);
+        pick.map(|(allowed, remaining)| (allowed, remaining, never))
+    }
+
+    fn take_rate(&mut self, cost: u32, now: i64) {
+        if cost > 0 {
+            for (lim, b) in self.limits.iter().zip(self.buckets.iter_mut()) {
+                b.level = b.drained(lim, now) + u128::from(cost) * window(lim);
+                b.at = now.max(b.at);
+            }
+        }
+    }
+
+    /// The quota checked for `cost` at `now` (its period moved on first),
+    /// nothing taken: `(allowed, remaining after the call, retry_after)`.
+    fn quota(&mut self, cost: u32, now: i64) -> Option<(bool, u64, bool)> {
+        let q = self.quota?;
+        let start = period_start(q.period, now);
+        if start != self.period_start {
+            self.used = 0;
+            self.period_start = start;
+        }
+        let need = u64::from(cost.max(1));
+        if self.used + need > q.limit {
+            let retry = q.period == Period::Day && u64::from(cost) <= q.limit;
+            return Some((false, q.limit - self.used.min(q.limit), retry));
+        }
+        Some((true, q.limit - self.used - u64::from(cost), false))
+    }
+}
+
+/// Of two limits' remaining counts, the smaller (the key's on a tie), as the
+/// answer reports it.
+fn fewest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b < a { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 impl Model {
     fn key(&self, i: &Index) -> usize {
         i.index(self.keys.len())
@@ -188,25 +327,26 @@ impl Model {
         !k.revoked && !k.rotated && k.expire.is_none_or(|t| t > self.now)
     }
 
+    fn identity(&self, i: Option<&Index>) -> Option<usize> {
+        (!self.identities.is_empty())
+            .then(|| i.map(|i| i.index(self.identities.len())))
+            .flatten()
+    }
+
     fn create(
         &mut self,
         user: bool,
         limits: &[Limit],
         quota: Option<QuotaCfg>,
         expire_in_s: Option<i64>,
+        identity: Option<usize>,
     ) -> Code {
         // The database's rule: a user key counts until it is revoked or
         // rotated, expired or not.
         if user && self.keys.iter().any(|k| k.user && !k.revoked && !k.rotated) {
             return Code::AlreadyExists;
         }
-        self.lineages.push(Lineage {
-            limits: limits.to_vec(),
-            buckets: vec![Bucket::default(); limits.len()],
-            quota,
-            used: 0,
-            period_start: quota.map_or(0, |q| period_start(q.period, self.now)),
-        });
+        self.lineages.push(Lineage::new(limits, quota, self.now));
         self.keys.push(MKey {
             lineage: self.lineages.len() - 1,
             user,
@@ -214,63 +354,26 @@ impl Model {
             rotated: false,
             expire: expire_in_s.map(|s| self.now + s * SEC),
             wide: false,
+            identity,
         });
         Code::Ok
     }
 
-    fn update(&mut self, i: usize, changes: &[Change]) -> Code {
-        if !self.live(&self.keys[i]) {
+    fn update(&mut self, i_key: usize, changes: &[Change]) -> Code {
+        if !self.live(&self.keys[i_key]) {
             return Code::FailedPrecondition;
         }
         let now = self.now;
-        let line = self.keys[i].lineage;
+        let line = self.keys[i_key].lineage;
         for change in changes {
             match change {
                 Change::Name => {}
-                Change::Scopes { wide } => self.keys[i].wide = *wide,
-                Change::Expire(s) => self.keys[i].expire = s.map(|s| now + s * SEC),
-                Change::RateLimits(new) => {
-                    let l = &mut self.lineages[line];
-                    // A limit that keeps its name keeps the calls made, measured
-                    // against the new limit from now; a new one starts empty.
-                    let buckets = new
-                        .iter()
-                        .map(|n| {
-                            match l
-                                .limits
-                                .iter()
-                                .zip(&l.buckets)
-                                .find(|(o, _)| o.name == n.name)
-                            {
-                                None => Bucket::default(),
-                                Some((o, b)) if o.limit == n.limit && o.window_s == n.window_s => {
-                                    *b
-                                }
-                                Some((o, b)) => Bucket {
-                                    level: b.drained(o, now) * window(n) / window(o),
-                                    at: now.max(b.at),
-                                },
-                            }
-                        })
-                        .collect();
-                    l.limits = new.clone();
-                    l.buckets = buckets;
+                Change::Scopes { wide } => self.keys[i_key].wide = *wide,
+                Change::Expire(s) => self.keys[i_key].expire = s.map(|s| now + s * SEC),
+                Change::RateLimits(_) | Change::Quota(_) => {
+                    self.lineages[line].change(change, now);
                 }
-                Change::Quota(q) => {
-                    let l = &mut self.lineages[line];
-                    match (l.quota, q) {
-                        (_, None) => {
-                            l.used = 0;
-                            l.period_start = 0;
-                        }
-                        (Some(old), Some(new)) if old.period == new.period => {}
-                        (_, Some(new)) => {
-                            l.used = 0;
-                            l.period_start = period_start(new.period, now);
-                        }
-                    }
-                    l.quota = *q;
-                }
+                Change::Identity(i) => self.keys[i_key].identity = self.identity(i.as_ref()),
             }
         }
         Code::Ok
@@ -313,33 +416,13 @@ impl Model {
             return plain(VerifyCode::InsufficientScope);
         }
         let cost = cost.unwrap_or(1);
-        let ask = u128::from(cost.max(1));
-        let l = &mut self.lineages[k.lineage];
-        let mut rate_remaining = None;
-        if !l.limits.is_empty() {
-            // Every limit is checked; the answer names the first refusing one,
-            // or else the one with the fewest calls left.
-            let mut pick: Option<(bool, u64)> = None;
-            for (lim, b) in l.limits.iter().zip(&l.buckets) {
-                let (w, size) = (window(lim), u128::from(lim.limit) * window(lim));
-                let level = b.drained(lim, now);
-                let allowed = level + ask * w <= size;
-                let after = if allowed && cost > 0 {
-                    level + u128::from(cost) * w
-                } else {
-                    level
-                };
-                let remaining = u64::try_from((size - after.min(size)) / w).expect("small");
-                pick = match pick {
-                    None => Some((allowed, remaining)),
-                    Some((false, r)) => Some((false, r)),
-                    Some((true, r)) if !allowed || remaining < r => Some((allowed, remaining)),
-                    p => p,
-                };
-            }
-            let (allowed, remaining) = pick.expect("limits");
+        let (line, identity) = (k.lineage, k.identity);
+        // The key's rate limits, then the identity's: the first refusal
+        // stands, and nothing is taken.
+        let key_rate = self.lineages[line].rate(cost, now);
+        let identity_rate = identity.and_then(|i| self.identities[i].rate(cost, now));
+        for (allowed, remaining, never) in [key_rate, identity_rate].into_iter().flatten() {
             if !allowed {
-                let never = l.limits.iter().any(|lim| u64::from(cost) > lim.limit);
                 return Expected::Verify {
                     code: VerifyCode::RateLimited,
                     rate_remaining: Some(remaining),
@@ -347,40 +430,36 @@ impl Model {
                     retry_after: !never,
                 };
             }
-            rate_remaining = Some(remaining);
         }
-        let mut quota_remaining = None;
-        if let Some(q) = l.quota {
-            let start = period_start(q.period, now);
-            if start != l.period_start {
-                l.used = 0;
-                l.period_start = start;
-            }
-            let need = u64::from(cost.max(1));
-            if l.used + need > q.limit {
-                // Refused: the call takes nothing anywhere, so the rate
-                // limit has what it had before the call.
-                let rate_remaining = rate_remaining.map(|r| r + u64::from(cost));
+        let rate_remaining = fewest(key_rate.map(|r| r.1), identity_rate.map(|r| r.1));
+        // The key's quota, then the identity's; a refusal takes nothing, so
+        // the rate limit has what it had before the call.
+        let key_quota = self.lineages[line].quota(cost, now);
+        let identity_quota = identity.and_then(|i| self.identities[i].quota(cost, now));
+        for (allowed, remaining, retry_after) in [key_quota, identity_quota].into_iter().flatten() {
+            if !allowed {
                 return Expected::Verify {
                     code: VerifyCode::QuotaExceeded,
-                    rate_remaining,
-                    quota_remaining: Some(q.limit - l.used.min(q.limit)),
-                    retry_after: q.period == Period::Day && u64::from(cost) <= q.limit,
+                    rate_remaining: rate_remaining.map(|r| r + u64::from(cost)),
+                    quota_remaining: Some(remaining),
+                    retry_after,
                 };
             }
-            l.used += u64::from(cost);
-            quota_remaining = Some(q.limit - l.used);
         }
-        if cost > 0 {
-            for (lim, b) in l.limits.iter().zip(l.buckets.iter_mut()) {
-                b.level = b.drained(lim, now) + u128::from(cost) * window(lim);
-                b.at = now.max(b.at);
+        let spend = |l: &mut Lineage| {
+            if l.quota.is_some() {
+                l.used += u64::from(cost);
             }
+            l.take_rate(cost, now);
+        };
+        spend(&mut self.lineages[line]);
+        if let Some(i) = identity {
+            spend(&mut self.identities[i]);
         }
         Expected::Verify {
             code: VerifyCode::Valid,
             rate_remaining,
-            quota_remaining,
+            quota_remaining: fewest(key_quota.map(|q| q.1), identity_quota.map(|q| q.1)),
             retry_after: false,
         }
     }
@@ -422,7 +501,27 @@ fn change_strategy() -> impl Strategy<Value = Change> {
             .prop_map(Change::Expire),
         limits_strategy().prop_map(Change::RateLimits),
         quota_strategy().prop_map(Change::Quota),
+        prop::option::of(any::<Index>()).prop_map(Change::Identity),
     ]
+}
+
+fn identity_change_strategy() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        limits_strategy().prop_map(Change::RateLimits),
+        quota_strategy().prop_map(Change::Quota),
+    ]
+}
+
+/// One change per mask path, as a caller would send them.
+fn distinct(mut changes: Vec<Change>) -> Vec<Change> {
+    let mut seen = Vec::new();
+    changes.retain(|c| {
+        let path = std::mem::discriminant(c);
+        let new = !seen.contains(&path);
+        seen.push(path);
+        new
+    });
+    changes
 }
 
 impl ReferenceStateMachine for Model {
@@ -434,6 +533,7 @@ impl ReferenceStateMachine for Model {
             now: 0,
             keys: Vec::new(),
             lineages: Vec::new(),
+            identities: Vec::new(),
             expected: Expected::Nothing,
         })
         .boxed()
@@ -445,32 +545,37 @@ impl ReferenceStateMachine for Model {
             limits_strategy(),
             quota_strategy(),
             prop::option::of(prop::sample::select(vec![5_i64, 60, 3_600, 2 * 86_400])),
+            prop::option::weighted(0.6, any::<Index>()),
         )
-            .prop_map(|(user, limits, quota, expire_in_s)| Op::Create {
+            .prop_map(|(user, limits, quota, expire_in_s, identity)| Op::Create {
                 user,
                 limits,
                 quota,
                 expire_in_s,
+                identity,
+            });
+        let create_identity = (limits_strategy(), quota_strategy())
+            .prop_map(|(limits, quota)| Op::CreateIdentity { limits, quota });
+        let update_identity = (
+            any::<Index>(),
+            prop::collection::vec(identity_change_strategy(), 1..3),
+        )
+            .prop_map(|(identity, changes)| Op::UpdateIdentity {
+                identity,
+                changes: distinct(changes),
             });
         let step = prop::sample::select(vec![1_i64, 5, 30, 600, 3_600, 86_400])
             .prop_map(|seconds| Op::Step { seconds });
         if state.keys.is_empty() {
-            return prop_oneof![3 => create, 1 => step].boxed();
+            return prop_oneof![3 => create, 2 => create_identity, 1 => step].boxed();
         }
-        // One change per mask path, as a caller would send them.
         let update = (
             any::<Index>(),
             prop::collection::vec(change_strategy(), 1..4),
         )
-            .prop_map(|(key, mut changes)| {
-                let mut seen = Vec::new();
-                changes.retain(|c| {
-                    let path = std::mem::discriminant(c);
-                    let new = !seen.contains(&path);
-                    seen.push(path);
-                    new
-                });
-                Op::Update { key, changes }
+            .prop_map(|(key, changes)| Op::Update {
+                key,
+                changes: distinct(changes),
             });
         let rotate = (
             any::<Index>(),
@@ -490,6 +595,8 @@ impl ReferenceStateMachine for Model {
             });
         prop_oneof![
             2 => create,
+            1 => create_identity,
+            2 => update_identity,
             3 => update,
             3 => rotate,
             1 => revoke,
@@ -501,7 +608,8 @@ impl ReferenceStateMachine for Model {
 
     fn preconditions(state: &Model, op: &Op) -> bool {
         match op {
-            Op::Create { .. } | Op::Step { .. } => true,
+            Op::Create { .. } | Op::CreateIdentity { .. } | Op::Step { .. } => true,
+            Op::UpdateIdentity { .. } => !state.identities.is_empty(),
             _ => !state.keys.is_empty(),
         }
     }
@@ -513,7 +621,24 @@ impl ReferenceStateMachine for Model {
                 limits,
                 quota,
                 expire_in_s,
-            } => Expected::Admin(state.create(*user, limits, *quota, *expire_in_s)),
+                identity,
+            } => {
+                let identity = state.identity(identity.as_ref());
+                Expected::Admin(state.create(*user, limits, *quota, *expire_in_s, identity))
+            }
+            Op::CreateIdentity { limits, quota } => {
+                let identity = Lineage::new(limits, *quota, state.now);
+                state.identities.push(identity);
+                Expected::Admin(Code::Ok)
+            }
+            Op::UpdateIdentity { identity, changes } => {
+                let i = identity.index(state.identities.len());
+                for change in changes {
+                    let now = state.now;
+                    state.identities[i].change(change, now);
+                }
+                Expected::Admin(Code::Ok)
+            }
             Op::Update { key, changes } => {
                 let i = state.key(key);
                 Expected::Admin(state.update(i, changes))
@@ -577,6 +702,8 @@ struct Sut {
     base: i64,
     /// The model's keys in order: id and secret.
     keys: Vec<(String, String)>,
+    /// The model's identities' ids, in order.
+    identities: Vec<String>,
 }
 
 fn call<T>(msg: T) -> Request<T> {
@@ -623,12 +750,62 @@ impl Sut {
         let org = self.org.clone();
         // Indexes resolve against the key list before the operation.
         let index = |i: &Index| i.index(self.keys.len());
+        let identity = |i: Option<&Index>| -> String {
+            match i {
+                Some(i) if !self.identities.is_empty() => {
+                    self.identities[i.index(self.identities.len())].clone()
+                }
+                _ => String::new(),
+            }
+        };
         match op {
+            Op::CreateIdentity { limits, quota: q } => {
+                let req = proto::CreateIdentityRequest {
+                    organization_id: org,
+                    external_id: format!("customer-{}", self.identities.len()),
+                    rate_limits: rate_limits(limits),
+                    quota: quota(*q),
+                    ..Default::default()
+                };
+                let r = h.rt.block_on(admin.create_identity(call(req)));
+                if let Ok(r) = &r {
+                    let id = r.get_ref().identity.as_ref().expect("identity").id.clone();
+                    self.identities.push(id);
+                }
+                code_of(&r)
+            }
+            Op::UpdateIdentity {
+                identity: i,
+                changes,
+            } => {
+                let mut req = proto::UpdateIdentityRequest {
+                    organization_id: org,
+                    id: identity(Some(i)),
+                    ..Default::default()
+                };
+                let mut paths = Vec::new();
+                for change in changes {
+                    match change {
+                        Change::RateLimits(l) => {
+                            req.rate_limits = rate_limits(l);
+                            paths.push("rate_limits".to_owned());
+                        }
+                        Change::Quota(q) => {
+                            req.quota = quota(*q);
+                            paths.push("quota".to_owned());
+                        }
+                        other => unreachable!("no identity change: {other:?}"),
+                    }
+                }
+                req.update_mask = Some(FieldMask { paths });
+                code_of(&h.rt.block_on(admin.update_identity(call(req))))
+            }
             Op::Create {
                 user,
                 limits,
                 quota: q,
                 expire_in_s,
+                identity: i,
             } => {
                 let req = CreateKeyRequest {
                     organization_id: org,
@@ -638,6 +815,7 @@ impl Sut {
                     expire_time: expire_in_s.map(|s| self.at(s)),
                     rate_limits: rate_limits(limits),
                     quota: quota(*q),
+                    identity_id: identity(i.as_ref()),
                     ..Default::default()
                 };
                 let r = h.rt.block_on(admin.create_key(call(req)));
@@ -682,6 +860,10 @@ impl Sut {
                         Change::Quota(q) => {
                             req.quota = quota(*q);
                             paths.push("quota");
+                        }
+                        Change::Identity(i) => {
+                            req.identity_id = identity(i.as_ref());
+                            paths.push("identity_id");
                         }
                     }
                 }
@@ -766,6 +948,7 @@ impl StateMachineTest for KeyLife {
             h,
             base,
             keys: Vec::new(),
+            identities: Vec::new(),
         }
     }
 
