@@ -817,3 +817,48 @@ async fn an_identity_quota_holds_through_a_sigkill() {
     store.close().await;
     db.drop_db().await;
 }
+
+/// The webhook of an identity change: type `identity.updated`, the event
+/// naming the identity, `data.identity` as the change left it and no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_change_is_a_webhook() {
+    use crate::webhooks::{hook_flags, start_receiver, strs};
+    let (receiver, addr) = start_receiver(0);
+    let flags = hook_flags(addr);
+    let app = spawn_app_with(Backend::Sqlite, &strs(&flags)).await;
+    let identity = create_identity(&app, new_identity("cus_1")).await;
+    app.admin
+        .clone()
+        .update_identity(admin(UpdateIdentityRequest {
+            organization_id: ORG.into(),
+            id: identity.id.clone(),
+            metadata: meta(&[("plan", "pro")]),
+            quota: total(100),
+            update_mask: mask(&["metadata", "quota"]),
+            ..Default::default()
+        }))
+        .await
+        .expect("update");
+    let id = format!("{ORG}-2");
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the identity webhook",
+        || async { receiver.delivered().contains_key(&id) },
+    )
+    .await;
+    let body = receiver.delivered()[&id][0].clone();
+    assert_eq!(body["type"], "identity.updated");
+    assert_eq!(body["data"]["key"], serde_json::Value::Null);
+    let event = &body["data"]["event"];
+    assert_eq!(event["action"], "KEY_EVENT_ACTION_IDENTITY_UPDATED");
+    assert_eq!(event["keyId"], "");
+    assert_eq!(event["identityId"], identity.id.as_str());
+    let shown = &body["data"]["identity"];
+    assert_eq!(shown["externalId"], "cus_1");
+    assert_eq!(shown["metadata"], serde_json::json!({"plan": "pro"}));
+    assert_eq!(
+        shown["quota"],
+        serde_json::json!({"limit": "100", "period": "QUOTA_PERIOD_TOTAL"})
+    );
+    app.stop().await;
+}
