@@ -270,6 +270,14 @@ pub struct Verdict {
     pub label: Label,
 }
 
+/// How many of a report's verdicts revoked a key, for its log line.
+pub fn revoked(verdicts: &[Verdict]) -> usize {
+    verdicts
+        .iter()
+        .filter(|v| v.label == Label::TruePositive)
+        .count()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Label {

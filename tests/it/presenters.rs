@@ -494,10 +494,7 @@ async fn forward(
     secret: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .local_address(local.parse::<std::net::IpAddr>().expect("ip"))
-        .build()
-        .expect("client");
+    let client = http_client_from(local);
     let mut req = client
         .get(format!("http://{http}/v1/authorize"))
         .header("x-original-method", "GET")

@@ -11,10 +11,7 @@ use keygate::{
 use crate::support::*;
 
 async fn report(http: std::net::SocketAddr, local: &str, body: String) -> (u16, String, String) {
-    let client = reqwest::Client::builder()
-        .local_address(local.parse::<std::net::IpAddr>().expect("ip"))
-        .build()
-        .expect("client");
+    let client = http_client_from(local);
     let resp = client
         .post(format!("http://{http}/v1/leaks/report"))
         .header("content-type", "application/json")

@@ -654,3 +654,12 @@ pub fn bot_record(
         identity_id: None,
     }
 }
+
+/// An HTTP client whose connections leave from `local`, a loopback address
+/// (any of 127.0.0.0/8): how a test plays clients at different addresses.
+pub fn http_client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
+}

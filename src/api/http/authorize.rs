@@ -74,14 +74,16 @@ impl TrustedProxies {
             return (peer, "");
         };
         let principal = header_text(headers, "x-client-principal").unwrap_or_default();
-        let entries: Vec<&str> = headers
+        // Right to left without collecting: the last header's last entry
+        // first. A value that is not text is one entry that is no address.
+        let entries = headers
             .get_all("x-forwarded-for")
             .iter()
-            .flat_map(|v| v.to_str().map_or(vec![""], |v| v.split(',').collect()))
-            .map(str::trim)
-            .collect();
+            .rev()
+            .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
+            .map(str::trim);
         let mut client = peer;
-        for entry in entries.iter().rev() {
+        for entry in entries {
             match parse_client_ip(entry) {
                 Ok(ip) => {
                     client = ip;

@@ -73,10 +73,7 @@ async fn report(State(route): State<Arc<LeakRoute>>, headers: HeaderMap, body: B
     };
     match route.service.report_leaks(&tokens).await {
         Ok(verdicts) => {
-            let revoked = verdicts
-                .iter()
-                .filter(|v| v.label == crate::domain::leaks::Label::TruePositive)
-                .count();
+            let revoked = crate::domain::leaks::revoked(&verdicts);
             tracing::info!(tokens = tokens.len(), revoked, "leak report handled");
             let body = serde_json::to_string(&verdicts).unwrap_or_else(|_| "[]".into());
             (
@@ -184,6 +181,14 @@ pub fn public_routes(route: PublicReportRoute) -> Router {
         .with_state(route)
 }
 
+/// `work`'s result, not before `at`: whether it read the store, revoked a
+/// key or did nothing, its caller sees the same moment.
+async fn no_sooner_than<T>(at: tokio::time::Instant, work: impl Future<Output = T>) -> T {
+    let out = work.await;
+    tokio::time::sleep_until(at).await;
+    out
+}
+
 async fn public_report(
     State(route): State<PublicReportRoute>,
     peer: Option<Extension<Peer>>,
@@ -214,13 +219,14 @@ async fn public_report(
     };
     // Every token is checked offline first (shape and checksum): only a
     // well-formed one costs a store read.
-    let result = route.service.report_leaks_as(PUBLIC_ACTOR, &tokens).await;
+    let result = no_sooner_than(
+        arrived + ANSWER_AFTER,
+        route.service.report_leaks_as(PUBLIC_ACTOR, &tokens),
+    )
+    .await;
     match result {
         Ok(verdicts) => {
-            let revoked = verdicts
-                .iter()
-                .filter(|v| v.label == crate::domain::leaks::Label::TruePositive)
-                .count();
+            let revoked = crate::domain::leaks::revoked(&verdicts);
             tracing::info!(tokens = tokens.len(), revoked, "public leak report handled");
         }
         // Nothing was answered yet: the reporter may send it again.
@@ -231,11 +237,28 @@ async fn public_report(
             return e.into_response();
         }
     }
-    tokio::time::sleep_until(arrived + ANSWER_AFTER).await;
     (
         StatusCode::ACCEPTED,
         [(header::CONTENT_TYPE, "application/json")],
         format!("{{\"received\":{}}}", tokens.len()),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Duration, Instant, sleep};
+
+    /// On a paused clock: an answer whose work took nothing, a little, or
+    /// nearly the whole floor is sent at the floor exactly, so its timing
+    /// tells a reporter nothing of what the tokens were.
+    #[tokio::test(start_paused = true)]
+    async fn every_answer_waits_for_the_same_floor() {
+        for work in [0, 3, 400, 999] {
+            let arrived = Instant::now();
+            no_sooner_than(arrived + ANSWER_AFTER, sleep(Duration::from_millis(work))).await;
+            assert_eq!(arrived.elapsed(), ANSWER_AFTER, "work of {work} ms");
+        }
+    }
 }
