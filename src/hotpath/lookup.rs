@@ -200,6 +200,9 @@ impl Reader {
                     Some(n) => {
                         key.rate_limits = n.rate_limits.clone();
                         key.quota = n.quota;
+                        // And its identity's: a chain is one key for every
+                        // limit it spends.
+                        key.identity_id = n.identity_id.clone();
                     }
                     // A chain without a newest key of its lineage: rotated by a
                     // keygate of the previous version during an upgrade (its

@@ -416,7 +416,13 @@ impl Model {
             return plain(VerifyCode::InsufficientScope);
         }
         let cost = cost.unwrap_or(1);
-        let (line, identity) = (k.lineage, k.identity);
+        // A chain is one key: every link spends its newest key's identity.
+        let line = k.lineage;
+        let identity = self
+            .keys
+            .iter()
+            .find(|n| n.lineage == line && !n.rotated)
+            .map_or(k.identity, |n| n.identity);
         // The key's rate limits, then the identity's: the first refusal
         // stands, and nothing is taken.
         let key_rate = self.lineages[line].rate(cost, now);
