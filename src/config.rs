@@ -367,6 +367,28 @@ pub struct ServeArgs {
     )]
     pub usage_history_retention: humantime::Duration,
 
+    /// A live key unused this long gets a `key.dormant` notice (once per
+    /// stretch of disuse).
+    #[arg(
+        help_heading = "Usage and retention",
+        long,
+        env = "KEYGATE_DORMANT_AFTER",
+        default_value = "90d",
+        value_parser = parse_positive_duration
+    )]
+    pub dormant_after: humantime::Duration,
+
+    /// How often each instance looks for notices due (`key.expiring`,
+    /// `key.dormant`, `quota.low`, `quota.exhausted`); each goes out once,
+    /// whichever instance finds it first. 0 looks for none on this instance.
+    #[arg(
+        help_heading = "Usage and retention",
+        long,
+        env = "KEYGATE_NOTICE_INTERVAL",
+        default_value = "60s"
+    )]
+    pub notice_interval: humantime::Duration,
+
     /// How often old usage history is pruned (tests shorten it).
     #[arg(
         help_heading = "Usage and retention",

@@ -1,7 +1,7 @@
 //! The background tasks, on one `TaskTracker` and stopped by one token (see
 //! docs/ARCHITECTURE.md for the table of what each does and when it stops).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -45,6 +45,17 @@ pub(super) async fn start_background(
         args.usage_history_prune_interval.into(),
         stop.clone(),
     ));
+    // Notices: every instance looks; the store's claim sends each once.
+    if !Duration::from(args.notice_interval).is_zero() {
+        tasks.spawn(
+            crate::services::notices::Notices::new(
+                store.clone(),
+                Arc::clone(clock),
+                args.dormant_after.into(),
+            )
+            .run(args.notice_interval.into(), stop.clone()),
+        );
+    }
     // After the servers have drained, so no call spends credits meanwhile; the
     // last sweep gives every unspent credit back before the store closes.
     tasks.spawn(Arc::clone(&services.quotas).run(Arc::clone(clock), stop.clone()));

@@ -55,6 +55,10 @@ pub fn action_name(a: EventAction) -> &'static str {
         EventAction::IdentityCreated => "KEY_EVENT_ACTION_IDENTITY_CREATED",
         EventAction::IdentityUpdated => "KEY_EVENT_ACTION_IDENTITY_UPDATED",
         EventAction::IdentityDeleted => "KEY_EVENT_ACTION_IDENTITY_DELETED",
+        EventAction::KeyExpiring => "KEY_EVENT_ACTION_KEY_EXPIRING",
+        EventAction::KeyDormant => "KEY_EVENT_ACTION_KEY_DORMANT",
+        EventAction::QuotaLow => "KEY_EVENT_ACTION_QUOTA_LOW",
+        EventAction::QuotaExhausted => "KEY_EVENT_ACTION_QUOTA_EXHAUSTED",
     }
 }
 
@@ -71,15 +75,17 @@ pub fn event_type(a: EventAction) -> &'static str {
         EventAction::IdentityCreated => "identity.created",
         EventAction::IdentityUpdated => "identity.updated",
         EventAction::IdentityDeleted => "identity.deleted",
+        EventAction::KeyExpiring => "key.expiring",
+        EventAction::KeyDormant => "key.dormant",
+        EventAction::QuotaLow => "quota.low",
+        EventAction::QuotaExhausted => "quota.exhausted",
     }
 }
 
-/// Whether an event is about an identity (its snapshot is the identity's).
-pub fn is_identity_event(a: EventAction) -> bool {
-    matches!(
-        a,
-        EventAction::IdentityCreated | EventAction::IdentityUpdated | EventAction::IdentityDeleted
-    )
+/// Whether an event is about an identity rather than a key (its snapshot is
+/// the identity's): an identity's own changes and its quota's notices.
+pub fn is_identity_event(e: &KeyEvent) -> bool {
+    e.key_id.is_none() && e.identity_id.is_some()
 }
 
 fn quota_json(q: Option<Quota>) -> Value {
@@ -246,7 +252,7 @@ fn parse_duration(s: &str) -> Result<Micros, ()> {
 /// policy change, which carries its policy in the event), or for an identity
 /// event the identity, which goes in `data.identity` with `data.key` null.
 pub fn body(event: &KeyEvent, snapshot: Value) -> String {
-    let (key, identity) = match is_identity_event(event.action) {
+    let (key, identity) = match is_identity_event(event) {
         true => (Value::Null, snapshot),
         false => (snapshot, Value::Null),
     };

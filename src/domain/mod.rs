@@ -12,7 +12,8 @@
 //!   what ([`policy`]), what an organization allows its keys to be
 //!   ([`key_policy`]), what a key in each state of its life allows
 //!   ([`lifecycle`]), which routes a proxied request may take ([`routes`]),
-//!   what a leak report proves ([`leaks`]), and why something failed
+//!   what a leak report proves ([`leaks`]), which notices are due
+//!   ([`notices`]), and why something failed
 //!   ([`error`], [`violations`]).
 //!
 //! Nothing here knows a transport (tonic, axum) or a database driver (sqlx);
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod metadata;
 pub mod model;
 pub mod networks;
+pub mod notices;
 pub mod paging;
 pub mod policy;
 pub mod public_suffix;

@@ -422,6 +422,12 @@ pub enum EventAction {
     IdentityCreated,
     IdentityUpdated,
     IdentityDeleted,
+    /// Notices (see `domain::notices`): about a key, or for a quota about
+    /// the key holding it or an identity.
+    KeyExpiring,
+    KeyDormant,
+    QuotaLow,
+    QuotaExhausted,
 }
 
 impl EventAction {
@@ -437,6 +443,10 @@ impl EventAction {
             Self::IdentityCreated => 8,
             Self::IdentityUpdated => 9,
             Self::IdentityDeleted => 10,
+            Self::KeyExpiring => 11,
+            Self::KeyDormant => 12,
+            Self::QuotaLow => 13,
+            Self::QuotaExhausted => 14,
         }
     }
 }
@@ -457,6 +467,10 @@ impl TryFrom<i64> for EventAction {
             8 => Ok(Self::IdentityCreated),
             9 => Ok(Self::IdentityUpdated),
             10 => Ok(Self::IdentityDeleted),
+            11 => Ok(Self::KeyExpiring),
+            12 => Ok(Self::KeyDormant),
+            13 => Ok(Self::QuotaLow),
+            14 => Ok(Self::QuotaExhausted),
             _ => Err(Invalid("not an event action")),
         }
     }

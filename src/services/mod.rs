@@ -7,6 +7,7 @@
 pub mod authorizer;
 mod identities;
 pub mod keys;
+pub mod notices;
 mod store_errors;
 pub mod verifier;
 

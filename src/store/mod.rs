@@ -8,6 +8,7 @@ mod counters;
 mod dialect;
 mod identities;
 mod mysql;
+mod notices;
 mod outbox;
 mod rows;
 mod sql;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use sqlx::{MySqlPool, SqlitePool};
 
 pub use counters::{QuotaTake, UsageDelta};
+pub use notices::Noticed;
 pub use outbox::Delivery;
 pub use sql::{KEY_COLUMNS, KeyFilter, MAX_HASHES_PER_READ};
 

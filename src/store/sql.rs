@@ -52,7 +52,7 @@ pub(super) use on_pool;
 /// The columns of `api_keys` keygate reads for a key, in the order `rows::KeyRow`
 /// names them; public so that the bench's baseline reads the same row.
 pub const KEY_COLUMNS: &str = key_columns!();
-const SELECT_KEY: &str = concat!(
+pub(super) const SELECT_KEY: &str = concat!(
     "SELECT ",
     key_columns!(),
     " FROM api_keys WHERE organization_id = ? AND id = ?"

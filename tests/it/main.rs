@@ -19,6 +19,7 @@ mod metadata;
 mod metrics;
 mod model;
 mod nginx;
+mod notices;
 mod outage;
 mod overload;
 mod polyglot;

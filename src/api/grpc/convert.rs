@@ -41,6 +41,10 @@ impl From<EventAction> for proto::KeyEventAction {
             EventAction::IdentityCreated => Self::IdentityCreated,
             EventAction::IdentityUpdated => Self::IdentityUpdated,
             EventAction::IdentityDeleted => Self::IdentityDeleted,
+            EventAction::KeyExpiring => Self::KeyExpiring,
+            EventAction::KeyDormant => Self::KeyDormant,
+            EventAction::QuotaLow => Self::QuotaLow,
+            EventAction::QuotaExhausted => Self::QuotaExhausted,
         }
     }
 }
