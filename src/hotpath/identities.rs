@@ -103,18 +103,27 @@ impl IdentityCache {
         }
     }
 
-    /// The identity `id` as of `now` (the verifier's clock), from the cache
-    /// or the store; `None` when the store has no such identity.
+    /// The identity `id` as of `now` (the verifier's clock) if the cache has
+    /// it and its time to live has not passed: `Some(None)` is a cached "no
+    /// such identity". Synchronous, so a hit costs the verify path no future.
+    pub fn cached(&self, id: &IdentityId, now: Micros) -> Option<Option<Arc<CachedIdentity>>> {
+        let hit = self.entries.get(id)?;
+        if now < hit.until && hit.until.0 - now.0 <= self.ttl.0 {
+            return Some(hit.identity);
+        }
+        self.entries.remove_if(id, |e| e.until == hit.until);
+        None
+    }
+
+    /// The identity `id` as of `now`, from the cache or the store; `None`
+    /// when the store has no such identity.
     pub async fn get(
         &self,
         id: &IdentityId,
         now: Micros,
     ) -> Result<Option<Arc<CachedIdentity>>, Error> {
-        if let Some(hit) = self.entries.get(id) {
-            if now < hit.until && hit.until.0 - now.0 <= self.ttl.0 {
-                return Ok(hit.identity);
-            }
-            self.entries.remove_if(id, |e| e.until == hit.until);
+        if let Some(hit) = self.cached(id, now) {
+            return Ok(hit);
         }
         let generation = self.generation.load(Ordering::Acquire);
         let entry = self
