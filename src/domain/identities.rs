@@ -7,8 +7,6 @@
 //! and the requests of the identity calls, parsed as `commands` parses the
 //! key calls: every bad field named at once, nothing read from a store.
 
-use std::{fmt, sync::Arc};
-
 use super::{
     commands::{SECRET_HERE, organization, page_size, quota, rate_limits},
     paging::{self, TokenKind},
@@ -22,36 +20,11 @@ use crate::{
     proto,
 };
 
-/// An identity's id: a UUIDv7, as a key's, so ids sort by creation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdentityId(Arc<str>);
-
-impl IdentityId {
-    pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
-    }
-
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
-        const MSG: &str = "must be an identity id as returned by CreateIdentity";
-        let id = uuid::Uuid::try_parse(s).map_err(|_| Invalid(MSG))?;
-        let canonical = id.hyphenated().to_string();
-        if canonical == s {
-            Ok(Self(canonical.into()))
-        } else {
-            Err(Invalid(MSG))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IdentityId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::domain::model::uuid_id!(
+    /// An identity's id, shaped as a key's.
+    IdentityId,
+    "must be an identity id as returned by CreateIdentity"
+);
 
 /// The caller's own name for an identity (a customer id, an account number):
 /// 1–255 characters, none of them whitespace or a control character, so it

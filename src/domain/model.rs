@@ -3,7 +3,7 @@
 //!
 //! Size: about 350 lines of code, one small type after another; the rest are tests.
 
-use std::{fmt, sync::Arc, time::SystemTime};
+use std::{sync::Arc, time::SystemTime};
 
 use crate::{
     domain::hostnames::AllowedHostnames,
@@ -77,37 +77,51 @@ impl UserId {
     }
 }
 
-/// Key id: a UUIDv7 in its hyphenated lower-case form, so ids sort by creation
-/// time and pagination by id is both stable and chronological.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(Arc<str>);
+/// Declares an id type keygate hands out: a UUIDv7 in its hyphenated
+/// lower-case form, so ids sort by creation time and pagination by id is both
+/// stable and chronological; anything else (another case, no hyphens) is
+/// refused with `$msg`, so one id has one spelling.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $msg:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(std::sync::Arc<str>);
 
-impl KeyId {
-    pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
-    }
+        impl $name {
+            pub fn generate() -> Self {
+                Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
+            }
 
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
-        const MSG: &str = "must be a key id as returned by CreateKey";
-        let id = uuid::Uuid::try_parse(s).map_err(|_| Invalid(MSG))?;
-        let canonical = id.hyphenated().to_string();
-        if canonical == s {
-            Ok(Self(canonical.into()))
-        } else {
-            Err(Invalid(MSG))
+            pub fn parse(s: &str) -> Result<Self, $crate::domain::model::Invalid> {
+                use $crate::domain::model::Invalid;
+                let id = uuid::Uuid::try_parse(s).map_err(|_| Invalid($msg))?;
+                let canonical = id.hyphenated().to_string();
+                if canonical == s {
+                    Ok(Self(canonical.into()))
+                } else {
+                    Err(Invalid($msg))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-    }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
+pub(crate) use uuid_id;
 
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+uuid_id!(
+    /// A key's id.
+    KeyId,
+    "must be a key id as returned by CreateKey"
+);
 
 /// A key's display name: 1–255 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]

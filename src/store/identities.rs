@@ -8,13 +8,13 @@ use super::{
     Pool, Store, StoreError, mysql,
     rows::{IDENTITY_COLUMNS, IdentityRow, convert},
     sql::{
-        Subject, lock_organization, on_pool, optional_metadata, record_event, reserve_event_ids,
+        LimitsChange, Subject, bind_limits, limits_assignments, lock_organization, on_pool,
+        optional_metadata, record_event, reserve_event_ids,
     },
     sqlite,
 };
 use crate::domain::{
     identities::{IdentityId, IdentityName, IdentityPatch, IdentityRecord},
-    limits::RateLimits,
     model::{EventAction, Micros, OrganizationId, UserId},
 };
 
@@ -180,51 +180,25 @@ impl Store {
         actor: &UserId,
         now: Micros,
     ) -> Result<IdentityRecord, StoreError> {
-        // `quota_period` is assigned last, as in `update_key`: every term
-        // reads the old period on both back ends.
-        let update = "UPDATE identities SET update_time = ?, \
-            external_id = COALESCE(?, external_id), \
-            metadata = CASE WHEN ? = 1 THEN ? ELSE metadata END, \
-            rate_limits = COALESCE(?, rate_limits), \
-            quota_used = CASE WHEN ? = 0 THEN quota_used WHEN ? = 2 THEN 0 \
-                WHEN quota_period IS NULL OR quota_period <> ? THEN 0 ELSE quota_used END, \
-            quota_period_start = CASE WHEN ? = 0 THEN quota_period_start WHEN ? = 2 THEN 0 \
-                WHEN quota_period IS NULL OR quota_period <> ? THEN ? ELSE quota_period_start END, \
-            quota_limit = CASE WHEN ? = 0 THEN quota_limit ELSE ? END, \
-            quota_period = CASE WHEN ? = 0 THEN quota_period ELSE ? END \
-            WHERE organization_id = ? AND id = ?";
+        const UPDATE: &str = concat!(
+            "UPDATE identities SET update_time = ?, \
+             external_id = COALESCE(?, external_id), \
+             metadata = CASE WHEN ? = 1 THEN ? ELSE metadata END, ",
+            limits_assignments!(),
+            " WHERE organization_id = ? AND id = ?"
+        );
         let metadata = patch.metadata.as_ref().and_then(optional_metadata);
-        let rate_limits = patch.rate_limits.as_ref().map(RateLimits::encode);
-        // 0: unchanged, 1: set, 2: removed.
-        let (mode, quota) = match patch.quota {
-            None => (0_i64, None),
-            Some(None) => (2, None),
-            Some(Some(q)) => (1, Some(q)),
-        };
-        let period = quota.map(|q| q.period.as_i64());
-        let period_start = quota.map_or(0, |q| q.period.start(now).0);
-        let limit = quota.map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX));
+        let limits = LimitsChange::new(patch.rate_limits.as_ref(), patch.quota, now);
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             lock_organization!(tx, d, org.as_str());
             let _ = read_identity!(tx, org.as_str(), id.as_str());
-            let updated = sqlx::query(update)
+            let q = sqlx::query(UPDATE)
                 .bind(now.0)
                 .bind(patch.external_id.as_ref().map(|e| e.as_str()))
                 .bind(i64::from(patch.metadata.is_some()))
-                .bind(metadata.as_deref())
-                .bind(rate_limits.as_deref())
-                .bind(mode)
-                .bind(mode)
-                .bind(period)
-                .bind(mode)
-                .bind(mode)
-                .bind(period)
-                .bind(period_start)
-                .bind(mode)
-                .bind(limit)
-                .bind(mode)
-                .bind(period)
+                .bind(metadata.as_deref());
+            let updated = bind_limits!(q, limits)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .execute(&mut *tx)

@@ -232,6 +232,77 @@ const INSERT_KEY: &str = concat!(
     ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
+/// The assignments that change a row's usage limits (`api_keys` and
+/// `identities` keep them alike), bound by [`bind_limits!`] in this order. A
+/// quota keeps its use while its period stays the same, and starts the
+/// current period from zero when the period changes or the quota is new.
+/// MySQL assigns left to right and later terms see earlier ones, so
+/// `quota_period` is assigned last: every term reads the old period on both
+/// back ends.
+macro_rules! limits_assignments {
+    () => {
+        "rate_limits = COALESCE(?, rate_limits), \
+         quota_used = CASE WHEN ? = 0 THEN quota_used WHEN ? = 2 THEN 0 \
+             WHEN quota_period IS NULL OR quota_period <> ? THEN 0 ELSE quota_used END, \
+         quota_period_start = CASE WHEN ? = 0 THEN quota_period_start WHEN ? = 2 THEN 0 \
+             WHEN quota_period IS NULL OR quota_period <> ? THEN ? ELSE quota_period_start END, \
+         quota_limit = CASE WHEN ? = 0 THEN quota_limit ELSE ? END, \
+         quota_period = CASE WHEN ? = 0 THEN quota_period ELSE ? END"
+    };
+}
+pub(super) use limits_assignments;
+
+/// What [`limits_assignments!`] binds, from a patch's limits at `now`.
+pub(super) struct LimitsChange {
+    pub(super) rate_limits: Option<String>,
+    /// 0: the quota is unchanged, 1: set, 2: removed.
+    pub(super) mode: i64,
+    pub(super) period: Option<i64>,
+    pub(super) period_start: i64,
+    pub(super) limit: Option<i64>,
+}
+
+impl LimitsChange {
+    pub(super) fn new(
+        rate_limits: Option<&RateLimits>,
+        quota: Option<Option<crate::domain::limits::Quota>>,
+        now: Micros,
+    ) -> Self {
+        let (mode, quota) = match quota {
+            None => (0_i64, None),
+            Some(None) => (2, None),
+            Some(Some(q)) => (1, Some(q)),
+        };
+        Self {
+            rate_limits: rate_limits.map(RateLimits::encode),
+            mode,
+            period: quota.map(|q| q.period.as_i64()),
+            period_start: quota.map_or(0, |q| q.period.start(now).0),
+            limit: quota.map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// Binds a [`LimitsChange`] to `$q` in the order of [`limits_assignments!`].
+macro_rules! bind_limits {
+    ($q:expr, $c:expr) => {{
+        let c: &LimitsChange = &$c;
+        $q.bind(c.rate_limits.as_deref())
+            .bind(c.mode)
+            .bind(c.mode)
+            .bind(c.period)
+            .bind(c.mode)
+            .bind(c.mode)
+            .bind(c.period)
+            .bind(c.period_start)
+            .bind(c.mode)
+            .bind(c.limit)
+            .bind(c.mode)
+            .bind(c.period)
+    }};
+}
+pub(super) use bind_limits;
+
 /// An event to record, borrowed from the change it belongs to.
 struct Event<'a> {
     /// The key as this transaction leaves it: the event's key id, organization
@@ -467,27 +538,18 @@ impl Store {
         now: Micros,
         allowed: Guard<'_>,
     ) -> Result<KeyRecord, StoreError> {
-        // A quota keeps its use while its period stays the same, and starts the
-        // current period from zero when the period changes or the quota is new.
-        // MySQL assigns left to right and later terms see earlier ones, so
-        // `quota_period` is assigned last: every term reads the old period on both
-        // back ends.
-        let update = "UPDATE api_keys SET update_time = ?, \
-            name = COALESCE(?, name), scopes = COALESCE(?, scopes), \
-            allowed_hostnames = COALESCE(?, allowed_hostnames), \
-            allowed_networks = CASE WHEN ? = 1 THEN ? ELSE allowed_networks END, \
-            bound_principals = CASE WHEN ? = 1 THEN ? ELSE bound_principals END, \
-            metadata = CASE WHEN ? = 1 THEN ? ELSE metadata END, \
-            identity_id = CASE WHEN ? = 1 THEN ? ELSE identity_id END, \
-            expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END, \
-            rate_limits = COALESCE(?, rate_limits), \
-            quota_used = CASE WHEN ? = 0 THEN quota_used WHEN ? = 2 THEN 0 \
-                WHEN quota_period IS NULL OR quota_period <> ? THEN 0 ELSE quota_used END, \
-            quota_period_start = CASE WHEN ? = 0 THEN quota_period_start WHEN ? = 2 THEN 0 \
-                WHEN quota_period IS NULL OR quota_period <> ? THEN ? ELSE quota_period_start END, \
-            quota_limit = CASE WHEN ? = 0 THEN quota_limit ELSE ? END, \
-            quota_period = CASE WHEN ? = 0 THEN quota_period ELSE ? END \
-            WHERE organization_id = ? AND id = ?";
+        const UPDATE: &str = concat!(
+            "UPDATE api_keys SET update_time = ?, \
+             name = COALESCE(?, name), scopes = COALESCE(?, scopes), \
+             allowed_hostnames = COALESCE(?, allowed_hostnames), \
+             allowed_networks = CASE WHEN ? = 1 THEN ? ELSE allowed_networks END, \
+             bound_principals = CASE WHEN ? = 1 THEN ? ELSE bound_principals END, \
+             metadata = CASE WHEN ? = 1 THEN ? ELSE metadata END, \
+             identity_id = CASE WHEN ? = 1 THEN ? ELSE identity_id END, \
+             expire_time = CASE WHEN ? = 1 THEN ? ELSE expire_time END, ",
+            limits_assignments!(),
+            " WHERE organization_id = ? AND id = ?"
+        );
         let scopes = patch.scopes.as_ref().map(|s| join(s.iter()));
         let hosts = patch.allowed_hostnames.as_ref().map(|h| join(h.to_vec()));
         let networks = patch
@@ -499,16 +561,7 @@ impl Store {
             .as_ref()
             .and_then(|p| optional_list(p.to_vec()));
         let metadata = patch.metadata.as_ref().and_then(optional_metadata);
-        let rate_limits = patch.rate_limits.as_ref().map(RateLimits::encode);
-        // 0: unchanged, 1: set, 2: removed.
-        let (mode, quota) = match patch.quota {
-            None => (0_i64, None),
-            Some(None) => (2, None),
-            Some(Some(q)) => (1, Some(q)),
-        };
-        let period = quota.map(|q| q.period.as_i64());
-        let period_start = quota.map_or(0, |q| q.period.start(now).0);
-        let limit = quota.map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX));
+        let limits = LimitsChange::new(patch.rate_limits.as_ref(), patch.quota, now);
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
             // Every writer of the organization waits here, so the row read
@@ -519,7 +572,7 @@ impl Store {
             if let Some(Some(identity)) = &patch.identity_id {
                 identity_exists!(tx, org.as_str(), identity.as_str());
             }
-            sqlx::query(update)
+            let q = sqlx::query(UPDATE)
                 .bind(now.0)
                 .bind(patch.name.as_ref().map(KeyName::as_str))
                 .bind(scopes.as_deref())
@@ -538,19 +591,8 @@ impl Store {
                         .and_then(|i| i.as_ref().map(IdentityId::as_str)),
                 )
                 .bind(i64::from(patch.expire_time.is_some()))
-                .bind(patch.expire_time.flatten().map(|t| t.0))
-                .bind(rate_limits.as_deref())
-                .bind(mode)
-                .bind(mode)
-                .bind(period)
-                .bind(mode)
-                .bind(mode)
-                .bind(period)
-                .bind(period_start)
-                .bind(mode)
-                .bind(limit)
-                .bind(mode)
-                .bind(period)
+                .bind(patch.expire_time.flatten().map(|t| t.0));
+            bind_limits!(q, limits)
                 .bind(org.as_str())
                 .bind(id.as_str())
                 .execute(&mut *tx)
