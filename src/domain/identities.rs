@@ -74,23 +74,18 @@ impl IdentityRecord {
     /// The record as of `now`: a quota whose stored period has ended has used
     /// nothing of the current one.
     pub fn as_of(mut self, now: Micros) -> Self {
-        if let Some(q) = self.quota {
-            let start = q.period.start(now);
-            if start != self.quota_period_start {
-                self.quota_used = 0;
-                self.quota_period_start = start;
-            }
-        }
+        (self.quota_used, self.quota_period_start) = crate::domain::limits::quota_as_of(
+            self.quota,
+            self.quota_used,
+            self.quota_period_start,
+            now,
+        );
         self
     }
 
     /// The quota's use in its stored period, and when that period ends.
     pub fn quota_usage(&self) -> Option<(u64, Option<Micros>)> {
-        let quota = self.quota?;
-        Some((
-            self.quota_used,
-            quota.period.next_start(self.quota_period_start),
-        ))
+        crate::domain::limits::quota_usage(self.quota, self.quota_used, self.quota_period_start)
     }
 }
 

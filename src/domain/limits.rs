@@ -248,6 +248,27 @@ pub struct Quota {
     pub period: QuotaPeriod,
 }
 
+/// A stored quota's use as of `now`, as `(used, period start)`: a stored
+/// period that has ended used nothing of the current one (the row itself
+/// moves on at its next take). Keys and identities keep their quotas alike.
+pub fn quota_as_of(quota: Option<Quota>, used: u64, start: Micros, now: Micros) -> (u64, Micros) {
+    match quota {
+        Some(q) if q.period.start(now) != start => (0, q.period.start(now)),
+        _ => (used, start),
+    }
+}
+
+/// A stored quota's use in its stored period, and when that period ends;
+/// `None` without a quota.
+pub fn quota_usage(
+    quota: Option<Quota>,
+    used: u64,
+    start: Micros,
+) -> Option<(u64, Option<Micros>)> {
+    let q = quota?;
+    Some((used, q.period.next_start(start)))
+}
+
 impl Quota {
     pub fn limit_invalid(limit: u64) -> Option<Invalid> {
         match limit {
