@@ -95,16 +95,20 @@ const LIVE: &str = "t.revoke_time IS NULL AND t.rotated_to_id IS NULL";
 /// A quota at 80 % or more of its current period, whose notice (low, or
 /// exhausted once used up) is not claimed yet. Binds: the day's and the
 /// month's start.
-const QUOTA_DUE: &str = concat!(
-    "t.quota_limit IS NOT NULL AND t.quota_used * 5 >= t.quota_limit * 4 \
-     AND ((t.quota_period = 1 AND t.quota_period_start = ?) \
-       OR (t.quota_period = 2 AND t.quota_period_start = ?) OR t.quota_period = 3) AND ",
-    unclaimed!(
-        "(CASE WHEN t.quota_used >= t.quota_limit THEN 5 ELSE 4 END)",
-        "t.quota_period_start",
-        "t.quota_limit"
-    )
-);
+macro_rules! quota_due {
+    () => {
+        concat!(
+            "t.quota_limit IS NOT NULL AND t.quota_used * 5 >= t.quota_limit * 4 \
+             AND ((t.quota_period = 1 AND t.quota_period_start = ?) \
+               OR (t.quota_period = 2 AND t.quota_period_start = ?) OR t.quota_period = 3) AND ",
+            unclaimed!(
+                "(CASE WHEN t.quota_used >= t.quota_limit THEN 5 ELSE 4 END)",
+                "t.quota_period_start",
+                "t.quota_limit"
+            )
+        )
+    };
+}
 
 impl Store {
     /// Up to `limit` keys and identities of each reason that may be due a
@@ -134,9 +138,17 @@ impl Store {
              AND COALESCE(t.last_used_time, t.create_time) <= ? AND ",
             unclaimed!("3", "COALESCE(t.last_used_time, t.create_time)", "0")
         ));
-        let key_quotas = keys(QUOTA_DUE);
-        let identity_quotas =
-            format!("SELECT {IDENTITY_COLUMNS} FROM identities t WHERE {QUOTA_DUE} LIMIT ?");
+        // Unexpired only, as `domain::notices` decides: an expired key with
+        // a used-up quota that never resets would otherwise come back on
+        // every scan and, 500 of them, crowd out every other key's notice.
+        let key_quotas = keys(concat!(
+            "(t.expire_time IS NULL OR t.expire_time > ?) AND ",
+            quota_due!()
+        ));
+        let identity_quotas = format!(
+            "SELECT {IDENTITY_COLUMNS} FROM identities t WHERE {} LIMIT ?",
+            quota_due!()
+        );
         let (day, month) = (
             QuotaPeriod::Day.start(now).0,
             QuotaPeriod::Month.start(now).0,
@@ -167,6 +179,7 @@ impl Store {
             );
             rows.extend(
                 sqlx::query_as::<_, KeyRow>(&key_quotas)
+                    .bind(now.0)
                     .bind(day)
                     .bind(month)
                     .bind(limit)

@@ -64,7 +64,50 @@ async fn notices(app: &TestApp) -> Vec<(String, KeyEventAction)> {
     out
 }
 
-store_tests!(each_notice_goes_out_once_with_two_instances_racing);
+store_tests!(
+    each_notice_goes_out_once_with_two_instances_racing,
+    an_expired_key_is_read_for_no_quota_notice,
+);
+
+/// The scan's read agrees with the rule: an expired key's quota is due no
+/// notice, so its row is not read again and again (500 such rows, in a
+/// quota that never resets, would fill every scan's page).
+async fn an_expired_key_is_read_for_no_quota_notice(b: Backend) {
+    use keygate::domain::{
+        keys::{KeyPrefix, Secret},
+        limits::{Quota as DomainQuota, QuotaPeriod as Period},
+        model::{KeyRecord, Micros},
+    };
+    let db = TestDb::create(b).await;
+    let store = Store::connect(&db.url, &PoolConfig::default())
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let now = Micros::now();
+    let used_up = |name: &str, expire: Option<Micros>| KeyRecord {
+        quota: Some(DomainQuota {
+            limit: 5,
+            period: Period::Total,
+        }),
+        quota_used: 5,
+        expire_time: expire,
+        ..bot_record(ORG, name, &Secret::generate(&KeyPrefix::default()), now)
+    };
+    let expired = used_up("expired", Some(Micros(now.0 - 3_600_000_000)));
+    let live = used_up("live", None);
+    for k in [&expired, &live] {
+        store.create_key(k).await.expect("create");
+    }
+    let (keys, identities) = store
+        .notice_candidates(now, Micros(90 * 86_400_000_000), 10)
+        .await
+        .expect("candidates");
+    let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(ids, [live.id.as_str()]);
+    assert!(identities.is_empty());
+    store.close().await;
+    db.drop_db().await;
+}
 
 async fn each_notice_goes_out_once_with_two_instances_racing(b: Backend) {
     let app = spawn_app_with(b, &["--notice-interval", "0s"]).await;
