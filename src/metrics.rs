@@ -86,6 +86,11 @@ fn describe() {
         Unit::Count,
         "Leak reports on /v1/leaks/github refused for their signature, by reason: missing, unknown_key, malformed, invalid"
     );
+    describe_counter!(
+        "keygate_notices_sent_total",
+        Unit::Count,
+        "Notices this instance claimed and sent, by notice: key.expiring, key.dormant, quota.low, quota.exhausted"
+    );
     describe_gauge!(
         "keygate_open_files_limit",
         Unit::Count,
@@ -443,6 +448,11 @@ pub fn store_error(kind: &'static str) {
 /// malformed, invalid).
 pub fn leak_report_refused(reason: &'static str) {
     counter!("keygate_leak_reports_refused_total", "reason" => reason).increment(1);
+}
+
+/// A notice this instance claimed and sent (`key.expiring`, …).
+pub fn notice_sent(notice: &'static str) {
+    counter!("keygate_notices_sent_total", "notice" => notice).increment(1);
 }
 
 pub fn admin_request(method: &'static str, code: tonic::Code) {

@@ -82,9 +82,9 @@ impl Notices {
                     .await?
                 {
                     sent += 1;
-                    metrics::counter!("keygate_notices_sent_total",
-                        "notice" => crate::domain::json::event_type(occurrence.kind.action()))
-                    .increment(1);
+                    crate::metrics::notice_sent(crate::domain::json::event_type(
+                        occurrence.kind.action(),
+                    ));
                 }
             }
         }
