@@ -13,7 +13,6 @@ use crate::{
     hotpath::cache::CachedKey,
     hotpath::limiter::LimitStatus,
     metrics::{Timer, VerifyMetrics},
-    proto::KeyType,
     services::{Outcome, authorizer::Decision},
 };
 
@@ -202,16 +201,15 @@ fn ceil_seconds(micros: i64) -> i64 {
 }
 
 fn identity(key: &CachedKey) -> Vec<(&'static str, String)> {
-    let v = key.verified_fields();
     let mut out = vec![
-        (KEY_ID, v.id.clone()),
-        (ORGANIZATION_ID, v.organization_id.clone()),
+        (KEY_ID, key.id().to_owned()),
+        (ORGANIZATION_ID, key.organization_id().to_owned()),
     ];
-    if v.r#type == KeyType::Bot as i32 {
+    if key.is_bot() {
         out.push((KEY_TYPE, "bot".into()));
     } else {
         out.push((KEY_TYPE, "user".into()));
-        out.push((USER_ID, v.user_id.clone()));
+        out.push((USER_ID, key.user_id().to_owned()));
     }
     out
 }

@@ -187,6 +187,11 @@ impl fmt::Display for HostnamePattern {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct AllowedHostnames(Vec<HostnamePattern>);
 
+impl AllowedHostnames {
+    /// No restriction: what a key without hostnames has.
+    pub const NONE: Self = Self(Vec::new());
+}
+
 /// Why a list of hostname patterns was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostnamesError {

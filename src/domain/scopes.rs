@@ -95,7 +95,7 @@ fn is_valid_part(p: &[u8]) -> bool {
 
 /// A key's granted scopes: 1 to 128 well-formed scopes, sorted by byte order and
 /// deduplicated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScopeSet(Vec<Box<str>>);
 
 /// Why a list of scopes cannot form a [`ScopeSet`].

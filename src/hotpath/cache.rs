@@ -18,9 +18,10 @@
 //! the check and the insert is still honoured.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        Arc, LazyLock, Mutex, PoisonError, Weak,
+        atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -33,7 +34,7 @@ use crate::{
     domain::identities::IdentityId,
     domain::keys::SecretHash,
     domain::limits::{LimitsOwner, Quota, RateLimits},
-    domain::model::{KeyId, KeyRecord, Micros},
+    domain::model::{KeyRecord, Micros},
     domain::networks::{AllowedNetworks, BoundPrincipals},
     domain::scopes::ScopeSet,
     metrics::CacheMetrics,
@@ -41,40 +42,93 @@ use crate::{
 };
 
 /// What verification needs of a key, and nothing else: the cache holds up to
-/// `--cache-capacity` of these, so every field counts.
+/// `--cache-capacity` of these, so every field counts (a million keys fit in
+/// about 400 MB, docs/CAPACITY.md; `entry_size_is_pinned` below keeps it so).
+///
+/// The key's strings are kept once, in the encoded answer: the id,
+/// organization id, user id and name are read back from it by their place
+/// (protobuf writes a string field's bytes as they are). What most keys do
+/// not have (hostnames, networks, principals, limits, an identity) costs
+/// them one pointer each; scope sets are shared between keys that have the
+/// same scopes.
 #[derive(Debug)]
 pub struct CachedKey {
-    pub id: KeyId,
-    /// The key's fields as answers show them, without the scopes (which stay
-    /// in `scopes`): the edge's identity headers read them.
-    verified: proto::VerifiedKey,
-    /// The same key, scopes included, as `VerifyKey` answers encode it: made
-    /// once here so an answer copies bytes instead of cloning strings (see
-    /// `api::grpc::answer`); about 100 bytes a key.
+    /// The key, scopes included, as `VerifyKey` answers encode it
+    /// (`proto::VerifiedKey`): made once here so an answer copies bytes
+    /// instead of cloning strings (see `api::grpc::answer`).
     encoded: Box<[u8]>,
-    pub scopes: ScopeSet,
-    pub allowed_hostnames: AllowedHostnames,
-    /// The key's networks and principals, boxed: most keys have neither, and
-    /// then they cost the entry one pointer rather than four empty lists.
-    presenters: Option<Box<(AllowedNetworks, BoundPrincipals)>>,
-    pub revoke_time: Option<Micros>,
-    pub expire_time: Option<Micros>,
-    pub rate_limits: RateLimits,
-    pub quota: Option<Quota>,
-    /// Whose rate-limit buckets and quota this key spends: its lineage's (its
-    /// rotation chain's), so every link of a chain spends the same ones.
-    pub limits_id: LimitsOwner,
+    pub scopes: Arc<ScopeSet>,
+    /// What few keys have, behind one pointer.
+    extras: Option<Box<Extras>>,
+    /// Verifications since the last usage flush (see `usage`).
+    pub(crate) usage: Usage,
+    bot: bool,
+}
+
+/// What most keys do not have: an expiry or revocation, hostnames,
+/// networks, principals, usage limits, an identity.
+#[derive(Debug, Default)]
+struct Extras {
+    revoke_time: Option<Micros>,
+    expire_time: Option<Micros>,
+    hostnames: AllowedHostnames,
+    networks: AllowedNetworks,
+    principals: BoundPrincipals,
+    limits: Option<KeyLimits>,
     /// The identity that owns the key: its limits are spent after the key's,
     /// and the answer carries it (`hotpath::identities` caches it apart, so
     /// a change of it reaches all its keys with one invalidation).
-    pub identity_id: Option<IdentityId>,
-    /// Verifications since the last usage flush (see `usage`).
-    pub(crate) usage: Usage,
+    identity_id: Option<IdentityId>,
+}
+
+/// A key's usage limits and whose buckets they spend.
+#[derive(Debug)]
+pub struct KeyLimits {
+    /// The key's lineage (its rotation chain): every link of a chain spends
+    /// the same buckets and quota.
+    pub owner: LimitsOwner,
+    pub rate_limits: RateLimits,
+    pub quota: Option<Quota>,
+}
+
+/// String field `number` (1 id, 2 organization id, 4 user id, 5 name) of
+/// an encoded `VerifiedKey`, or "" when it is absent. Read from the bytes
+/// each time rather than kept as offsets: the fields come first in the
+/// message, a read steps over at most four of them, and only the edge's
+/// headers and the usage flush ask. The bytes were encoded by prost from
+/// `&str`s, so they are well formed and UTF-8.
+fn string_field(encoded: &[u8], number: u32) -> &str {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut buf = encoded;
+    while let Ok((tag, wire)) = decode_key(&mut buf) {
+        if tag > number {
+            break;
+        }
+        let len = match wire {
+            WireType::LengthDelimited => match decode_varint(&mut buf) {
+                Ok(len) => usize::try_from(len).unwrap_or(usize::MAX).min(buf.len()),
+                Err(_) => break,
+            },
+            WireType::Varint => {
+                if decode_varint(&mut buf).is_err() {
+                    break;
+                }
+                continue;
+            }
+            // VerifiedKey's first fields are strings and an enum.
+            _ => break,
+        };
+        if tag == number {
+            return std::str::from_utf8(&buf[..len]).unwrap_or_default();
+        }
+        buf = &buf[len..];
+    }
+    ""
 }
 
 impl CachedKey {
     pub fn new(record: KeyRecord) -> Self {
-        let mut verified = proto::VerifiedKey {
+        let verified = proto::VerifiedKey {
             id: record.id.as_str().to_owned(),
             organization_id: record.organization_id.as_str().to_owned(),
             r#type: proto::KeyType::from(record.owner.key_type()) as i32,
@@ -84,93 +138,128 @@ impl CachedKey {
                 .map(|u| u.as_str().to_owned())
                 .unwrap_or_default(),
             name: record.name.as_str().to_owned(),
-            scopes: Vec::new(),
+            scopes: record.scopes.to_vec(),
             expire_time: record.expire_time.map(|t| t.to_timestamp()),
             rotated_to_id: record
                 .rotated_to_id
                 .as_ref()
                 .map(|id| id.as_str().to_owned())
                 .unwrap_or_default(),
-            metadata: Default::default(),
+            metadata: record.metadata.to_map(),
             // Cached apart (`hotpath::identities`) and appended to the
             // encoded answer.
             identity: None,
         };
-        // Scopes and metadata are in the encoded answer only: the entry keeps
-        // the scopes in their own form for the checks, and nothing reads the
-        // metadata but the answer.
-        verified.scopes = record.scopes.to_vec();
-        verified.metadata = record.metadata.to_map();
         let encoded = prost::Message::encode_to_vec(&verified).into_boxed_slice();
-        verified.scopes = Vec::new();
-        verified.metadata = Default::default();
+        let has_limits = !record.rate_limits.is_empty() || record.quota.is_some();
         // Every link of a rotation chain spends the chain's limits: the links
         // never hold two quotas or two bursts at once, and a rotation carries
         // the calls already made over.
-        let limits_id = LimitsOwner::Lineage(record.lineage_id.clone());
-        Self {
-            id: record.id,
-            verified,
-            encoded,
-            scopes: record.scopes,
-            allowed_hostnames: record.allowed_hostnames,
-            presenters: (!record.allowed_networks.is_empty()
-                || !record.bound_principals.is_empty())
-            .then(|| Box::new((record.allowed_networks, record.bound_principals))),
-            revoke_time: record.revoke_time,
-            expire_time: record.expire_time,
+        let limits = has_limits.then(|| KeyLimits {
+            owner: LimitsOwner::Lineage(record.lineage_id),
             rate_limits: record.rate_limits,
             quota: record.quota,
-            limits_id,
-            identity_id: record.identity_id,
+        });
+        let extras = (limits.is_some()
+            || record.identity_id.is_some()
+            || record.revoke_time.is_some()
+            || record.expire_time.is_some()
+            || !record.allowed_hostnames.is_empty()
+            || !record.allowed_networks.is_empty()
+            || !record.bound_principals.is_empty())
+        .then(|| {
+            Box::new(Extras {
+                revoke_time: record.revoke_time,
+                expire_time: record.expire_time,
+                hostnames: record.allowed_hostnames,
+                networks: record.allowed_networks,
+                principals: record.bound_principals,
+                limits,
+                identity_id: record.identity_id,
+            })
+        });
+        Self {
+            encoded,
+            bot: verified.r#type == proto::KeyType::Bot as i32,
+            scopes: interned(record.scopes),
+            extras,
             usage: Usage::default(),
         }
+    }
+
+    pub fn revoke_time(&self) -> Option<Micros> {
+        self.extras.as_ref()?.revoke_time
+    }
+
+    pub fn expire_time(&self) -> Option<Micros> {
+        self.extras.as_ref()?.expire_time
+    }
+
+    /// The identity that owns the key, if any.
+    pub fn identity_id(&self) -> Option<&IdentityId> {
+        self.extras.as_ref()?.identity_id.as_ref()
+    }
+
+    pub fn id(&self) -> &str {
+        string_field(&self.encoded, 1)
+    }
+
+    pub fn organization_id(&self) -> &str {
+        string_field(&self.encoded, 2)
+    }
+
+    /// Empty for a bot key.
+    pub fn user_id(&self) -> &str {
+        string_field(&self.encoded, 4)
+    }
+
+    pub fn name(&self) -> &str {
+        string_field(&self.encoded, 5)
+    }
+
+    pub fn is_bot(&self) -> bool {
+        self.bot
     }
 
     /// About how many bytes this entry holds, its own and on the heap: what
     /// the cache weighs it by, so that a tenant's large keys (64 hostnames,
     /// 128 scopes) take their share of `--cache-max-bytes`, not one slot.
+    /// A shared scope set is counted whole in every key that holds it: the
+    /// bound errs on the safe side.
     pub fn approx_bytes(&self) -> u64 {
-        let v = &self.verified;
-        let heap = self.id.as_str().len()
-            + match &self.limits_id {
-                LimitsOwner::Lineage(id) => id.as_str().len(),
-                LimitsOwner::Identity(id) => id.as_str().len(),
-            }
-            + self.identity_id.as_ref().map_or(0, |i| i.as_str().len())
-            + v.id.len()
-            + v.organization_id.len()
-            + v.user_id.len()
-            + v.name.len()
-            + v.rotated_to_id.len()
-            + self.encoded.len()
+        let heap = self.encoded.len()
             + self.scopes.iter().map(|s| s.len() + 16).sum::<usize>()
-            + self
-                .allowed_hostnames
-                .iter()
-                .map(|h| h.to_string().len() + 32)
-                .sum::<usize>()
-            + self.rate_limits.len() * std::mem::size_of::<crate::domain::limits::RateLimit>() * 2
-            + self.presenters.as_ref().map_or(0, |p| {
-                std::mem::size_of_val(&**p) + p.0.heap_bytes() + p.1.heap_bytes()
+            + self.extras.as_ref().map_or(0, |x| {
+                std::mem::size_of::<Extras>()
+                    + x.hostnames
+                        .iter()
+                        .map(|h| h.to_string().len() + 32)
+                        .sum::<usize>()
+                    + x.networks.heap_bytes()
+                    + x.principals.heap_bytes()
+                    + x.limits.as_ref().map_or(0, |l| {
+                        l.rate_limits.len()
+                            * std::mem::size_of::<crate::domain::limits::RateLimit>()
+                            * 2
+                            + match &l.owner {
+                                LimitsOwner::Lineage(id) => id.as_str().len(),
+                                LimitsOwner::Identity(id) => id.as_str().len(),
+                            }
+                    })
+                    + x.identity_id.as_ref().map_or(0, |i| i.as_str().len() + 16)
             });
         // The Arc's counters, and the cache's own entry (hash, deadline).
         let fixed = std::mem::size_of::<Self>() + 16 + std::mem::size_of::<Entry>() + 32;
         u64::try_from(heap + fixed).unwrap_or(u64::MAX)
     }
 
-    pub fn organization_id(&self) -> &str {
-        &self.verified.organization_id
-    }
-
-    /// The answer's fields, without the scopes (which stay in `scopes`).
-    pub fn verified_fields(&self) -> &proto::VerifiedKey {
-        &self.verified
-    }
-
-    /// Whether a verification of this key has usage limits to apply.
+    /// Whether a verification of this key has usage limits of its own.
     pub fn has_limits(&self) -> bool {
-        !self.rate_limits.is_empty() || self.quota.is_some()
+        self.limits().is_some()
+    }
+
+    pub fn limits(&self) -> Option<&KeyLimits> {
+        self.extras.as_ref()?.limits.as_ref()
     }
 
     /// The key as a `VerifyKey` answer encodes it (`proto::VerifiedKey`).
@@ -178,38 +267,62 @@ impl CachedKey {
         &self.encoded
     }
 
-    /// The key as a verification answer shows it.
+    /// The key as a verification answer shows it (for tests and tools: the
+    /// verify path sends `encoded` as it is).
     pub fn verified(&self) -> proto::VerifiedKey {
-        proto::VerifiedKey {
-            scopes: self.scopes.to_vec(),
-            ..self.verified.clone()
-        }
+        prost::Message::decode(&*self.encoded).unwrap_or_default()
     }
 }
 
-/// What a key without networks or principals answers for them.
+/// Keys with the same scopes share one set: most of an organization's keys
+/// were made from the same few templates, and a set is a vector of strings.
+/// The table holds weak references, swept of dead ones whenever it has
+/// doubled since the last sweep, so it never outgrows the live sets by more
+/// than twice.
+fn interned(scopes: ScopeSet) -> Arc<ScopeSet> {
+    #[derive(Default)]
+    struct Table {
+        sets: HashMap<ScopeSet, Weak<ScopeSet>>,
+        swept_at: usize,
+    }
+    static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Mutex::default);
+    let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(live) = table.sets.get(&scopes).and_then(Weak::upgrade) {
+        return live;
+    }
+    if table.sets.len() >= table.swept_at.max(1024) * 2 {
+        table.sets.retain(|_, w| w.strong_count() > 0);
+        table.swept_at = table.sets.len();
+    }
+    let set = Arc::new(scopes);
+    table.sets.insert((*set).clone(), Arc::downgrade(&set));
+    set
+}
+
+/// What a key without extras answers for them.
+static NO_HOSTNAMES: AllowedHostnames = AllowedHostnames::NONE;
 static NO_NETWORKS: AllowedNetworks = AllowedNetworks::NONE;
 static NO_PRINCIPALS: BoundPrincipals = BoundPrincipals::NONE;
 
 /// The domain's checks read a cached key as they would its record.
 impl crate::domain::verify::KeyFacts for CachedKey {
     fn revoke_time(&self) -> Option<Micros> {
-        self.revoke_time
+        CachedKey::revoke_time(self)
     }
     fn expire_time(&self) -> Option<Micros> {
-        self.expire_time
+        CachedKey::expire_time(self)
     }
     fn organization_id(&self) -> &str {
         CachedKey::organization_id(self)
     }
     fn allowed_hostnames(&self) -> &AllowedHostnames {
-        &self.allowed_hostnames
+        self.extras.as_ref().map_or(&NO_HOSTNAMES, |x| &x.hostnames)
     }
     fn allowed_networks(&self) -> &AllowedNetworks {
-        self.presenters.as_ref().map_or(&NO_NETWORKS, |p| &p.0)
+        self.extras.as_ref().map_or(&NO_NETWORKS, |x| &x.networks)
     }
     fn bound_principals(&self) -> &BoundPrincipals {
-        self.presenters.as_ref().map_or(&NO_PRINCIPALS, |p| &p.1)
+        self.extras.as_ref().map_or(&NO_PRINCIPALS, |x| &x.principals)
     }
     fn scopes(&self) -> &ScopeSet {
         &self.scopes
@@ -218,10 +331,12 @@ impl crate::domain::verify::KeyFacts for CachedKey {
 
 /// One cache entry's verifications since the last flush: counted here, in the
 /// entry, so a verification touches no shared map; `usage.rs` reads and resets
-/// it (the dependency points from usage to the cache, never back).
+/// it (the dependency points from usage to the cache, never back). 32-bit
+/// counts: a flush takes them every second or so, and even a store outage
+/// moves them to the flush's backlog at every attempt.
 #[derive(Debug, Default)]
 pub struct Usage {
-    pub(crate) count: AtomicU64,
+    pub(crate) count: AtomicU32,
     pub(crate) last_used: AtomicI64,
     /// The same verifications by UTC hour and outcome, for the usage history:
     /// two slots, by the hour's parity, so a flush (every second) always finds
@@ -230,11 +345,11 @@ pub struct Usage {
     pub(crate) hours: [HourSlot; 2],
 }
 
-/// Outcome counts of one UTC hour (`hour` is its start, in microseconds).
+/// Outcome counts of one UTC hour (`hour` is its number since 1970).
 #[derive(Debug, Default)]
 pub struct HourSlot {
-    pub(crate) hour: AtomicI64,
-    pub(crate) by_code: [AtomicU64; OUTCOMES],
+    pub(crate) hour: AtomicU32,
+    pub(crate) by_code: [AtomicU32; OUTCOMES],
 }
 
 /// Outcomes a verification that found its key can have (codes 1 and 5–13).
@@ -469,6 +584,7 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::model::KeyId;
     use crate::domain::keys::{KeyPrefix, Secret};
 
     const NOW: Micros = Micros(1_700_000_000_000_000);
@@ -633,5 +749,60 @@ mod tests {
             .filter(|h| !matches!(cache.get(h, NOW), Lookup::Found(_)))
             .count();
         assert_eq!(missing, 0);
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use super::*;
+    use crate::domain::keys::{KeyPrefix, Secret};
+    use crate::domain::model::{KeyId, Owner, UserId};
+
+    /// What one cached key costs, pinned: a change that grows the entry
+    /// fails here and has to say why in docs/CAPACITY.md. The figures are
+    /// the inline entry and the heap beside it for a usual key (a bot key,
+    /// two scopes, a short name, no restrictions, no limits).
+    #[test]
+    fn entry_size_is_pinned() {
+        assert_eq!(std::mem::size_of::<Usage>(), 104);
+        assert_eq!(std::mem::size_of::<CachedKey>(), 144);
+        let secret = Secret::generate(&KeyPrefix::default());
+        let mut record = KeyRecord::test_bot(KeyId::generate(), &secret, "bench key 12345");
+        record.scopes = ScopeSet::parse(["links:read", "links:write"]).expect("scopes");
+        let key = CachedKey::new(record);
+        // id 36, organization 11, name 15, two scopes, with their tags.
+        assert!(key.encoded().len() <= 110, "{}", key.encoded().len());
+        assert!(key.approx_bytes() <= 400, "{}", key.approx_bytes());
+    }
+
+    #[test]
+    fn the_answers_strings_are_read_back_in_place() {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let id = KeyId::generate();
+        let name = "é".repeat(255);
+        let mut record = KeyRecord::test_bot(id.clone(), &secret, &name);
+        record.owner = Owner::User(UserId::parse("user-7").expect("user"));
+        let key = CachedKey::new(record.clone());
+        assert_eq!(key.id(), id.as_str());
+        assert_eq!(key.organization_id(), record.organization_id.as_str());
+        assert_eq!(key.user_id(), "user-7");
+        assert_eq!(key.name(), name);
+        assert!(!key.is_bot());
+        let bot = CachedKey::new(KeyRecord::test_bot(KeyId::generate(), &secret, "b"));
+        assert_eq!(bot.user_id(), "");
+        assert!(bot.is_bot());
+    }
+
+    #[test]
+    fn keys_with_the_same_scopes_share_one_set() {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let scopes = ScopeSet::parse(["a:read", "b:write"]).expect("scopes");
+        let make = || {
+            let mut r = KeyRecord::test_bot(KeyId::generate(), &secret, "k");
+            r.scopes = scopes.clone();
+            CachedKey::new(r)
+        };
+        let (one, two) = (make(), make());
+        assert!(Arc::ptr_eq(&one.scopes, &two.scopes));
     }
 }

@@ -225,8 +225,9 @@ impl UsageRecorder {
     /// write.
     pub fn record(&self, key: &Arc<CachedKey>, now: Micros, code: Code) {
         if let Some(i) = code.outcome_index() {
-            let hour = now.0.div_euclid(HOUR) * HOUR;
-            let slot = &key.usage.hours[usize::from(now.0.div_euclid(HOUR) % 2 != 0)];
+            let number = now.0.div_euclid(HOUR);
+            let hour = u32::try_from(number).unwrap_or(0);
+            let slot = &key.usage.hours[usize::from(number % 2 != 0)];
             if slot.hour.load(Ordering::Acquire) != hour {
                 // The first verification of this hour in this slot: what it
                 // held is two hours old and was taken by a flush long ago.
@@ -240,7 +241,7 @@ impl UsageRecorder {
         if key.usage.count.fetch_add(1, Ordering::AcqRel) == 0 {
             // The first use since the last flush took this entry's count: list it.
             // Later uses find a non-zero count and know it is listed.
-            let shard = usize::from(key.id.as_str().as_bytes().last().copied().unwrap_or(0));
+            let shard = usize::from(key.id().as_bytes().last().copied().unwrap_or(0));
             lock(&self.dirty[shard % SHARDS]).push(Arc::clone(key));
         }
     }
@@ -256,23 +257,27 @@ impl UsageRecorder {
             let listed = std::mem::take(&mut *lock(shard));
             for key in listed {
                 // Zeroing the count is what makes the next use list the entry again.
-                let count = key.usage.count.swap(0, Ordering::AcqRel);
+                let count = u64::from(key.usage.count.swap(0, Ordering::AcqRel));
                 let last_used = Micros(key.usage.last_used.load(Ordering::Relaxed));
                 // With the cache off, or after an invalidation, one key can have
                 // several entries listed: their counts add up.
                 let mut pending = Pending::new(now);
                 pending.add(count, last_used);
                 for slot in &key.usage.hours {
-                    let hour = slot.hour.load(Ordering::Acquire);
+                    let hour = i64::from(slot.hour.load(Ordering::Acquire)) * HOUR;
                     for (i, n) in slot.by_code.iter().enumerate() {
-                        let n = n.swap(0, Ordering::AcqRel);
+                        let n = u64::from(n.swap(0, Ordering::AcqRel));
                         if let (true, Some(code)) = (n > 0, Code::from_outcome_index(i)) {
                             *pending.history.entry((hour, code.number())).or_default() += n;
                         }
                     }
                 }
-                if pending.count > 0 || !pending.history.is_empty() {
-                    backlog.add(key.id.clone(), pending, false);
+                // The id was parsed when the key was read, so it parses again.
+                if let (true, Ok(id)) = (
+                    pending.count > 0 || !pending.history.is_empty(),
+                    KeyId::parse(key.id()),
+                ) {
+                    backlog.add(id, pending, false);
                 }
             }
         }

@@ -149,7 +149,7 @@ impl Verifier {
         let (code, missing_scopes) = check(&*key, v, now);
         // A cached identity is read in place; only a miss pays for the
         // boxed store read's future.
-        let identity = match &key.identity_id {
+        let identity = match key.identity_id() {
             None => None,
             Some(id) => match self.identities.cached(id, now) {
                 Some(hit) => hit,
@@ -189,7 +189,7 @@ impl Verifier {
         // call that failed UNAVAILABLE (its quota could not be asked) is no
         // verification and counts nowhere.
         self.usage.record(&key, now, outcome.code);
-        tracing::debug!(key_id = %key.id, code = ?outcome.code, "verified");
+        tracing::debug!(key_id = key.id(), code = ?outcome.code, "verified");
         outcome.key = Some(key);
         Ok(outcome)
     }
@@ -207,10 +207,15 @@ impl Verifier {
         code: &mut Code,
         limits: &mut Limits,
     ) -> Result<(), Error> {
-        let key_rate = self
-            .rate_limits
-            .check(&key.limits_id, &key.rate_limits, cost, now)
-            .await;
+        let key_limits = key.limits();
+        let key_rate = match key_limits {
+            Some(l) => {
+                self.rate_limits
+                    .check(&l.owner, &l.rate_limits, cost, now)
+                    .await
+            }
+            None => None,
+        };
         if let Some(RateDecision {
             allowed: false,
             status,
@@ -239,8 +244,8 @@ impl Verifier {
         // The rate limits taken so far, to give back if a later limit refuses.
         // Fixed arrays, not Vecs: no allocation on the verify path.
         let mut taken: [Option<(&LimitsOwner, &RateLimits)>; 2] = [None, None];
-        if key_rate.is_some() {
-            taken[0] = Some((&key.limits_id, &key.rate_limits));
+        if let Some(l) = key_limits.filter(|_| key_rate.is_some()) {
+            taken[0] = Some((&l.owner, &l.rate_limits));
         }
         if let Some(RateDecision {
             allowed: false,
@@ -260,7 +265,7 @@ impl Verifier {
         limits.rate_limit =
             fewest_left(key_rate.map(|d| d.status), identity_rate.map(|d| d.status));
         let quotas = [
-            key.quota.map(|q| (&key.limits_id, q, "quota")),
+            key_limits.and_then(|l| l.quota.map(|q| (&l.owner, q, "quota"))),
             identity.and_then(|i| i.quota.map(|q| (&i.owner, q, "identity.quota"))),
         ];
         let mut spent: [Option<(&LimitsOwner, Quota)>; 2] = [None, None];
