@@ -8,10 +8,19 @@ use keygate::{
 };
 
 /// See `mimalloc` in Cargo.toml: the verify path's small allocations.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// See `dhat-heap` in Cargo.toml: a heap profile of a whole run.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    // Written to dhat-heap.json in the working directory when main returns.
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let workers = match &cli.command {
