@@ -180,57 +180,74 @@ macro_rules! identity_exists {
     }};
 }
 
-/// Inserts `$key` (a `&KeyRecord`) in transaction `$tx`; evaluates to the
-/// statement's result, so that the caller can tell a unique-index refusal apart.
-macro_rules! insert_key {
-    ($tx:expr, $key:expr) => {{
+/// Binds one key's row, in the order of [`written_key_columns!`] and
+/// `lineage_root`, into `$b` (a `QueryBuilder`'s `Separated`): one place for
+/// the single insert and the bulk import alike.
+macro_rules! push_key {
+    ($b:expr, $key:expr) => {{
         let key: &KeyRecord = $key;
-        sqlx::query(INSERT_KEY)
-            .bind(key.id.as_str())
-            .bind(key.organization_id.as_str())
-            .bind(key.owner.key_type().as_i64())
-            .bind(key.owner.user_id().map(UserId::as_str))
-            .bind(key.name.as_str())
-            .bind(join(key.scopes.iter()))
-            .bind(join(key.allowed_hostnames.to_vec()))
-            .bind(&key.secret_hash.as_bytes()[..])
-            .bind(&key.key_prefix)
-            .bind(&key.last_four)
-            .bind(0_i64)
-            .bind(key.create_time.0)
-            .bind(key.update_time.0)
-            .bind(None::<i64>)
-            .bind(None::<i64>)
-            .bind(key.expire_time.map(|t| t.0))
-            .bind(key.created_by.as_str())
-            .bind(key.rate_limits.encode())
-            .bind(
+        $b.push_bind(key.id.as_str())
+            .push_bind(key.organization_id.as_str())
+            .push_bind(key.owner.key_type().as_i64())
+            .push_bind(key.owner.user_id().map(UserId::as_str))
+            .push_bind(key.name.as_str())
+            .push_bind(join(key.scopes.iter()))
+            .push_bind(join(key.allowed_hostnames.to_vec()))
+            .push_bind(&key.secret_hash.as_bytes()[..])
+            .push_bind(key.key_prefix.as_str())
+            .push_bind(key.last_four.as_str())
+            .push_bind(0_i64)
+            .push_bind(key.create_time.0)
+            .push_bind(key.update_time.0)
+            .push_bind(None::<i64>)
+            .push_bind(None::<i64>)
+            .push_bind(key.expire_time.map(|t| t.0))
+            .push_bind(key.created_by.as_str())
+            .push_bind(key.rate_limits.encode())
+            .push_bind(
                 key.quota
                     .map(|q| i64::try_from(q.limit).unwrap_or(i64::MAX)),
             )
-            .bind(key.quota.map(|q| q.period.as_i64()))
-            .bind(i64::try_from(key.quota_used).unwrap_or(i64::MAX))
-            .bind(key.quota_period_start.0)
-            .bind(key.rotated_to_id.as_ref().map(KeyId::as_str))
-            .bind(key.rotated_from_id.as_ref().map(KeyId::as_str))
-            .bind(optional_list(key.allowed_networks.to_vec()))
-            .bind(optional_list(key.bound_principals.to_vec()))
-            .bind(optional_metadata(&key.metadata))
-            .bind(key.identity_id.as_ref().map(IdentityId::as_str))
+            .push_bind(key.quota.map(|q| q.period.as_i64()))
+            .push_bind(i64::try_from(key.quota_used).unwrap_or(i64::MAX))
+            .push_bind(key.quota_period_start.0)
+            .push_bind(key.rotated_to_id.as_ref().map(KeyId::as_str))
+            .push_bind(key.rotated_from_id.as_ref().map(KeyId::as_str))
+            .push_bind(optional_list(key.allowed_networks.to_vec()))
+            .push_bind(optional_list(key.bound_principals.to_vec()))
+            .push_bind(optional_metadata(&key.metadata))
+            .push_bind(key.identity_id.as_ref().map(IdentityId::as_str))
             // The lineage is stored only for a rotation's replacement; the
             // database makes it the key's own id otherwise.
-            .bind((key.lineage_id != key.id).then(|| key.lineage_id.as_str()))
-            .execute(&mut *$tx)
-            .await
+            .push_bind((key.lineage_id != key.id).then(|| key.lineage_id.as_str()));
     }};
 }
 
-const INSERT_KEY: &str = concat!(
+/// Inserts `$keys` (an iterator of `&KeyRecord`) in transaction `$tx`, in
+/// one statement; evaluates to the statement's result, so that the caller
+/// can tell a unique-index refusal apart.
+macro_rules! insert_keys {
+    ($tx:expr, $keys:expr) => {{
+        let mut q = sqlx::QueryBuilder::new(INSERT_KEYS);
+        q.push_values($keys, |mut b, key| push_key!(b, key));
+        q.build().execute(&mut *$tx).await
+    }};
+}
+
+/// Inserts `$key` (a `&KeyRecord`) in transaction `$tx`.
+macro_rules! insert_key {
+    ($tx:expr, $key:expr) => {{ insert_keys!($tx, std::iter::once::<&KeyRecord>($key)) }};
+}
+
+const INSERT_KEYS: &str = concat!(
     "INSERT INTO api_keys (",
     written_key_columns!(),
-    ", lineage_root",
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ", lineage_root) "
 );
+
+/// Rows of one bulk import statement: 29 placeholders a row stays below
+/// SQLite's 32 766 and MySQL's 65 535 a statement.
+const IMPORT_ROWS: usize = 1_000;
 
 /// The assignments that change a row's usage limits (`api_keys` and
 /// `identities` keep them alike), bound by [`bind_limits!`] in this order. A
@@ -412,6 +429,24 @@ fn is_live_user_conflict(e: &sqlx::Error) -> bool {
 
 impl Store {
     /// Inserts a new key and its `CREATED` event in one transaction.
+    /// Writes `keys` as they are, a thousand rows a statement, in one
+    /// transaction: the bulk load of a store that no keygate serves yet
+    /// (keygate-bench seeds a million keys this way; a migration from another
+    /// key service would too). No events are recorded and no organization
+    /// limit is checked, so running instances learn of these keys only when
+    /// they read them or rebuild their filter; CreateKey is the way for keys
+    /// made while keygate runs.
+    pub async fn import_keys(&self, keys: &[KeyRecord]) -> Result<(), StoreError> {
+        on_pool!(self, |p, d| {
+            let mut tx = p.begin().await?;
+            for chunk in keys.chunks(IMPORT_ROWS) {
+                insert_keys!(tx, chunk.iter())?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     pub async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;

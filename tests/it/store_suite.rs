@@ -881,6 +881,43 @@ async fn find_by_hashes_returns_each_stored_key_once(backend: Backend) {
     finish(db, store).await;
 }
 
+/// A bulk import of more keys than one statement takes (a thousand rows):
+/// every key reads back as written, a user key's owner and a rotation's
+/// lineage included, no event is recorded, and an import that repeats a
+/// key's hash writes nothing at all.
+async fn an_import_writes_every_key_in_one_transaction(backend: Backend) {
+    let (db, store) = fresh_store(backend).await;
+    let mut keys: Vec<KeyRecord> = (0..2_345).map(|i| bot("acme", &format!("k{i}"))).collect();
+    keys.push(user_key("globex", "bob", "bob's"));
+    let mut replacement = bot("acme", "replacement");
+    replacement.lineage_id = keys[0].id.clone();
+    replacement.rotated_from_id = Some(keys[0].id.clone());
+    keys.push(replacement);
+    store.import_keys(&keys).await.expect("import");
+    assert_eq!(store.key_count().await.expect("count"), keys.len() as u64);
+    let hashes: Vec<SecretHash> = keys.iter().map(|k| k.secret_hash).collect();
+    let mut found = Vec::new();
+    for chunk in hashes.chunks(100) {
+        found.extend(store.find_by_hashes(chunk).await.expect("read"));
+    }
+    let by_hash: HashMap<SecretHash, &KeyRecord> =
+        found.iter().map(|k| (k.secret_hash, k)).collect();
+    assert_eq!(by_hash.len(), keys.len());
+    for k in &keys {
+        assert_same(by_hash[&k.secret_hash], k);
+    }
+    assert_eq!(
+        by_hash[&keys[keys.len() - 1].secret_hash].lineage_id,
+        keys[0].id
+    );
+    assert!(events(&store, "acme", None).await.is_empty());
+
+    let again = vec![bot("acme", "new"), keys[5].clone()];
+    assert!(store.import_keys(&again).await.is_err());
+    assert_eq!(store.key_count().await.expect("count"), keys.len() as u64);
+    finish(db, store).await;
+}
+
 /// Quota credits: handed out only by the conditional write, never beyond the
 /// limit whatever the caller read; a row of an ended period moves to the new
 /// one; credits given back count again only within their period.
@@ -1333,6 +1370,7 @@ crate::store_tests!(
     events_after_reads_all_organizations_in_order,
     usage_beyond_one_chunk_lands_exactly,
     find_by_hashes_returns_each_stored_key_once,
+    an_import_writes_every_key_in_one_transaction,
 );
 
 fn identity(org_id: &str, external: &str, now: Micros) -> IdentityRecord {
