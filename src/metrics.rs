@@ -176,6 +176,11 @@ fn describe() {
         Unit::Bytes,
         "memory of the forged-key filter"
     );
+    describe_gauge!(
+        "keygate_key_filter_load_seconds",
+        Unit::Seconds,
+        "how long the forged-key filter's last load from the store took (keys are verified meanwhile, each one not cached reading the store)"
+    );
     describe_counter!(
         "keygate_key_filter_ruled_out_total",
         Unit::Count,
@@ -510,9 +515,10 @@ pub fn filter_ruled_out(bypassed: bool) {
 }
 
 /// The forged-key filter was (re)loaded: its keys and its size.
-pub fn filter_loaded(keys: u64, bytes: usize) {
+pub fn filter_loaded(keys: u64, bytes: usize, took: Duration) {
     gauge!("keygate_key_filter_keys").set(keys as f64);
     gauge!("keygate_key_filter_bytes").set(bytes as f64);
+    gauge!("keygate_key_filter_load_seconds").set(took.as_secs_f64());
 }
 
 /// Keys whose usage counts wait for the write budget, and the oldest one's wait.

@@ -145,6 +145,7 @@ impl KnownKeys {
     /// Loads every hash from `store` into a fresh filter of `capacity`, then
     /// puts it in use. Hashes inserted meanwhile land in both.
     async fn load(&self, store: &Store, capacity: u64) -> Result<u64, crate::store::StoreError> {
+        let started = Instant::now();
         let next = Arc::new(Bloom::new(capacity));
         self.filters
             .write()
@@ -179,7 +180,13 @@ impl KnownKeys {
         }
         self.added.store(0, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
-        crate::metrics::filter_loaded(loaded, next.bits.num_bits() / 8);
+        let took = started.elapsed();
+        crate::metrics::filter_loaded(loaded, next.bits.num_bits() / 8, took);
+        tracing::info!(
+            keys = loaded,
+            seconds = took.as_secs_f64(),
+            "forged-key filter loaded"
+        );
         Ok(loaded)
     }
 
