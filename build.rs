@@ -56,5 +56,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("protoc failed on proto/vendor: {status}").into());
     }
     println!("cargo:rerun-if-changed=proto/vendor");
+
+    // Envoy's Authorization service, for keygate's own reading of its
+    // CheckRequest (only the fields keygate reads; src/api/envoy/wire.rs) and
+    // the generated CheckResponse of envoy-types.
+    let check = tonic_build::manual::Method::builder()
+        .name("check")
+        .route_name("Check")
+        .input_type("crate::api::envoy::wire::CheckRequest")
+        .output_type("::envoy_types::ext_authz::v3::pb::CheckResponse")
+        .codec_path("crate::api::grpc::codec::Codec")
+        .build();
+    let service = tonic_build::manual::Service::builder()
+        .name("Authorization")
+        .package("envoy.service.auth.v3")
+        .method(check)
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .out_dir(&out)
+        .compile(&[service]);
     Ok(())
 }

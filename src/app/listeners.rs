@@ -4,7 +4,6 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -61,7 +60,7 @@ pub(super) fn serve(
 ) -> Result<Serving, AppError> {
     let http_keys = services.keys.clone();
     let verify = VerifyService::new(VerifyApi::new(services.verifier), MAX_MESSAGE_BYTES);
-    let envoy = AuthorizationServer::new(EnvoyApi::new(services.authorizer.clone()))
+    let envoy = crate::api::envoy::AuthorizationServer::new(EnvoyApi::new(services.authorizer.clone()))
         .max_decoding_message_size(ENVOY_MAX_MESSAGE_BYTES);
     // Counting and logging wrap the whole service, so no RPC is left out.
     let admin = tower::ServiceBuilder::new()

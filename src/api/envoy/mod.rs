@@ -5,17 +5,19 @@
 //! `status_on_error` decide) or when the proxy's own configuration is wrong
 //! (INVALID_ARGUMENT: a bad `context_extensions` scope or organization).
 
+pub mod wire;
+
 use envoy_types::{
     ext_authz::v3::pb::{
-        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-        HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+        CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+        HttpResponse, HttpStatus, OkHttpResponse,
     },
-    pb::{
-        envoy::config::core::v3::address::Address as EnvoyAddress,
-        envoy::service::auth::v3::attribute_context::HttpRequest, google::rpc,
-    },
+    pb::google::rpc,
 };
 use tonic::{Request, Response, Status};
+
+pub use self::wire::authorization_server::AuthorizationServer;
+use self::wire::{CheckRequest, HttpRequest, authorization_server::Authorization};
 
 use crate::{
     api::edge::{self, Answer, CredentialHeader},
@@ -63,20 +65,27 @@ struct Seen<'a> {
 }
 
 impl<'a> Seen<'a> {
-    fn scan(http: &'a HttpRequest) -> Self {
+    /// `None` when a name or value of the `headers` map is not UTF-8: a
+    /// request the generated types would not have decoded either.
+    fn scan(http: &'a HttpRequest) -> Option<Self> {
         let mut seen = Self::default();
-        for (name, value) in &http.headers {
+        for entry in &http.headers {
+            let (name, value) = entry.text()?;
             seen.add(name, value, true);
         }
         for h in http.header_map.iter().flat_map(|m| &m.headers) {
             let value = if h.value.is_empty() {
-                std::str::from_utf8(&h.raw_value).unwrap_or_default()
+                &h.raw_value
             } else {
-                h.value.as_str()
+                &h.value
             };
-            seen.add(&h.key, value, false);
+            let (Ok(name), Ok(value)) = (std::str::from_utf8(&h.key), std::str::from_utf8(value))
+            else {
+                return None;
+            };
+            seen.add(name, value, false);
         }
-        seen
+        Some(seen)
     }
 
     fn add(&mut self, name: &'a str, value: &'a str, joined: bool) {
@@ -99,8 +108,9 @@ impl<'a> Seen<'a> {
             }
             return;
         };
-        // The first copy, as Envoy's own lookups would find it.
-        if slot.is_none() {
+        // The first copy, as Envoy's own lookups would find it; in the
+        // `headers` map the last entry of a name, as a decoded map keeps it.
+        if slot.is_none() || joined {
             *slot = Some(value);
         }
     }
@@ -217,13 +227,23 @@ impl Authorization for EnvoyApi {
                 "attributes.request.http is required: keygate authorizes HTTP requests",
             ));
         };
-        let seen = Seen::scan(&http);
+        let Some(seen) = Seen::scan(&http) else {
+            self.metrics.observe(None, start);
+            return Err(Status::invalid_argument(
+                "attributes.request.http.headers: a name or value is not UTF-8",
+            ));
+        };
         let (key, from) = edge::credential(seen.authorization, seen.api_key);
+        // The last entry of a name, as a decoded map keeps it; one that is
+        // not UTF-8 is no value.
         let extension = |name: &str| {
             attributes
                 .context_extensions
-                .get(name)
-                .map_or("", String::as_str)
+                .iter()
+                .rev()
+                .filter_map(wire::Entry::text)
+                .find(|(k, _)| *k == name)
+                .map_or("", |(_, v)| v)
         };
         // Envoy has applied its own trusted hops (`xff_num_trusted_hops`) to
         // the source address already. A source that is not an IP address (a
@@ -231,10 +251,8 @@ impl Authorization for EnvoyApi {
         let source = attributes.source.as_ref();
         let client_ip = source
             .and_then(|s| s.address.as_ref())
-            .and_then(|a| match &a.address {
-                Some(EnvoyAddress::SocketAddress(s)) => parse_client_ip(&s.address).ok(),
-                _ => None,
-            });
+            .and_then(|a| a.socket_address.as_ref())
+            .and_then(|s| parse_client_ip(&s.address).ok());
         let client_principal = source.map_or("", |s| s.principal.as_str());
         let request = EdgeRequest {
             method: &http.method,
