@@ -858,6 +858,25 @@ async fn oversized_headers_are_refused() {
     edge.app.stop().await;
 }
 
+/// `/healthz` answers 200 `ok` with no credentials and no route policy
+/// lookup, behind the same bounds as every route (headers over 16 KiB: 431).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_answers_its_liveness_probe() {
+    let edge = edge(Backend::Sqlite, &[]).await;
+    let url = edge.http.replace("/v1/authorize", "/healthz");
+    let resp = reqwest::get(&url).await.expect("healthz");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("body"), "ok\n");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("x-padding", "x".repeat(17 * 1024))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), 431);
+    edge.app.stop().await;
+}
+
 /// A bad policy file stops the start, naming the file and the line; the
 /// policies we ship parse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

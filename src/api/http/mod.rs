@@ -100,8 +100,13 @@ async fn limit_headers(req: Request, next: Next) -> Response {
 
 /// The routes; a route whose feature is not configured is absent (404).
 pub fn router(config: HttpConfig) -> Router {
-    let mut router =
-        authorize::routes(config.authorize).merge(leaks::public_routes(config.public_reports));
+    let mut router = authorize::routes(config.authorize)
+        .merge(leaks::public_routes(config.public_reports))
+        // The listener's liveness, for probes and load balancers: 200 while
+        // the process serves HTTP. Readiness (the store) is the gRPC health
+        // service's. It also is the HTTP listener's ceiling that forward
+        // auth is measured against (BENCHMARKS.md).
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
     if let Some(leaks) = config.leaks {
         router = router.merge(leaks::routes(leaks));
     }
