@@ -155,7 +155,7 @@ impl CachedKey {
         // Every link of a rotation chain spends the chain's limits: the links
         // never hold two quotas or two bursts at once, and a rotation carries
         // the calls already made over.
-        let limits = has_limits.then(|| KeyLimits {
+        let limits = has_limits.then_some(KeyLimits {
             owner: LimitsOwner::Lineage(record.lineage_id),
             rate_limits: record.rate_limits,
             quota: record.quota,
@@ -322,7 +322,9 @@ impl crate::domain::verify::KeyFacts for CachedKey {
         self.extras.as_ref().map_or(&NO_NETWORKS, |x| &x.networks)
     }
     fn bound_principals(&self) -> &BoundPrincipals {
-        self.extras.as_ref().map_or(&NO_PRINCIPALS, |x| &x.principals)
+        self.extras
+            .as_ref()
+            .map_or(&NO_PRINCIPALS, |x| &x.principals)
     }
     fn scopes(&self) -> &ScopeSet {
         &self.scopes
@@ -584,8 +586,8 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::model::KeyId;
     use crate::domain::keys::{KeyPrefix, Secret};
+    use crate::domain::model::KeyId;
 
     const NOW: Micros = Micros(1_700_000_000_000_000);
 

@@ -23,7 +23,7 @@
 //! shutdown everything is written, whatever the budget.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -50,8 +50,7 @@ const HOUR: i64 = 3_600_000_000;
 struct Pending {
     count: u64,
     last_used: Micros,
-    /// `(hour start, VerifyCode number)` → verifications.
-    history: BTreeMap<(i64, i64), u64>,
+    history: History,
     /// When these counts first waited: the backlog's order.
     since: Instant,
 }
@@ -61,7 +60,7 @@ impl Pending {
         Self {
             count: 0,
             last_used: Micros(0),
-            history: BTreeMap::new(),
+            history: History::default(),
             since,
         }
     }
@@ -74,8 +73,8 @@ impl Pending {
     fn merge(&mut self, other: Pending) {
         self.add(other.count, other.last_used);
         self.since = self.since.min(other.since);
-        for (k, n) in other.history {
-            *self.history.entry(k).or_default() += n;
+        for (k, n) in other.history.0 {
+            self.history.add(k, n);
         }
     }
 
@@ -83,6 +82,31 @@ impl Pending {
     /// per outcome and hour (fewer when two hours share a day).
     fn rows(&self) -> usize {
         usize::from(self.count > 0) + 2 * self.history.len()
+    }
+}
+
+/// `(hour start, VerifyCode number)` → verifications, in key order (the
+/// order the store writes them in). Nearly always one entry: a vector of
+/// them (24 bytes an entry) rather than a `BTreeMap`, whose first node is
+/// about 300 bytes, which a million keys waiting for the write budget after
+/// a cold start each held (BENCHMARKS.md, run 19).
+#[derive(Debug, Clone, Default)]
+struct History(Vec<((i64, i64), u64)>);
+
+impl History {
+    fn add(&mut self, key: (i64, i64), n: u64) {
+        match self.0.binary_search_by(|e| e.0.cmp(&key)) {
+            Ok(i) => self.0[i].1 += n,
+            Err(i) => self.0.insert(i, (key, n)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -268,7 +292,7 @@ impl UsageRecorder {
                     for (i, n) in slot.by_code.iter().enumerate() {
                         let n = u64::from(n.swap(0, Ordering::AcqRel));
                         if let (true, Some(code)) = (n > 0, Code::from_outcome_index(i)) {
-                            *pending.history.entry((hour, code.number())).or_default() += n;
+                            pending.history.add((hour, code.number()), n);
                         }
                     }
                 }
@@ -331,8 +355,9 @@ impl UsageRecorder {
                 last_used: p.last_used,
                 history: p
                     .history
+                    .0
                     .iter()
-                    .map(|(&(hour, code), &n)| (Micros(hour), code, n))
+                    .map(|&((hour, code), n)| (Micros(hour), code, n))
                     .collect(),
             })
             .collect();

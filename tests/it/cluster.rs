@@ -275,7 +275,7 @@ async fn a_read_racing_a_revocation_never_resurrects_the_key() {
         Lookup::Found(k) => panic!(
             "the stale read was cached: the revoked key is served as {:?} (revoke_time {:?})",
             k.verified().name,
-            k.revoke_time
+            k.revoke_time()
         ),
         Lookup::Unknown => panic!("the key is cached as unknown"),
     }
