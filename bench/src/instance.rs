@@ -27,6 +27,8 @@ pub(crate) const ADMIN_TOKEN: &str = "bench-token";
 pub(crate) struct Instance {
     child: Child,
     pub(crate) addr: SocketAddr,
+    metrics: SocketAddr,
+    started: Instant,
 }
 
 impl Instance {
@@ -34,11 +36,13 @@ impl Instance {
         // keygate logs its address but does not report it otherwise: pick a free port
         // ourselves. Another process could grab it in between; unlikely on a bench box.
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         // keygate's warnings go to a file: sqlx logs whole slow statements, which
         // would drown the report.
         let log = std::env::temp_dir().join(format!("keygate-bench-{label}.log"));
         eprintln!("keygate {label} logs to {}", log.display());
         let file = std::fs::File::create(&log)?;
+        let started = Instant::now();
         let child = Command::new(&args.keygate_bin)
             .arg("serve")
             .args(["--database-url", &args.database_url])
@@ -47,12 +51,8 @@ impl Instance {
                 &args.database_max_connections.to_string(),
             ])
             .args(["--listen", &addr.to_string()])
-            .args([
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--admin-tokens",
-                ADMIN_TOKEN,
-            ])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .args(["--admin-tokens", ADMIN_TOKEN])
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -60,7 +60,12 @@ impl Instance {
             .stderr(file)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", args.keygate_bin.display()))?;
-        Ok(Self { child, addr })
+        Ok(Self {
+            child,
+            addr,
+            metrics,
+            started,
+        })
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -106,6 +111,57 @@ impl Instance {
                 return Err(format!("keygate on {} not SERVING after 60 s", self.addr).into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The values of gauges `names` on `/metrics`, `None` where not (yet) set.
+    async fn gauges<const N: usize>(&self, names: [&str; N]) -> Result<[Option<f64>; N], BoxError> {
+        let url = format!("http://{}/metrics", self.metrics);
+        let text = reqwest::get(&url).await?.text().await?;
+        Ok(names.map(|name| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        }))
+    }
+
+    /// Waits until the forged-key filter holds at least `keys` keys; returns
+    /// how long its load took by its own account, and the time from this
+    /// process's start until then.
+    pub(crate) async fn filter_loaded(
+        &self,
+        keys: usize,
+    ) -> Result<(Duration, Duration), BoxError> {
+        let give_up = Instant::now() + Duration::from_secs(600);
+        loop {
+            let [loaded, took] = self
+                .gauges(["keygate_key_filter_keys", "keygate_key_filter_load_seconds"])
+                .await?;
+            // A keygate older than the load's own gauge reports no time.
+            if loaded.is_some_and(|n| n >= keys as f64) {
+                let took = Duration::from_secs_f64(took.unwrap_or(0.0).max(0.0));
+                return Ok((took, self.started.elapsed()));
+            }
+            if Instant::now() > give_up {
+                return Err("the forged-key filter did not load within 600 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until no usage counts wait for the write budget: warming every
+    /// key once leaves one usage row per key to write, a few thousand a
+    /// second, and the memory they hold meanwhile is not the cache's.
+    pub(crate) async fn usage_written(&self) -> Result<Duration, BoxError> {
+        let start = Instant::now();
+        loop {
+            let [pending] = self.gauges(["keygate_usage_pending_keys"]).await?;
+            if pending.unwrap_or(0.0) == 0.0 {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(900) {
+                return Err("usage counts still waiting after 900 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -2,10 +2,12 @@
 //! gRPC transport and the database can do at best on the same machine.
 //!
 //! One run drops and re-creates a MySQL/MariaDB database (its name must contain
-//! `bench`), starts two keygate processes on it (one with its default caches, one
-//! with both caches disabled), seeds `--keys` bot keys through `KeyAdmin.CreateKey`
-//! (the secrets exist only in this process's memory), verifies every key once on
-//! the cached instance so that all are cached, then measures each scenario for
+//! `bench`), seeds `--keys` bot keys in bulk into its tables (`seed`: the secrets
+//! exist only in this process's memory), starts two keygate processes on it (one
+//! with a cache for every key, one with both caches disabled) and times the
+//! first one's start (`start to SERVING`, `filter load`), verifies every key once on
+//! the cached instance so that all are cached (`bytes per cached key`: its RSS
+//! after, minus before, per key), then measures each scenario for
 //! `--duration` after a `--warmup`, `--rounds` times. Scenarios alternate inside
 //! each round so that drift of the machine (other load, the database's buffer
 //! pool, timers) affects all of them alike and the ratios compare like with like.
@@ -24,6 +26,7 @@
 //! | `one-key-limited`  | `VerifyKey`, always one key with a rate limit and a quota it never reaches (every call counted in both; quota credits leased from the store) |
 //! | `ext-authz`        | Envoy's `Authorization/Check` on the cached instance: a seeded key (round-robin) as `Authorization: Bearer`, `GET /api/links`, `links:read` from `context_extensions` |
 //! | `forward-auth`     | `GET /v1/authorize` on the cached instance's `--http-listen` (HTTP/1.1 keep-alive, `--concurrency` connections), the same key and path as nginx would send |
+//! | `http-health`      | `GET /healthz` on the same listener, the same way: the HTTP transport's ceiling |
 //!
 //! Reading the output:
 //! - Every scenario is a closed loop of `--concurrency` tasks, each sending one
@@ -38,7 +41,7 @@
 //!   scenario the bench waits (`--max-idle-wait`) for it to fall below a third
 //!   of a core, and a round where it is high anyway was disturbed.
 //! - The ratios `cached / health`, `uncached / select-id`,
-//!   `one-key-limited / one-key`, `ext-authz / cached` and `forward-auth / cached`
+//!   `one-key-limited / one-key`, `ext-authz / cached` and `forward-auth / http-health`
 //!   are taken over the same run; `unknown` reaches the store on every call (each key is fresh), so
 //!   it is store-bound like `uncached`.
 //! - The cached instance gets `--cache-ttl` (default 1h) so that keys warmed at
@@ -56,6 +59,7 @@ mod instance;
 mod load;
 mod procfs;
 mod report;
+mod seed;
 mod workload;
 
 use std::{
@@ -92,7 +96,7 @@ struct Args {
         default_value = "mysql://root@127.0.0.1:3306/kg_bench"
     )]
     database_url: String,
-    /// Keys to seed through KeyAdmin.CreateKey.
+    /// Keys to seed (in bulk, into the store's tables, before keygate starts).
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
     /// Requests in flight during each scenario.
@@ -113,9 +117,6 @@ struct Args {
     /// Pool size of each keygate instance and of the bench's own SQL baseline pools.
     #[arg(long, default_value_t = 16)]
     database_max_connections: u32,
-    /// CreateKey calls in flight while seeding.
-    #[arg(long, default_value_t = 32)]
-    seed_concurrency: usize,
     /// Cache lifetime given to the cached instance; long enough to outlast the run.
     #[arg(long, default_value = "1h")]
     cache_ttl: humantime::Duration,
@@ -145,6 +146,7 @@ enum Scenario {
     OneKeyLimited,
     ExtAuthz,
     ForwardAuth,
+    HttpHealth,
 }
 
 impl Scenario {
@@ -162,6 +164,7 @@ impl Scenario {
             Self::OneKeyLimited => "one-key-limited",
             Self::ExtAuthz => "ext-authz",
             Self::ForwardAuth => "forward-auth",
+            Self::HttpHealth => "http-health",
         }
     }
 }
@@ -174,7 +177,7 @@ async fn main() -> Result<(), BoxError> {
     }
     args.concurrency = args.concurrency.max(1);
     let mut memory = Vec::new();
-    let (cached, uncached, work) = prepare(&args, &mut memory).await?;
+    let (cached, uncached, work, startup) = prepare(&args, &mut memory).await?;
     let cpu = CpuWatch::new(&cached, &uncached);
 
     println!(
@@ -267,8 +270,20 @@ async fn main() -> Result<(), BoxError> {
     for (stage, (rss, hwm)) in &memory {
         println!("  {stage:<24} {rss:>7.1} MiB ({hwm:.1})");
     }
-    let worst = memory.iter().map(|m| m.1.0).fold(0.0, f64::max);
-    println!("  target <= 200 MiB: {}", verdict(worst <= 200.0));
+    println!(
+        "start to SERVING: {:.2} s",
+        startup.start_to_serving.as_secs_f64()
+    );
+    println!(
+        "filter load: {:.2} s (in use {:.2} s after the start)",
+        startup.filter.0.as_secs_f64(),
+        startup.filter.1.as_secs_f64()
+    );
+    println!("bytes per cached key: {:.0}", startup.bytes_per_key);
+    println!(
+        "  target <= 600: {}",
+        verdict(startup.bytes_per_key <= 600.0)
+    );
     let (rss, hwm) = memory_mib(uncached.pid());
     println!("VmRSS of the uncached instance after the load: {rss:.1} MiB ({hwm:.1})");
 

@@ -4,23 +4,19 @@
 //! each scenario sends. Kept out of `main` so that the run's outline stays short.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering::Relaxed},
-    },
+    sync::{Arc, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keygate::{
-    domain::keys::{KeyPrefix, Secret, SecretHash, parse_token},
+    domain::keys::{KeyPrefix, Secret, SecretHash},
     proto::{
         CreateKeyRequest, KeyType, Quota, QuotaPeriod, RateLimit, VerifyCode,
-        key_admin_client::KeyAdminClient, key_verify_client::KeyVerifyClient,
+        key_admin_client::KeyAdminClient,
     },
 };
 use sqlx::mysql::MySqlPool;
-use tokio::task::JoinSet;
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::health_client::HealthClient;
 
@@ -30,6 +26,7 @@ use crate::{
     instance::{ADMIN_TOKEN, Instance},
     load::{REQUIRED_SCOPE, Target, Until, run_load},
     procfs::memory_mib,
+    seed,
 };
 
 /// The rate limit and quota of the `one-key-limited` key: counted on every call,
@@ -38,6 +35,9 @@ fn limited_request() -> Request<CreateKeyRequest> {
     let mut req = admin_request(0);
     let body = req.get_mut();
     body.name = "bench limited key".into();
+    // An organization of its own: the seeded ones hold up to 10 000 keys
+    // each at a million keys, keygate's default cap of live keys.
+    body.organization_id = "bench-limited".into();
     body.rate_limits = vec![RateLimit {
         name: "per_second".into(),
         limit: 1_000_000_000,
@@ -79,65 +79,16 @@ fn admin_request(i: usize) -> Request<CreateKeyRequest> {
     req
 }
 
-async fn seed(channels: &[Channel], n: usize, concurrency: usize) -> Result<Seeded, BoxError> {
-    let start = Instant::now();
-    let cursor = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let progress = {
-        let done = Arc::clone(&done);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let d = done.load(Relaxed);
-                let secs = start.elapsed().as_secs_f64();
-                eprintln!(
-                    "  seeded {d}/{n} keys in {secs:.0} s ({:.0}/s)",
-                    d as f64 / secs
-                );
-            }
-        })
-    };
-    let mut tasks = JoinSet::new();
-    for i in 0..concurrency.max(1) {
-        let mut client = KeyAdminClient::new(channels[i % channels.len()].clone());
-        let (cursor, done) = (Arc::clone(&cursor), Arc::clone(&done));
-        tasks.spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let i = cursor.fetch_add(1, Relaxed);
-                if i >= n {
-                    return Ok::<_, tonic::Status>(mine);
-                }
-                let resp = client.create_key(admin_request(i)).await?.into_inner();
-                let id = resp.key.map(|k| k.id).unwrap_or_default();
-                mine.push((id, resp.secret));
-                done.fetch_add(1, Relaxed);
-            }
-        });
-    }
-    let mut all = Vec::with_capacity(n);
-    let outcome: Result<(), BoxError> = async {
-        while let Some(r) = tasks.join_next().await {
-            all.extend(r??);
-        }
-        Ok(())
-    }
-    .await;
-    progress.abort();
-    outcome?;
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!("seeded {n} keys in {secs:.1} s ({:.0}/s)", n as f64 / secs);
-    let hashes = all
-        .iter()
-        .map(|(_, s)| parse_token(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "CreateKey returned a secret that does not parse")?;
-    let (ids, secrets): (Vec<String>, Vec<String>) = all.into_iter().unzip();
-    Ok(Seeded {
-        ids: ids.into(),
-        secrets: secrets.into(),
-        hashes: hashes.into(),
-    })
+/// How the cached instance started with `--keys` keys in the store, and what
+/// each key it then cached cost.
+pub(crate) struct Startup {
+    /// From the process's start to health SERVING.
+    pub(crate) start_to_serving: Duration,
+    /// The forged-key filter's load (its own figure), and from the process's
+    /// start to the filter in use.
+    pub(crate) filter: (Duration, Duration),
+    /// RSS after verifying every key once, minus RSS before, per key.
+    pub(crate) bytes_per_key: f64,
 }
 
 /// Everything the scenarios need, prepared before any timing starts.
@@ -156,6 +107,8 @@ pub(crate) struct Workload {
     one_key_limited: Arc<[String]>,
     /// `/v1/authorize` on the cached instance.
     authorize_url: Arc<str>,
+    /// `/healthz` on the same listener.
+    healthz_url: Arc<str>,
     http: reqwest::Client,
 }
 
@@ -165,7 +118,7 @@ impl Workload {
         let verify =
             |channels: &[Channel], keys: &Arc<[String]>, cursor: Arc<AtomicUsize>, expect| {
                 let target = |ch: &Channel| Target::Verify {
-                    client: KeyVerifyClient::new(ch.clone()),
+                    client: tonic::client::Grpc::new(ch.clone()),
                     keys: Arc::clone(keys),
                     cursor: Arc::clone(&cursor),
                     expect,
@@ -234,6 +187,10 @@ impl Workload {
                 keys: Arc::clone(&self.seeded.secrets),
                 cursor: fresh(),
             }],
+            Scenario::HttpHealth => vec![Target::HttpHealth {
+                client: self.http.clone(),
+                url: Arc::clone(&self.healthz_url),
+            }],
             Scenario::SelectHash => vec![Target::ByHash {
                 pool: self.pool.clone(),
                 hashes: Arc::clone(&self.seeded.hashes),
@@ -256,23 +213,42 @@ fn break_checksum(secret: &str) -> String {
 pub(crate) async fn prepare(
     args: &Args,
     memory: &mut Vec<(&'static str, (f64, f64))>,
-) -> Result<(Instance, Instance, Workload), BoxError> {
+) -> Result<(Instance, Instance, Workload, Startup), BoxError> {
     let url = &args.database_url;
     eprintln!("re-creating the database");
     recreate_database(url).await?;
-    // One after the other: both would otherwise race to run the migrations.
+    eprintln!("seeding {} keys in bulk", args.keys);
+    let seeded = seed::seed(url, args.keys).await?;
+    let seeded = Seeded {
+        ids: seeded.ids.into(),
+        secrets: seeded.secrets.into(),
+        hashes: seeded.hashes.into(),
+    };
+    // One after the other: the uncached instance's store reads would
+    // otherwise slow the cached one's start and filter load.
     let http_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let capacity = args.keys.saturating_add(1_000).to_string();
+    // Room for every key at several times the bytes it is expected to take.
+    let max_bytes = (args.keys.max(100_000) as u64 * 4_096).to_string();
+    let started = Instant::now();
     let mut cached = Instance::spawn(
         args,
         "cached",
         &[
             "--cache-ttl",
             &args.cache_ttl.to_string(),
+            "--cache-capacity",
+            &capacity,
+            "--cache-max-bytes",
+            &max_bytes,
             "--http-listen",
             &http_addr.to_string(),
         ],
     )?;
     cached.wait_ready().await?;
+    let start_to_serving = started.elapsed();
+    let filter = cached.filter_loaded(args.keys).await?;
+    memory.push(("after start", memory_mib(cached.pid())));
     let mut uncached = Instance::spawn(
         args,
         "uncached",
@@ -286,21 +262,16 @@ pub(crate) async fn prepare(
         uncached.addr,
         uncached.pid()
     );
-    memory.push(("after start", memory_mib(cached.pid())));
 
     let cached_ch = cached.channels(args.connections).await?;
     let uncached_ch = uncached.channels(args.connections).await?;
-    eprintln!(
-        "seeding {} keys, {} CreateKey calls in flight",
-        args.keys, args.seed_concurrency
-    );
-    let seeded = seed(&cached_ch, args.keys, args.seed_concurrency).await?;
     let limited = KeyAdminClient::new(cached_ch[0].clone())
         .create_key(limited_request())
         .await?
         .into_inner()
         .secret;
-    memory.push(("after seeding", memory_mib(cached.pid())));
+    let before_warming = memory_mib(cached.pid());
+    memory.push(("before warming", before_warming));
 
     let t = Instant::now();
     let prefix = KeyPrefix::default();
@@ -315,6 +286,7 @@ pub(crate) async fn prepare(
     let one_key: Arc<[String]> = seeded.secrets.iter().take(1).cloned().collect();
     let work = Workload {
         authorize_url: Arc::from(format!("http://{http_addr}/v1/authorize")),
+        healthz_url: Arc::from(format!("http://{http_addr}/healthz")),
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(args.concurrency)
             .tcp_nodelay(true)
@@ -358,5 +330,18 @@ pub(crate) async fn prepare(
         return Err(format!("warming the limited key: {:?}", tally.first_error).into());
     }
     memory.push(("after warming the cache", memory_mib(cached.pid())));
-    Ok((cached, uncached, work))
+    let waited = cached.usage_written().await?;
+    eprintln!(
+        "the warming's usage counts were written {:.1} s later",
+        waited.as_secs_f64()
+    );
+    let after_warming = memory_mib(cached.pid());
+    memory.push(("usage counts written", after_warming));
+    let startup = Startup {
+        start_to_serving,
+        filter,
+        bytes_per_key: (after_warming.0 - before_warming.0) * 1024.0 * 1024.0
+            / args.keys.max(1) as f64,
+    };
+    Ok((cached, uncached, work, startup))
 }
