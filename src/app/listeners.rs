@@ -60,8 +60,9 @@ pub(super) fn serve(
 ) -> Result<Serving, AppError> {
     let http_keys = services.keys.clone();
     let verify = VerifyService::new(VerifyApi::new(services.verifier), MAX_MESSAGE_BYTES);
-    let envoy = crate::api::envoy::AuthorizationServer::new(EnvoyApi::new(services.authorizer.clone()))
-        .max_decoding_message_size(ENVOY_MAX_MESSAGE_BYTES);
+    let envoy =
+        crate::api::envoy::AuthorizationServer::new(EnvoyApi::new(services.authorizer.clone()))
+            .max_decoding_message_size(ENVOY_MAX_MESSAGE_BYTES);
     // Counting and logging wrap the whole service, so no RPC is left out.
     let admin = tower::ServiceBuilder::new()
         .layer(ObserveAdminLayer)

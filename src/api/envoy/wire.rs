@@ -110,8 +110,10 @@ pub struct RawHeader {
 }
 
 // The `Authorization` service for this request: `authorization_server`.
-include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.Authorization.rs"));
-
+include!(concat!(
+    env!("OUT_DIR"),
+    "/envoy.service.auth.v3.Authorization.rs"
+));
 
 #[cfg(test)]
 mod tests {
@@ -179,18 +181,34 @@ mod tests {
         let a = ours.attributes.expect("attributes");
         let source = a.source.expect("source");
         assert_eq!(
-            source.address.and_then(|a| a.socket_address).map(|s| s.address),
+            source
+                .address
+                .and_then(|a| a.socket_address)
+                .map(|s| s.address),
             Some("198.51.100.7".to_owned())
         );
         assert_eq!(source.principal, "spiffe://example.org/198.51.100.7");
         let http = a.request.and_then(|r| r.http).expect("http");
-        assert_eq!((http.method.as_str(), http.path.as_str()), ("POST", "/api/links?x=1"));
+        assert_eq!(
+            (http.method.as_str(), http.path.as_str()),
+            ("POST", "/api/links?x=1")
+        );
         let mut headers: Vec<_> = http.headers.iter().filter_map(super::Entry::text).collect();
         headers.sort_unstable();
-        assert_eq!(headers, [("authorization", "Bearer k"), ("user-agent", "curl/8")]);
+        assert_eq!(
+            headers,
+            [("authorization", "Bearer k"), ("user-agent", "curl/8")]
+        );
         let raw = &http.header_map.expect("header map").headers[0];
-        assert_eq!((&raw.key[..], &raw.raw_value[..]), (&b"x-api-key"[..], &b"raw"[..]));
-        let extensions: Vec<_> = a.context_extensions.iter().filter_map(super::Entry::text).collect();
+        assert_eq!(
+            (&raw.key[..], &raw.raw_value[..]),
+            (&b"x-api-key"[..], &b"raw"[..])
+        );
+        let extensions: Vec<_> = a
+            .context_extensions
+            .iter()
+            .filter_map(super::Entry::text)
+            .collect();
         assert_eq!(extensions, [("keygate_required_scopes", "a:b")]);
     }
 }
