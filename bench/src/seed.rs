@@ -8,12 +8,8 @@ use std::time::Instant;
 
 use keygate::{
     domain::{
-        hostnames::AllowedHostnames,
         keys::{KeyPrefix, Secret, SecretHash},
-        limits::RateLimits,
-        metadata::Metadata,
-        model::{KeyId, KeyName, KeyRecord, Micros, OrganizationId, Owner, UserId},
-        networks::{AllowedNetworks, BoundPrincipals},
+        model::{KeyName, KeyRecord, Micros, OrganizationId, Owner, UserId},
         scopes::ScopeSet,
     },
     store::{PoolConfig, Store},
@@ -53,37 +49,17 @@ pub(crate) async fn seed(url: &str, n: usize) -> Result<Seeded, BoxError> {
     let mut records = Vec::with_capacity(BATCH.min(n));
     for i in 0..n {
         let secret = Secret::generate(&prefix);
-        let id = KeyId::generate();
-        records.push(KeyRecord {
-            id: id.clone(),
-            organization_id: organizations[i % organizations.len()].clone(),
-            owner: Owner::Bot,
-            name: KeyName::parse(&format!("bench key {i}"))?,
-            scopes: scopes.clone(),
-            allowed_hostnames: AllowedHostnames::default(),
-            allowed_networks: AllowedNetworks::default(),
-            bound_principals: BoundPrincipals::default(),
-            metadata: Metadata::default(),
-            secret_hash: secret.hash(),
-            key_prefix: secret.key_prefix(),
-            last_four: secret.last_four(),
-            request_count: 0,
-            create_time: now,
-            update_time: now,
-            last_used_time: None,
-            revoke_time: None,
-            expire_time: None,
-            created_by: created_by.clone(),
-            rate_limits: RateLimits::default(),
-            quota: None,
-            quota_used: 0,
-            quota_period_start: Micros(0),
-            rotated_to_id: None,
-            rotated_from_id: None,
-            lineage_id: id.clone(),
-            identity_id: None,
-        });
-        seeded.ids.push(id.as_str().to_owned());
+        let key = KeyRecord::new(
+            organizations[i % organizations.len()].clone(),
+            Owner::Bot,
+            KeyName::parse(&format!("bench key {i}"))?,
+            scopes.clone(),
+            &secret,
+            created_by.clone(),
+            now,
+        );
+        seeded.ids.push(key.id.as_str().to_owned());
+        records.push(key);
         seeded.hashes.push(secret.hash());
         seeded.secrets.push(secret.into_exposed());
         if records.len() == BATCH || i + 1 == n {

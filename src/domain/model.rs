@@ -302,6 +302,51 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// A new key of `secret`, created at `now` with a fresh id: never used,
+    /// revoked or rotated, and without restrictions, metadata, limits or an
+    /// identity (set those on the result). `CreateKey`, the bench's bulk
+    /// seeding and the tests all start here.
+    pub fn new(
+        organization_id: OrganizationId,
+        owner: Owner,
+        name: KeyName,
+        scopes: ScopeSet,
+        secret: &crate::domain::keys::Secret,
+        created_by: UserId,
+        now: Micros,
+    ) -> Self {
+        let id = KeyId::generate();
+        Self {
+            lineage_id: id.clone(),
+            id,
+            organization_id,
+            owner,
+            name,
+            scopes,
+            allowed_hostnames: AllowedHostnames::default(),
+            allowed_networks: AllowedNetworks::default(),
+            bound_principals: BoundPrincipals::default(),
+            metadata: Metadata::default(),
+            secret_hash: secret.hash(),
+            key_prefix: secret.key_prefix(),
+            last_four: secret.last_four(),
+            request_count: 0,
+            create_time: now,
+            update_time: now,
+            last_used_time: None,
+            revoke_time: None,
+            expire_time: None,
+            created_by,
+            rate_limits: RateLimits::default(),
+            quota: None,
+            quota_used: 0,
+            quota_period_start: Micros(0),
+            rotated_to_id: None,
+            rotated_from_id: None,
+            identity_id: None,
+        }
+    }
+
     /// The record as of `now`: a quota whose stored period has ended has used
     /// nothing of the current one (the row itself moves on at its next use).
     pub fn as_of(mut self, now: Micros) -> Self {
@@ -329,35 +374,18 @@ impl KeyRecord {
     /// A bot key of `acme` with scope `links:read`, for unit tests.
     #[cfg(test)]
     pub(crate) fn test_bot(id: KeyId, secret: &crate::domain::keys::Secret, name: &str) -> Self {
-        Self {
-            id: id.clone(),
-            organization_id: OrganizationId::parse("acme").expect("org"),
-            owner: Owner::Bot,
-            name: KeyName::parse(name).expect("name"),
-            scopes: ScopeSet::parse(["links:read"]).expect("scopes"),
-            allowed_hostnames: AllowedHostnames::default(),
-            allowed_networks: AllowedNetworks::default(),
-            bound_principals: BoundPrincipals::default(),
-            metadata: Metadata::default(),
-            secret_hash: secret.hash(),
-            key_prefix: secret.key_prefix(),
-            last_four: secret.last_four(),
-            request_count: 0,
-            create_time: Micros(0),
-            update_time: Micros(0),
-            last_used_time: None,
-            revoke_time: None,
-            expire_time: None,
-            created_by: UserId::parse("admin").expect("user"),
-            rate_limits: RateLimits::default(),
-            quota: None,
-            quota_used: 0,
-            quota_period_start: Micros(0),
-            rotated_to_id: None,
-            rotated_from_id: None,
-            lineage_id: id,
-            identity_id: None,
-        }
+        let mut key = Self::new(
+            OrganizationId::parse("acme").expect("org"),
+            Owner::Bot,
+            KeyName::parse(name).expect("name"),
+            ScopeSet::parse(["links:read"]).expect("scopes"),
+            secret,
+            UserId::parse("admin").expect("user"),
+            Micros(0),
+        );
+        key.lineage_id = id.clone();
+        key.id = id;
+        key
     }
 }
 

@@ -256,35 +256,25 @@ impl KeyService {
             now,
         )?;
         let secret = Secret::generate(&self.prefix);
-        let id = KeyId::generate();
         let key = KeyRecord {
-            lineage_id: id.clone(),
-            id,
-            organization_id: cmd.organization_id,
-            owner,
-            name: cmd.name,
-            scopes: cmd.scopes,
             allowed_hostnames: cmd.allowed_hostnames,
             allowed_networks: cmd.allowed_networks,
             bound_principals: cmd.bound_principals,
             metadata: cmd.metadata,
-            secret_hash: secret.hash(),
-            key_prefix: secret.key_prefix(),
-            last_four: secret.last_four(),
-            request_count: 0,
-            create_time: now,
-            update_time: now,
-            last_used_time: None,
-            revoke_time: None,
             expire_time,
-            created_by: actor.id.clone(),
             rate_limits: cmd.rate_limits,
             quota: cmd.quota,
-            quota_used: 0,
             quota_period_start: cmd.quota.map_or(Micros(0), |q| q.period.start(now)),
-            rotated_to_id: None,
-            rotated_from_id: None,
             identity_id: cmd.identity_id,
+            ..KeyRecord::new(
+                cmd.organization_id,
+                owner,
+                cmd.name,
+                cmd.scopes,
+                &secret,
+                actor.id.clone(),
+                now,
+            )
         };
         self.store.create_key(&key).await?;
         // Someone may have presented this exact secret before it existed: the

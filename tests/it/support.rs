@@ -622,37 +622,16 @@ pub fn bot_record(
     secret: &keygate::domain::keys::Secret,
     now: keygate::domain::model::Micros,
 ) -> keygate::domain::model::KeyRecord {
-    use keygate::domain::model::{KeyId, KeyName, KeyRecord, OrganizationId, Owner, UserId};
-    let id = KeyId::generate();
-    KeyRecord {
-        lineage_id: id.clone(),
-        id,
-        organization_id: OrganizationId::parse(org).expect("org"),
-        owner: Owner::Bot,
-        name: KeyName::parse(name).expect("name"),
-        scopes: keygate::domain::scopes::ScopeSet::parse(["links:read"]).expect("scopes"),
-        allowed_hostnames: keygate::domain::hostnames::AllowedHostnames::default(),
-        allowed_networks: keygate::domain::networks::AllowedNetworks::default(),
-        bound_principals: keygate::domain::networks::BoundPrincipals::default(),
-        metadata: keygate::domain::metadata::Metadata::default(),
-        secret_hash: secret.hash(),
-        key_prefix: secret.key_prefix(),
-        last_four: secret.last_four(),
-        request_count: 0,
-        create_time: now,
-        update_time: now,
-        last_used_time: None,
-        revoke_time: None,
-        expire_time: None,
-        created_by: UserId::parse("admin-1").expect("user"),
-        rate_limits: keygate::domain::limits::RateLimits::default(),
-        quota: None,
-        quota_used: 0,
-        quota_period_start: keygate::domain::model::Micros(0),
-        rotated_to_id: None,
-        rotated_from_id: None,
-        identity_id: None,
-    }
+    use keygate::domain::model::{KeyName, KeyRecord, OrganizationId, Owner, UserId};
+    KeyRecord::new(
+        OrganizationId::parse(org).expect("org"),
+        Owner::Bot,
+        KeyName::parse(name).expect("name"),
+        keygate::domain::scopes::ScopeSet::parse(["links:read"]).expect("scopes"),
+        secret,
+        UserId::parse("admin-1").expect("user"),
+        now,
+    )
 }
 
 /// An HTTP client whose connections leave from `local`, a loopback address
