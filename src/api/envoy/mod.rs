@@ -74,14 +74,19 @@ impl<'a> Seen<'a> {
             seen.add(name, value, true);
         }
         for h in http.header_map.iter().flat_map(|m| &m.headers) {
-            let value = if h.value.is_empty() {
-                &h.raw_value
-            } else {
-                &h.value
-            };
-            let (Ok(name), Ok(value)) = (std::str::from_utf8(&h.key), std::str::from_utf8(value))
+            // `key` and `value` are proto strings: not UTF-8 is a malformed
+            // request. `raw_value` is the client's bytes: a value that is not
+            // text is no value (no credential: 401), never an RPC error that
+            // the proxy's failure mode might let through.
+            let (Ok(name), Ok(value)) =
+                (std::str::from_utf8(&h.key), std::str::from_utf8(&h.value))
             else {
                 return None;
+            };
+            let value = if value.is_empty() {
+                std::str::from_utf8(&h.raw_value).unwrap_or_default()
+            } else {
+                value
             };
             seen.add(name, value, false);
         }
@@ -227,15 +232,20 @@ impl Authorization for EnvoyApi {
                 "attributes.request.http is required: keygate authorizes HTTP requests",
             ));
         };
-        let Some(seen) = Seen::scan(&http) else {
+        // Proto strings that are not UTF-8 make a malformed request, as the
+        // generated types refused it whole.
+        let extensions_are_text = attributes
+            .context_extensions
+            .iter()
+            .all(|e| e.text().is_some());
+        let (Some(seen), true) = (Seen::scan(&http), extensions_are_text) else {
             self.metrics.observe(None, start);
             return Err(Status::invalid_argument(
-                "attributes.request.http.headers: a name or value is not UTF-8",
+                "the request is not a valid message: a header or context extension is not UTF-8",
             ));
         };
         let (key, from) = edge::credential(seen.authorization, seen.api_key);
-        // The last entry of a name, as a decoded map keeps it; one that is
-        // not UTF-8 is no value.
+        // The last entry of a name, as a decoded map keeps it.
         let extension = |name: &str| {
             attributes
                 .context_extensions
@@ -281,5 +291,48 @@ impl Authorization for EnvoyApi {
             denied(answer)
         };
         Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{Entry, HeaderMap, RawHeader};
+
+    fn raw(key: &str, raw_value: &[u8]) -> RawHeader {
+        RawHeader {
+            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            value: bytes::Bytes::new(),
+            raw_value: bytes::Bytes::copy_from_slice(raw_value),
+        }
+    }
+
+    /// A client's raw header bytes that are not text read as no value, so a
+    /// binary credential is a missing one (401), not a malformed request
+    /// (an RPC error, which a proxy failing open would let through). Proto
+    /// strings that are not UTF-8 are a malformed request, as before.
+    #[test]
+    fn raw_bytes_that_are_not_text_are_no_value() {
+        let http = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    raw("authorization", b"Bearer \xff\xfe"),
+                    raw("origin", b"https://a.example"),
+                ],
+            }),
+            ..Default::default()
+        };
+        let seen = Seen::scan(&http).expect("scans");
+        assert_eq!(seen.authorization, Some(""));
+        assert_eq!(seen.origin, Some("https://a.example"));
+
+        let http = HttpRequest {
+            headers: vec![Entry {
+                key: bytes::Bytes::from_static(b"authorization"),
+                value: bytes::Bytes::from_static(b"Bearer \xff"),
+            }],
+            ..Default::default()
+        };
+        assert!(Seen::scan(&http).is_none());
     }
 }
