@@ -42,15 +42,16 @@ use crate::{
 };
 
 /// What verification needs of a key, and nothing else: the cache holds up to
-/// `--cache-capacity` of these, so every field counts (a million keys fit in
-/// about 400 MB, docs/CAPACITY.md; `entry_size_is_pinned` below keeps it so).
+/// `--cache-capacity` of these, so every field counts (a million cached keys
+/// took 513 MiB of RSS, docs/CAPACITY.md; `entry_size_is_pinned` below keeps
+/// the entry's share of it).
 ///
 /// The key's strings are kept once, in the encoded answer: the id,
 /// organization id, user id and name are read back from it by their place
 /// (protobuf writes a string field's bytes as they are). What most keys do
-/// not have (hostnames, networks, principals, limits, an identity) costs
-/// them one pointer each; scope sets are shared between keys that have the
-/// same scopes.
+/// not have (an expiry, hostnames, networks, principals, limits, an
+/// identity) costs them one pointer together; scope sets are shared between
+/// keys that have the same scopes.
 #[derive(Debug)]
 pub struct CachedKey {
     /// The key, scopes included, as `VerifyKey` answers encode it
@@ -94,8 +95,8 @@ pub struct KeyLimits {
 /// String field `number` (1 id, 2 organization id, 4 user id, 5 name) of
 /// an encoded `VerifiedKey`, or "" when it is absent. Read from the bytes
 /// each time rather than kept as offsets: the fields come first in the
-/// message, a read steps over at most four of them, and only the edge's
-/// headers and the usage flush ask. The bytes were encoded by prost from
+/// message, a read steps over at most four of them, and only a request
+/// that names an organization, the edge's headers and the usage flush ask. The bytes were encoded by prost from
 /// `&str`s, so they are well formed and UTF-8.
 fn string_field(encoded: &[u8], number: u32) -> &str {
     use prost::encoding::{WireType, decode_key, decode_varint};
