@@ -26,24 +26,42 @@ fn free_port() -> u16 {
 }
 
 /// A fresh data directory under a new temporary directory, which is returned.
+/// Tried twice, each time in a new directory: on a loaded CI machine the
+/// bootstrap once failed without a trace, which a second attempt survives;
+/// a second failure fails the test with what the tool printed.
 fn install() -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("keygate-mariadb-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("create data dir");
-    let status = Command::new("mariadb-install-db")
-        .args([
-            "--no-defaults",
-            "--user=root",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ])
-        .arg(format!("--datadir={}", dir.join("data").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("mariadb-install-db must be installed (mariadb-server)");
-    assert!(status.success(), "mariadb-install-db failed");
-    dir
+    let mut last = String::new();
+    for _ in 0..2 {
+        let dir =
+            std::env::temp_dir().join(format!("keygate-mariadb-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create data dir");
+        let out = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .stdin(Stdio::null())
+            .output()
+            .expect("mariadb-install-db must be installed (mariadb-server)");
+        if out.status.success() {
+            return dir;
+        }
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        last = text
+            .chars()
+            .rev()
+            .take(2_000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    panic!("mariadb-install-db failed twice; the last attempt printed:\n{last}");
 }
 
 /// A column of a SHOW statement as text, whatever type the server gives it;
