@@ -59,13 +59,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Envoy's Authorization service, for keygate's own reading of its
     // CheckRequest (only the fields keygate reads; src/api/envoy/wire.rs) and
-    // the generated CheckResponse of envoy-types.
+    // its own writing of the CheckResponse (src/api/envoy/answer.rs).
     let check = tonic_build::manual::Method::builder()
         .name("check")
         .route_name("Check")
         .input_type("crate::api::envoy::wire::CheckRequest")
-        .output_type("::envoy_types::ext_authz::v3::pb::CheckResponse")
-        .codec_path("crate::api::grpc::codec::Codec")
+        .output_type("crate::api::envoy::answer::CheckAnswer")
+        .codec_path("crate::api::envoy::wire::CheckCodec")
         .build();
     let service = tonic_build::manual::Service::builder()
         .name("Authorization")

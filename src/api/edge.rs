@@ -4,7 +4,7 @@
 //! [`Answer`] in its own types; the mapping from outcome to status lives here
 //! once, so the two can never disagree.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use crate::{
     api::verify_code,
@@ -31,10 +31,10 @@ pub const CODE: &str = "x-keygate-code";
 /// spelling: case ignored, and `_` taken as `-`, because CGI, WSGI and
 /// Rack-style upstreams read `x_keygate_user_id` as the same variable as
 /// `x-keygate-user-id`. Such a header is never let through.
-pub fn in_identity_namespace(name: &str) -> bool {
-    let prefix = IDENTITY_PREFIX.as_bytes();
+pub fn in_identity_namespace(name: impl AsRef<[u8]>) -> bool {
+    let (name, prefix) = (name.as_ref(), IDENTITY_PREFIX.as_bytes());
     name.len() > prefix.len()
-        && name.as_bytes()[..prefix.len()]
+        && name[..prefix.len()]
             .iter()
             .zip(prefix)
             .all(|(&b, &p)| b.to_ascii_lowercase() == p || (b == b'_' && p == b'-'))
@@ -95,8 +95,10 @@ pub struct Answer {
     /// For the client: `x-keygate-code`, `WWW-Authenticate`, `Retry-After`,
     /// `RateLimit-*`.
     pub headers: Vec<(&'static str, Cow<'static, str>)>,
-    /// For the upstream, when allowed: who is calling.
-    pub identity: Vec<(&'static str, String)>,
+    /// When allowed: the key whose identity the upstream is told
+    /// ([`Answer::identity`]), read from the cached key's bytes on the way
+    /// out rather than copied into strings first.
+    pub key: Option<Arc<CachedKey>>,
 }
 
 impl Answer {
@@ -104,9 +106,33 @@ impl Answer {
         self.status == 200
     }
 
-    /// `{"code": "...", "message": "..."}`.
-    pub fn body(&self) -> String {
-        serde_json::json!({ "code": self.code, "message": self.message }).to_string()
+    /// `{"code": "...", "message": "..."}`; the valid key's, the answer to
+    /// nearly every request, written once.
+    pub fn body(&self) -> Cow<'static, str> {
+        if self.code == VALID_CODE && self.message == VALID_MESSAGE {
+            return Cow::Borrowed(VALID_BODY);
+        }
+        Cow::Owned(self.json())
+    }
+
+    fn json(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let body = Body {
+            code: self.code,
+            message: &self.message,
+        };
+        // A struct of two strings has no way to fail to serialize.
+        serde_json::to_string(&body).unwrap_or_default()
+    }
+
+    /// For the upstream, when allowed: who is calling (key id, organization,
+    /// key type, and the user of a user key).
+    pub fn identity(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.key.iter().flat_map(|key| identity(key))
     }
 
     /// The key was not cached and the store cannot be reached.
@@ -116,7 +142,7 @@ impl Answer {
             code: "UNAVAILABLE",
             message: Cow::Borrowed("the key store is unavailable; retry later"),
             headers: vec![(CODE, Cow::Borrowed("UNAVAILABLE"))],
-            identity: Vec::new(),
+            key: None,
         }
     }
 
@@ -127,7 +153,7 @@ impl Answer {
                 code: "ROUTE_NOT_ALLOWED",
                 message: Cow::Owned(why.clone()),
                 headers: vec![(CODE, Cow::Borrowed("ROUTE_NOT_ALLOWED"))],
-                identity: Vec::new(),
+                key: None,
             },
             Decision::Verified(outcome) => Self::from_outcome(outcome, now),
         }
@@ -154,19 +180,19 @@ impl Answer {
         if let Some(limit) = outcome.rate_limit().or(outcome.quota()) {
             rate_limit_headers(limit, now, &mut headers);
         }
-        let identity = match (&outcome.key, status) {
-            (Some(key), 200) => identity(key),
-            _ => Vec::new(),
-        };
         Self {
             status,
             code,
             message: message(outcome),
             headers,
-            identity,
+            key: outcome.key.clone().filter(|_| status == 200),
         }
     }
 }
+
+const VALID_CODE: &str = "VERIFY_CODE_VALID";
+const VALID_MESSAGE: &str = "the key is valid";
+const VALID_BODY: &str = r#"{"code":"VERIFY_CODE_VALID","message":"the key is valid"}"#;
 
 /// Counts a proxied request as `VerifyKey` calls are counted, under its entry point.
 pub fn observe(metrics: &VerifyMetrics, decision: &Result<Decision, Error>, timer: Timer) {
@@ -200,24 +226,23 @@ fn ceil_seconds(micros: i64) -> i64 {
     (micros.max(0) + 999_999) / 1_000_000
 }
 
-fn identity(key: &CachedKey) -> Vec<(&'static str, String)> {
-    let mut out = vec![
-        (KEY_ID, key.id().to_owned()),
-        (ORGANIZATION_ID, key.organization_id().to_owned()),
-    ];
-    if key.is_bot() {
-        out.push((KEY_TYPE, "bot".into()));
-    } else {
-        out.push((KEY_TYPE, "user".into()));
-        out.push((USER_ID, key.user_id().to_owned()));
-    }
-    out
+/// The identity headers of an allowed request, read from the cached key's
+/// bytes: key id, organization, key type, and the user of a user key.
+pub fn identity(key: &CachedKey) -> impl Iterator<Item = (&'static str, &str)> {
+    let user = (!key.is_bot()).then(|| (USER_ID, key.user_id()));
+    [
+        (KEY_ID, key.id()),
+        (ORGANIZATION_ID, key.organization_id()),
+        (KEY_TYPE, if key.is_bot() { "bot" } else { "user" }),
+    ]
+    .into_iter()
+    .chain(user)
 }
 
 /// The denial's reason; fixed text except where the outcome names something.
 fn message(outcome: &Outcome) -> Cow<'static, str> {
     Cow::Borrowed(match outcome.code {
-        Code::Valid => "the key is valid",
+        Code::Valid => VALID_MESSAGE,
         Code::Missing => "no key: send Authorization: Bearer <key> or X-Api-Key: <key>",
         Code::Malformed => "the key is malformed",
         Code::NotFound => "the key does not exist",
@@ -293,6 +318,31 @@ mod tests {
         assert_eq!(credential(Some("Bearerk1"), None), ("", None));
         assert_eq!(credential(None, Some(" k2 ")), ("k2", Some(ApiKey)));
         assert_eq!(credential(None, None), ("", None));
+    }
+
+    /// The valid key's body, written by hand, is what serializing says.
+    #[test]
+    fn the_valid_body_is_the_serialized_one() {
+        let valid = Answer {
+            status: 200,
+            code: verify_code(Code::Valid).as_str_name(),
+            message: message(&Outcome {
+                code: Code::Valid,
+                key: None,
+                identity: None,
+                missing_scopes: Vec::new(),
+                limits: None,
+            }),
+            headers: Vec::new(),
+            key: None,
+        };
+        assert!(matches!(valid.body(), Cow::Borrowed(_)));
+        assert_eq!(valid.body(), valid.json());
+        let denied = Answer {
+            code: "VERIFY_CODE_REVOKED",
+            ..valid
+        };
+        assert!(matches!(denied.body(), Cow::Owned(_)));
     }
 
     #[test]

@@ -387,6 +387,11 @@ fn many_scopes(n: usize) -> Vec<String> {
 }
 
 /// Where the protobuf wire format puts a string field `tag`: the bytes, raw.
+/// `CheckRequest{attributes{request{http{<http>}}}}`, Envoy's field numbers.
+fn envoy_http(http: &[u8]) -> Vec<u8> {
+    raw_field(1, &raw_field(4, &raw_field(2, http)))
+}
+
 fn raw_field(tag: u8, bytes: &[u8]) -> Vec<u8> {
     let mut out = vec![(tag << 3) | 2];
     prost::encoding::encode_varint(bytes.len() as u64, &mut out);
@@ -1592,6 +1597,7 @@ fn table(s: &Seed) -> Vec<Row> {
     const VERIFY: &str = "/keygate.v1.KeyVerify/VerifyKey";
     const CREATE: &str = "/keygate.v1.KeyAdmin/CreateKey";
     const GET: &str = "/keygate.v1.KeyAdmin/GetKey";
+    const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
     let valid_create = create().encode_to_vec();
     rows.extend([
         Row::new(
@@ -1650,6 +1656,33 @@ fn table(s: &Seed) -> Vec<Row> {
             "a field of the wrong wire type",
             Call::Raw(VERIFY, vec![0x08, 0x01]),
             Expect::Code(Code::InvalidArgument),
+        ),
+        // Envoy's Check reads its request itself (only what keygate uses),
+        // so its refusals are its own: the same code as every method's.
+        Row::new(
+            "Envoy Check: a truncated message",
+            Call::Raw(CHECK, vec![0x0a, 0x05, 0x22, 0x00]),
+            Expect::Code(Code::InvalidArgument),
+        ),
+        Row::new(
+            "Envoy Check: attributes of the wrong wire type",
+            Call::Raw(CHECK, vec![0x08, 0x01]),
+            Expect::Code(Code::InvalidArgument),
+        ),
+        Row::new(
+            "Envoy Check: a path of invalid UTF-8",
+            Call::Raw(CHECK, envoy_http(&raw_field(4, &[0xff, 0xfe]))),
+            Expect::Code(Code::InvalidArgument),
+        ),
+        Row::new(
+            "Envoy Check: no HTTP request",
+            Call::Raw(CHECK, Vec::new()),
+            Expect::Code(Code::InvalidArgument),
+        ),
+        Row::new(
+            "Envoy Check: an HTTP request without a key (a 401 answer, not an error)",
+            Call::Raw(CHECK, envoy_http(&raw_field(4, b"/api"))),
+            Expect::Ok,
         ),
     ]);
 

@@ -5,19 +5,24 @@
 //! `status_on_error` decide) or when the proxy's own configuration is wrong
 //! (INVALID_ARGUMENT: a bad `context_extensions` scope or organization).
 
+pub mod answer;
 pub mod wire;
 
 use envoy_types::{
     ext_authz::v3::pb::{
         CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
-        HttpResponse, HttpStatus, OkHttpResponse,
+        HttpResponse, HttpStatus,
     },
     pb::google::rpc,
 };
 use tonic::{Request, Response, Status};
 
+use self::answer::{Allowed, CheckAnswer};
+
 pub use self::wire::authorization_server::AuthorizationServer;
-use self::wire::{CheckRequest, HttpRequest, authorization_server::Authorization};
+use self::wire::{
+    Check, CheckRequest, Header, HeaderKind, Malformed, authorization_server::Authorization,
+};
 
 use crate::{
     api::edge::{self, Answer, CredentialHeader},
@@ -47,8 +52,7 @@ impl EnvoyApi {
 /// The request headers keygate reads, found in one pass over what Envoy sent:
 /// `headers` (names in lower case, repeats joined with commas), or
 /// `header_map` (repeats apart, raw values) when `encode_raw_headers` is set.
-/// One pass rather than a map lookup per name: the generated map hashes with
-/// SipHash, and a check reads a dozen names.
+/// One pass rather than a lookup per name: a check reads a dozen names.
 #[derive(Debug, Default)]
 struct Seen<'a> {
     authorization: Option<&'a str>,
@@ -65,59 +69,52 @@ struct Seen<'a> {
 }
 
 impl<'a> Seen<'a> {
-    /// `None` when a name or value of the `headers` map is not UTF-8: a
-    /// request the generated types would not have decoded either.
-    fn scan(http: &'a HttpRequest) -> Option<Self> {
+    /// A header keygate reads whose name or value is a proto string that is
+    /// not UTF-8 is a malformed request, as the generated types refused it.
+    fn scan(check: &Check<'a>) -> Result<Self, Malformed> {
         let mut seen = Self::default();
-        for entry in &http.headers {
-            let (name, value) = entry.text()?;
-            seen.add(name, value, true);
+        for header in &check.headers {
+            seen.add(header)?;
         }
-        for h in http.header_map.iter().flat_map(|m| &m.headers) {
-            // `key` and `value` are proto strings: not UTF-8 is a malformed
-            // request. `raw_value` is the client's bytes: a value that is not
-            // text is no value (no credential: 401), never an RPC error that
-            // the proxy's failure mode might let through.
-            let (Ok(name), Ok(value)) =
-                (std::str::from_utf8(&h.key), std::str::from_utf8(&h.value))
-            else {
-                return None;
-            };
-            let value = if value.is_empty() {
-                std::str::from_utf8(&h.raw_value).unwrap_or_default()
-            } else {
-                value
-            };
-            seen.add(name, value, false);
-        }
-        Some(seen)
+        Ok(seen)
     }
 
-    fn add(&mut self, name: &'a str, value: &'a str, joined: bool) {
-        let slot = if name.eq_ignore_ascii_case(edge::AUTHORIZATION) {
+    fn add(&mut self, header: &Header<'a>) -> Result<(), Malformed> {
+        let name = header.name;
+        let joined = header.kind == HeaderKind::Joined;
+        let slot = if name.eq_ignore_ascii_case(edge::AUTHORIZATION.as_bytes()) {
             &mut self.authorization
-        } else if name.eq_ignore_ascii_case(edge::API_KEY) {
+        } else if name.eq_ignore_ascii_case(edge::API_KEY.as_bytes()) {
             &mut self.api_key
-        } else if name.eq_ignore_ascii_case("origin") {
+        } else if name.eq_ignore_ascii_case(b"origin") {
             &mut self.origin
-        } else if name.eq_ignore_ascii_case("referer") {
+        } else if name.eq_ignore_ascii_case(b"referer") {
             &mut self.referer
         } else {
             if edge::in_identity_namespace(name) {
+                let name = wire::text(name, "a header name")?;
                 let set_by_us = edge::IDENTITY.iter().any(|n| n.eq_ignore_ascii_case(name));
                 let again = self.identity.iter().any(|n| n.eq_ignore_ascii_case(name));
-                if set_by_us && (again || (joined && value.contains(','))) {
+                if set_by_us && (again || (joined && header.value.contains(&b','))) {
                     self.repeated_identity = true;
                 }
                 self.identity.push(name);
             }
-            return;
+            return Ok(());
+        };
+        // `raw_value` is the client's bytes: a value that is not text is no
+        // value (no credential: 401), never an RPC error that the proxy's
+        // failure mode might let through.
+        let value = match header.kind {
+            HeaderKind::Raw => std::str::from_utf8(header.value).unwrap_or_default(),
+            HeaderKind::Joined | HeaderKind::Apart => wire::text(header.value, "a header value")?,
         };
         // The first copy, as Envoy's own lookups would find it; in the
         // `headers` map the last entry of a name, as a decoded map keeps it.
         if slot.is_none() || joined {
             *slot = Some(value);
         }
+        Ok(())
     }
 }
 
@@ -146,65 +143,54 @@ fn rpc_status(code: tonic::Code, message: &str) -> rpc::Status {
 /// header (in any spelling: `X_Keygate_User_Id` too, which overwriting
 /// `x-keygate-user-id` would leave in place) and the key's own header
 /// removed, so the upstream sees neither a forged identity nor the secret.
-fn allowed(seen: &Seen<'_>, answer: Answer, from: Option<CredentialHeader>) -> CheckResponse {
-    let mut remove: Vec<String> = seen
+fn allowed(seen: &Seen<'_>, answer: Answer, from: Option<CredentialHeader>) -> CheckAnswer {
+    let forged = seen
         .identity
         .iter()
         .filter(|name| {
             !answer
-                .identity
-                .iter()
+                .identity()
                 .any(|(set, _)| set.eq_ignore_ascii_case(name))
         })
         .map(|name| name.to_ascii_lowercase())
         .collect();
-    // X-Api-Key is keygate's own header: whatever it holds, never passed on.
-    // Authorization only when it carried the key (another scheme is the
-    // upstream's business).
-    if from == Some(CredentialHeader::Authorization)
-        || seen.authorization.is_some_and(edge::carries_bearer)
-    {
-        remove.push(edge::AUTHORIZATION.into());
-    }
-    if seen.api_key.is_some() {
-        remove.push(edge::API_KEY.into());
-    }
-    let response_headers_to_add = answer
+    let response_headers = answer
         .headers
         .into_iter()
         .filter(|(name, _)| name.starts_with("ratelimit-"))
-        .map(|(name, value)| set(name, value))
         .collect();
-    CheckResponse {
-        status: Some(rpc_status(tonic::Code::Ok, "")),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: answer
-                .identity
-                .into_iter()
-                .map(|(name, value)| set(name, value))
-                .collect(),
-            headers_to_remove: remove,
-            response_headers_to_add,
-            ..Default::default()
-        })),
-        dynamic_metadata: None,
+    match answer.key {
+        Some(key) => CheckAnswer::Allowed(Allowed {
+            key,
+            forged,
+            // Authorization only when it carried the key (another scheme is
+            // the upstream's business).
+            remove_authorization: from == Some(CredentialHeader::Authorization)
+                || seen.authorization.is_some_and(edge::carries_bearer),
+            // X-Api-Key is keygate's own header: whatever it holds, never
+            // passed on.
+            remove_api_key: seen.api_key.is_some(),
+            response_headers,
+        }),
+        // Cannot happen: an allowed outcome carries its key. Closed if it did.
+        None => denied(Answer::unavailable()),
     }
 }
 
-fn denied(answer: Answer) -> CheckResponse {
+fn denied(answer: Answer) -> CheckAnswer {
     let code = match answer.status {
         401 => tonic::Code::Unauthenticated,
         429 => tonic::Code::ResourceExhausted,
         _ => tonic::Code::PermissionDenied,
     };
-    let body = answer.body();
+    let body = answer.body().into_owned();
     let mut headers: Vec<HeaderValueOption> = answer
         .headers
         .into_iter()
         .map(|(name, value)| set(name, value))
         .collect();
     headers.push(set("content-type", "application/json"));
-    CheckResponse {
+    CheckAnswer::Other(Box::new(CheckResponse {
         status: Some(rpc_status(code, &answer.message)),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
@@ -214,67 +200,64 @@ fn denied(answer: Answer) -> CheckResponse {
             body,
         })),
         dynamic_metadata: None,
-    }
+    }))
+}
+
+/// The request as keygate's rules read it.
+fn edge_request<'a>(check: &Check<'a>, seen: &Seen<'a>) -> Result<EdgeRequest<'a>, Malformed> {
+    let (key, _) = edge::credential(seen.authorization, seen.api_key);
+    // The last entry of a name, as a decoded map keeps it.
+    let extension = |name: &str| {
+        check
+            .extensions
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == name.as_bytes())
+            .map_or(Ok(""), |(_, v)| wire::text(v, "a context extension"))
+    };
+    // Envoy has applied its own trusted hops (`xff_num_trusted_hops`) to the
+    // source address already. A source that is not an IP address (a Unix
+    // socket) is no address: a key restricted to networks fails closed.
+    let source_address = wire::text(check.source_address, "the source address")?;
+    Ok(EdgeRequest {
+        method: wire::text(check.method, "the method")?,
+        path: Some(wire::text(check.path, "the path")?),
+        key,
+        origin: seen.origin.unwrap_or_default(),
+        referer: seen.referer.unwrap_or_default(),
+        extra_scopes: extension(SCOPES_EXTENSION)?,
+        organization_id: extension(ORGANIZATION_EXTENSION)?,
+        client_ip: parse_client_ip(source_address).ok(),
+        client_principal: wire::text(check.source_principal, "the source principal")?,
+    })
 }
 
 #[tonic::async_trait]
 impl Authorization for EnvoyApi {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckAnswer>, Status> {
         let start = self.metrics.start();
-        let check = request.into_inner();
-        let attributes = check.attributes.unwrap_or_default();
-        let Some(http) = attributes.request.and_then(|r| r.http) else {
-            self.metrics.observe(None, start);
-            return Err(Status::invalid_argument(
-                "attributes.request.http is required: keygate authorizes HTTP requests",
-            ));
+        let bytes = request.into_inner().0;
+        let read = Check::read(&bytes).and_then(|check| {
+            let seen = Seen::scan(&check)?;
+            let request = edge_request(&check, &seen)?;
+            Ok((check.http, seen, request))
+        });
+        let (seen, request) = match read {
+            Ok((true, seen, request)) => (seen, request),
+            Ok((false, ..)) => {
+                self.metrics.observe(None, start);
+                return Err(Status::invalid_argument(
+                    "attributes.request.http is required: keygate authorizes HTTP requests",
+                ));
+            }
+            Err(e) => {
+                self.metrics.observe(None, start);
+                return Err(Status::invalid_argument(format!(
+                    "the request is not a valid message: {e}"
+                )));
+            }
         };
-        // Proto strings that are not UTF-8 make a malformed request, as the
-        // generated types refused it whole.
-        let extensions_are_text = attributes
-            .context_extensions
-            .iter()
-            .all(|e| e.text().is_some());
-        let (Some(seen), true) = (Seen::scan(&http), extensions_are_text) else {
-            self.metrics.observe(None, start);
-            return Err(Status::invalid_argument(
-                "the request is not a valid message: a header or context extension is not UTF-8",
-            ));
-        };
-        let (key, from) = edge::credential(seen.authorization, seen.api_key);
-        // The last entry of a name, as a decoded map keeps it.
-        let extension = |name: &str| {
-            attributes
-                .context_extensions
-                .iter()
-                .rev()
-                .filter_map(wire::Entry::text)
-                .find(|(k, _)| *k == name)
-                .map_or("", |(_, v)| v)
-        };
-        // Envoy has applied its own trusted hops (`xff_num_trusted_hops`) to
-        // the source address already. A source that is not an IP address (a
-        // Unix socket) is no address: a key restricted to networks fails closed.
-        let source = attributes.source.as_ref();
-        let client_ip = source
-            .and_then(|s| s.address.as_ref())
-            .and_then(|a| a.socket_address.as_ref())
-            .and_then(|s| parse_client_ip(&s.address).ok());
-        let client_principal = source.map_or("", |s| s.principal.as_str());
-        let request = EdgeRequest {
-            method: &http.method,
-            path: Some(http.path.as_str()),
-            key,
-            origin: seen.origin.unwrap_or_default(),
-            referer: seen.referer.unwrap_or_default(),
-            extra_scopes: extension(SCOPES_EXTENSION),
-            organization_id: extension(ORGANIZATION_EXTENSION),
-            client_ip,
-            client_principal,
-        };
+        let from = edge::credential(seen.authorization, seen.api_key).1;
         let decision = if seen.repeated_identity {
             Ok(Decision::RouteNotAllowed(
                 "the request carries a keygate identity header more than once".into(),
@@ -297,14 +280,9 @@ impl Authorization for EnvoyApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::{Entry, HeaderMap, RawHeader};
 
-    fn raw(key: &str, raw_value: &[u8]) -> RawHeader {
-        RawHeader {
-            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
-            value: bytes::Bytes::new(),
-            raw_value: bytes::Bytes::copy_from_slice(raw_value),
-        }
+    fn header<'a>(name: &'a [u8], value: &'a [u8], kind: HeaderKind) -> Header<'a> {
+        Header { name, value, kind }
     }
 
     /// A client's raw header bytes that are not text read as no value, so a
@@ -313,26 +291,26 @@ mod tests {
     /// strings that are not UTF-8 are a malformed request, as before.
     #[test]
     fn raw_bytes_that_are_not_text_are_no_value() {
-        let http = HttpRequest {
-            header_map: Some(HeaderMap {
-                headers: vec![
-                    raw("authorization", b"Bearer \xff\xfe"),
-                    raw("origin", b"https://a.example"),
-                ],
-            }),
+        let check = Check {
+            headers: vec![
+                header(b"authorization", b"Bearer \xff\xfe", HeaderKind::Raw),
+                header(b"origin", b"https://a.example", HeaderKind::Raw),
+            ],
             ..Default::default()
         };
-        let seen = Seen::scan(&http).expect("scans");
+        let seen = Seen::scan(&check).expect("scans");
         assert_eq!(seen.authorization, Some(""));
         assert_eq!(seen.origin, Some("https://a.example"));
 
-        let http = HttpRequest {
-            headers: vec![Entry {
-                key: bytes::Bytes::from_static(b"authorization"),
-                value: bytes::Bytes::from_static(b"Bearer \xff"),
-            }],
-            ..Default::default()
-        };
-        assert!(Seen::scan(&http).is_none());
+        for kind in [HeaderKind::Joined, HeaderKind::Apart] {
+            let check = Check {
+                headers: vec![header(b"authorization", b"Bearer \xff", kind)],
+                ..Default::default()
+            };
+            assert_eq!(
+                Seen::scan(&check).expect_err("malformed"),
+                Malformed::NotText("a header value")
+            );
+        }
     }
 }

@@ -7,8 +7,8 @@
 use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use axum::{
-    Extension, Router,
-    extract::State,
+    Router,
+    extract::{Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::any,
@@ -73,11 +73,11 @@ impl TrustedProxies {
         let Some(peer) = peer.filter(|p| self.trusts(*p)) else {
             return (peer, "");
         };
-        let principal = header_text(headers, "x-client-principal").unwrap_or_default();
+        let principal = header_text(headers, &X_CLIENT_PRINCIPAL).unwrap_or_default();
         // Right to left without collecting: the last header's last entry
         // first. A value that is not text is one entry that is no address.
         let entries = headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .rev()
             .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
@@ -105,51 +105,113 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn routes(route: AuthorizeRoute) -> Router {
     // Any method: Traefik and Caddy repeat the client's, nginx sends GET.
+    // Shared, not cloned per request: the route holds the verifier and a
+    // dozen metric handles, each an `Arc`.
     Router::new()
         .route("/v1/authorize", any(authorize))
-        .route_layer(axum::middleware::from_fn(|req, next| {
-            super::refuse_declared_over(MAX_BODY_BYTES, req, next)
-        }))
-        .with_state(route)
+        .with_state(Arc::new(route))
 }
 
-/// What the proxy says about the original request, under nginx's name or
-/// Traefik's and Caddy's. Each proxy sets its own and may pass the other
-/// through from the client, so two different values, or one header sent
-/// twice, mean a client is trying to choose what is checked: `Err`.
-fn original<'a>(headers: &'a HeaderMap, names: [&str; 2]) -> Result<Option<&'a str>, ()> {
-    let mut found: Option<&str> = None;
-    for name in names {
-        for value in headers.get_all(name) {
-            let value = value.to_str().map_err(|_| ())?;
-            match found {
-                Some(have) if have != value => return Err(()),
-                _ => found = Some(value),
+// The names forward auth reads, made once: a lookup by `&str` parses the
+// name on every call.
+const X_API_KEY: HeaderName = HeaderName::from_static(edge::API_KEY);
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_CLIENT_PRINCIPAL: HeaderName = HeaderName::from_static("x-client-principal");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The request headers forward auth reads, found in one pass over the
+/// request's headers rather than a hashed lookup per name (nine of them).
+#[derive(Debug, Default)]
+struct Seen<'a> {
+    /// The first `Authorization`, `X-Api-Key`, `Origin` and `Referer`, each
+    /// `None` inside when it is not visible ASCII (which counts as absent).
+    authorization: Option<Option<&'a str>>,
+    api_key: Option<Option<&'a str>>,
+    origin: Option<Option<&'a str>>,
+    referer: Option<Option<&'a str>>,
+    method: Original<'a>,
+    uri: Original<'a>,
+}
+
+impl<'a> Seen<'a> {
+    fn scan(headers: &'a HeaderMap) -> Self {
+        let mut seen = Self::default();
+        for (name, value) in headers {
+            let slot = if name == header::AUTHORIZATION {
+                &mut seen.authorization
+            } else if name == header::ORIGIN {
+                &mut seen.origin
+            } else if name == header::REFERER {
+                &mut seen.referer
+            } else if name == X_API_KEY {
+                &mut seen.api_key
+            } else {
+                if name == X_ORIGINAL_METHOD {
+                    seen.method.add(0, value);
+                } else if name == X_FORWARDED_METHOD {
+                    seen.method.add(1, value);
+                } else if name == X_ORIGINAL_URI {
+                    seen.uri.add(0, value);
+                } else if name == X_FORWARDED_URI {
+                    seen.uri.add(1, value);
+                }
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value.to_str().ok());
             }
         }
-        if headers.get_all(name).iter().count() > 1 {
-            return Err(());
-        }
+        seen
     }
-    Ok(found)
 }
 
-async fn authorize(
-    State(route): State<AuthorizeRoute>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-) -> Response {
+/// What the proxy says about the original request, under nginx's name
+/// (0) or Traefik's and Caddy's (1). Each proxy sets its own and may pass
+/// the other through from the client, so two different values, or one
+/// header sent twice, mean a client is trying to choose what is checked.
+#[derive(Debug, Default)]
+struct Original<'a> {
+    found: Option<&'a str>,
+    copies: [u8; 2],
+    conflict: bool,
+}
+
+impl<'a> Original<'a> {
+    fn add(&mut self, which: usize, value: &'a HeaderValue) {
+        self.copies[which] = self.copies[which].saturating_add(1);
+        match (value.to_str(), self.found) {
+            (Ok(v), Some(have)) if have != v => self.conflict = true,
+            (Ok(v), _) => self.found = Some(v),
+            (Err(_), _) => self.conflict = true,
+        }
+    }
+
+    fn get(&self) -> Result<Option<&'a str>, ()> {
+        if self.conflict || self.copies.iter().any(|&n| n > 1) {
+            return Err(());
+        }
+        Ok(self.found)
+    }
+}
+
+/// The whole request rather than extractors: the headers are read where
+/// they are, not copied into a map of their own, and the body is never read.
+async fn authorize(State(route): State<Arc<AuthorizeRoute>>, request: Request) -> Response {
     let start = route.metrics.start();
-    let peer = peer.map(|Extension(Peer(p))| p.ip());
-    let (client_ip, client_principal) = route.trusted.presenter(peer, &headers);
-    let (key, _) = edge::credential(
-        header_text(&headers, edge::AUTHORIZATION),
-        header_text(&headers, edge::API_KEY),
-    );
-    let (Ok(method), Ok(path)) = (
-        original(&headers, ["x-original-method", "x-forwarded-method"]),
-        original(&headers, ["x-original-uri", "x-forwarded-uri"]),
-    ) else {
+    let headers = request.headers();
+    // Checked here rather than by a layer around the route, which would
+    // cost every request a boxed clone of the handler.
+    if let Some(refused) = super::declared_over(MAX_BODY_BYTES, headers) {
+        return refused;
+    }
+    let peer = request.extensions().get::<Peer>().map(|Peer(p)| p.ip());
+    let (client_ip, client_principal) = route.trusted.presenter(peer, headers);
+    let seen = Seen::scan(headers);
+    let (key, _) = edge::credential(seen.authorization.flatten(), seen.api_key.flatten());
+    let (Ok(method), Ok(path)) = (seen.method.get(), seen.uri.get()) else {
         let decision = Decision::RouteNotAllowed(
             "the original method or URI is given twice, differently".into(),
         );
@@ -162,8 +224,8 @@ async fn authorize(
         method: method.unwrap_or_default(),
         path,
         key,
-        origin: header_text(&headers, "origin").unwrap_or_default(),
-        referer: header_text(&headers, "referer").unwrap_or_default(),
+        origin: seen.origin.flatten().unwrap_or_default(),
+        referer: seen.referer.flatten().unwrap_or_default(),
         extra_scopes: "",
         organization_id: "",
         client_ip,
@@ -184,22 +246,45 @@ async fn authorize(
 
 fn respond(answer: Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::FORBIDDEN);
-    let body = answer.body();
-    let mut response = (status, body).into_response();
+    let mut response = Response::new(axum::body::Body::from(answer.body()));
+    *response.status_mut() = status;
     let out = response.headers_mut();
+    out.reserve(answer.headers.len() + edge::IDENTITY.len() + 1);
     out.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let identity = answer.identity.into_iter().map(|(n, v)| (n, Cow::Owned(v)));
-    for (name, value) in answer.headers.into_iter().chain(identity) {
+    for (name, value) in &answer.headers {
         let value = match value {
             Cow::Borrowed(v) => Ok(HeaderValue::from_static(v)),
-            Cow::Owned(v) => HeaderValue::try_from(v),
+            Cow::Owned(v) => HeaderValue::try_from(v.as_str()),
         };
         if let Ok(value) = value {
-            out.insert(HeaderName::from_static(name), value);
+            out.insert(header_name(name), value);
+        }
+    }
+    for (name, value) in answer.identity() {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            out.insert(header_name(name), value);
         }
     }
     response
+}
+
+/// The name of a header keygate answers with; the ones every answer carries
+/// are made once, since making one from a `&str` parses it.
+fn header_name(name: &'static str) -> HeaderName {
+    const KEY_ID: HeaderName = HeaderName::from_static(edge::KEY_ID);
+    const ORGANIZATION_ID: HeaderName = HeaderName::from_static(edge::ORGANIZATION_ID);
+    const KEY_TYPE: HeaderName = HeaderName::from_static(edge::KEY_TYPE);
+    const USER_ID: HeaderName = HeaderName::from_static(edge::USER_ID);
+    const CODE: HeaderName = HeaderName::from_static(edge::CODE);
+    match name {
+        edge::KEY_ID => KEY_ID,
+        edge::ORGANIZATION_ID => ORGANIZATION_ID,
+        edge::KEY_TYPE => KEY_TYPE,
+        edge::USER_ID => USER_ID,
+        edge::CODE => CODE,
+        other => HeaderName::from_static(other),
+    }
 }

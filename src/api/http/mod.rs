@@ -32,7 +32,10 @@ pub struct HttpConfig {
 pub struct Peer(pub std::net::SocketAddr);
 
 /// A request header as text; one that is not visible ASCII counts as absent.
-pub(crate) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_text(
+    headers: &HeaderMap,
+    name: impl axum::http::header::AsHeaderName,
+) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -59,23 +62,31 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// announced was never read. Bodies without a declared length are held to the
 /// same limit while they are read (axum's body limit).
 pub async fn refuse_declared_over(limit: usize, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
+    match declared_over(limit, req.headers()) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
+}
+
+/// The 413 of [`refuse_declared_over`], for a handler that checks itself.
+pub fn declared_over(limit: usize, headers: &HeaderMap) -> Option<Response> {
+    let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
-        let mut response = error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the request body may be at most {limit} bytes"),
-        );
-        response.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-        return response;
+    let limit_bytes = u64::try_from(limit).unwrap_or(u64::MAX);
+    if declared.is_none_or(|n| n <= limit_bytes) {
+        return None;
     }
-    next.run(req).await
+    let mut response = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body may be at most {limit} bytes"),
+    );
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    Some(response)
 }
 
 /// The bytes of a request's headers, names and values: what the HTTP routes

@@ -1,0 +1,257 @@
+//! `CheckResponse` as the server writes it. An allowed request, the answer
+//! to nearly every check, is encoded straight from the cached key's bytes;
+//! a denial, whose text varies and which is rare, is the generated message.
+//!
+//! Building the generated `OkHttpResponse` took two `String`s per identity
+//! header, a `String` per header to remove and three nested messages on every
+//! call, then walked them twice to size and encode them. Envoy reads the same
+//! bytes either way, which `tests` below checks by decoding these with the
+//! generated types.
+
+use std::{borrow::Cow, sync::Arc};
+
+use envoy_types::ext_authz::v3::pb::CheckResponse;
+use prost::{
+    DecodeError, Message,
+    bytes::{Buf, BufMut},
+    encoding::{self, DecodeContext, WireType},
+};
+
+use crate::{api::edge, hotpath::cache::CachedKey};
+
+/// One `CheckResponse`, ready to encode. Encode-only: the server never reads
+/// one, so decoding skips every field.
+#[derive(Debug)]
+pub enum CheckAnswer {
+    Allowed(Allowed),
+    /// A denial, as the generated message (boxed: it is five times the size
+    /// of an allowed answer, which tonic moves through several futures).
+    Other(Box<CheckResponse>),
+}
+
+impl Default for CheckAnswer {
+    fn default() -> Self {
+        Self::Other(Box::default())
+    }
+}
+
+/// `CheckResponse{status: OK, ok_response: {headers, headers_to_remove,
+/// response_headers_to_add}}`.
+#[derive(Debug)]
+pub struct Allowed {
+    /// Whose identity the upstream is told ([`edge::Answer::identity`]).
+    pub key: Arc<CachedKey>,
+    /// The client's own `x-keygate-*` headers that keygate does not set,
+    /// in lower case: removed, so the upstream never sees a forged one.
+    pub forged: Vec<String>,
+    /// `Authorization` carried the key: removed.
+    pub remove_authorization: bool,
+    /// `X-Api-Key` came: removed, whatever it held.
+    pub remove_api_key: bool,
+    /// For the client: the `RateLimit-*` headers of a key with limits.
+    pub response_headers: Vec<(&'static str, Cow<'static, str>)>,
+}
+
+impl Allowed {
+    fn identity(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        edge::identity(&self.key)
+    }
+
+    /// `headers_to_remove`.
+    pub fn removed(&self) -> impl Iterator<Item = &str> {
+        let authorization = self.remove_authorization.then_some(edge::AUTHORIZATION);
+        let api_key = self.remove_api_key.then_some(edge::API_KEY);
+        let forged = self.forged.iter().map(String::as_str);
+        forged.chain(authorization).chain(api_key)
+    }
+
+    fn ok_response_len(&self) -> usize {
+        let headers: usize = self
+            .identity()
+            .map(|(n, v)| field_len(HEADERS, overwrite_len(n, v)))
+            .sum();
+        let remove: usize = self.removed().map(|n| field_len(REMOVE, n.len())).sum();
+        let response: usize = self
+            .response_headers
+            .iter()
+            .map(|(n, v)| field_len(RESPONSE_HEADERS, overwrite_len(n, v)))
+            .sum();
+        headers + remove + response
+    }
+}
+
+// Field numbers of `envoy.service.auth.v3.CheckResponse` and
+// `OkHttpResponse`, and of `envoy.config.core.v3.HeaderValueOption` and
+// `HeaderValue` (Envoy's external_auth.proto and base.proto).
+const STATUS: u32 = 1;
+const OK_RESPONSE: u32 = 3;
+const HEADERS: u32 = 2;
+const REMOVE: u32 = 5;
+const RESPONSE_HEADERS: u32 = 6;
+const OPTION_HEADER: u32 = 1;
+const OPTION_APPEND_ACTION: u32 = 3;
+const HEADER_KEY: u32 = 1;
+const HEADER_VALUE: u32 = 2;
+/// `HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD`: a value the client sent
+/// under the same name is replaced, not kept beside keygate's.
+const OVERWRITE_IF_EXISTS_OR_ADD: u64 = 2;
+
+/// A length-delimited field of `len` bytes, with its tag and length.
+fn field_len(tag: u32, len: usize) -> usize {
+    encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len
+}
+
+fn header_len(name: &str, value: &str) -> usize {
+    field_len(HEADER_KEY, name.len()) + field_len(HEADER_VALUE, value.len())
+}
+
+/// `HeaderValueOption{header: {key, value}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}`.
+fn overwrite_len(name: &str, value: &str) -> usize {
+    field_len(OPTION_HEADER, header_len(name, value))
+        + encoding::key_len(OPTION_APPEND_ACTION)
+        + encoding::encoded_len_varint(OVERWRITE_IF_EXISTS_OR_ADD)
+}
+
+fn put_len_field(tag: u32, len: usize, buf: &mut impl BufMut) {
+    encoding::encode_key(tag, WireType::LengthDelimited, buf);
+    encoding::encode_varint(len as u64, buf);
+}
+
+fn put_str(tag: u32, s: &str, buf: &mut impl BufMut) {
+    put_len_field(tag, s.len(), buf);
+    buf.put_slice(s.as_bytes());
+}
+
+fn put_overwrite(tag: u32, name: &str, value: &str, buf: &mut impl BufMut) {
+    put_len_field(tag, overwrite_len(name, value), buf);
+    put_len_field(OPTION_HEADER, header_len(name, value), buf);
+    put_str(HEADER_KEY, name, buf);
+    put_str(HEADER_VALUE, value, buf);
+    encoding::encode_key(OPTION_APPEND_ACTION, WireType::Varint, buf);
+    encoding::encode_varint(OVERWRITE_IF_EXISTS_OR_ADD, buf);
+}
+
+impl Message for CheckAnswer {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        let allowed = match self {
+            Self::Other(response) => return response.encode_raw(buf),
+            Self::Allowed(allowed) => allowed,
+        };
+        // status: google.rpc.Status{} (code OK, no message): an empty message.
+        put_len_field(STATUS, 0, buf);
+        put_len_field(OK_RESPONSE, allowed.ok_response_len(), buf);
+        for (name, value) in allowed.identity() {
+            put_overwrite(HEADERS, name, value, buf);
+        }
+        for name in allowed.removed() {
+            put_str(REMOVE, name, buf);
+        }
+        for (name, value) in &allowed.response_headers {
+            put_overwrite(RESPONSE_HEADERS, name, value, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Other(response) => response.encoded_len(),
+            Self::Allowed(allowed) => {
+                field_len(STATUS, 0) + field_len(OK_RESPONSE, allowed.ok_response_len())
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::ext_authz::v3::pb::{
+        HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, OkHttpResponse,
+    };
+    use envoy_types::pb::google::rpc;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{
+        keys::{KeyPrefix, Secret},
+        model::{KeyId, KeyRecord, Owner, UserId},
+    };
+
+    fn set(name: &str, value: &str) -> HeaderValueOption {
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: name.to_owned(),
+                value: value.to_owned(),
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The same answer as the generated messages: what Envoy decodes, and
+    /// what the server sent before `CheckAnswer`.
+    fn generated(a: &Allowed) -> CheckResponse {
+        CheckResponse {
+            status: Some(rpc::Status::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: edge::identity(&a.key).map(|(n, v)| set(n, v)).collect(),
+                headers_to_remove: a.removed().map(str::to_owned).collect(),
+                response_headers_to_add: a
+                    .response_headers
+                    .iter()
+                    .map(|(n, v)| set(n, v))
+                    .collect(),
+                ..Default::default()
+            })),
+            dynamic_metadata: None,
+        }
+    }
+
+    fn key(user: Option<&str>) -> Arc<CachedKey> {
+        let secret = Secret::generate(&KeyPrefix::default());
+        let mut record = KeyRecord::test_bot(KeyId::generate(), &secret, "key");
+        if let Some(user) = user {
+            record.owner = Owner::User(UserId::parse(user).expect("user"));
+        }
+        Arc::new(CachedKey::new(record))
+    }
+
+    const RATE_LIMIT: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
+
+    proptest! {
+        #[test]
+        fn envoy_decodes_what_the_generated_messages_said(
+            user in proptest::option::of("usr_[a-z0-9]{1,40}"),
+            forged in proptest::collection::vec("[a-z_-]{1,300}", 0..4),
+            remove_authorization in any::<bool>(),
+            remove_api_key in any::<bool>(),
+            limits in proptest::collection::vec("[0-9]{1,20}", 0..4),
+        ) {
+            let allowed = Allowed {
+                key: key(user.as_deref()),
+                forged,
+                remove_authorization,
+                remove_api_key,
+                response_headers: RATE_LIMIT.into_iter().zip(limits.into_iter().map(Cow::Owned)).collect(),
+            };
+            let expected = generated(&allowed);
+            let answer = CheckAnswer::Allowed(allowed);
+            let bytes = answer.encode_to_vec();
+            prop_assert_eq!(bytes.len(), answer.encoded_len());
+            prop_assert_eq!(CheckResponse::decode(bytes.as_slice()).expect("decodes"), expected);
+        }
+    }
+}
