@@ -204,6 +204,22 @@ struct Entry<'a> {
 
 /// Reads an entry: key 1, value 2, raw_value 3.
 fn entry(buf: &[u8]) -> Result<Entry<'_>, Malformed> {
+    // How Envoy writes a header: key, then value, each under 128 bytes, and
+    // nothing else. Read as such without the general loop; any other layout
+    // (and every malformed one) takes it.
+    if let [0x0a, key_len, rest @ ..] = buf
+        && let Some((key, rest)) = rest.split_at_checked(usize::from(*key_len))
+        && let [0x12, value_len, value @ ..] = rest
+        && *key_len < 0x80
+        && *value_len < 0x80
+        && value.len() == usize::from(*value_len)
+    {
+        return Ok(Entry {
+            key,
+            value,
+            raw: &[],
+        });
+    }
     let mut e = Entry::default();
     fields(buf, |tag, v| {
         match tag {
