@@ -6,6 +6,7 @@ pub mod edge;
 pub mod envoy;
 pub mod grpc;
 pub mod http;
+mod written;
 
 use crate::{domain::verify::Code, proto::VerifyCode};
 

@@ -96,8 +96,9 @@ pub struct KeyLimits {
 /// an encoded `VerifiedKey`, or "" when it is absent. Read from the bytes
 /// each time rather than kept as offsets: the fields come first in the
 /// message, a read steps over at most four of them, and only a request
-/// that names an organization, the edge's headers and the usage flush ask. The bytes were encoded by prost from
-/// `&str`s, so they are well formed and UTF-8.
+/// that names an organization, the edge's headers and the usage flush ask.
+/// The bytes were encoded by prost from `&str`s, so they are well formed
+/// and UTF-8.
 fn string_field(encoded: &[u8], number: u32) -> &str {
     use prost::encoding::{WireType, decode_key, decode_varint};
     let mut buf = encoded;

@@ -12,12 +12,16 @@ use std::{borrow::Cow, sync::Arc};
 
 use envoy_types::ext_authz::v3::pb::CheckResponse;
 use prost::{
-    DecodeError, Message,
-    bytes::{Buf, BufMut},
-    encoding::{self, DecodeContext, WireType},
+    Message,
+    bytes::BufMut,
+    encoding::{self, WireType},
 };
 
-use crate::{api::edge, hotpath::cache::CachedKey};
+use crate::{
+    api::edge,
+    api::written::{field_len, put_field_head, write_only},
+    hotpath::cache::CachedKey,
+};
 
 /// One `CheckResponse`, ready to encode. Encode-only: the server never reads
 /// one, so decoding skips every field.
@@ -96,11 +100,6 @@ const HEADER_VALUE: u32 = 2;
 /// under the same name is replaced, not kept beside keygate's.
 const OVERWRITE_IF_EXISTS_OR_ADD: u64 = 2;
 
-/// A length-delimited field of `len` bytes, with its tag and length.
-fn field_len(tag: u32, len: usize) -> usize {
-    encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len
-}
-
 fn header_len(name: &str, value: &str) -> usize {
     field_len(HEADER_KEY, name.len()) + field_len(HEADER_VALUE, value.len())
 }
@@ -112,19 +111,14 @@ fn overwrite_len(name: &str, value: &str) -> usize {
         + encoding::encoded_len_varint(OVERWRITE_IF_EXISTS_OR_ADD)
 }
 
-fn put_len_field(tag: u32, len: usize, buf: &mut impl BufMut) {
-    encoding::encode_key(tag, WireType::LengthDelimited, buf);
-    encoding::encode_varint(len as u64, buf);
-}
-
 fn put_str(tag: u32, s: &str, buf: &mut impl BufMut) {
-    put_len_field(tag, s.len(), buf);
+    put_field_head(tag, s.len(), buf);
     buf.put_slice(s.as_bytes());
 }
 
 fn put_overwrite(tag: u32, name: &str, value: &str, buf: &mut impl BufMut) {
-    put_len_field(tag, overwrite_len(name, value), buf);
-    put_len_field(OPTION_HEADER, header_len(name, value), buf);
+    put_field_head(tag, overwrite_len(name, value), buf);
+    put_field_head(OPTION_HEADER, header_len(name, value), buf);
     put_str(HEADER_KEY, name, buf);
     put_str(HEADER_VALUE, value, buf);
     encoding::encode_key(OPTION_APPEND_ACTION, WireType::Varint, buf);
@@ -138,8 +132,8 @@ impl Message for CheckAnswer {
             Self::Allowed(allowed) => allowed,
         };
         // status: google.rpc.Status{} (code OK, no message): an empty message.
-        put_len_field(STATUS, 0, buf);
-        put_len_field(OK_RESPONSE, allowed.ok_response_len(), buf);
+        put_field_head(STATUS, 0, buf);
+        put_field_head(OK_RESPONSE, allowed.ok_response_len(), buf);
         for (name, value) in allowed.identity() {
             put_overwrite(HEADERS, name, value, buf);
         }
@@ -151,15 +145,7 @@ impl Message for CheckAnswer {
         }
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    write_only!();
 
     fn encoded_len(&self) -> usize {
         match self {
@@ -169,37 +155,21 @@ impl Message for CheckAnswer {
             }
         }
     }
-
-    fn clear(&mut self) {
-        *self = Self::default();
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::ext_authz::v3::pb::{
-        HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, OkHttpResponse,
-    };
+    use envoy_types::ext_authz::v3::pb::{HttpResponse, OkHttpResponse};
     use envoy_types::pb::google::rpc;
     use proptest::prelude::*;
 
     use super::*;
+    // The generated header the server wrote before this module.
+    use crate::api::envoy::set;
     use crate::domain::{
         keys::{KeyPrefix, Secret},
         model::{KeyId, KeyRecord, Owner, UserId},
     };
-
-    fn set(name: &str, value: &str) -> HeaderValueOption {
-        HeaderValueOption {
-            header: Some(HeaderValue {
-                key: name.to_owned(),
-                value: value.to_owned(),
-                ..Default::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..Default::default()
-        }
-    }
 
     /// The same answer as the generated messages: what Envoy decodes, and
     /// what the server sent before `CheckAnswer`.
@@ -212,7 +182,7 @@ mod tests {
                 response_headers_to_add: a
                     .response_headers
                     .iter()
-                    .map(|(n, v)| set(n, v))
+                    .map(|(n, v)| set(n, v.as_ref()))
                     .collect(),
                 ..Default::default()
             })),

@@ -10,14 +10,11 @@
 //! ran that much faster). Clients keep the generated type: the bytes are the
 //! same, which `tests` below checks field by field against it.
 
-use prost::{
-    DecodeError, Message,
-    bytes::{Buf, BufMut},
-    encoding::{self, DecodeContext, WireType},
-};
+use prost::{Message, bytes::BufMut, encoding};
 use std::sync::Arc;
 
 use crate::{
+    api::written::{field_len, put_field_head, write_only},
     domain::model::Micros,
     hotpath::cache::CachedKey,
     hotpath::identities::CachedIdentity,
@@ -136,8 +133,7 @@ impl Message for Answer {
             encoding::int32::encode(CODE, &self.code, buf);
         }
         if let Some(key) = &self.key {
-            encoding::encode_key(KEY, WireType::LengthDelimited, buf);
-            encoding::encode_varint(self.key_len(key) as u64, buf);
+            put_field_head(KEY, self.key_len(key), buf);
             buf.put_slice(key.encoded());
             if let Some(identity) = &self.identity {
                 buf.put_slice(identity.encoded_field());
@@ -158,21 +154,13 @@ impl Message for Answer {
         }
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    write_only!();
 
     fn encoded_len(&self) -> usize {
-        let key = self.key.as_ref().map_or(0, |k| {
-            let n = self.key_len(k);
-            encoding::key_len(KEY) + encoding::encoded_len_varint(n as u64) + n
-        });
+        let key = self
+            .key
+            .as_ref()
+            .map_or(0, |k| field_len(KEY, self.key_len(k)));
         (if self.valid() {
             encoding::bool::encoded_len(VALID, &true)
         } else {
@@ -183,10 +171,6 @@ impl Message for Answer {
             0
         }) + key
             + self.rest.as_deref().map_or(0, Rest::encoded_len)
-    }
-
-    fn clear(&mut self) {
-        *self = Self::default();
     }
 }
 
