@@ -428,7 +428,6 @@ fn is_live_user_conflict(e: &sqlx::Error) -> bool {
 }
 
 impl Store {
-    /// Inserts a new key and its `CREATED` event in one transaction.
     /// Writes `keys` as they are, a thousand rows a statement, in one
     /// transaction: the bulk load of a store that no keygate serves yet
     /// (keygate-bench seeds a million keys this way; a migration from another
@@ -447,6 +446,7 @@ impl Store {
         })
     }
 
+    /// Inserts a new key and its `CREATED` event in one transaction.
     pub async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         on_pool!(self, |p, d| {
             let mut tx = p.begin().await?;
