@@ -227,7 +227,8 @@ pub struct ServeArgs {
         help_heading = "Usage and retention",
         long,
         env = "KEYGATE_USAGE_FLUSH_INTERVAL",
-        default_value = "1s"
+        default_value = "1s",
+        value_parser = parse_flush_interval
     )]
     pub usage_flush_interval: humantime::Duration,
 
@@ -530,6 +531,23 @@ fn parse_positive_duration(s: &str) -> Result<humantime::Duration, String> {
     Ok(d)
 }
 
+/// The longest `--usage-flush-interval`. A cached key counts its uses in
+/// 32-bit counters (they are most of a cache entry) that every flush takes:
+/// in an hour, a key verified 100 000 times a second reaches 360 million of
+/// the 4 294 million they hold.
+const MAX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn parse_flush_interval(s: &str) -> Result<humantime::Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if *d > MAX_FLUSH_INTERVAL {
+        return Err(format!(
+            "must be at most {}: usage counts wait in memory until a flush takes them",
+            humantime::format_duration(MAX_FLUSH_INTERVAL)
+        ));
+    }
+    Ok(d)
+}
+
 impl ServeArgs {
     /// `--webhook-url`'s entries, credentials and all, for the webhook sender.
     pub fn webhook_urls(&self) -> Vec<String> {
@@ -585,5 +603,22 @@ mod tests {
             panic!("serve")
         };
         assert_eq!(args.admin_tokens[1].expose(), "second-admin-t0ken");
+    }
+
+    /// Past an hour the cache entries' 32-bit usage counts could wrap before
+    /// a flush takes them: refused at the start, with the bound.
+    #[test]
+    fn the_usage_flush_interval_is_at_most_an_hour() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["keygate", "serve", "--usage-flush-interval", v])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("1h"), Ok(()));
+        assert_eq!(parse("10ms"), Ok(()));
+        let refused = parse("61m").expect_err("over an hour");
+        assert!(refused.contains("must be at most 1h"), "{refused}");
+        let refused = parse("0s").expect_err("zero");
+        assert!(refused.contains("greater than zero"), "{refused}");
     }
 }
