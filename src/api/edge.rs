@@ -131,7 +131,7 @@ impl Answer {
 
     /// For the upstream, when allowed: who is calling (key id, organization,
     /// key type, and the user of a user key).
-    pub fn identity(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    pub fn identity(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
         self.key.iter().flat_map(|key| identity(key))
     }
 
@@ -190,7 +190,7 @@ impl Answer {
     }
 }
 
-const VALID_CODE: &str = "VERIFY_CODE_VALID";
+pub const VALID_CODE: &str = "VERIFY_CODE_VALID";
 const VALID_MESSAGE: &str = "the key is valid";
 const VALID_BODY: &str = r#"{"code":"VERIFY_CODE_VALID","message":"the key is valid"}"#;
 
@@ -227,16 +227,48 @@ fn ceil_seconds(micros: i64) -> i64 {
 }
 
 /// The identity headers of an allowed request, read from the cached key's
-/// bytes: key id, organization, key type, and the user of a user key.
-pub fn identity(key: &CachedKey) -> impl Iterator<Item = (&'static str, &str)> {
-    let user = (!key.is_bot()).then(|| (USER_ID, key.user_id()));
+/// bytes in one pass: key id, organization, key type, and the user of a
+/// user key. Bytes, not text: both transports copy them into headers.
+pub fn identity(key: &CachedKey) -> impl Iterator<Item = (&'static str, &[u8])> {
+    let fields = key.identity_fields();
+    let user = (!key.is_bot()).then_some((USER_ID, fields.user_id));
     [
-        (KEY_ID, key.id()),
-        (ORGANIZATION_ID, key.organization_id()),
-        (KEY_TYPE, if key.is_bot() { "bot" } else { "user" }),
+        (KEY_ID, fields.id),
+        (ORGANIZATION_ID, fields.organization_id),
+        (KEY_TYPE, if key.is_bot() { &b"bot"[..] } else { b"user" }),
     ]
     .into_iter()
     .chain(user)
+}
+
+/// How many keys' [`IdentityParts`] each transport keeps: the keys in use
+/// at one time behind one proxy, at about 1 KiB each.
+pub const IDENTITY_PARTS: usize = 4096;
+
+/// The part of an allowed answer that depends only on who the key is, in a
+/// transport's own form (encoded headers for Envoy, a header map for forward
+/// auth), written once per key and copied after. A key's id, organization,
+/// type and user are fixed when it is made (no update changes them, and ids
+/// are never reused), so what is kept by key id never goes stale. Bounded;
+/// a key that drops out is written again when it next comes.
+#[derive(Debug, Clone)]
+pub struct IdentityParts<T>(Arc<quick_cache::sync::Cache<Box<[u8]>, T>>);
+
+impl<T: Clone> IdentityParts<T> {
+    pub fn new(capacity: usize) -> Self {
+        Self(Arc::new(quick_cache::sync::Cache::new(capacity)))
+    }
+
+    /// `key`'s parts, written by `write` the first time.
+    pub fn get(&self, key: &CachedKey, write: impl FnOnce(&CachedKey) -> T) -> T {
+        let id = key.identity_fields().id;
+        if let Some(parts) = self.0.get(id) {
+            return parts;
+        }
+        let parts = write(key);
+        self.0.insert(id.into(), parts.clone());
+        parts
+    }
 }
 
 /// The denial's reason; fixed text except where the outcome names something.
@@ -343,6 +375,32 @@ mod tests {
             ..valid
         };
         assert!(matches!(denied.body(), Cow::Owned(_)));
+    }
+
+    /// Each key's parts are written once and found by its id: another key
+    /// never gets them.
+    #[test]
+    fn identity_parts_are_written_once_per_key() {
+        use crate::domain::{
+            keys::{KeyPrefix, Secret},
+            model::{KeyId, KeyRecord},
+        };
+        let key = |name: &str| {
+            let secret = Secret::generate(&KeyPrefix::default());
+            CachedKey::new(KeyRecord::test_bot(KeyId::generate(), &secret, name))
+        };
+        let (a, b) = (key("a"), key("b"));
+        let parts = IdentityParts::new(16);
+        let writes = std::cell::Cell::new(0);
+        let write = |key: &CachedKey| {
+            writes.set(writes.get() + 1);
+            key.id().to_owned()
+        };
+        assert_eq!(parts.get(&a, write), a.id());
+        assert_eq!(parts.get(&b, write), b.id());
+        assert_eq!(parts.get(&a, write), a.id());
+        assert_eq!(parts.get(&b, write), b.id());
+        assert_eq!(writes.get(), 2);
     }
 
     #[test]

@@ -8,12 +8,12 @@
 //! bytes either way, which `tests` below checks by decoding these with the
 //! generated types.
 
-use std::{borrow::Cow, sync::Arc};
+use std::borrow::Cow;
 
 use envoy_types::ext_authz::v3::pb::CheckResponse;
 use prost::{
     Message,
-    bytes::BufMut,
+    bytes::{BufMut, Bytes},
     encoding::{self, WireType},
 };
 
@@ -40,25 +40,45 @@ impl Default for CheckAnswer {
 }
 
 /// `CheckResponse{status: OK, ok_response: {headers, headers_to_remove,
-/// response_headers_to_add}}`.
+/// response_headers_to_add}}`. Made only by [`Allowed::new`], which works
+/// out its length once.
 #[derive(Debug)]
 pub struct Allowed {
-    /// Whose identity the upstream is told ([`edge::Answer::identity`]).
-    pub key: Arc<CachedKey>,
+    /// Whose identity the upstream is told: `headers` entries, encoded
+    /// once per key ([`identity_headers`]).
+    identity: Bytes,
     /// The client's own `x-keygate-*` headers that keygate does not set,
     /// in lower case: removed, so the upstream never sees a forged one.
-    pub forged: Vec<String>,
+    forged: Vec<String>,
     /// `Authorization` carried the key: removed.
-    pub remove_authorization: bool,
+    remove_authorization: bool,
     /// `X-Api-Key` came: removed, whatever it held.
-    pub remove_api_key: bool,
+    remove_api_key: bool,
     /// For the client: the `RateLimit-*` headers of a key with limits.
-    pub response_headers: Vec<(&'static str, Cow<'static, str>)>,
+    response_headers: Vec<(&'static str, Cow<'static, str>)>,
+    /// The encoded `OkHttpResponse`'s length, which tonic asks for before
+    /// encoding and the encoding writes again: worked out once.
+    ok_len: usize,
 }
 
 impl Allowed {
-    fn identity(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        edge::identity(&self.key)
+    pub fn new(
+        identity: Bytes,
+        forged: Vec<String>,
+        remove_authorization: bool,
+        remove_api_key: bool,
+        response_headers: Vec<(&'static str, Cow<'static, str>)>,
+    ) -> Self {
+        let mut allowed = Self {
+            identity,
+            forged,
+            remove_authorization,
+            remove_api_key,
+            response_headers,
+            ok_len: 0,
+        };
+        allowed.ok_len = allowed.ok_response_len();
+        allowed
     }
 
     /// `headers_to_remove`.
@@ -70,17 +90,13 @@ impl Allowed {
     }
 
     fn ok_response_len(&self) -> usize {
-        let headers: usize = self
-            .identity()
-            .map(|(n, v)| field_len(HEADERS, overwrite_len(n, v)))
-            .sum();
         let remove: usize = self.removed().map(|n| field_len(REMOVE, n.len())).sum();
         let response: usize = self
             .response_headers
             .iter()
-            .map(|(n, v)| field_len(RESPONSE_HEADERS, overwrite_len(n, v)))
+            .map(|(n, v)| field_len(RESPONSE_HEADERS, overwrite_len(n, v.as_bytes())))
             .sum();
-        headers + remove + response
+        self.identity.len() + remove + response
     }
 }
 
@@ -100,29 +116,40 @@ const HEADER_VALUE: u32 = 2;
 /// under the same name is replaced, not kept beside keygate's.
 const OVERWRITE_IF_EXISTS_OR_ADD: u64 = 2;
 
-fn header_len(name: &str, value: &str) -> usize {
+fn header_len(name: &str, value: &[u8]) -> usize {
     field_len(HEADER_KEY, name.len()) + field_len(HEADER_VALUE, value.len())
 }
 
 /// `HeaderValueOption{header: {key, value}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}`.
-fn overwrite_len(name: &str, value: &str) -> usize {
+fn overwrite_len(name: &str, value: &[u8]) -> usize {
     field_len(OPTION_HEADER, header_len(name, value))
         + encoding::key_len(OPTION_APPEND_ACTION)
         + encoding::encoded_len_varint(OVERWRITE_IF_EXISTS_OR_ADD)
 }
 
-fn put_str(tag: u32, s: &str, buf: &mut impl BufMut) {
+fn put_bytes(tag: u32, s: &[u8], buf: &mut impl BufMut) {
     put_field_head(tag, s.len(), buf);
-    buf.put_slice(s.as_bytes());
+    buf.put_slice(s);
 }
 
-fn put_overwrite(tag: u32, name: &str, value: &str, buf: &mut impl BufMut) {
+fn put_overwrite(tag: u32, name: &str, value: &[u8], buf: &mut impl BufMut) {
     put_field_head(tag, overwrite_len(name, value), buf);
     put_field_head(OPTION_HEADER, header_len(name, value), buf);
-    put_str(HEADER_KEY, name, buf);
-    put_str(HEADER_VALUE, value, buf);
+    put_bytes(HEADER_KEY, name.as_bytes(), buf);
+    put_bytes(HEADER_VALUE, value, buf);
     encoding::encode_key(OPTION_APPEND_ACTION, WireType::Varint, buf);
     encoding::encode_varint(OVERWRITE_IF_EXISTS_OR_ADD, buf);
+}
+
+/// `key`'s identity as `OkHttpResponse.headers` entries, each set with
+/// overwrite ([`edge::identity`]): what every allowed answer for the key
+/// carries, whoever asks.
+pub fn identity_headers(key: &CachedKey) -> Bytes {
+    let mut buf = Vec::new();
+    for (name, value) in edge::identity(key) {
+        put_overwrite(HEADERS, name, value, &mut buf);
+    }
+    Bytes::from(buf)
 }
 
 impl Message for CheckAnswer {
@@ -133,15 +160,13 @@ impl Message for CheckAnswer {
         };
         // status: google.rpc.Status{} (code OK, no message): an empty message.
         put_field_head(STATUS, 0, buf);
-        put_field_head(OK_RESPONSE, allowed.ok_response_len(), buf);
-        for (name, value) in allowed.identity() {
-            put_overwrite(HEADERS, name, value, buf);
-        }
+        put_field_head(OK_RESPONSE, allowed.ok_len, buf);
+        buf.put_slice(&allowed.identity);
         for name in allowed.removed() {
-            put_str(REMOVE, name, buf);
+            put_bytes(REMOVE, name.as_bytes(), buf);
         }
         for (name, value) in &allowed.response_headers {
-            put_overwrite(RESPONSE_HEADERS, name, value, buf);
+            put_overwrite(RESPONSE_HEADERS, name, value.as_bytes(), buf);
         }
     }
 
@@ -150,9 +175,7 @@ impl Message for CheckAnswer {
     fn encoded_len(&self) -> usize {
         match self {
             Self::Other(response) => response.encoded_len(),
-            Self::Allowed(allowed) => {
-                field_len(STATUS, 0) + field_len(OK_RESPONSE, allowed.ok_response_len())
-            }
+            Self::Allowed(allowed) => field_len(STATUS, 0) + field_len(OK_RESPONSE, allowed.ok_len),
         }
     }
 }
@@ -173,11 +196,13 @@ mod tests {
 
     /// The same answer as the generated messages: what Envoy decodes, and
     /// what the server sent before `CheckAnswer`.
-    fn generated(a: &Allowed) -> CheckResponse {
+    fn generated(key: &CachedKey, a: &Allowed) -> CheckResponse {
         CheckResponse {
             status: Some(rpc::Status::default()),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: edge::identity(&a.key).map(|(n, v)| set(n, v)).collect(),
+                headers: edge::identity(key)
+                    .map(|(n, v)| set(n, std::str::from_utf8(v).expect("text")))
+                    .collect(),
                 headers_to_remove: a.removed().map(str::to_owned).collect(),
                 response_headers_to_add: a
                     .response_headers
@@ -190,13 +215,13 @@ mod tests {
         }
     }
 
-    fn key(user: Option<&str>) -> Arc<CachedKey> {
+    fn key(user: Option<&str>) -> CachedKey {
         let secret = Secret::generate(&KeyPrefix::default());
         let mut record = KeyRecord::test_bot(KeyId::generate(), &secret, "key");
         if let Some(user) = user {
             record.owner = Owner::User(UserId::parse(user).expect("user"));
         }
-        Arc::new(CachedKey::new(record))
+        CachedKey::new(record)
     }
 
     const RATE_LIMIT: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
@@ -210,14 +235,15 @@ mod tests {
             remove_api_key in any::<bool>(),
             limits in proptest::collection::vec("[0-9]{1,20}", 0..4),
         ) {
-            let allowed = Allowed {
-                key: key(user.as_deref()),
+            let key = key(user.as_deref());
+            let allowed = Allowed::new(
+                identity_headers(&key),
                 forged,
                 remove_authorization,
                 remove_api_key,
-                response_headers: RATE_LIMIT.into_iter().zip(limits.into_iter().map(Cow::Owned)).collect(),
-            };
-            let expected = generated(&allowed);
+                RATE_LIMIT.into_iter().zip(limits.into_iter().map(Cow::Owned)).collect(),
+            );
+            let expected = generated(&key, &allowed);
             let answer = CheckAnswer::Allowed(allowed);
             let bytes = answer.encode_to_vec();
             prop_assert_eq!(bytes.len(), answer.encoded_len());

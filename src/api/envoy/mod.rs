@@ -15,6 +15,7 @@ use envoy_types::{
     },
     pb::google::rpc,
 };
+use prost::bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use self::answer::{Allowed, CheckAnswer};
@@ -25,7 +26,7 @@ use self::wire::{
 };
 
 use crate::{
-    api::edge::{self, Answer, CredentialHeader},
+    api::edge::{self, Answer, CredentialHeader, IdentityParts},
     domain::networks::parse_client_ip,
     metrics::VerifyMetrics,
     services::authorizer::{Authorizer, Decision, EdgeRequest},
@@ -38,6 +39,9 @@ pub const ORGANIZATION_EXTENSION: &str = "keygate_organization_id";
 pub struct EnvoyApi {
     authorizer: Authorizer,
     metrics: VerifyMetrics,
+    /// Each key's identity headers, encoded: written once per key rather
+    /// than field by field on every check.
+    identity: IdentityParts<Bytes>,
 }
 
 impl EnvoyApi {
@@ -45,6 +49,7 @@ impl EnvoyApi {
         Self {
             authorizer,
             metrics: VerifyMetrics::new("ext_authz"),
+            identity: IdentityParts::new(edge::IDENTITY_PARTS),
         }
     }
 }
@@ -143,7 +148,12 @@ fn rpc_status(code: tonic::Code, message: &str) -> rpc::Status {
 /// header (in any spelling: `X_Keygate_User_Id` too, which overwriting
 /// `x-keygate-user-id` would leave in place) and the key's own header
 /// removed, so the upstream sees neither a forged identity nor the secret.
-fn allowed(seen: &Seen<'_>, answer: Answer, from: Option<CredentialHeader>) -> CheckAnswer {
+fn allowed(
+    identity: &IdentityParts<Bytes>,
+    seen: &Seen<'_>,
+    answer: Answer,
+    from: Option<CredentialHeader>,
+) -> CheckAnswer {
     let forged = seen
         .identity
         .iter()
@@ -160,18 +170,18 @@ fn allowed(seen: &Seen<'_>, answer: Answer, from: Option<CredentialHeader>) -> C
         .filter(|(name, _)| name.starts_with("ratelimit-"))
         .collect();
     match answer.key {
-        Some(key) => CheckAnswer::Allowed(Allowed {
-            key,
+        Some(key) => CheckAnswer::Allowed(Allowed::new(
+            identity.get(&key, answer::identity_headers),
             forged,
             // Authorization only when it carried the key (another scheme is
             // the upstream's business).
-            remove_authorization: from == Some(CredentialHeader::Authorization)
+            from == Some(CredentialHeader::Authorization)
                 || seen.authorization.is_some_and(edge::carries_bearer),
             // X-Api-Key is keygate's own header: whatever it holds, never
             // passed on.
-            remove_api_key: seen.api_key.is_some(),
+            seen.api_key.is_some(),
             response_headers,
-        }),
+        )),
         // Cannot happen: an allowed outcome carries its key. Closed if it did.
         None => denied(Answer::unavailable()),
     }
@@ -203,9 +213,12 @@ fn denied(answer: Answer) -> CheckAnswer {
     }))
 }
 
-/// The request as keygate's rules read it.
-fn edge_request<'a>(check: &Check<'a>, seen: &Seen<'a>) -> Result<EdgeRequest<'a>, Malformed> {
-    let (key, _) = edge::credential(seen.authorization, seen.api_key);
+/// The request as keygate's rules read it, and where its key was.
+fn edge_request<'a>(
+    check: &Check<'a>,
+    seen: &Seen<'a>,
+) -> Result<(EdgeRequest<'a>, Option<CredentialHeader>), Malformed> {
+    let (key, from) = edge::credential(seen.authorization, seen.api_key);
     // The last entry of a name, as a decoded map keeps it.
     let extension = |name: &str| {
         check
@@ -219,7 +232,7 @@ fn edge_request<'a>(check: &Check<'a>, seen: &Seen<'a>) -> Result<EdgeRequest<'a
     // source address already. A source that is not an IP address (a Unix
     // socket) is no address: a key restricted to networks fails closed.
     let source_address = wire::text(check.source_address, "the source address")?;
-    Ok(EdgeRequest {
+    let request = EdgeRequest {
         method: wire::text(check.method, "the method")?,
         path: Some(wire::text(check.path, "the path")?),
         key,
@@ -229,7 +242,8 @@ fn edge_request<'a>(check: &Check<'a>, seen: &Seen<'a>) -> Result<EdgeRequest<'a
         organization_id: extension(ORGANIZATION_EXTENSION)?,
         client_ip: parse_client_ip(source_address).ok(),
         client_principal: wire::text(check.source_principal, "the source principal")?,
-    })
+    };
+    Ok((request, from))
 }
 
 #[tonic::async_trait]
@@ -239,11 +253,11 @@ impl Authorization for EnvoyApi {
         let bytes = request.into_inner().0;
         let read = Check::read(&bytes).and_then(|check| {
             let seen = Seen::scan(&check)?;
-            let request = edge_request(&check, &seen)?;
-            Ok((check.http, seen, request))
+            let (request, from) = edge_request(&check, &seen)?;
+            Ok((check.http, seen, request, from))
         });
-        let (seen, request) = match read {
-            Ok((true, seen, request)) => (seen, request),
+        let (seen, request, from) = match read {
+            Ok((true, seen, request, from)) => (seen, request, from),
             Ok((false, ..)) => {
                 self.metrics.observe(None, start);
                 return Err(Status::invalid_argument(
@@ -257,7 +271,6 @@ impl Authorization for EnvoyApi {
                 )));
             }
         };
-        let from = edge::credential(seen.authorization, seen.api_key).1;
         let decision = if seen.repeated_identity {
             Ok(Decision::RouteNotAllowed(
                 "the request carries a keygate identity header more than once".into(),
@@ -269,7 +282,7 @@ impl Authorization for EnvoyApi {
         let decision = decision.map_err(Status::from)?;
         let answer = Answer::from_decision(&decision, self.authorizer.now());
         let response = if answer.allowed() {
-            allowed(&seen, answer, from)
+            allowed(&self.identity, &seen, answer, from)
         } else {
             denied(answer)
         };
