@@ -24,7 +24,7 @@
 //! | `select-id-noping` | as `select-id`, but the pool does not ping a connection before handing it out |
 //! | `one-key`          | `VerifyKey`, always the same seeded key, which has no usage limits     |
 //! | `one-key-limited`  | `VerifyKey`, always one key with a rate limit and a quota it never reaches (every call counted in both; quota credits leased from the store) |
-//! | `ext-authz`        | Envoy's `Authorization/Check` on the cached instance: a seeded key (round-robin) as `Authorization: Bearer`, `GET /api/links`, `links:read` from `context_extensions` |
+//! | `ext-authz`        | Envoy's `Authorization/Check` on the cached instance: a seeded key (round-robin) as `Authorization: Bearer`, `GET /api/links`, `links:read` from `context_extensions`; encoded once per key length, the key written into a copy per call |
 //! | `forward-auth`     | `GET /v1/authorize` on the cached instance's `--http-listen` (HTTP/1.1 keep-alive, `--concurrency` connections), the same key and path as nginx would send |
 //! | `http-health`      | `GET /healthz` on the same listener, the same way: the HTTP transport's ceiling |
 //!

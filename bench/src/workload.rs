@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keygate::{
     domain::keys::{KeyPrefix, Secret, SecretHash},
     proto::{
@@ -24,7 +23,7 @@ use crate::{
     Args, BoxError, Scenario,
     database::{recreate_database, sql_pool},
     instance::{ADMIN_TOKEN, Instance},
-    load::{REQUIRED_SCOPE, Target, Until, run_load},
+    load::{CheckTemplates, REQUIRED_SCOPE, Target, Until, run_load},
     procfs::memory_mib,
     seed,
 };
@@ -105,6 +104,8 @@ pub(crate) struct Workload {
     /// One seeded key without limits, and one key with them.
     one_key: Arc<[String]>,
     one_key_limited: Arc<[String]>,
+    /// Envoy's request for any seeded key, encoded once per key length.
+    check_templates: Arc<CheckTemplates>,
     /// `/v1/authorize` on the cached instance.
     authorize_url: Arc<str>,
     /// `/healthz` on the same listener.
@@ -176,9 +177,10 @@ impl Workload {
                 .cached
                 .iter()
                 .map(|ch| Target::Check {
-                    client: AuthorizationClient::new(ch.clone()),
+                    client: tonic::client::Grpc::new(ch.clone()),
                     keys: Arc::clone(&self.seeded.secrets),
                     cursor: fresh(),
+                    templates: Arc::clone(&self.check_templates),
                 })
                 .collect(),
             Scenario::ForwardAuth => vec![Target::Forward {
@@ -285,6 +287,7 @@ pub(crate) async fn prepare(
     );
     let one_key: Arc<[String]> = seeded.secrets.iter().take(1).cloned().collect();
     let work = Workload {
+        check_templates: Arc::new(CheckTemplates::new(&seeded.secrets)?),
         authorize_url: Arc::from(format!("http://{http_addr}/v1/authorize")),
         healthz_url: Arc::from(format!("http://{http_addr}/healthz")),
         http: reqwest::Client::builder()
