@@ -835,8 +835,12 @@ async fn a_usage_flush_that_fails_half_way_counts_nothing_twice() {
 /// bound: 2 GB a day at 1 000 verifications a second. Expected: memory that
 /// does not grow with the number of requests whether or not anyone scrapes.
 ///
-/// 60 000 verifications of one cached key with no scrape, then as many with a
-/// scrape every 2 000: VmRSS grows in the first phase only.
+/// Three phases of 60 000 verifications of one cached key with no scrape,
+/// then as many with a scrape every 2 000. A leak grows VmRSS in every phase
+/// (1.4 MiB each at 24 bytes a call); the allocator's own steps (a new
+/// segment, freed pages not yet given back) land in one phase or another and
+/// grew a single phase by 1.9 MiB in one CI run. So at least one of the
+/// three unscraped phases must not grow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: CI runs it with --include-ignored"]
 async fn memory_does_not_grow_with_requests_when_metrics_are_not_scraped() {
@@ -880,21 +884,26 @@ async fn memory_does_not_grow_with_requests_when_metrics_are_not_scraped() {
     };
     // Warm-up, so that connections, caches and arenas are at their working size.
     phase(Some(2_000)).await;
-    let (rss_0, _) = keygate.resources();
-    phase(None).await;
-    let (rss_1, _) = keygate.resources();
+    let mut unscraped = vec![keygate.resources().0];
+    for _ in 0..3 {
+        phase(None).await;
+        unscraped.push(keygate.resources().0);
+    }
     phase(Some(2_000)).await;
-    let (rss_2, _) = keygate.resources();
+    let (scraped, _) = keygate.resources();
     let status = keygate.terminate();
     db.drop_db().await;
     println!(
-        "VmRSS {rss_0} KiB, {rss_1} KiB after {PER_PHASE} verifications unscraped, {rss_2} KiB \
-         after {PER_PHASE} more scraped every 2 000"
+        "VmRSS {unscraped:?} KiB before and after each of three phases of {PER_PHASE} \
+         verifications unscraped, {scraped} KiB after {PER_PHASE} more scraped every 2 000"
     );
     assert!(status.success());
+    let growth: Vec<i64> = unscraped
+        .windows(2)
+        .map(|w| i64::try_from(w[1]).unwrap_or(i64::MAX) - i64::try_from(w[0]).unwrap_or(0))
+        .collect();
     assert!(
-        rss_1 <= rss_0 + 512,
-        "{PER_PHASE} verifications without a scrape grew VmRSS by {} KiB",
-        rss_1 - rss_0
+        growth.iter().any(|&g| g <= 512),
+        "every phase of {PER_PHASE} verifications without a scrape grew VmRSS: {growth:?} KiB"
     );
 }

@@ -1,6 +1,7 @@
 //! `CheckResponse` as the server writes it. An allowed request, the answer
-//! to nearly every check, is encoded straight from the cached key's bytes;
-//! a denial, whose text varies and which is rare, is the generated message.
+//! to nearly every check, is written by hand around the key's identity
+//! headers, encoded once per key from the cached key's bytes; a denial,
+//! whose text varies and which is rare, is the generated message.
 //!
 //! Building the generated `OkHttpResponse` took two `String`s per identity
 //! header, a `String` per header to remove and three nested messages on every
