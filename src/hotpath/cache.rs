@@ -100,23 +100,16 @@ pub struct KeyLimits {
 /// The bytes were encoded by prost from `&str`s, so they are well formed
 /// and UTF-8.
 fn string_field(encoded: &[u8], number: u32) -> &str {
-    std::str::from_utf8(field_bytes(encoded, number)).unwrap_or_default()
-}
-
-/// The bytes of string field `number`, as [`string_field`] without the
-/// UTF-8 check: what the edge copies into headers needs none, and on a
-/// 36-byte id the check costs more than finding the field.
-fn field_bytes(encoded: &[u8], number: u32) -> &[u8] {
     let mut buf = encoded;
     while let Some((tag, bytes)) = next_field(&mut buf) {
         if tag == number {
-            return bytes;
+            return std::str::from_utf8(bytes).unwrap_or_default();
         }
         if tag > number {
             break;
         }
     }
-    &[]
+    ""
 }
 
 /// The next field of an encoded `VerifiedKey`: its number, and its bytes

@@ -260,24 +260,16 @@ fn respond(route: &AuthorizeRoute, answer: Answer) -> Response {
     let mut response = Response::new(axum::body::Body::from(answer.body()));
     *response.status_mut() = status;
     let out = response.headers_mut();
-    // A valid key's answer: its code and identity come with the key's head.
-    let head = answer
-        .key
-        .as_ref()
-        .filter(|_| answer.code == edge::VALID_CODE);
-    match head {
+    // An allowed answer (the only kind that carries its key, always with
+    // the valid code): its code and identity come with the key's head.
+    match &answer.key {
         Some(key) => *out = route.heads.get(key, allowed_head),
         None => {
             out.insert(header::CONTENT_TYPE, APPLICATION_JSON);
-            for (name, value) in answer.identity() {
-                if let Ok(value) = HeaderValue::from_bytes(value) {
-                    out.insert(header_name(name), value);
-                }
-            }
         }
     }
     for (name, value) in &answer.headers {
-        if head.is_some() && *name == edge::CODE {
+        if answer.key.is_some() && *name == edge::CODE {
             continue;
         }
         let value = match value {
