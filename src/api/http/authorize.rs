@@ -253,15 +253,14 @@ async fn authorize(State(route): State<Arc<AuthorizeRoute>>, request: Request) -
 }
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-const VALID: HeaderValue = HeaderValue::from_static(edge::VALID_CODE);
 
 fn respond(route: &AuthorizeRoute, answer: Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = Response::new(axum::body::Body::from(answer.body()));
     *response.status_mut() = status;
     let out = response.headers_mut();
-    // An allowed answer (the only kind that carries its key, always with
-    // the valid code): its code and identity come with the key's head.
+    // An allowed answer (the only kind that carries its key) starts from
+    // the key's head: the content type and its identity.
     match &answer.key {
         Some(key) => *out = route.heads.get(key, allowed_head),
         None => {
@@ -269,9 +268,6 @@ fn respond(route: &AuthorizeRoute, answer: Answer) -> Response {
         }
     }
     for (name, value) in &answer.headers {
-        if answer.key.is_some() && *name == edge::CODE {
-            continue;
-        }
         let value = match value {
             Cow::Borrowed(v) => Ok(header_value(v)),
             Cow::Owned(v) => HeaderValue::try_from(v.as_str()),
@@ -283,12 +279,11 @@ fn respond(route: &AuthorizeRoute, answer: Answer) -> Response {
     response
 }
 
-/// What every valid answer for `key` carries: the content type, the code
-/// and the key's identity.
+/// What every allowed answer for `key` carries whatever was asked: the
+/// content type and the key's identity.
 fn allowed_head(key: &CachedKey) -> HeaderMap {
     let mut head = HeaderMap::with_capacity(8);
     head.insert(header::CONTENT_TYPE, APPLICATION_JSON);
-    head.insert(header_name(edge::CODE), VALID);
     for (name, value) in edge::identity(key) {
         // Ids are checked when a key is made: every one is a header value.
         if let Ok(value) = HeaderValue::from_bytes(value) {
@@ -298,8 +293,10 @@ fn allowed_head(key: &CachedKey) -> HeaderMap {
     head
 }
 
-/// A fixed header value; the valid key's code, made once.
+/// A fixed header value; the valid key's code, on nearly every answer,
+/// made once.
 fn header_value(value: &'static str) -> HeaderValue {
+    const VALID: HeaderValue = HeaderValue::from_static(edge::VALID_CODE);
     if value == VALID {
         return VALID;
     }
